@@ -1,0 +1,45 @@
+//! The command line (SPEC §9): global options, one subcommand per file in this folder.
+
+mod emulator;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::settings::{Settings, SettingsError, Sources};
+
+#[derive(Debug, Parser)]
+#[command(name = "cxrel", version, about = "Bulk relationship jobs from RabbitMQ to a record data store")]
+pub struct Cli {
+    /// Settings file layered over config/default.toml and config/{CXREL_ENV}.toml.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the bundled data-store emulator (auth, records API, faults, webhook receiver).
+    Emulator(emulator::EmulatorArgs),
+}
+
+impl Cli {
+    /// Loads settings from the layers of SPEC §8, `CXREL_ENV` naming the environment file.
+    pub fn settings(&self) -> Result<Settings, SettingsError> {
+        let sources = Sources {
+            env_name: std::env::var("CXREL_ENV").ok(),
+            config_dir: None,
+            file: self.config.clone(),
+        };
+        Settings::load(&sources)
+    }
+}
+
+/// Runs the chosen subcommand; the returned code becomes the process exit code.
+pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Emulator(args) => emulator::run(args, settings).await,
+    }
+}

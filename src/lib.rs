@@ -1,0 +1,17 @@
+//! cxrel: a queue-driven worker that validates bulk parent–child relationship jobs against a record
+//! data store's schema and live graph, applies them with version-checked PATCHes under one rate
+//! limit, publishes CloudEvents, delivers signed webhooks and dead-letters what fails.
+//!
+//! Module map (a job flows top to bottom):
+//! - [`settings`], [`secret`], [`telemetry`], [`shutdown`]: start-up plumbing.
+//! - [`cli`]: the `cxrel` subcommands (SPEC §9), one file each.
+//! - [`emulator`]: the bundled data-store emulator (auth, records API, faults, webhook receiver).
+//! - [`webhooks`]: Standard Webhooks signing and delivery.
+
+pub mod cli;
+pub mod emulator;
+pub mod secret;
+pub mod settings;
+pub mod shutdown;
+pub mod telemetry;
+pub mod webhooks;

@@ -1,0 +1,403 @@
+//! Typed settings, loaded once at start (SPEC §8): compiled-in `config/default.toml`, then
+//! `config/{CXREL_ENV}.toml`, then `--config FILE`, then `CXREL__SECTION__KEY` environment variables.
+//! Unknown keys and bad values fail at start with a message naming the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+use serde::Deserialize;
+
+use crate::secret::Secret;
+
+/// The defaults, compiled in so the binary runs from any directory.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub log: LogSettings,
+    pub amqp: AmqpSettings,
+    pub worker: WorkerSettings,
+    pub cxone: CxoneSettings,
+    pub rate_limit: RateLimitSettings,
+    pub retry: RetrySettings,
+    pub graph: GraphSettings,
+    pub validation: ValidationSettings,
+    pub limits: LimitSettings,
+    pub http: HttpSettings,
+    pub emulator: EmulatorSettings,
+    pub webhooks: Vec<WebhookSettings>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Auto,
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSettings {
+    /// Holds the broker password, hence a secret; log it with `secret::redact_url`.
+    pub url: Secret,
+    pub prefix: String,
+    #[serde(deserialize_with = "durations")]
+    pub retry_delays: Vec<Duration>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    pub prefetch: u16,
+    pub max_in_flight: usize,
+    pub parallel_patches: usize,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    pub instance: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CxoneSettings {
+    pub api_base: String,
+    pub records_path: String,
+    pub default_datastore: String,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    pub page_size: u32,
+    #[serde(with = "humantime_serde")]
+    pub schema_ttl: Duration,
+    pub auth: AuthSettings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    Cxone,
+    ClientCredentials,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub mode: AuthMode,
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub access_key_id: String,
+    pub access_key_secret: Secret,
+    pub token_url: String,
+    pub scope: String,
+    #[serde(with = "humantime_serde")]
+    pub refresh_before: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitBackend {
+    Local,
+    Redis,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    pub backend: RateLimitBackend,
+    pub requests_per_second: u32,
+    pub burst: u32,
+    pub redis_url: Secret,
+    pub replicas_hint: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub min_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_elapsed: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphSettings {
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdFormat {
+    Uuid,
+    Any,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationSettings {
+    pub id_format: IdFormat,
+    pub default_max_depth: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    pub max_body_bytes: usize,
+    pub max_operations_per_job: usize,
+    pub max_children_per_operation: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmulatorSettings {
+    pub listen: SocketAddr,
+    pub seed: String,
+    pub tenant_id: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub access_key_id: String,
+    pub access_key_secret: Secret,
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    pub url: String,
+    pub secret: Secret,
+    #[serde(default)]
+    pub events: Vec<String>,
+}
+
+/// Why settings could not be loaded; the message names the file or key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("configuration file {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: config::ConfigError,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] config::ConfigError),
+    #[error("invalid configuration: {key}: {reason}")]
+    Check { key: &'static str, reason: String },
+}
+
+/// Where the layers above the compiled-in defaults come from.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// Value of `CXREL_ENV`: selects `config/{env}.toml` when that file exists.
+    pub env_name: Option<String>,
+    /// Directory holding `{env}.toml`; `config` relative to the working directory by default.
+    pub config_dir: Option<PathBuf>,
+    /// `--config FILE`: must exist.
+    pub file: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Loads the layers in SPEC §8 order, with `CXREL__…` variables from the process environment.
+    pub fn load(sources: &Sources) -> Result<Self, SettingsError> {
+        Self::load_with_env(sources, None)
+    }
+
+    /// As `load`, but with the environment given explicitly (tests) instead of the process's.
+    pub fn load_with_env(
+        sources: &Sources,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Self, SettingsError> {
+        let mut builder =
+            Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        if let Some(name) = sources.env_name.as_deref().filter(|n| !n.is_empty()) {
+            let dir = sources.config_dir.clone().unwrap_or_else(|| "config".into());
+            let path = dir.join(format!("{name}.toml"));
+            builder = builder.add_source(File::from(path).required(false));
+        }
+        if let Some(path) = &sources.file {
+            check_readable(path)?;
+            builder = builder.add_source(File::from(path.as_path()).required(true));
+        }
+        let environment = Environment::with_prefix("CXREL")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("amqp.retry_delays")
+            .source(env);
+        let settings: Settings = builder
+            .add_source(environment)
+            .build()?
+            .try_deserialize()?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    /// Cross-field rules the types cannot express.
+    fn check(&self) -> Result<(), SettingsError> {
+        let fail = |key, reason: &str| {
+            Err(SettingsError::Check {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.amqp.retry_delays.is_empty() {
+            return fail("amqp.retry_delays", "needs at least one delay");
+        }
+        if self.amqp.prefix.is_empty() {
+            return fail("amqp.prefix", "must not be empty");
+        }
+        if self.worker.prefetch == 0 || self.worker.max_in_flight == 0 {
+            return fail("worker.prefetch", "prefetch and max_in_flight must be ≥ 1");
+        }
+        if self.worker.parallel_patches == 0 {
+            return fail("worker.parallel_patches", "must be ≥ 1");
+        }
+        if self.rate_limit.burst == 0 {
+            return fail("rate_limit.burst", "must be ≥ 1");
+        }
+        if self.rate_limit.replicas_hint == 0 {
+            return fail("rate_limit.replicas_hint", "must be ≥ 1");
+        }
+        if self.retry.max_attempts == 0 {
+            return fail("retry.max_attempts", "must be ≥ 1");
+        }
+        if self.cxone.page_size == 0 {
+            return fail("cxone.page_size", "must be ≥ 1");
+        }
+        if self.cxone.api_base.is_empty() && self.cxone.auth.mode != AuthMode::Cxone {
+            return fail(
+                "cxone.api_base",
+                "may only be empty in auth mode \"cxone\" (discovered from the tenant)",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A list of human-readable durations ("1s", "2m").
+fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| humantime::parse_duration(s.trim()).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+fn check_readable(path: &Path) -> Result<(), SettingsError> {
+    std::fs::metadata(path)
+        .map(|_| ())
+        .map_err(|e| SettingsError::File {
+            path: path.to_owned(),
+            source: config::ConfigError::Message(e.to_string()),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load_env(pairs: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        let env: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load_with_env(&Sources::default(), Some(env))
+    }
+
+    #[test]
+    fn compiled_in_defaults_load_without_any_file() {
+        let s = load_env(&[]).expect("defaults load");
+        assert_eq!(s.amqp.prefix, "cxrel");
+        assert_eq!(s.amqp.retry_delays.len(), 5);
+        assert_eq!(s.rate_limit.requests_per_second, 100);
+        assert_eq!(s.cxone.auth.mode, AuthMode::Cxone);
+    }
+
+    #[test]
+    fn environment_variables_override_nested_keys() {
+        let s = load_env(&[
+            ("CXREL__RATE_LIMIT__REQUESTS_PER_SECOND", "42"),
+            ("CXREL__CXONE__AUTH__MODE", "client_credentials"),
+            ("CXREL__AMQP__RETRY_DELAYS", "1s,2s"),
+        ])
+        .expect("loads");
+        assert_eq!(s.rate_limit.requests_per_second, 42);
+        assert_eq!(s.cxone.auth.mode, AuthMode::ClientCredentials);
+        assert_eq!(
+            s.amqp.retry_delays,
+            vec![Duration::from_secs(1), Duration::from_secs(2)]
+        );
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        let err = load_env(&[("CXREL__RATE_LIMIT__REQUESTS_PER_SECOND", "lots")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rate_limit.requests_per_second"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_by_name() {
+        let err = load_env(&[("CXREL__AMQP__PREFIXX", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prefixx"), "{err}");
+    }
+
+    #[test]
+    fn a_config_file_overrides_defaults_and_env_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("local.toml");
+        std::fs::write(&path, "[amqp]\nprefix = \"fromfile\"\n[worker]\nprefetch = 7\n").unwrap();
+        let sources = Sources {
+            file: Some(path),
+            ..Sources::default()
+        };
+        let env = HashMap::from([("CXREL__WORKER__PREFETCH".to_owned(), "9".to_owned())]);
+        let s = Settings::load_with_env(&sources, Some(env)).unwrap();
+        assert_eq!(s.amqp.prefix, "fromfile");
+        assert_eq!(s.worker.prefetch, 9);
+    }
+
+    #[test]
+    fn a_missing_config_file_is_an_error_naming_the_path() {
+        let sources = Sources {
+            file: Some("/nonexistent/cxrel.toml".into()),
+            ..Sources::default()
+        };
+        let err = Settings::load_with_env(&sources, Some(HashMap::new()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/cxrel.toml"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let s = load_env(&[]).unwrap();
+        let dump = format!("{s:?}");
+        assert!(!dump.contains("demo-client-secret"), "{dump}");
+        assert!(!dump.contains("guest:guest"), "{dump}");
+    }
+}
