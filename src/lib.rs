@@ -6,10 +6,14 @@
 //! - [`settings`], [`secret`], [`telemetry`], [`shutdown`]: start-up plumbing.
 //! - [`cli`]: the `cxrel` subcommands (SPEC §9), one file each.
 //! - [`emulator`]: the bundled data-store emulator (auth, records API, faults, webhook receiver).
+//! - [`error`]: the Permanent / Transient class shared by every stage's errors.
+//! - [`amqp`]: broker connection, topology (SPEC §5), confirmed publishing, `x-cxrel-*` headers.
 //! - [`webhooks`]: Standard Webhooks signing and delivery.
 
+pub mod amqp;
 pub mod cli;
 pub mod emulator;
+pub mod error;
 pub mod secret;
 pub mod settings;
 pub mod shutdown;

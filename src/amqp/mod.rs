@@ -1,0 +1,36 @@
+//! The AMQP layer: connecting, the queue topology of SPEC §5, publishing with broker confirms and the
+//! `x-cxrel-*` headers. Everything the rest of the crate knows about RabbitMQ goes through here.
+
+pub mod connect;
+pub mod headers;
+pub mod publisher;
+pub mod topology;
+
+pub use connect::connect;
+pub use publisher::Publisher;
+pub use topology::Topology;
+
+use crate::error::ErrorClass;
+
+/// A broker-side failure. All of them are transient: the broker or the connection may come back.
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpError {
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("the broker refused (nacked) a message for {exchange:?}/{routing_key:?}")]
+    Nacked {
+        exchange: String,
+        routing_key: String,
+    },
+    #[error("no queue is bound for {exchange:?}/{routing_key:?}; run `cxrel topology declare`")]
+    Unroutable {
+        exchange: String,
+        routing_key: String,
+    },
+}
+
+impl AmqpError {
+    pub fn class(&self) -> ErrorClass {
+        ErrorClass::Transient
+    }
+}

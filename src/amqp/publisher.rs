@@ -1,0 +1,85 @@
+//! Publishing with publisher confirms: a publish returns only once the broker has taken
+//! responsibility for the message, which is what lets a delivery be acked after its successor.
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
+
+use super::AmqpError;
+
+/// A channel in confirm mode. Cheap to clone; concurrent publishes each await their own confirm.
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+}
+
+impl Publisher {
+    /// Opens a dedicated channel on `connection` and switches it to confirm mode.
+    pub async fn open(connection: &Connection) -> Result<Self, AmqpError> {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self { channel })
+    }
+
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Publishes a persistent message straight to a queue and waits for the confirm. `mandatory`
+    /// makes a missing queue an error instead of a silent drop.
+    pub async fn to_queue(
+        &self,
+        queue: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), AmqpError> {
+        self.publish("", queue, body, properties, true).await
+    }
+
+    /// Publishes to an exchange; with `mandatory` false an unbound routing key is not an error
+    /// (an events exchange with no subscriber yet).
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<(), AmqpError> {
+        let options = BasicPublishOptions {
+            mandatory,
+            ..BasicPublishOptions::default()
+        };
+        let properties = properties.with_delivery_mode(2);
+        let confirmation = self
+            .channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                options,
+                body,
+                properties,
+            )
+            .await?
+            .await?;
+        let where_to = || (exchange.to_owned(), routing_key.to_owned());
+        match confirmation {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(Some(_)) => {
+                let (exchange, routing_key) = where_to();
+                Err(AmqpError::Unroutable {
+                    exchange,
+                    routing_key,
+                })
+            }
+            Confirmation::Nack(_) => {
+                let (exchange, routing_key) = where_to();
+                Err(AmqpError::Nacked {
+                    exchange,
+                    routing_key,
+                })
+            }
+        }
+    }
+}
