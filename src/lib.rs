@@ -8,12 +8,14 @@
 //! - [`emulator`]: the bundled data-store emulator (auth, records API, faults, webhook receiver).
 //! - [`error`]: the Permanent / Transient class shared by every stage's errors.
 //! - [`amqp`]: broker connection, topology (SPEC §5), confirmed publishing, `x-cxrel-*` headers.
+//! - [`events`]: CloudEvents result events with ids stable across redelivery (SPEC §6).
 //! - [`webhooks`]: Standard Webhooks signing and delivery.
 
 pub mod amqp;
 pub mod cli;
 pub mod emulator;
 pub mod error;
+pub mod events;
 pub mod secret;
 pub mod settings;
 pub mod shutdown;
