@@ -9,6 +9,7 @@
 //! - [`error`]: the Permanent / Transient class shared by every stage's errors.
 //! - [`amqp`]: broker connection, topology (SPEC §5), confirmed publishing, `x-cxrel-*` headers.
 //! - [`events`]: CloudEvents result events with ids stable across redelivery (SPEC §6).
+//! - [`http`]: `/healthz`, `/readyz`, `/metrics` of the worker.
 //! - [`webhooks`]: Standard Webhooks signing and delivery.
 
 pub mod amqp;
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod emulator;
 pub mod error;
 pub mod events;
+pub mod http;
 pub mod secret;
 pub mod settings;
 pub mod shutdown;

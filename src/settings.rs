@@ -29,6 +29,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub emulator: EmulatorSettings,
     pub webhooks: Vec<WebhookSettings>,
+    pub webhook_delivery: WebhookDeliverySettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -191,6 +192,20 @@ pub struct WebhookSettings {
     pub events: Vec<String>,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookDeliverySettings {
+    pub queue_capacity: usize,
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub min_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
 /// Why settings could not be loaded; the message names the file or key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -230,7 +245,10 @@ impl Settings {
         let mut builder =
             Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
         if let Some(name) = sources.env_name.as_deref().filter(|n| !n.is_empty()) {
-            let dir = sources.config_dir.clone().unwrap_or_else(|| "config".into());
+            let dir = sources
+                .config_dir
+                .clone()
+                .unwrap_or_else(|| "config".into());
             let path = dir.join(format!("{name}.toml"));
             builder = builder.add_source(File::from(path).required(false));
         }
@@ -245,10 +263,7 @@ impl Settings {
             .list_separator(",")
             .with_list_parse_key("amqp.retry_delays")
             .source(env);
-        let settings: Settings = builder
-            .add_source(environment)
-            .build()?
-            .try_deserialize()?;
+        let settings: Settings = builder.add_source(environment).build()?.try_deserialize()?;
         settings.check()?;
         Ok(settings)
     }
@@ -281,6 +296,13 @@ impl Settings {
         }
         if self.retry.max_attempts == 0 {
             return fail("retry.max_attempts", "must be ≥ 1");
+        }
+        let delivery = &self.webhook_delivery;
+        if delivery.queue_capacity == 0 || delivery.concurrency == 0 || delivery.max_attempts == 0 {
+            return fail(
+                "webhook_delivery",
+                "queue_capacity, concurrency and max_attempts must be ≥ 1",
+            );
         }
         if self.cxone.page_size == 0 {
             return fail("cxone.page_size", "must be ≥ 1");
@@ -370,7 +392,11 @@ mod tests {
     fn a_config_file_overrides_defaults_and_env_overrides_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("local.toml");
-        std::fs::write(&path, "[amqp]\nprefix = \"fromfile\"\n[worker]\nprefetch = 7\n").unwrap();
+        std::fs::write(
+            &path,
+            "[amqp]\nprefix = \"fromfile\"\n[worker]\nprefetch = 7\n",
+        )
+        .unwrap();
         let sources = Sources {
             file: Some(path),
             ..Sources::default()

@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use crate::settings::{Settings, SettingsError, Sources};
 
 #[derive(Debug, Parser)]
-#[command(name = "cxrel", version, about = "Bulk relationship jobs from RabbitMQ to a record data store")]
+#[command(
+    name = "cxrel",
+    version,
+    about = "Bulk relationship jobs from RabbitMQ to a record data store"
+)]
 pub struct Cli {
     /// Settings file layered over config/default.toml and config/{CXREL_ENV}.toml.
     #[arg(long, global = true, value_name = "FILE")]

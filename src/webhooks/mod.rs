@@ -1,3 +1,7 @@
-//! Outgoing webhooks (SPEC §7): Standard Webhooks signing, shared with the emulator's receiver.
+//! Outgoing webhooks (SPEC §7): Standard Webhooks signing (shared with the emulator's receiver) and
+//! the bounded delivery queue.
 
+pub mod delivery;
 pub mod signing;
+
+pub use delivery::{WebhookQueue, WebhookWorker};

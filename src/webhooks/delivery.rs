@@ -1,0 +1,256 @@
+//! The webhook delivery queue: jobs hand events over without waiting; a bounded set of tasks POSTs
+//! each to every matching endpoint, signed, retried with backoff, and parks what still fails (or what
+//! finds the queue full, or is unsent at shutdown) on the webhook dead queue.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use backon::{ExponentialBuilder, Retryable};
+use lapin::BasicProperties;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::signing::{SignatureError, SigningKey};
+use crate::amqp::{Publisher, headers};
+use crate::events::CloudEvent;
+use crate::settings::{WebhookDeliverySettings, WebhookSettings};
+
+/// One configured endpoint.
+#[derive(Debug, Clone)]
+struct Endpoint {
+    url: String,
+    key: SigningKey,
+    events: Vec<String>,
+}
+
+impl Endpoint {
+    fn wants(&self, event: &CloudEvent) -> bool {
+        self.events.is_empty() || self.events.iter().any(|e| e == event.ty.as_str())
+    }
+}
+
+/// The sending side, held by the pipeline. Cloning is cheap.
+#[derive(Clone)]
+pub struct WebhookQueue {
+    tx: Option<mpsc::Sender<Arc<CloudEvent>>>,
+    parking: Parking,
+}
+
+/// Where undeliverable events go.
+#[derive(Clone)]
+struct Parking {
+    publisher: Publisher,
+    dead_queue: String,
+}
+
+/// The delivery tasks; `drain` waits for them at shutdown.
+pub struct WebhookWorker {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WebhookWorker {
+    pub async fn drain(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Starts delivery for `hooks`. With no hooks configured, offered events are simply dropped.
+pub fn start(
+    config: &WebhookDeliverySettings,
+    hooks: &[WebhookSettings],
+    publisher: Publisher,
+    dead_queue: String,
+    cancel: CancellationToken,
+    drain_deadline: Duration,
+) -> Result<(WebhookQueue, WebhookWorker), SignatureError> {
+    let endpoints = hooks
+        .iter()
+        .map(|h| {
+            Ok(Endpoint {
+                url: h.url.clone(),
+                key: SigningKey::from_secret(h.secret.expose())?,
+                events: h.events.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>, SignatureError>>()?;
+    let parking = Parking {
+        publisher,
+        dead_queue,
+    };
+    let (tx, rx) = mpsc::channel(config.queue_capacity);
+    let deliverer = Deliverer {
+        client: reqwest::Client::builder()
+            .timeout(config.timeout)
+            .build()
+            .unwrap_or_default(),
+        endpoints: Arc::new(endpoints),
+        config: config.clone(),
+        parking: parking.clone(),
+    };
+    let has_endpoints = !deliverer.endpoints.is_empty();
+    let task = tokio::spawn(deliverer.run(rx, cancel, drain_deadline));
+    let queue = WebhookQueue {
+        tx: has_endpoints.then_some(tx),
+        parking,
+    };
+    Ok((queue, WebhookWorker { task }))
+}
+
+impl WebhookQueue {
+    /// Hands an event over without waiting for delivery. A full queue parks the event on the dead
+    /// queue instead of making the job wait for a slow endpoint.
+    pub async fn offer(&self, event: CloudEvent) {
+        let Some(tx) = &self.tx else { return };
+        match tx.try_send(Arc::new(event)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(event)) => {
+                metrics::counter!("cxrel_webhook_deliveries_total", "outcome" => "queue_full")
+                    .increment(1);
+                self.parking.park(&event, "", "webhook queue full", 0).await;
+            }
+            Err(mpsc::error::TrySendError::Closed(event)) => {
+                self.parking
+                    .park(&event, "", "webhook delivery stopped", 0)
+                    .await;
+            }
+        }
+    }
+}
+
+impl Parking {
+    async fn park(&self, event: &CloudEvent, url: &str, error: &str, attempts: u64) {
+        let mut table = lapin::types::FieldTable::default();
+        headers::set_str(&mut table, "x-cxrel-webhook-url", url);
+        headers::set_str(&mut table, headers::ERROR_MESSAGE, error);
+        headers::set_u64(&mut table, headers::ATTEMPTS, attempts);
+        headers::set_str(
+            &mut table,
+            headers::LAST_FAILED_AT,
+            crate::events::now_rfc3339(),
+        );
+        let properties = BasicProperties::default()
+            .with_content_type("application/cloudevents+json".into())
+            .with_message_id(event.id.clone().into())
+            .with_headers(table);
+        let body = event.to_json();
+        if let Err(err) = self
+            .publisher
+            .to_queue(&self.dead_queue, &body, properties)
+            .await
+        {
+            // The job's outcome never depends on its webhooks; losing a notification is logged loudly.
+            tracing::error!(event_id = %event.id, error = %err, "could not park an undeliverable webhook");
+        }
+    }
+}
+
+struct Deliverer {
+    client: reqwest::Client,
+    endpoints: Arc<Vec<Endpoint>>,
+    config: WebhookDeliverySettings,
+    parking: Parking,
+}
+
+impl Deliverer {
+    async fn run(
+        self,
+        mut rx: mpsc::Receiver<Arc<CloudEvent>>,
+        cancel: CancellationToken,
+        drain_deadline: Duration,
+    ) {
+        let this = Arc::new(self);
+        let permits = Arc::new(Semaphore::new(this.config.concurrency));
+        let mut tasks = JoinSet::new();
+        loop {
+            let event = tokio::select! {
+                event = rx.recv() => event,
+                () = cancel.cancelled() => None,
+            };
+            let Some(event) = event else { break };
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
+            let this = this.clone();
+            tasks.spawn(async move {
+                this.deliver_everywhere(&event).await;
+                drop(permit);
+            });
+            while tasks.try_join_next().is_some() {}
+        }
+        // Shutdown: finish what is in flight within the deadline, park everything else.
+        rx.close();
+        let _ = tokio::time::timeout(drain_deadline, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        tasks.abort_all();
+        while let Ok(event) = rx.try_recv() {
+            this.parking
+                .park(&event, "", "not delivered before shutdown", 0)
+                .await;
+        }
+    }
+
+    async fn deliver_everywhere(&self, event: &CloudEvent) {
+        for endpoint in self.endpoints.iter().filter(|e| e.wants(event)) {
+            self.deliver(endpoint, event).await;
+        }
+    }
+
+    async fn deliver(&self, endpoint: &Endpoint, event: &CloudEvent) {
+        let body = event.to_json();
+        let attempts = std::sync::atomic::AtomicU64::new(0);
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.config.min_backoff)
+            .with_max_delay(self.config.max_backoff)
+            .with_max_times(self.config.max_attempts.saturating_sub(1) as usize)
+            .with_jitter();
+        let result = (|| async {
+            attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.post(endpoint, event, &body).await
+        })
+        .retry(backoff)
+        .await;
+        let attempts = attempts.into_inner();
+        let outcome = if result.is_ok() { "delivered" } else { "dead" };
+        metrics::counter!("cxrel_webhook_deliveries_total", "outcome" => outcome).increment(1);
+        if let Err(error) = result {
+            tracing::warn!(url = %endpoint.url, event_id = %event.id, attempts, %error, "webhook parked on the dead queue");
+            self.parking
+                .park(event, &endpoint.url, &error, attempts)
+                .await;
+        }
+    }
+
+    async fn post(
+        &self,
+        endpoint: &Endpoint,
+        event: &CloudEvent,
+        body: &[u8],
+    ) -> Result<(), String> {
+        let timestamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let mut request = self
+            .client
+            .post(&endpoint.url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &event.id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header(
+                "webhook-signature",
+                endpoint.key.sign(&event.id, timestamp, body),
+            )
+            .body(body.to_vec());
+        if let Some(traceparent) = &event.traceparent {
+            request = request.header("traceparent", traceparent);
+        }
+        let response = request.send().await.map_err(|e| e.to_string())?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("endpoint answered {}", response.status()))
+        }
+    }
+}
