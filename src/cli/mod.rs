@@ -1,6 +1,7 @@
 //! The command line (SPEC §9): global options, one subcommand per file in this folder.
 
 mod emulator;
+mod topology;
 
 use std::path::PathBuf;
 
@@ -27,6 +28,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the bundled data-store emulator (auth, records API, faults, webhook receiver).
     Emulator(emulator::EmulatorArgs),
+    /// Manage the broker topology (queues and exchanges named from [amqp].prefix).
+    Topology(topology::TopologyArgs),
 }
 
 impl Cli {
@@ -45,5 +48,6 @@ impl Cli {
 pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
     match cli.command {
         Command::Emulator(args) => emulator::run(args, settings).await,
+        Command::Topology(args) => topology::run(args, settings).await,
     }
 }
