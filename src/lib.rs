@@ -11,6 +11,7 @@
 //! - [`events`]: CloudEvents result events with ids stable across redelivery (SPEC §6).
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics` of the worker.
 //! - [`webhooks`]: Standard Webhooks signing and delivery.
+//! - [`worker`]: the consume loop, per-parent locks, outcome settlement (ack / retry / dead letter).
 
 pub mod amqp;
 pub mod cli;
@@ -23,3 +24,4 @@ pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
 pub mod webhooks;
+pub mod worker;

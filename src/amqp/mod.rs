@@ -22,6 +22,8 @@ pub enum AmqpError {
         exchange: String,
         routing_key: String,
     },
+    #[error("the broker cancelled the consumer (queue deleted?)")]
+    ConsumerEnded,
     #[error("no queue is bound for {exchange:?}/{routing_key:?}; run `cxrel topology declare`")]
     Unroutable {
         exchange: String,

@@ -1,0 +1,11 @@
+//! `cxrel worker`, the main job: consume → parse → validate → plan → apply → publish, with retries
+//! through hold queues, dead letters, webhooks, per-parent exclusion and graceful shutdown.
+
+pub mod consumer;
+pub mod locks;
+pub mod outcome;
+pub mod settle;
+pub mod trace;
+
+pub use consumer::{Consumer, ConsumerConfig, IncomingJob, JobHandler};
+pub use outcome::{Failure, Outcome, Stage};

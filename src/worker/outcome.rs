@@ -1,0 +1,83 @@
+//! What became of one job: the events it produced and, if it failed, how (code, stage, class).
+//! The pipeline decides the outcome; `settle` alone turns it into broker actions.
+
+use crate::error::ErrorClass;
+use crate::events::{CloudEvent, EventContext};
+
+/// Where in the pipeline a job failed (the `x-cxrel-stage` header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Parse,
+    Validate,
+    Apply,
+    Compensate,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Parse => "parse",
+            Self::Validate => "validate",
+            Self::Apply => "apply",
+            Self::Compensate => "compensate",
+        }
+    }
+}
+
+/// A job-level failure with a stable code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub code: String,
+    pub message: String,
+    pub stage: Stage,
+    pub class: ErrorClass,
+}
+
+impl Failure {
+    pub fn new(
+        code: impl Into<String>,
+        message: impl Into<String>,
+        stage: Stage,
+        class: ErrorClass,
+    ) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+            stage,
+            class,
+        }
+    }
+}
+
+/// The result of handling one delivery.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Identifies the job in headers, events and logs.
+    pub context: EventContext,
+    /// Published whatever happens next (applied, rejected, rolled_back events, job.completed).
+    pub events: Vec<CloudEvent>,
+    /// Published only if the job ends here, i.e. is not retried (per-operation `failed` events and
+    /// the final `job.completed`).
+    pub final_events: Vec<CloudEvent>,
+    pub failure: Option<Failure>,
+}
+
+impl Outcome {
+    pub fn done(context: EventContext, events: Vec<CloudEvent>) -> Self {
+        Self {
+            context,
+            events,
+            final_events: Vec::new(),
+            failure: None,
+        }
+    }
+
+    pub fn failed(context: EventContext, failure: Failure) -> Self {
+        Self {
+            context,
+            events: Vec::new(),
+            final_events: Vec::new(),
+            failure: Some(failure),
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The one place that maps an outcome to broker actions: events, a retry copy on the next hold
+//! queue, or a dead letter; each confirmed by the broker before the delivery is acked (SPEC §5).
+
+use std::sync::Arc;
+
+use futures::future::try_join_all;
+use lapin::BasicProperties;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::FieldTable;
+
+use super::outcome::{Failure, Outcome};
+use crate::amqp::{AmqpError, Publisher, Topology, headers};
+use crate::error::ErrorClass;
+use crate::events::{CloudEvent, now_rfc3339};
+
+/// What settling did, for metrics and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    Completed,
+    Retried,
+    DeadLettered,
+}
+
+impl Settled {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Retried => "retried",
+            Self::DeadLettered => "dead_lettered",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Settler {
+    pub publisher: Publisher,
+    pub topology: Arc<Topology>,
+}
+
+impl Settler {
+    /// Publishes what replaces the delivery, then acks it. If the broker does not confirm, the
+    /// delivery is not acked: it is requeued (or redelivered after a reconnect) and handled again.
+    pub async fn settle(
+        &self,
+        delivery: &Delivery,
+        outcome: &Outcome,
+    ) -> Result<Settled, AmqpError> {
+        let previous = previous_attempts(delivery);
+        let settled = match &outcome.failure {
+            None => {
+                self.publish_events(&outcome.events).await?;
+                Settled::Completed
+            }
+            Some(failure) => {
+                self.settle_failure(delivery, outcome, failure, previous + 1)
+                    .await?
+            }
+        };
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+        metrics::counter!("cxrel_jobs_total", "outcome" => settled.as_str()).increment(1);
+        Ok(settled)
+    }
+
+    /// Gives a delivery back to the broker after settling failed, so it is not stuck unacked.
+    pub async fn requeue(&self, delivery: &Delivery) {
+        let options = BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        };
+        let _ = delivery.acker.nack(options).await;
+    }
+
+    async fn settle_failure(
+        &self,
+        delivery: &Delivery,
+        outcome: &Outcome,
+        failure: &Failure,
+        attempts: u64,
+    ) -> Result<Settled, AmqpError> {
+        let retry = match failure.class {
+            ErrorClass::Transient => self.topology.retry_after_failure(attempts),
+            ErrorClass::Permanent => None,
+        };
+        if let Some((hold_queue, _)) = retry {
+            let properties = failure_properties(delivery, outcome, failure, attempts);
+            self.publisher
+                .to_queue(&hold_queue, &delivery.data, properties)
+                .await?;
+            self.publish_events(&outcome.events).await?;
+            metrics::counter!("cxrel_retries_total", "code" => failure.code.clone()).increment(1);
+            return Ok(Settled::Retried);
+        }
+        let properties = failure_properties(delivery, outcome, failure, attempts);
+        self.publisher
+            .to_queue(&self.topology.dead(), &delivery.data, properties)
+            .await?;
+        let dead = outcome.context.job_dead_lettered(
+            &failure.code,
+            &failure.message,
+            failure.stage.as_str(),
+            attempts,
+        );
+        let mut events = outcome.events.clone();
+        events.extend(outcome.final_events.iter().cloned());
+        events.push(dead);
+        self.publish_events(&events).await?;
+        metrics::counter!("cxrel_dead_letters_total", "code" => failure.code.clone()).increment(1);
+        tracing::warn!(
+            job_id = %outcome.context.job_id,
+            code = %failure.code,
+            stage = failure.stage.as_str(),
+            attempts,
+            "job dead-lettered: {}",
+            failure.message
+        );
+        Ok(Settled::DeadLettered)
+    }
+
+    async fn publish_events(&self, events: &[CloudEvent]) -> Result<(), AmqpError> {
+        let exchange = self.topology.events();
+        try_join_all(events.iter().map(|event| {
+            let mut table = FieldTable::default();
+            if let Some(traceparent) = &event.traceparent {
+                headers::set_str(&mut table, headers::TRACEPARENT, traceparent.clone());
+            }
+            let properties = BasicProperties::default()
+                .with_content_type("application/cloudevents+json".into())
+                .with_message_id(event.id.clone().into())
+                .with_type(event.ty.as_str().into())
+                .with_headers(table);
+            let body = event.to_json();
+            let exchange = exchange.clone();
+            async move {
+                self.publisher
+                    .publish(&exchange, event.ty.routing_key(), &body, properties, false)
+                    .await
+            }
+        }))
+        .await?;
+        Ok(())
+    }
+}
+
+/// Attempts already made before this delivery, from `x-cxrel-attempts`.
+pub fn previous_attempts(delivery: &Delivery) -> u64 {
+    headers::get_u64(&headers::table(&delivery.properties), headers::ATTEMPTS).unwrap_or(0)
+}
+
+/// The original properties (message id, content type, trace context) plus the failure headers.
+fn failure_properties(
+    delivery: &Delivery,
+    outcome: &Outcome,
+    failure: &Failure,
+    attempts: u64,
+) -> BasicProperties {
+    let mut table = headers::table(&delivery.properties);
+    let now = now_rfc3339();
+    if headers::get_str(&table, headers::FIRST_FAILED_AT).is_none() {
+        headers::set_str(&mut table, headers::FIRST_FAILED_AT, now.clone());
+    }
+    headers::set_str(&mut table, headers::LAST_FAILED_AT, now);
+    headers::set_str(&mut table, headers::ERROR_CODE, failure.code.clone());
+    headers::set_str(
+        &mut table,
+        headers::ERROR_MESSAGE,
+        truncate(&failure.message, 4000),
+    );
+    headers::set_str(&mut table, headers::STAGE, failure.stage.as_str());
+    headers::set_u64(&mut table, headers::ATTEMPTS, attempts);
+    headers::set_str(&mut table, headers::JOB_ID, outcome.context.job_id.clone());
+    delivery.properties.clone().with_headers(table)
+}
+
+fn truncate(message: &str, max: usize) -> String {
+    if message.len() <= max {
+        return message.to_owned();
+    }
+    let mut end = max;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &message[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_cut_on_a_character_boundary() {
+        let cut = truncate("ééééé", 3);
+        assert_eq!(cut, "é…");
+    }
+}
