@@ -9,6 +9,7 @@
 //! - [`error`]: the Permanent / Transient class shared by every stage's errors.
 //! - [`amqp`]: broker connection, topology (SPEC §5), confirmed publishing, `x-cxrel-*` headers.
 //! - [`events`]: CloudEvents result events with ids stable across redelivery (SPEC §6).
+//! - [`jobfile`]: streamed reading of job files (JSON array, JSON Lines, object stream).
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics` of the worker.
 //! - [`webhooks`]: Standard Webhooks signing and delivery.
 //! - [`worker`]: the consume loop, per-parent locks, outcome settlement (ack / retry / dead letter).
@@ -19,6 +20,7 @@ pub mod emulator;
 pub mod error;
 pub mod events;
 pub mod http;
+pub mod jobfile;
 pub mod secret;
 pub mod settings;
 pub mod shutdown;
