@@ -1,6 +1,7 @@
 //! The command line (SPEC §9): global options, one subcommand per file in this folder.
 
 mod emulator;
+mod enqueue;
 mod topology;
 
 use std::path::PathBuf;
@@ -28,6 +29,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the bundled data-store emulator (auth, records API, faults, webhook receiver).
     Emulator(emulator::EmulatorArgs),
+    /// Publish jobs from a file (JSON array, object or JSON Lines; `-` = stdin) to the jobs queue.
+    Enqueue(enqueue::EnqueueArgs),
     /// Manage the broker topology (queues and exchanges named from [amqp].prefix).
     Topology(topology::TopologyArgs),
 }
@@ -48,6 +51,7 @@ impl Cli {
 pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
     match cli.command {
         Command::Emulator(args) => emulator::run(args, settings).await,
+        Command::Enqueue(args) => enqueue::run(args, settings).await,
         Command::Topology(args) => topology::run(args, settings).await,
     }
 }

@@ -1,0 +1,213 @@
+//! `cxrel enqueue FILE|-`: publish jobs from a file (JSON array, single object or JSON Lines) to the
+//! jobs queue, streamed, each confirmed by the broker, optionally rate-limited, with a progress bar
+//! on a terminal and a summary at the end.
+
+use std::io::IsTerminal;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use futures::StreamExt;
+use governor::{Quota, RateLimiter};
+use indicatif::{ProgressBar, ProgressStyle};
+use lapin::BasicProperties;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::amqp::{self, Publisher, Topology};
+use crate::jobfile::{self, BadItem, Item};
+use crate::settings::Settings;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnError {
+    /// Stop at the first bad job (nothing after it is published).
+    Abort,
+    /// Report the bad job with its line number and go on.
+    Skip,
+}
+
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// Job file (JSON array, one JSON object, or JSON Lines); `-` reads standard input.
+    pub file: PathBuf,
+    /// Jobs per second; 0 publishes as fast as the broker confirms.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u32,
+    /// What to do with a job that is not valid JSON or not an object.
+    #[arg(long, value_enum, default_value_t = OnError::Abort)]
+    pub on_error: OnError,
+    /// Publishes awaiting their broker confirm at once.
+    #[arg(long, default_value_t = 256)]
+    pub window: usize,
+    /// Do not declare the topology first (it must exist).
+    #[arg(long)]
+    pub no_declare: bool,
+}
+
+/// Counts for the summary line.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub published: u64,
+    pub skipped: Vec<BadItem>,
+    pub aborted: Option<BadItem>,
+    pub failed_publishes: u64,
+}
+
+pub async fn run(args: EnqueueArgs, settings: Settings) -> anyhow::Result<i32> {
+    let topology = Topology::from_settings(&settings.amqp);
+    let connection = amqp::connect(&settings.amqp.url, "cxrel enqueue").await?;
+    if !args.no_declare {
+        let channel = connection.create_channel().await?;
+        amqp::topology::declare(&channel, &topology).await?;
+    }
+    let publisher = Publisher::open(&connection).await?;
+    let started = Instant::now();
+    let summary = publish_file(&args, &publisher, &topology.jobs()).await?;
+    let _ = connection.close(200, "done".into()).await;
+    print_summary(&summary, started.elapsed(), &topology.jobs());
+    let clean =
+        summary.skipped.is_empty() && summary.aborted.is_none() && summary.failed_publishes == 0;
+    Ok(if clean { 0 } else { 1 })
+}
+
+/// Reads the file on a blocking thread and publishes what it yields, `window` confirms at a time.
+pub async fn publish_file(
+    args: &EnqueueArgs,
+    publisher: &Publisher,
+    queue: &str,
+) -> anyhow::Result<Summary> {
+    let (tx, rx) = mpsc::channel::<Result<Item, BadItem>>(args.window.max(1) * 2);
+    let input = open_input(&args.file)?;
+    let reader = tokio::task::spawn_blocking(move || {
+        jobfile::read_jobs(input, |item| tx.blocking_send(item).is_ok());
+    });
+    let limiter = NonZeroU32::new(args.rate).map(|r| RateLimiter::direct(Quota::per_second(r)));
+    let progress = progress_bar();
+    let mut summary = Summary::default();
+    let mut items = ReceiverStream::new(rx);
+    let mut publishes = futures::stream::FuturesUnordered::new();
+    while let Some(item) = items.next().await {
+        match item {
+            Ok(item) => {
+                if let Some(limiter) = &limiter {
+                    limiter.until_ready().await;
+                }
+                while publishes.len() >= args.window.max(1) {
+                    settle_one(&mut publishes, &mut summary, &progress).await;
+                }
+                publishes.push(publish_one(publisher, queue, item));
+            }
+            Err(bad) if bad.recoverable && args.on_error == OnError::Skip => {
+                progress.println(format!("skipped: {bad}"));
+                summary.skipped.push(bad);
+            }
+            Err(bad) => {
+                summary.aborted = Some(bad);
+                break;
+            }
+        }
+    }
+    drop(items);
+    while !publishes.is_empty() {
+        settle_one(&mut publishes, &mut summary, &progress).await;
+    }
+    progress.finish_and_clear();
+    let _ = reader.await;
+    Ok(summary)
+}
+
+async fn settle_one<F: std::future::Future<Output = Result<(), String>>>(
+    publishes: &mut futures::stream::FuturesUnordered<F>,
+    summary: &mut Summary,
+    progress: &ProgressBar,
+) {
+    match publishes.next().await {
+        Some(Ok(())) => {
+            summary.published += 1;
+            progress.inc(1);
+        }
+        Some(Err(error)) => {
+            summary.failed_publishes += 1;
+            progress.println(format!("publish failed: {error}"));
+        }
+        None => {}
+    }
+}
+
+async fn publish_one(publisher: &Publisher, queue: &str, item: Item) -> Result<(), String> {
+    let message_id = job_id_of(&item.json).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let properties = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_message_id(message_id.into());
+    publisher
+        .to_queue(queue, item.json.as_bytes(), properties)
+        .await
+        .map_err(|e| format!("job {}: {e}", item.index))
+}
+
+/// The job's own `job_id`, so the message id (the worker's default job id) matches it.
+fn job_id_of(json: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct JobId {
+        job_id: Option<String>,
+    }
+    serde_json::from_str::<JobId>(json)
+        .ok()?
+        .job_id
+        .filter(|id| !id.is_empty() && id.len() <= 128)
+}
+
+fn open_input(path: &PathBuf) -> anyhow::Result<Box<dyn std::io::Read + Send>> {
+    if path.as_os_str() == "-" {
+        return Ok(Box::new(std::io::stdin()));
+    }
+    let file = std::fs::File::open(path)
+        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+    Ok(Box::new(file))
+}
+
+fn progress_bar() -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {pos} jobs published ({per_sec}) {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+fn print_summary(summary: &Summary, elapsed: Duration, queue: &str) {
+    let rate = summary.published as f64 / elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "published {} jobs to {queue} in {:.2}s ({rate:.0} jobs/s); skipped {}; failed publishes {}",
+        summary.published,
+        elapsed.as_secs_f64(),
+        summary.skipped.len(),
+        summary.failed_publishes
+    );
+    for bad in &summary.skipped {
+        println!("  skipped {bad}");
+    }
+    if let Some(bad) = &summary.aborted {
+        println!("aborted at {bad}; nothing after it was published");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_message_id_follows_the_jobs_own_id() {
+        assert_eq!(
+            job_id_of(r#"{"job_id":"j-1","operations":[]}"#).as_deref(),
+            Some("j-1")
+        );
+        assert_eq!(job_id_of(r#"{"parentId":"p"}"#), None);
+        assert_eq!(job_id_of(r#"{"job_id":""}"#), None);
+    }
+}
