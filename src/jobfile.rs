@@ -166,9 +166,9 @@ fn read_lines<R: BufRead>(
 }
 
 fn read_stream<R: Read>(reader: R, sink: &mut dyn FnMut(Result<Item, BadItem>) -> bool) {
-    let mut de = serde_json::Deserializer::from_reader(reader).into_iter::<Box<RawValue>>();
+    let values = serde_json::Deserializer::from_reader(reader).into_iter::<Box<RawValue>>();
     let mut index = 0;
-    while let Some(next) = de.next() {
+    for next in values {
         let item = match next {
             Ok(raw) => {
                 index += 1;
@@ -216,7 +216,10 @@ mod tests {
     #[test]
     fn an_array_yields_each_element_in_order() {
         let items = read(" [ {\"a\":1}, {\"b\": [2, 3]} ]\n");
-        let jsons: Vec<_> = items.iter().map(|i| i.as_ref().unwrap().json.clone()).collect();
+        let jsons: Vec<_> = items
+            .iter()
+            .map(|i| i.as_ref().unwrap().json.clone())
+            .collect();
         assert_eq!(jsons, vec!["{\"a\":1}", "{\"b\": [2, 3]}"]);
     }
 
