@@ -7,20 +7,24 @@
 //! - [`cli`]: the `cxrel` subcommands (SPEC §9), one file each.
 //! - [`emulator`]: the bundled data-store emulator (auth, records API, faults, webhook receiver).
 //! - [`error`]: the Permanent / Transient class shared by every stage's errors.
+//! - [`schema`]: a data store's schema, wire JSON and effective relationship constraints.
 //! - [`amqp`]: broker connection, topology (SPEC §5), confirmed publishing, `x-cxrel-*` headers.
 //! - [`events`]: CloudEvents result events with ids stable across redelivery (SPEC §6).
 //! - [`jobfile`]: streamed reading of job files (JSON array, JSON Lines, object stream).
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics` of the worker.
+//! - [`dlq`]: dead-letter browsing, replay (confirm before ack) and purge for operators.
 //! - [`webhooks`]: Standard Webhooks signing and delivery.
 //! - [`worker`]: the consume loop, per-parent locks, outcome settlement (ack / retry / dead letter).
 
 pub mod amqp;
 pub mod cli;
 pub mod emulator;
+pub mod dlq;
 pub mod error;
 pub mod events;
 pub mod http;
 pub mod jobfile;
+pub mod schema;
 pub mod secret;
 pub mod settings;
 pub mod shutdown;

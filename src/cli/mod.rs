@@ -1,5 +1,6 @@
 //! The command line (SPEC §9): global options, one subcommand per file in this folder.
 
+mod dlq;
 mod emulator;
 mod enqueue;
 mod topology;
@@ -31,6 +32,8 @@ pub enum Command {
     Emulator(emulator::EmulatorArgs),
     /// Publish jobs from a file (JSON array, object or JSON Lines; `-` = stdin) to the jobs queue.
     Enqueue(enqueue::EnqueueArgs),
+    /// Inspect, replay, purge or export dead letters.
+    Dlq(dlq::DlqArgs),
     /// Manage the broker topology (queues and exchanges named from [amqp].prefix).
     Topology(topology::TopologyArgs),
 }
@@ -52,6 +55,7 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
     match cli.command {
         Command::Emulator(args) => emulator::run(args, settings).await,
         Command::Enqueue(args) => enqueue::run(args, settings).await,
+        Command::Dlq(args) => dlq::run(args, settings).await,
         Command::Topology(args) => topology::run(args, settings).await,
     }
 }
