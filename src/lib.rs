@@ -12,14 +12,16 @@
 //! - [`events`]: CloudEvents result events with ids stable across redelivery (SPEC §6).
 //! - [`jobfile`]: streamed reading of job files (JSON array, JSON Lines, object stream).
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics` of the worker.
+//! - [`bench`]: throughput measurements, including the raw broker ceiling.
 //! - [`dlq`]: dead-letter browsing, replay (confirm before ack) and purge for operators.
 //! - [`webhooks`]: Standard Webhooks signing and delivery.
 //! - [`worker`]: the consume loop, per-parent locks, outcome settlement (ack / retry / dead letter).
 
 pub mod amqp;
+pub mod bench;
 pub mod cli;
-pub mod emulator;
 pub mod dlq;
+pub mod emulator;
 pub mod error;
 pub mod events;
 pub mod http;

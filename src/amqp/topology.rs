@@ -93,7 +93,8 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), AmqpE
     Ok(())
 }
 
-async fn declare_quorum(channel: &Channel, name: &str) -> Result<(), AmqpError> {
+/// Declares one durable quorum queue.
+pub async fn declare_quorum(channel: &Channel, name: &str) -> Result<(), AmqpError> {
     let mut args = FieldTable::default();
     args.insert(
         ShortString::from("x-queue-type"),
