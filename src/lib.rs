@@ -8,6 +8,8 @@
 //! - [`emulator`]: the bundled data-store emulator (auth, records API, faults, webhook receiver).
 //! - [`error`]: the Permanent / Transient class shared by every stage's errors.
 //! - [`schema`]: a data store's schema, wire JSON and effective relationship constraints.
+//! - [`job`]: job messages parsed at the boundary into domain types (SPEC §1).
+//! - [`graph`]: per-data-store relationship graph, validation of SPEC §2 and the PATCH planner.
 //! - [`amqp`]: broker connection, topology (SPEC §5), confirmed publishing, `x-cxrel-*` headers.
 //! - [`events`]: CloudEvents result events with ids stable across redelivery (SPEC §6).
 //! - [`jobfile`]: streamed reading of job files (JSON array, JSON Lines, object stream).
@@ -24,7 +26,9 @@ pub mod dlq;
 pub mod emulator;
 pub mod error;
 pub mod events;
+pub mod graph;
 pub mod http;
+pub mod job;
 pub mod jobfile;
 pub mod schema;
 pub mod secret;
