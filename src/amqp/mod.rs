@@ -7,7 +7,7 @@ pub mod publisher;
 pub mod topology;
 
 pub use connect::connect;
-pub use publisher::Publisher;
+pub use publisher::{Publisher, PublisherSlot};
 pub use topology::Topology;
 
 use crate::error::ErrorClass;
@@ -22,6 +22,8 @@ pub enum AmqpError {
         exchange: String,
         routing_key: String,
     },
+    #[error("not connected to the broker")]
+    NotConnected,
     #[error("the broker cancelled the consumer (queue deleted?)")]
     ConsumerEnded,
     #[error("no queue is bound for {exchange:?}/{routing_key:?}; run `cxrel topology declare`")]

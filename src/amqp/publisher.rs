@@ -83,3 +83,22 @@ impl Publisher {
         }
     }
 }
+
+/// The publisher of the current broker connection, replaced on every reconnect, for components that
+/// outlive a connection (webhook parking).
+#[derive(Clone, Default)]
+pub struct PublisherSlot {
+    current: std::sync::Arc<std::sync::RwLock<Option<Publisher>>>,
+}
+
+impl PublisherSlot {
+    pub fn set(&self, publisher: Publisher) {
+        if let Ok(mut current) = self.current.write() {
+            *current = Some(publisher);
+        }
+    }
+
+    pub fn get(&self) -> Option<Publisher> {
+        self.current.read().ok().and_then(|p| p.clone())
+    }
+}

@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::signing::{SignatureError, SigningKey};
-use crate::amqp::{Publisher, headers};
+use crate::amqp::{PublisherSlot, headers};
 use crate::events::CloudEvent;
 use crate::settings::{WebhookDeliverySettings, WebhookSettings};
 
@@ -40,7 +40,7 @@ pub struct WebhookQueue {
 /// Where undeliverable events go.
 #[derive(Clone)]
 struct Parking {
-    publisher: Publisher,
+    publisher: PublisherSlot,
     dead_queue: String,
 }
 
@@ -59,7 +59,7 @@ impl WebhookWorker {
 pub fn start(
     config: &WebhookDeliverySettings,
     hooks: &[WebhookSettings],
-    publisher: Publisher,
+    publisher: PublisherSlot,
     dead_queue: String,
     cancel: CancellationToken,
     drain_deadline: Duration,
@@ -134,11 +134,15 @@ impl Parking {
             .with_message_id(event.id.clone().into())
             .with_headers(table);
         let body = event.to_json();
-        if let Err(err) = self
-            .publisher
-            .to_queue(&self.dead_queue, &body, properties)
-            .await
-        {
+        let result = match self.publisher.get() {
+            Some(publisher) => {
+                publisher
+                    .to_queue(&self.dead_queue, &body, properties)
+                    .await
+            }
+            None => Err(crate::amqp::AmqpError::NotConnected),
+        };
+        if let Err(err) = result {
             // The job's outcome never depends on its webhooks; losing a notification is logged loudly.
             tracing::error!(event_id = %event.id, error = %err, "could not park an undeliverable webhook");
         }

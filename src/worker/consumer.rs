@@ -19,7 +19,7 @@ use tracing::Instrument;
 use super::outcome::Outcome;
 use super::settle::{Settler, previous_attempts};
 use super::trace::TraceParent;
-use crate::amqp::{self, AmqpError, Publisher, Topology, headers};
+use crate::amqp::{self, AmqpError, Publisher, PublisherSlot, Topology, headers};
 use crate::http::Readiness;
 use crate::secret::Secret;
 
@@ -53,6 +53,8 @@ pub struct Consumer<H> {
     pub topology: Arc<Topology>,
     pub handler: Arc<H>,
     pub readiness: Readiness,
+    /// Updated with each new connection's publisher, for webhook parking.
+    pub publisher_slot: PublisherSlot,
 }
 
 impl<H: JobHandler> Consumer<H> {
@@ -125,8 +127,10 @@ impl<H: JobHandler> Consumer<H> {
             .basic_qos(self.config.prefetch, BasicQosOptions::default())
             .await
             .map_err(|e| not_yet(e.into()))?;
+        let publisher = Publisher::open(&connection).await.map_err(not_yet)?;
+        self.publisher_slot.set(publisher.clone());
         let settler = Settler {
-            publisher: Publisher::open(&connection).await.map_err(not_yet)?,
+            publisher,
             topology: self.topology.clone(),
         };
         let tag = format!(
