@@ -15,6 +15,7 @@
 //! - [`jobfile`]: streamed reading of job files (JSON array, JSON Lines, object stream).
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics` of the worker.
 //! - [`bench`]: throughput measurements, including the raw broker ceiling.
+//! - [`store`]: the data-store client (auth, adaptive rate budget, retries, records API).
 //! - [`dlq`]: dead-letter browsing, replay (confirm before ack) and purge for operators.
 //! - [`webhooks`]: Standard Webhooks signing and delivery.
 //! - [`worker`]: the consume loop, per-parent locks, outcome settlement (ack / retry / dead letter).
@@ -34,6 +35,7 @@ pub mod schema;
 pub mod secret;
 pub mod settings;
 pub mod shutdown;
+pub mod store;
 pub mod telemetry;
 pub mod webhooks;
 pub mod worker;

@@ -1,0 +1,321 @@
+//! Access tokens for the data store (SPEC §4): OIDC discovery, the password grant (`mode = "cxone"`)
+//! or the client-credentials grant, a cached token refreshed ahead of expiry by a single request
+//! however many tasks are waiting, and discovery of the API base from the `tenantId` claim.
+//!
+//! Single flight: the cached token sits behind a `RwLock` (fast path, no await); refreshing takes a
+//! `tokio::sync::Mutex`. A task that finds the token expired queues on the mutex and, once inside,
+//! re-checks: if another task refreshed meanwhile it uses that token. While the token is only *near*
+//! expiry (inside the refresh margin) and still valid, a task that cannot take the mutex at once
+//! keeps using the old token instead of waiting. A 401 invalidates the token by its generation, so
+//! fifty tasks that get 401 with the same token cause one refresh, not fifty.
+
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Mutex, OnceCell};
+
+use super::error::{ErrorBody, StoreError};
+use super::metrics::{self as m, Route};
+use super::wire::{CxoneConfiguration, OidcConfiguration, TokenResponse, tenant_id_claim};
+use crate::secret::Secret;
+use crate::settings::{AuthMode, AuthSettings};
+
+/// Lifetime assumed when the token endpoint does not say (`expires_in` absent).
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
+
+/// A cached access token.
+#[derive(Clone)]
+pub(crate) struct Token {
+    pub value: Secret,
+    /// Increases with every fetched token; a 401 invalidates only the generation it was sent with.
+    pub generation: u64,
+    expires_at: Instant,
+    refresh_at: Instant,
+}
+
+impl Token {
+    fn expired(&self, now: Instant) -> bool {
+        now >= self.expires_at
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        now >= self.refresh_at
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("value", &self.value)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// When to refresh a token that lives `lifetime`: `refresh_before` ahead of expiry, but never
+/// more than a tenth of its life, so short-lived tokens are not refreshed on every call.
+pub(crate) fn refresh_margin(lifetime: Duration, refresh_before: Duration) -> Duration {
+    refresh_before.min(lifetime / 10)
+}
+
+/// Fetches, caches and refreshes tokens; discovers endpoints once.
+pub(crate) struct TokenSource {
+    http: reqwest::Client,
+    settings: AuthSettings,
+    /// `[cxone].api_base`; empty = discover through the tenant id.
+    configured_api_base: String,
+    current: RwLock<Option<Token>>,
+    refresh: Mutex<u64>,
+    token_endpoint: OnceCell<String>,
+    api_base: OnceCell<String>,
+    tenant_id: RwLock<Option<String>>,
+}
+
+impl TokenSource {
+    pub fn new(http: reqwest::Client, settings: AuthSettings, api_base: &str) -> Self {
+        Self {
+            http,
+            settings,
+            configured_api_base: api_base.trim_end_matches('/').to_owned(),
+            current: RwLock::new(None),
+            refresh: Mutex::new(0),
+            token_endpoint: OnceCell::new(),
+            api_base: OnceCell::new(),
+            tenant_id: RwLock::new(None),
+        }
+    }
+
+    fn cached(&self) -> Option<Token> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A valid token: the cached one, or a fresh one fetched by exactly one of the waiting tasks.
+    pub async fn token(&self) -> Result<Token, StoreError> {
+        if let Some(t) = self.cached() {
+            let now = Instant::now();
+            if !t.due(now) {
+                return Ok(t);
+            }
+            if !t.expired(now) {
+                // Near expiry: refresh if nobody else is; otherwise keep using the valid token.
+                let Ok(mut guard) = self.refresh.try_lock() else {
+                    return Ok(t);
+                };
+                return match self.refresh_locked(&mut guard, Some(t.generation)).await {
+                    Ok(fresh) => Ok(fresh),
+                    Err(error) if !t.expired(Instant::now()) => {
+                        tracing::warn!(%error, "token refresh failed; the current token is still valid");
+                        Ok(t)
+                    }
+                    Err(error) => Err(error),
+                };
+            }
+        }
+        let stale = self.cached().map(|t| t.generation);
+        let mut guard = self.refresh.lock().await;
+        self.refresh_locked(&mut guard, stale).await
+    }
+
+    /// Drops the token of `generation` after a 401 (a newer one is kept).
+    pub fn invalidate(&self, generation: u64) {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if current.as_ref().is_some_and(|t| t.generation == generation) {
+            *current = None;
+        }
+    }
+
+    /// Inside the refresh mutex: fetch unless another task already replaced the `stale` token.
+    async fn refresh_locked(
+        &self,
+        last_generation: &mut u64,
+        stale: Option<u64>,
+    ) -> Result<Token, StoreError> {
+        if let Some(t) = self.cached() {
+            let now = Instant::now();
+            let replaced = stale.is_none_or(|g| t.generation != g);
+            if replaced && !t.due(now) {
+                return Ok(t);
+            }
+        }
+        let fetched = self.fetch().await?;
+        *last_generation += 1;
+        let now = Instant::now();
+        let lifetime = fetched
+            .expires_in
+            .map_or(DEFAULT_LIFETIME, Duration::from_secs);
+        let token = Token {
+            value: Secret::new(fetched.access_token),
+            generation: *last_generation,
+            expires_at: now + lifetime,
+            refresh_at: now + lifetime - refresh_margin(lifetime, self.settings.refresh_before),
+        };
+        if let Some(tenant) = fetched.id_token.as_deref().and_then(tenant_id_claim) {
+            *self.tenant_id.write().unwrap_or_else(|e| e.into_inner()) = Some(tenant);
+        }
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(token.clone());
+        tracing::debug!(
+            generation = token.generation,
+            expires_in_s = lifetime.as_secs(),
+            "data-store access token fetched"
+        );
+        Ok(token)
+    }
+
+    /// The data-store API base: `[cxone].api_base`, or (mode "cxone", empty setting) the
+    /// `api_endpoint` of `{issuer}/.well-known/cxone-configuration?tenantId=T`.
+    pub async fn api_base(&self) -> Result<String, StoreError> {
+        if !self.configured_api_base.is_empty() {
+            return Ok(self.configured_api_base.clone());
+        }
+        self.api_base
+            .get_or_try_init(|| async {
+                let tenant = self.tenant_id().await?;
+                let url = format!(
+                    "{}/.well-known/cxone-configuration",
+                    self.settings.issuer.trim_end_matches('/')
+                );
+                let request = self.http.get(&url).query(&[("tenantId", tenant.as_str())]);
+                let config: CxoneConfiguration = send_json(request, Route::Discovery).await?;
+                let base = config.api_endpoint.trim_end_matches('/').to_owned();
+                if base.is_empty() {
+                    return Err(invalid(Route::Discovery, "empty api_endpoint"));
+                }
+                tracing::info!(api_base = %base, tenant_id = %tenant, "data-store API base discovered");
+                Ok(base)
+            })
+            .await
+            .cloned()
+    }
+
+    /// The tenant id from the last id_token (fetching a token first when there is none).
+    pub async fn tenant_id(&self) -> Result<String, StoreError> {
+        if let Some(t) = self
+            .tenant_id
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return Ok(t);
+        }
+        self.token().await?;
+        self.tenant_id
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| invalid(Route::Token, "id_token without a tenantId claim"))
+    }
+
+    async fn token_endpoint(&self) -> Result<String, StoreError> {
+        if self.settings.mode == AuthMode::ClientCredentials && !self.settings.token_url.is_empty()
+        {
+            return Ok(self.settings.token_url.clone());
+        }
+        self.token_endpoint
+            .get_or_try_init(|| async {
+                let url = format!(
+                    "{}/.well-known/openid-configuration",
+                    self.settings.issuer.trim_end_matches('/')
+                );
+                let doc: OidcConfiguration =
+                    send_json(self.http.get(&url), Route::Discovery).await?;
+                tracing::debug!(token_endpoint = %doc.token_endpoint, "OIDC discovery done");
+                Ok(doc.token_endpoint)
+            })
+            .await
+            .cloned()
+    }
+
+    async fn fetch(&self) -> Result<TokenResponse, StoreError> {
+        let endpoint = self.token_endpoint().await?;
+        let s = &self.settings;
+        let request = self
+            .http
+            .post(&endpoint)
+            .basic_auth(&s.client_id, Some(s.client_secret.expose()));
+        let request = match s.mode {
+            AuthMode::Cxone => request.form(&[
+                ("grant_type", "password"),
+                ("username", s.access_key_id.as_str()),
+                ("password", s.access_key_secret.expose()),
+            ]),
+            AuthMode::ClientCredentials => request.form(&[
+                ("grant_type", "client_credentials"),
+                ("scope", s.scope.as_str()),
+            ]),
+        };
+        send_json(request, Route::Token).await
+    }
+}
+
+/// Sends an auth request and decodes its JSON answer. A 400/401/403 from the token endpoint means
+/// the credentials were refused (permanent `unauthorized`); 5xx and transport errors are transient.
+async fn send_json<T: serde::de::DeserializeOwned>(
+    request: reqwest::RequestBuilder,
+    route: Route,
+) -> Result<T, StoreError> {
+    let started = Instant::now();
+    let request = request.header(reqwest::header::ACCEPT, "application/json");
+    let response = match request.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            let error = StoreError::from_transport(&e);
+            m::record(route, m::transport_status(&error), started.elapsed());
+            return Err(error);
+        }
+    };
+    let status = response.status().as_u16();
+    m::record(route, m::status_label(status), started.elapsed());
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| StoreError::from_transport(&e))?;
+    if !(200..300).contains(&status) {
+        let body = ErrorBody::parse(&bytes);
+        tracing::warn!(route = route.as_str(), status, error = ?body.error, "auth request refused");
+        return Err(match status {
+            400 | 401 | 403 if route == Route::Token => StoreError::Unauthorized { status, body },
+            _ => StoreError::from_status(status, body, None),
+        });
+    }
+    serde_json::from_slice(&bytes).map_err(|e| invalid(route, &e.to_string()))
+}
+
+fn invalid(route: Route, message: &str) -> StoreError {
+    StoreError::InvalidResponse {
+        route: route.as_str(),
+        message: message.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refresh_margin_is_capped_at_a_tenth_of_the_lifetime() {
+        let before = Duration::from_secs(30);
+        assert_eq!(
+            refresh_margin(Duration::from_secs(3600), before),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            refresh_margin(Duration::from_secs(2), before),
+            Duration::from_millis(200)
+        );
+    }
+
+    #[test]
+    fn a_token_never_shows_its_value_in_debug_output() {
+        let t = Token {
+            value: Secret::new("eyJhbGciOi.secret.value"),
+            generation: 1,
+            expires_at: Instant::now(),
+            refresh_at: Instant::now(),
+        };
+        let dump = format!("{t:?}");
+        assert!(!dump.contains("secret.value"), "{dump}");
+    }
+}

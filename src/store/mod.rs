@@ -1,0 +1,536 @@
+//! The data-store client (SPEC §3, §4): the worker's only path to the record API.
+//!
+//! [`StoreClient`] is cheap to clone and shared by every task. Each call:
+//! 1. gets a bearer token from the single-flight cache ([`auth`]);
+//! 2. waits for the tenant-wide rate budget ([`limiter`]: governor + AIMD + shared cool-down);
+//! 3. sends with `Accept: application/json` and a fresh `X-Correlation-Id` (UUIDv7, one per call,
+//!    kept across its retries), records metrics ([`metrics`]);
+//! 4. on 401 refreshes the token once and retries once (a second 401 is `unauthorized`);
+//! 5. retries transient failures within `[retry]` ([`retry`]); maps everything else to
+//!    [`StoreError`] with its class, status and codes ([`error`]).
+//!
+//! Tokens and secrets are never logged: they live in [`Secret`](crate::secret::Secret) and go out
+//! only in headers reqwest marks sensitive.
+
+pub mod auth;
+pub mod error;
+pub mod limiter;
+pub mod metrics;
+pub mod retry;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{Stream, TryStreamExt};
+use reqwest::header::{ACCEPT, HeaderMap, IF_MATCH, RETRY_AFTER};
+use reqwest::{Method, StatusCode};
+use serde_json::{Map, Value};
+
+pub use error::{ErrorBody, StoreError};
+pub use limiter::{AimdParams, LocalBudget, RateBudget};
+pub use retry::RetryPolicy;
+pub use wire::{Record, RecordPage};
+
+use self::auth::{Token, TokenSource};
+use self::metrics::Route;
+use crate::schema::{Schema, SchemaWire};
+use crate::settings::{
+    CxoneSettings, RateLimitBackend, RateLimitSettings, RetrySettings, Settings,
+};
+
+/// Header carrying the per-call correlation id.
+pub const CORRELATION_HEADER: &str = "x-correlation-id";
+
+/// The client. Clone freely: clones share the token cache, rate budget and schema cache.
+#[derive(Clone)]
+pub struct StoreClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    tokens: TokenSource,
+    budget: Arc<dyn RateBudget>,
+    retry: RetryPolicy,
+    records_path: String,
+    page_size: u32,
+    schema_ttl: Duration,
+    default_max_depth: u32,
+    schemas: Mutex<HashMap<String, CachedSchema>>,
+    schema_fetch: tokio::sync::Mutex<()>,
+}
+
+#[derive(Clone)]
+struct CachedSchema {
+    fetched: Instant,
+    schema: Arc<Schema>,
+}
+
+/// One answer of the store, body read.
+struct Answer {
+    status: u16,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+}
+
+impl StoreClient {
+    /// The client the worker uses: `[cxone]`, `[cxone.auth]`, `[rate_limit]`, `[retry]`,
+    /// `[validation].default_max_depth`.
+    pub fn from_settings(settings: &Settings) -> Result<Self, StoreError> {
+        let budget = budget_from_settings(&settings.rate_limit);
+        Self::new(
+            &settings.cxone,
+            &settings.retry,
+            budget,
+            settings.validation.default_max_depth,
+        )
+    }
+
+    /// A client with an explicit rate budget (shared by several clients, or the Redis one).
+    pub fn new(
+        cxone: &CxoneSettings,
+        retry: &RetrySettings,
+        budget: Arc<dyn RateBudget>,
+        default_max_depth: u32,
+    ) -> Result<Self, StoreError> {
+        if !cxone.api_base.is_empty() {
+            url::Url::parse(&cxone.api_base)
+                .map_err(|e| StoreError::Config(format!("cxone.api_base: {e}")))?;
+        }
+        if cxone.api_base.is_empty() && cxone.auth.issuer.is_empty() {
+            return Err(StoreError::Config(
+                "cxone.api_base is empty and there is no cxone.auth.issuer to discover it".into(),
+            ));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(cxone.request_timeout)
+            .connect_timeout(cxone.request_timeout.min(Duration::from_secs(5)))
+            .user_agent(concat!("cxrel/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| StoreError::Config(format!("HTTP client: {e}")))?;
+        let tokens = TokenSource::new(http.clone(), cxone.auth.clone(), &cxone.api_base);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                tokens,
+                budget,
+                retry: RetryPolicy::from(retry),
+                records_path: format!("/{}", cxone.records_path.trim_matches('/')),
+                page_size: cxone.page_size.max(1),
+                schema_ttl: cxone.schema_ttl,
+                default_max_depth,
+                schemas: Mutex::new(HashMap::new()),
+                schema_fetch: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// The rate budget every request of this client goes through.
+    pub fn budget(&self) -> &Arc<dyn RateBudget> {
+        &self.inner.budget
+    }
+
+    /// The API base in use (configured, or discovered through the tenant id).
+    pub async fn api_base(&self) -> Result<String, StoreError> {
+        self.inner.tokens.api_base().await
+    }
+
+    /// The tenant id of the id_token (mode "cxone"; fetches a token when none is cached).
+    pub async fn tenant_id(&self) -> Result<String, StoreError> {
+        self.inner.tokens.tenant_id().await
+    }
+
+    /// The schema of `ds`, cached for `[cxone].schema_ttl`.
+    pub async fn schema(&self, ds: &str) -> Result<Arc<Schema>, StoreError> {
+        if let Some(s) = self.cached_schema(ds) {
+            return Ok(s);
+        }
+        let _single_flight = self.inner.schema_fetch.lock().await;
+        if let Some(s) = self.cached_schema(ds) {
+            return Ok(s);
+        }
+        let answer = self
+            .call(Route::Schema, Method::GET, &[ds, "schema"], None, |r| r)
+            .await?;
+        let wire: SchemaWire = decode(Route::Schema, &answer)?;
+        let schema = Arc::new(Schema::from_wire(wire, self.inner.default_max_depth)?);
+        let entry = CachedSchema {
+            fetched: Instant::now(),
+            schema: schema.clone(),
+        };
+        self.schemas().insert(ds.to_owned(), entry);
+        Ok(schema)
+    }
+
+    /// Forgets the cached schema of `ds` (done automatically on a 400 unknown-field answer).
+    pub fn invalidate_schema(&self, ds: &str) {
+        self.schemas().remove(ds);
+    }
+
+    fn schemas(&self) -> std::sync::MutexGuard<'_, HashMap<String, CachedSchema>> {
+        self.inner.schemas.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn cached_schema(&self, ds: &str) -> Option<Arc<Schema>> {
+        let cache = self.schemas();
+        let entry = cache.get(ds)?;
+        (entry.fetched.elapsed() < self.inner.schema_ttl).then(|| entry.schema.clone())
+    }
+
+    /// `GET …/{ds}/records/{id}`.
+    pub async fn get_record(&self, ds: &str, id: &str) -> Result<Record, StoreError> {
+        let answer = self
+            .call(
+                Route::GetRecord,
+                Method::GET,
+                &[ds, "records", id],
+                None,
+                |r| r,
+            )
+            .await?;
+        decode(Route::GetRecord, &answer)
+    }
+
+    /// One page of `GET …/{ds}/records` (`page_size` from `[cxone].page_size`).
+    pub async fn list_page(
+        &self,
+        ds: &str,
+        page_token: Option<&str>,
+    ) -> Result<RecordPage, StoreError> {
+        let size = self.inner.page_size.to_string();
+        let answer = self
+            .call(
+                Route::ListRecords,
+                Method::GET,
+                &[ds, "records"],
+                None,
+                |r| {
+                    let r = r.query(&[("page_size", size.as_str())]);
+                    match page_token {
+                        Some(t) => r.query(&[("page_token", t)]),
+                        None => r,
+                    }
+                },
+            )
+            .await?;
+        decode(Route::ListRecords, &answer)
+    }
+
+    /// Every page of the record list, read lazily one page after the other. After an error the
+    /// stream ends (each page already had the full retry budget).
+    pub fn list_pages(
+        &self,
+        ds: &str,
+    ) -> impl Stream<Item = Result<RecordPage, StoreError>> + Send + 'static {
+        let client = self.clone();
+        let ds = ds.to_owned();
+        // State: Some(next page token, None = first page); None = no more pages.
+        futures::stream::try_unfold(Some(None::<String>), move |state| {
+            let client = client.clone();
+            let ds = ds.clone();
+            async move {
+                let Some(token) = state else {
+                    return Ok(None);
+                };
+                let page = client.list_page(&ds, token.as_deref()).await?;
+                let next = page.next_page_token.clone().filter(|t| !t.is_empty());
+                Ok(Some((page, next.map(Some))))
+            }
+        })
+    }
+
+    /// Every record of `ds`, streamed page by page.
+    pub fn list_records(
+        &self,
+        ds: &str,
+    ) -> impl Stream<Item = Result<Record, StoreError>> + Send + 'static {
+        self.list_pages(ds)
+            .map_ok(|page| futures::stream::iter(page.records.into_iter().map(Ok)))
+            .try_flatten()
+    }
+
+    /// `PATCH …/{ds}/records/{id}` with body `{"fields": fields}` and, when given,
+    /// `If-Match: "{version}"`. Returns the record as stored, with its new version. A 412 is
+    /// [`StoreError::VersionMismatch`]; a 400 unknown-field also drops the cached schema of `ds`.
+    pub async fn patch_record(
+        &self,
+        ds: &str,
+        id: &str,
+        fields: &Map<String, Value>,
+        if_match: Option<u64>,
+    ) -> Result<Record, StoreError> {
+        let body = serde_json::to_vec(&wire::PatchBody { fields })
+            .map_err(|e| StoreError::Config(format!("PATCH body: {e}")))?;
+        let body = bytes::Bytes::from(body);
+        let if_match = if_match.map(|v| format!("\"{v}\""));
+        let result = self
+            .call(
+                Route::PatchRecord,
+                Method::PATCH,
+                &[ds, "records", id],
+                Some(body),
+                |r| match &if_match {
+                    Some(v) => r.header(IF_MATCH, v.as_str()),
+                    None => r,
+                },
+            )
+            .await;
+        match result {
+            Ok(answer) => decode(Route::PatchRecord, &answer),
+            Err(e @ StoreError::UnknownField { .. }) => {
+                self.invalidate_schema(ds);
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `DELETE …/{ds}/records/{id}` (children linked with `cascade_action: delete` go with it).
+    pub async fn delete_record(&self, ds: &str, id: &str) -> Result<(), StoreError> {
+        self.call(
+            Route::DeleteRecord,
+            Method::DELETE,
+            &[ds, "records", id],
+            None,
+            |r| r,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// One logical call: retries, 401 refresh, budget, metrics. `segments` follow the records path;
+    /// `extra` adds query or headers to each attempt's request.
+    async fn call(
+        &self,
+        route: Route,
+        method: Method,
+        segments: &[&str],
+        body: Option<bytes::Bytes>,
+        extra: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<Answer, StoreError> {
+        let correlation_id = uuid::Uuid::now_v7().to_string();
+        let make = |base: &str| -> Result<reqwest::RequestBuilder, StoreError> {
+            let url = self.url(base, segments)?;
+            let mut request = self.inner.http.request(method.clone(), url);
+            if let Some(body) = &body {
+                request = request
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone());
+            }
+            Ok(extra(request))
+        };
+        self.inner
+            .retry
+            .run(route, |attempt| {
+                self.attempt(route, &correlation_id, attempt, &make)
+            })
+            .await
+    }
+
+    /// One attempt, including the single 401 refresh-and-retry.
+    async fn attempt(
+        &self,
+        route: Route,
+        correlation_id: &str,
+        attempt: u32,
+        make: &impl Fn(&str) -> Result<reqwest::RequestBuilder, StoreError>,
+    ) -> Result<Answer, StoreError> {
+        let base = self.inner.tokens.api_base().await?;
+        let token = self.inner.tokens.token().await?;
+        let mut answer = self
+            .send(route, correlation_id, attempt, make(&base)?, &token)
+            .await?;
+        if answer.status == 401 {
+            self.inner.tokens.invalidate(token.generation);
+            let token = self.inner.tokens.token().await?;
+            tracing::debug!(
+                route = route.as_str(),
+                correlation_id,
+                "401: token refreshed, retrying once"
+            );
+            answer = self
+                .send(route, correlation_id, attempt, make(&base)?, &token)
+                .await?;
+        }
+        if (200..300).contains(&answer.status) {
+            return Ok(answer);
+        }
+        let retry_after = parse_retry_after(&answer.headers);
+        Err(StoreError::from_status(
+            answer.status,
+            ErrorBody::parse(&answer.body),
+            retry_after,
+        ))
+    }
+
+    /// One HTTP exchange through the rate budget.
+    async fn send(
+        &self,
+        route: Route,
+        correlation_id: &str,
+        attempt: u32,
+        request: reqwest::RequestBuilder,
+        token: &Token,
+    ) -> Result<Answer, StoreError> {
+        let waiting = Instant::now();
+        self.inner.budget.acquire().await;
+        metrics::limiter_wait(waiting.elapsed());
+        let request = request
+            .bearer_auth(token.value.expose())
+            .header(ACCEPT, "application/json")
+            .header(CORRELATION_HEADER, correlation_id);
+        let started = Instant::now();
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(self.transport_failed(route, correlation_id, attempt, &e, started));
+            }
+        };
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = match response.bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                return Err(self.transport_failed(route, correlation_id, attempt, &e, started));
+            }
+        };
+        let elapsed = started.elapsed();
+        metrics::record(route, metrics::status_label(status.as_u16()), elapsed);
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            self.inner.budget.on_throttled(parse_retry_after(&headers));
+        } else if !status.is_server_error() {
+            self.inner.budget.on_success();
+        }
+        tracing::debug!(
+            route = route.as_str(),
+            status = status.as_u16(),
+            correlation_id,
+            attempt,
+            elapsed_ms = elapsed.as_secs_f64() * 1000.0,
+            "data-store request"
+        );
+        Ok(Answer {
+            status: status.as_u16(),
+            headers,
+            body,
+        })
+    }
+
+    fn transport_failed(
+        &self,
+        route: Route,
+        correlation_id: &str,
+        attempt: u32,
+        error: &reqwest::Error,
+        started: Instant,
+    ) -> StoreError {
+        let error = StoreError::from_transport(error);
+        metrics::record(route, metrics::transport_status(&error), started.elapsed());
+        tracing::debug!(
+            route = route.as_str(),
+            correlation_id,
+            attempt,
+            %error,
+            "data-store request got no answer"
+        );
+        error
+    }
+
+    /// `{base}{records_path}/{segments…}`, each segment percent-encoded.
+    fn url(&self, base: &str, segments: &[&str]) -> Result<url::Url, StoreError> {
+        let mut url = url::Url::parse(&format!("{base}{}", self.inner.records_path))
+            .map_err(|e| StoreError::Config(format!("data-store URL {base:?}: {e}")))?;
+        url.path_segments_mut()
+            .map_err(|()| {
+                StoreError::Config(format!("data-store URL {base:?} cannot have a path"))
+            })?
+            .pop_if_empty()
+            .extend(segments);
+        Ok(url)
+    }
+}
+
+/// The budget `[rate_limit]` asks for. The Redis backend is a later addition; until then each
+/// replica takes its share, `requests_per_second / replicas_hint` (the documented Redis fallback).
+fn budget_from_settings(s: &RateLimitSettings) -> Arc<dyn RateBudget> {
+    match s.backend {
+        RateLimitBackend::Local => Arc::new(LocalBudget::new(s.requests_per_second, s.burst)),
+        RateLimitBackend::Redis => {
+            let share = (s.requests_per_second / s.replicas_hint.max(1)).max(1);
+            tracing::warn!(
+                rps = share,
+                "rate_limit.backend = \"redis\" is not available in this build; \
+                 using a local budget of requests_per_second / replicas_hint"
+            );
+            Arc::new(LocalBudget::new(share, s.burst))
+        }
+    }
+}
+
+/// Retry-After as delta-seconds (integer or decimal). An HTTP-date is ignored (the client's own
+/// backoff applies), as is anything unparsable.
+fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    let secs: f64 = value.parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(route: Route, answer: &Answer) -> Result<T, StoreError> {
+    serde_json::from_slice(&answer.body).map_err(|e| StoreError::InvalidResponse {
+        route: route.as_str(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn retry_after_reads_delta_seconds_only() {
+        let mut h = HeaderMap::new();
+        assert_eq!(parse_retry_after(&h), None);
+        h.insert(RETRY_AFTER, HeaderValue::from_static("2"));
+        assert_eq!(parse_retry_after(&h), Some(Duration::from_secs(2)));
+        h.insert(RETRY_AFTER, HeaderValue::from_static("0.5"));
+        assert_eq!(parse_retry_after(&h), Some(Duration::from_millis(500)));
+        h.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(parse_retry_after(&h), None);
+    }
+
+    fn client(api_base: &str, records_path: &str) -> StoreClient {
+        let settings = Settings::load_with_env(&Default::default(), Some(HashMap::new())).unwrap();
+        let mut cxone = settings.cxone.clone();
+        cxone.api_base = api_base.to_owned();
+        cxone.records_path = records_path.to_owned();
+        StoreClient::new(
+            &cxone,
+            &settings.retry,
+            Arc::new(LocalBudget::new(10, 1)),
+            5,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn urls_join_base_path_and_encoded_segments() {
+        let c = client("http://h:1/", "/api/v2/datastores/");
+        let url = c.url("http://h:1", &["my ds", "records", "a/b"]).unwrap();
+        assert_eq!(
+            url.as_str(),
+            "http://h:1/api/v2/datastores/my%20ds/records/a%2Fb"
+        );
+        let c = client("http://h:1", "api/v2/datastores");
+        let url = c.url("http://h:1/tenant", &["ds", "schema"]).unwrap();
+        assert_eq!(
+            url.as_str(),
+            "http://h:1/tenant/api/v2/datastores/ds/schema"
+        );
+    }
+}

@@ -1,0 +1,113 @@
+//! Wire shapes of the data-store API (SPEC §3) and the auth endpoints (SPEC §4), and `Record`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// One record: its id, its fields (relationship fields as `{"ids":[…],"cascade_action":…}`) and
+/// its version (`_version` on the wire; sent back in `If-Match`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub id: String,
+    #[serde(default)]
+    pub fields: Map<String, Value>,
+    #[serde(rename = "_version")]
+    pub version: u64,
+}
+
+/// One page of `GET …/records`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct RecordPage {
+    pub records: Vec<Record>,
+    #[serde(default)]
+    pub next_page_token: Option<String>,
+}
+
+/// `PATCH …/records/{id}` body: `{"fields":{…}}`.
+#[derive(Debug, Serialize)]
+pub(crate) struct PatchBody<'a> {
+    pub fields: &'a Map<String, Value>,
+}
+
+/// `{base}/.well-known/openid-configuration` (only what cxrel reads).
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct OidcConfiguration {
+    pub token_endpoint: String,
+}
+
+/// `{issuer}/.well-known/cxone-configuration?tenantId=T`.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct CxoneConfiguration {
+    pub api_endpoint: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    // Read for completeness of the documented shape; cxrel needs only the endpoint.
+    pub area: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub domain: Option<String>,
+}
+
+/// Token endpoint answer. The access token is wrapped in `Secret` as soon as it is read.
+#[derive(Deserialize)]
+pub(crate) struct TokenResponse {
+    pub access_token: String,
+    #[serde(default)]
+    pub expires_in: Option<u64>,
+    #[serde(default)]
+    pub id_token: Option<String>,
+}
+
+/// The `tenantId` claim of an id_token (a JWT; the payload is read without checking the signature,
+/// since it comes straight from the token endpoint over the connection cxrel opened).
+pub(crate) fn tenant_id_claim(id_token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let payload = id_token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: Value = serde_json::from_slice(&bytes).ok()?;
+    match claims.get("tenantId")? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    fn jwt(payload: &str) -> String {
+        let enc = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.sig",
+            enc.encode(r#"{"alg":"none"}"#),
+            enc.encode(payload)
+        )
+    }
+
+    #[test]
+    fn the_tenant_id_is_read_from_the_id_token_payload() {
+        let token = jwt(r#"{"sub":"u","tenantId":"11111111-2222-3333-4444-555555555555"}"#);
+        assert_eq!(
+            tenant_id_claim(&token).as_deref(),
+            Some("11111111-2222-3333-4444-555555555555")
+        );
+        assert_eq!(tenant_id_claim(&jwt(r#"{"sub":"u"}"#)), None);
+        assert_eq!(tenant_id_claim("not-a-jwt"), None);
+    }
+
+    #[test]
+    fn records_read_version_from_underscore_version_and_ignore_links() {
+        let r: Record = serde_json::from_str(
+            r#"{"id":"a","fields":{"l":{"ids":["b"],"cascade_action":"update"}},"_version":3,
+                "_links":{"self":{"href":"/x"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.version, 3);
+        assert_eq!(r.fields["l"]["ids"][0], "b");
+        let page: RecordPage =
+            serde_json::from_str(r#"{"records":[],"next_page_token":null}"#).unwrap();
+        assert!(page.next_page_token.is_none());
+    }
+}
