@@ -181,6 +181,7 @@ pub struct EmulatorSettings {
     #[serde(with = "humantime_serde")]
     pub token_ttl: Duration,
     pub max_body_bytes: usize,
+    pub control_max_body_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,0 +1,266 @@
+//! Injected faults on the record API (rate limit with or without Retry-After, random 5xx,
+//! added latency) plus the run-time token lifetime, and the middleware that applies them.
+
+use std::num::NonZeroU32;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::error::ApiError;
+use super::state::{Shared, read, write};
+
+/// A token bucket: `requests_per_second` steady rate, `burst` requests at once (bucket size).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitFault {
+    pub requests_per_second: f64,
+    #[serde(default = "one")]
+    pub burst: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// The fault settings as the control API shows them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Faults {
+    pub rate_limit: Option<RateLimitFault>,
+    pub retry_after: bool,
+    pub error_ratio: f64,
+    pub latency_ms: u64,
+    pub token_ttl_ms: u64,
+}
+
+/// A change to the faults: absent keys keep their value; `"rate_limit": null` removes the limit.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultsUpdate {
+    #[serde(default, deserialize_with = "present")]
+    pub rate_limit: Option<Option<RateLimitFault>>,
+    pub retry_after: Option<bool>,
+    pub error_ratio: Option<f64>,
+    pub latency_ms: Option<u64>,
+    pub token_ttl_ms: Option<u64>,
+}
+
+/// Distinguishes `"key": null` (Some(None)) from an absent key (None).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// The faults in force plus the limiter built from them; swapped whole on every change.
+struct Active {
+    faults: Faults,
+    limiter: Option<Arc<DefaultDirectRateLimiter>>,
+}
+
+pub struct FaultState {
+    active: RwLock<Arc<Active>>,
+}
+
+impl FaultState {
+    pub fn new(token_ttl: Duration) -> Self {
+        Self {
+            active: RwLock::new(Arc::new(Active {
+                faults: defaults(token_ttl),
+                limiter: None,
+            })),
+        }
+    }
+
+    pub fn current(&self) -> Faults {
+        read(&self.active).faults.clone()
+    }
+
+    pub fn token_ttl(&self) -> Duration {
+        Duration::from_millis(read(&self.active).faults.token_ttl_ms)
+    }
+
+    /// Applies an update after checking it; a new rate limit starts with a full bucket.
+    pub fn update(&self, update: FaultsUpdate) -> Result<Faults, ApiError> {
+        let mut guard = write(&self.active);
+        let mut faults = guard.faults.clone();
+        let limit_changed = update.rate_limit.is_some();
+        if let Some(limit) = update.rate_limit {
+            faults.rate_limit = limit;
+        }
+        faults.retry_after = update.retry_after.unwrap_or(faults.retry_after);
+        faults.error_ratio = update.error_ratio.unwrap_or(faults.error_ratio);
+        faults.latency_ms = update.latency_ms.unwrap_or(faults.latency_ms);
+        faults.token_ttl_ms = update.token_ttl_ms.unwrap_or(faults.token_ttl_ms);
+        check(&faults)?;
+        // An unchanged limit keeps its limiter, so the bucket level carries over.
+        let limiter = if limit_changed {
+            faults.rate_limit.map(|l| Arc::new(build_limiter(l)))
+        } else {
+            guard.limiter.clone()
+        };
+        *guard = Arc::new(Active {
+            faults: faults.clone(),
+            limiter,
+        });
+        Ok(faults)
+    }
+
+    pub fn reset(&self, token_ttl: Duration) {
+        *write(&self.active) = Arc::new(Active {
+            faults: defaults(token_ttl),
+            limiter: None,
+        });
+    }
+
+    fn snapshot(&self) -> Arc<Active> {
+        read(&self.active).clone()
+    }
+}
+
+fn defaults(token_ttl: Duration) -> Faults {
+    Faults {
+        rate_limit: None,
+        retry_after: true,
+        error_ratio: 0.0,
+        latency_ms: 0,
+        token_ttl_ms: u64::try_from(token_ttl.as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
+fn check(f: &Faults) -> Result<(), ApiError> {
+    let bad = |why: &str| Err(ApiError::bad_request("invalid_request", why));
+    if !(0.0..=1.0).contains(&f.error_ratio) {
+        return bad("error_ratio must be between 0.0 and 1.0");
+    }
+    if let Some(limit) = f.rate_limit {
+        let rps = limit.requests_per_second;
+        if !(rps.is_finite() && rps > 0.0 && rps <= 1e9) || limit.burst == 0 {
+            return bad("rate_limit needs requests_per_second > 0 and burst ≥ 1");
+        }
+    }
+    if f.latency_ms > 60_000 {
+        return bad("latency_ms must be ≤ 60000");
+    }
+    Ok(())
+}
+
+fn build_limiter(limit: RateLimitFault) -> DefaultDirectRateLimiter {
+    let period =
+        Duration::from_secs_f64(1.0 / limit.requests_per_second).max(Duration::from_nanos(1));
+    let burst = NonZeroU32::new(limit.burst).unwrap_or(NonZeroU32::MIN);
+    let quota = Quota::with_period(period)
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
+        .allow_burst(burst);
+    RateLimiter::direct(quota)
+}
+
+/// Middleware on the record API routes: count the request for the 1-second window, then rate
+/// limit, latency and 5xx injection, all before the handler so a refused request changes nothing.
+pub async fn api_faults(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    state.stats.api_request_arrived();
+    let active = state.faults.snapshot();
+    if let Some(limiter) = &active.limiter
+        && let Err(not_until) = limiter.check()
+    {
+        state.stats.throttled();
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        return throttled(active.faults.retry_after, wait);
+    }
+    if active.faults.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(active.faults.latency_ms)).await;
+    }
+    if active.faults.error_ratio > 0.0 && rand::random::<f64>() < active.faults.error_ratio {
+        state.stats.error_injected();
+        return injected_error();
+    }
+    next.run(req).await
+}
+
+/// 429, with `Retry-After` in whole seconds (rounded up, at least 1) when enabled.
+fn throttled(retry_after: bool, wait: Duration) -> Response {
+    let mut error = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "request rate limit exceeded",
+    );
+    if retry_after {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        error = error.with_header(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    }
+    error.into_response()
+}
+
+fn injected_error() -> Response {
+    let status = match rand::random_range(0..3u8) {
+        0 => StatusCode::INTERNAL_SERVER_ERROR,
+        1 => StatusCode::BAD_GATEWAY,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    ApiError::new(status, "injected_fault", "fault injected by the emulator").into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(json: serde_json::Value) -> FaultsUpdate {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn absent_keys_keep_their_value_and_null_removes_the_rate_limit() {
+        let state = FaultState::new(Duration::from_secs(60));
+        state
+            .update(update(
+                serde_json::json!({"rate_limit": {"requests_per_second": 5.0, "burst": 2}}),
+            ))
+            .unwrap();
+        let f = state
+            .update(update(serde_json::json!({"error_ratio": 0.5})))
+            .unwrap();
+        assert_eq!(f.rate_limit.map(|l| l.burst), Some(2));
+        assert!(state.snapshot().limiter.is_some());
+        let f = state
+            .update(update(serde_json::json!({"rate_limit": null})))
+            .unwrap();
+        assert_eq!(f.rate_limit, None);
+        assert!(state.snapshot().limiter.is_none());
+    }
+
+    #[test]
+    fn a_ratio_outside_zero_to_one_is_refused() {
+        let state = FaultState::new(Duration::from_secs(60));
+        assert!(
+            state
+                .update(update(serde_json::json!({"error_ratio": 1.5})))
+                .is_err()
+        );
+        assert_eq!(state.current().error_ratio, 0.0);
+    }
+
+    #[test]
+    fn the_bucket_allows_burst_requests_then_refuses() {
+        let l = build_limiter(RateLimitFault {
+            requests_per_second: 1.0,
+            burst: 3,
+        });
+        assert!((0..3).all(|_| l.check().is_ok()));
+        assert!(l.check().is_err());
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        let r = throttled(true, Duration::from_millis(1200));
+        assert_eq!(r.headers()[RETRY_AFTER], "2");
+        let r = throttled(false, Duration::from_millis(1200));
+        assert!(r.headers().get(RETRY_AFTER).is_none());
+    }
+}

@@ -1,0 +1,154 @@
+//! Request statistics for tests and benchmarks: counts by route template and status, successful
+//! PATCHes, issued tokens, 429s, injected errors, and the most record-API requests seen in any
+//! sliding 1-second window.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use super::state::{Shared, lock};
+
+const WINDOW: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    by_route: Mutex<HashMap<String, BTreeMap<u16, u64>>>,
+    window: Mutex<Window>,
+    patches: AtomicU64,
+    tokens: AtomicU64,
+    throttled: AtomicU64,
+    injected: AtomicU64,
+}
+
+/// Arrival times of record-API requests in the last second, and the largest count seen.
+#[derive(Debug, Default)]
+struct Window {
+    arrivals: VecDeque<Instant>,
+    max: usize,
+}
+
+impl Window {
+    /// Counts an arrival at `now`; the window (now − 1s, now] is exact, so the maximum over all
+    /// arrivals is the maximum over every 1-second interval.
+    fn arrive(&mut self, now: Instant) {
+        while let Some(&first) = self.arrivals.front() {
+            if now.duration_since(first) < WINDOW {
+                break;
+            }
+            self.arrivals.pop_front();
+        }
+        self.arrivals.push_back(now);
+        self.max = self.max.max(self.arrivals.len());
+    }
+}
+
+impl Stats {
+    pub fn api_request_arrived(&self) {
+        lock(&self.window).arrive(Instant::now());
+    }
+
+    pub fn patch_applied(&self) {
+        self.patches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn token_issued(&self) {
+        self.tokens.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn throttled(&self) {
+        self.throttled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn error_injected(&self) {
+        self.injected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count(&self, route: String, status: u16) {
+        *lock(&self.by_route)
+            .entry(route)
+            .or_default()
+            .entry(status)
+            .or_default() += 1;
+    }
+
+    pub fn reset(&self) {
+        lock(&self.by_route).clear();
+        *lock(&self.window) = Window::default();
+        for counter in [&self.patches, &self.tokens, &self.throttled, &self.injected] {
+            counter.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The JSON of `GET /_emulator/stats`.
+    pub fn snapshot(&self) -> Value {
+        let by_route = lock(&self.by_route).clone();
+        let total: u64 = by_route.values().flat_map(|s| s.values()).sum();
+        let requests: serde_json::Map<String, Value> = by_route
+            .into_iter()
+            .map(|(route, statuses)| {
+                let statuses: serde_json::Map<String, Value> = statuses
+                    .into_iter()
+                    .map(|(s, n)| (s.to_string(), n.into()))
+                    .collect();
+                (route, statuses.into())
+            })
+            .collect();
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        json!({
+            "requests_total": total,
+            "requests": requests,
+            "patch_count": get(&self.patches),
+            "token_count": get(&self.tokens),
+            "throttled_count": get(&self.throttled),
+            "injected_error_count": get(&self.injected),
+            "max_requests_in_1s": lock(&self.window).max,
+        })
+    }
+}
+
+/// Middleware on every route: counts the answer under "METHOD /route/{template}".
+pub async fn count_requests(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    let route = match req.extensions().get::<MatchedPath>() {
+        Some(path) => format!("{} {}", req.method(), path.as_str()),
+        None => format!("{} (unmatched)", req.method()),
+    };
+    let response = next.run(req).await;
+    state.stats.count(route, response.status().as_u16());
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_keeps_the_largest_count_within_one_second() {
+        let mut w = Window::default();
+        let t0 = Instant::now();
+        for ms in [0, 100, 200, 900] {
+            w.arrive(t0 + Duration::from_millis(ms));
+        }
+        assert_eq!(w.max, 4);
+        // At 1150ms the arrivals at 0 and 100 are out: {200, 900, 1150}.
+        w.arrive(t0 + Duration::from_millis(1150));
+        assert_eq!(w.arrivals.len(), 3);
+        assert_eq!(w.max, 4);
+    }
+
+    #[test]
+    fn statistics_group_by_route_and_status() {
+        let stats = Stats::default();
+        stats.count("GET /x".into(), 200);
+        stats.count("GET /x".into(), 200);
+        stats.count("GET /x".into(), 404);
+        let snap = stats.snapshot();
+        assert_eq!(snap["requests"]["GET /x"]["200"], 2);
+        assert_eq!(snap["requests_total"], 3);
+    }
+}

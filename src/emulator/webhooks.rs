@@ -1,0 +1,204 @@
+//! A webhook receiver for tests and the demo: `POST /_emulator/webhooks/{name}` records each
+//! delivery and checks its Standard Webhooks signature against the secret configured for `name`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::error::{ApiError, ApiJson, body_error};
+use super::state::{Shared, lock};
+use crate::webhooks::signing::{SignatureError, SigningKey};
+
+/// Deliveries kept per receiver; older ones are dropped first.
+const MAX_DELIVERIES: usize = 10_000;
+
+#[derive(Debug, Default)]
+pub struct WebhookStore {
+    receivers: Mutex<HashMap<String, Receiver>>,
+}
+
+#[derive(Debug)]
+struct Receiver {
+    key: Option<SigningKey>,
+    /// Status answered to verified (or unverifiable, no secret) deliveries.
+    status: StatusCode,
+    deliveries: VecDeque<Delivery>,
+}
+
+impl Default for Receiver {
+    fn default() -> Self {
+        Self {
+            key: None,
+            status: StatusCode::OK,
+            deliveries: VecDeque::new(),
+        }
+    }
+}
+
+/// One recorded delivery.
+#[derive(Debug, Clone, Serialize)]
+struct Delivery {
+    received_at: String,
+    headers: BTreeMap<String, String>,
+    /// The raw body as text (lossy UTF-8) and, when it parses, as JSON.
+    body: String,
+    json: Option<Value>,
+    verified: bool,
+    reason: Option<String>,
+}
+
+/// `PUT /_emulator/webhooks/{name}` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiverConfig {
+    /// `whsec_…`; null or absent = record without verifying.
+    #[serde(default)]
+    secret: Option<String>,
+    /// Status answered to accepted deliveries (default 200), e.g. 500 to exercise retries.
+    #[serde(default)]
+    status: Option<u16>,
+}
+
+impl WebhookStore {
+    pub fn clear(&self) {
+        lock(&self.receivers).clear();
+    }
+}
+
+/// `PUT /_emulator/webhooks/{name}`: sets the secret and answer status; keeps recorded deliveries.
+pub async fn configure(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+    ApiJson(config): ApiJson<ReceiverConfig>,
+) -> Result<Json<Value>, ApiError> {
+    let key = config
+        .secret
+        .as_deref()
+        .map(SigningKey::from_secret)
+        .transpose()
+        .map_err(|e| ApiError::bad_request("invalid_secret", e.to_string()))?;
+    let status = match config.status {
+        None => StatusCode::OK,
+        Some(code) => StatusCode::from_u16(code)
+            .ok()
+            .filter(|s| s.as_u16() >= 200)
+            .ok_or_else(|| ApiError::bad_request("invalid_request", "status must be 200..=599"))?,
+    };
+    let mut receivers = lock(&state.webhooks.receivers);
+    let receiver = receivers.entry(name.clone()).or_default();
+    receiver.key = key;
+    receiver.status = status;
+    let configured = receiver.key.is_some();
+    Ok(Json(
+        json!({"name": name, "secret_configured": configured, "status": status.as_u16()}),
+    ))
+}
+
+/// `POST /_emulator/webhooks/{name}`: records the delivery; 401 `invalid_signature` when a
+/// secret is configured and the signature does not verify.
+pub async fn receive(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(body_error)?;
+    let mut receivers = lock(&state.webhooks.receivers);
+    let receiver = receivers.entry(name).or_default();
+    let verdict = receiver
+        .key
+        .as_ref()
+        .map(|key| verify(key, &headers, &body));
+    let (verified, reason) = match &verdict {
+        None => (false, Some("no secret configured".to_owned())),
+        Some(Ok(())) => (true, None),
+        Some(Err(e)) => (false, Some(e.to_string())),
+    };
+    if receiver.deliveries.len() >= MAX_DELIVERIES {
+        receiver.deliveries.pop_front();
+    }
+    receiver.deliveries.push_back(Delivery {
+        received_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        headers: header_map(&headers),
+        body: String::from_utf8_lossy(&body).into_owned(),
+        json: serde_json::from_slice(&body).ok(),
+        verified,
+        reason: reason.clone(),
+    });
+    match verdict {
+        Some(Err(_)) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_signature",
+            reason.unwrap_or_default(),
+        )),
+        _ => Ok((
+            receiver.status,
+            Json(json!({"received": true, "verified": verified})),
+        )
+            .into_response()),
+    }
+}
+
+/// `GET /_emulator/webhooks/{name}`: the recorded deliveries, oldest first.
+pub async fn deliveries(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let receivers = lock(&state.webhooks.receivers);
+    let receiver = receivers
+        .get(&name)
+        .ok_or_else(|| ApiError::not_found("webhook_not_found", format!("no receiver {name:?}")))?;
+    let list: Vec<&Delivery> = receiver.deliveries.iter().collect();
+    Ok(Json(json!({
+        "name": name,
+        "secret_configured": receiver.key.is_some(),
+        "count": list.len(),
+        "deliveries": list,
+    })))
+}
+
+/// `DELETE /_emulator/webhooks/{name}`: forgets the receiver and its deliveries.
+pub async fn remove(State(state): State<Shared>, Path(name): Path<String>) -> StatusCode {
+    lock(&state.webhooks.receivers).remove(&name);
+    StatusCode::NO_CONTENT
+}
+
+fn verify(key: &SigningKey, headers: &HeaderMap, body: &[u8]) -> Result<(), SignatureError> {
+    let get = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(SignatureError::MissingHeader)
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    key.verify(
+        get("webhook-id")?,
+        get("webhook-timestamp")?,
+        get("webhook-signature")?,
+        body,
+        now,
+    )
+}
+
+fn header_map(headers: &HeaderMap) -> BTreeMap<String, String> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,155 @@
+//! Bad input to the emulator gets a 4xx with `{"error","error_description"}`, never a panic,
+//! a hang or a plain-text body.
+
+mod common;
+
+use common::{EmulatorProcess, client, named_record};
+use reqwest::Response;
+use serde_json::{Value, json};
+
+async fn assert_error(response: Response, status: u16, code: &str) {
+    assert_eq!(response.status(), status);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], code, "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty()),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn malformed_json_wrong_types_and_wrong_content_types_are_400_or_415_json() {
+    let emu = EmulatorProcess::spawn();
+    emu.create_test_datastore("ds", json!([named_record("r", "x")]))
+        .await;
+    let token = emu.token().await;
+    let http = client();
+    let patch = || http.patch(emu.record_url("ds", "r")).bearer_auth(&token);
+
+    let malformed = patch()
+        .header("content-type", "application/json")
+        .body("{\"fields\": {")
+        .send()
+        .await
+        .unwrap();
+    assert_error(malformed, 400, "invalid_request").await;
+    let wrong_type = patch()
+        .json(&json!({"fields": "not an object"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(wrong_type, 400, "invalid_request").await;
+    let no_type = patch().body("{\"fields\":{}}").send().await.unwrap();
+    assert_error(no_type, 415, "unsupported_media_type").await;
+
+    let control_wrong = http
+        .post(emu.url("/_emulator/datastores"))
+        .json(&json!({"id": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(control_wrong, 400, "invalid_request").await;
+    let faults_wrong = http
+        .put(emu.url("/_emulator/faults"))
+        .json(&json!({"error_ratio": "lots"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(faults_wrong, 400, "invalid_request").await;
+    let bad_schema = json!({"id": "x", "schema": {"fields": [{"name": "a", "type": "blob"}]}});
+    let schema_wrong = http
+        .post(emu.url("/_emulator/datastores"))
+        .json(&bad_schema)
+        .send()
+        .await
+        .unwrap();
+    assert_error(schema_wrong, 400, "invalid_request").await;
+    let page_size = http
+        .get(emu.records_url("ds"))
+        .bearer_auth(&token)
+        .query(&[("page_size", "many")])
+        .send()
+        .await
+        .unwrap();
+    assert_error(page_size, 400, "invalid_request").await;
+    let if_match = patch()
+        .header("If-Match", "yesterday")
+        .json(&json!({"fields": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(if_match, 400, "invalid_request").await;
+    let token_json = http
+        .post(emu.url("/auth/token"))
+        .json(&json!({"grant_type": "password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(token_json, 400, "invalid_request").await;
+}
+
+#[tokio::test]
+async fn bodies_over_one_mebibyte_are_413_json_everywhere() {
+    let emu = EmulatorProcess::spawn();
+    emu.create_test_datastore("ds", json!([named_record("r", "x")]))
+        .await;
+    let token = emu.token().await;
+    let http = client();
+    let huge = format!(
+        "{{\"fields\":{{\"name\":\"{}\"}}}}",
+        "x".repeat(1024 * 1024 + 10)
+    );
+    let patch = http
+        .patch(emu.record_url("ds", "r"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(huge.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_error(patch, 413, "request_too_large").await;
+    let form = http
+        .post(emu.url("/auth/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "grant_type=password&x={}",
+            "y".repeat(2 * 1024 * 1024)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_error(form, 413, "request_too_large").await;
+    let hook = http
+        .post(emu.url("/_emulator/webhooks/h"))
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_error(hook, 413, "request_too_large").await;
+    // The emulator still answers normally afterwards.
+    assert_eq!(emu.get_record("ds", "r").await.0, 200);
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_json() {
+    let emu = EmulatorProcess::spawn();
+    let http = client();
+    assert_error(
+        http.get(emu.url("/nope")).send().await.unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+    let wrong_method = http.put(emu.url("/auth/token")).send().await.unwrap();
+    assert_error(wrong_method, 405, "method_not_allowed").await;
+}
