@@ -171,10 +171,10 @@ impl Schema {
 
     /// What `name` is in this schema.
     pub fn lookup(&self, name: &str) -> FieldLookup<'_> {
-        if let Some(&id) = self.by_name.get(name) {
-            if let Some(field) = self.relationships.get(id.index()) {
-                return FieldLookup::Relationship(id, field);
-            }
+        if let Some(&id) = self.by_name.get(name)
+            && let Some(field) = self.relationships.get(id.index())
+        {
+            return FieldLookup::Relationship(id, field);
         }
         match self.other.get(name) {
             Some(kind) => FieldLookup::NotRelationship(kind),

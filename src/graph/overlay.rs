@@ -1,0 +1,153 @@
+//! The graph as it would be after (part of) a job, without copying it: only the changed
+//! (field, parent) entries are stored, plus the reverse index of the edges they add.
+
+use rustc_hash::FxHashMap;
+
+use super::Graph;
+use super::fold::{Set, fold};
+use super::intern::Ix;
+use crate::job::{CascadeAction, Mode};
+
+/// The changed value of one (field, parent) and the operations that produced it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub children: Vec<Ix>,
+    sorted: Vec<Ix>,
+    pub cascade: CascadeAction,
+    /// Indexes of the job's operations folded into this entry, in order.
+    pub ops: Vec<usize>,
+}
+
+/// Key of an entry: (field index, parent).
+pub type Key = (usize, Ix);
+
+/// Base graph + changed entries, answering the same questions as the graph.
+pub struct Overlay<'g> {
+    pub graph: &'g Graph,
+    entries: FxHashMap<Key, Entry>,
+    /// (field, child) → parents that gained `child` relative to the base graph.
+    added_parents: FxHashMap<Key, Vec<Ix>>,
+}
+
+impl<'g> Overlay<'g> {
+    pub fn new(graph: &'g Graph) -> Self {
+        Overlay {
+            graph,
+            entries: FxHashMap::default(),
+            added_parents: FxHashMap::default(),
+        }
+    }
+
+    fn base(&self, f: usize, p: Ix) -> (&'g [Ix], CascadeAction) {
+        let graph: &'g Graph = self.graph;
+        match graph.fields.get(f) {
+            Some(field) => field.children.get(p),
+            None => (&[], CascadeAction::None),
+        }
+    }
+
+    pub fn children(&self, f: usize, p: Ix) -> &[Ix] {
+        match self.entries.get(&(f, p)) {
+            Some(e) => &e.children,
+            None => self.base(f, p).0,
+        }
+    }
+
+    pub fn cascade(&self, f: usize, p: Ix) -> CascadeAction {
+        match self.entries.get(&(f, p)) {
+            Some(e) => e.cascade,
+            None => self.base(f, p).1,
+        }
+    }
+
+    pub fn entry(&self, key: Key) -> Option<&Entry> {
+        self.entries.get(&key)
+    }
+
+    /// Changed keys (any order).
+    pub fn keys(&self) -> impl Iterator<Item = Key> + '_ {
+        self.entries.keys().copied()
+    }
+
+    pub fn field_count(&self) -> usize {
+        self.graph.fields.len()
+    }
+
+    /// Parents of `c` in field `f` after the overlay, each once.
+    pub fn parents(&self, f: usize, c: Ix) -> Vec<Ix> {
+        let mut out: Vec<Ix> = Vec::new();
+        if let Some(field) = self.graph.fields.get(f) {
+            for p in field.parents.iter(c) {
+                let kept = match self.entries.get(&(f, p)) {
+                    Some(e) => e.sorted.binary_search(&c).is_ok(),
+                    None => true,
+                };
+                if kept {
+                    out.push(p);
+                }
+            }
+        }
+        if let Some(added) = self.added_parents.get(&(f, c)) {
+            for &p in added {
+                if !out.contains(&p) {
+                    out.push(p);
+                }
+            }
+        }
+        out
+    }
+
+    /// Folds one operation into the entry of (f, p); returns the previous entry for `restore`.
+    pub fn apply(
+        &mut self,
+        key: Key,
+        op: usize,
+        mode: Mode,
+        cascade: impl FnOnce(CascadeAction) -> CascadeAction,
+        kids: &[Ix],
+    ) -> Option<Entry> {
+        let (f, p) = key;
+        let children = fold(self.children(f, p), mode, kids);
+        let cascade = cascade(self.cascade(f, p));
+        let mut ops = self
+            .entries
+            .get(&key)
+            .map(|e| e.ops.clone())
+            .unwrap_or_default();
+        ops.push(op);
+        let mut sorted = children.clone();
+        sorted.sort_unstable();
+        let entry = Entry {
+            children,
+            sorted,
+            cascade,
+            ops,
+        };
+        self.set(key, Some(entry))
+    }
+
+    /// Puts back what `apply` returned.
+    pub fn restore(&mut self, key: Key, previous: Option<Entry>) {
+        self.set(key, previous);
+    }
+
+    fn set(&mut self, key: Key, new: Option<Entry>) -> Option<Entry> {
+        let (f, p) = key;
+        let base = Set::new(self.base(f, p).0);
+        let old = self.entries.remove(&key);
+        if let Some(old) = &old {
+            for &c in old.children.iter().filter(|&&c| !base.contains(c)) {
+                if let Some(list) = self.added_parents.get_mut(&(f, c)) {
+                    list.retain(|&q| q != p);
+                }
+            }
+        }
+        if let Some(new) = new {
+            for &c in new.children.iter().filter(|&&c| !base.contains(c)) {
+                self.added_parents.entry((f, c)).or_default().push(p);
+            }
+            self.entries.insert(key, new);
+        }
+        old
+    }
+}
