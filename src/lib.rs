@@ -17,6 +17,7 @@
 //! - [`bench`]: throughput measurements, including the raw broker ceiling.
 //! - [`store`]: the data-store client (auth, adaptive rate budget, retries, records API).
 //! - [`dlq`]: dead-letter browsing, replay (confirm before ack) and purge for operators.
+//! - [`pipeline`]: one job through parse → validate → plan → apply → publish.
 //! - [`webhooks`]: Standard Webhooks signing and delivery.
 //! - [`worker`]: the consume loop, per-parent locks, outcome settlement (ack / retry / dead letter).
 
@@ -31,6 +32,7 @@ pub mod graph;
 pub mod http;
 pub mod job;
 pub mod jobfile;
+pub mod pipeline;
 pub mod schema;
 pub mod secret;
 pub mod settings;

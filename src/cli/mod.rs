@@ -4,6 +4,7 @@ mod dlq;
 mod emulator;
 mod enqueue;
 mod topology;
+mod worker;
 
 use std::path::PathBuf;
 
@@ -28,6 +29,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Consume jobs: validate, apply, publish events, retry and dead-letter (the main job).
+    Worker,
     /// Run the bundled data-store emulator (auth, records API, faults, webhook receiver).
     Emulator(emulator::EmulatorArgs),
     /// Publish jobs from a file (JSON array, object or JSON Lines; `-` = stdin) to the jobs queue.
@@ -53,6 +56,7 @@ impl Cli {
 /// Runs the chosen subcommand; the returned code becomes the process exit code.
 pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
     match cli.command {
+        Command::Worker => worker::run(settings).await,
         Command::Emulator(args) => emulator::run(args, settings).await,
         Command::Enqueue(args) => enqueue::run(args, settings).await,
         Command::Dlq(args) => dlq::run(args, settings).await,

@@ -22,6 +22,7 @@ use super::trace::TraceParent;
 use crate::amqp::{self, AmqpError, Publisher, PublisherSlot, Topology, headers};
 use crate::http::Readiness;
 use crate::secret::Secret;
+use crate::webhooks::WebhookQueue;
 
 /// One job message as the pipeline sees it.
 #[derive(Debug, Clone)]
@@ -55,6 +56,7 @@ pub struct Consumer<H> {
     pub readiness: Readiness,
     /// Updated with each new connection's publisher, for webhook parking.
     pub publisher_slot: PublisherSlot,
+    pub webhooks: WebhookQueue,
 }
 
 impl<H: JobHandler> Consumer<H> {
@@ -132,6 +134,7 @@ impl<H: JobHandler> Consumer<H> {
         let settler = Settler {
             publisher,
             topology: self.topology.clone(),
+            webhooks: self.webhooks.clone(),
         };
         let tag = format!(
             "{}-{}",

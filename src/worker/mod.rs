@@ -4,6 +4,7 @@
 pub mod consumer;
 pub mod locks;
 pub mod outcome;
+pub mod run;
 pub mod settle;
 pub mod trace;
 

@@ -54,10 +54,10 @@ impl Failure {
 pub struct Outcome {
     /// Identifies the job in headers, events and logs.
     pub context: EventContext,
-    /// Published whatever happens next (applied, rejected, rolled_back events, job.completed).
+    /// Published whatever happens next (applied, rejected, rolled_back events).
     pub events: Vec<CloudEvent>,
-    /// Published only if the job ends here, i.e. is not retried (per-operation `failed` events and
-    /// the final `job.completed`).
+    /// Published only if the job ends here (completed or dead-lettered), not when it is retried:
+    /// per-operation `failed` events and `job.completed`.
     pub final_events: Vec<CloudEvent>,
     pub failure: Option<Failure>,
 }

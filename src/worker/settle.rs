@@ -13,6 +13,7 @@ use super::outcome::{Failure, Outcome};
 use crate::amqp::{AmqpError, Publisher, Topology, headers};
 use crate::error::ErrorClass;
 use crate::events::{CloudEvent, now_rfc3339};
+use crate::webhooks::WebhookQueue;
 
 /// What settling did, for metrics and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +37,8 @@ impl Settled {
 pub struct Settler {
     pub publisher: Publisher,
     pub topology: Arc<Topology>,
+    /// Events are offered to webhooks once the broker has confirmed them.
+    pub webhooks: WebhookQueue,
 }
 
 impl Settler {
@@ -49,7 +52,10 @@ impl Settler {
         let previous = previous_attempts(delivery);
         let settled = match &outcome.failure {
             None => {
-                self.publish_events(&outcome.events).await?;
+                let mut events = outcome.events.clone();
+                events.extend(outcome.final_events.iter().cloned());
+                self.publish_events(&events).await?;
+                self.offer_webhooks(events).await;
                 Settled::Completed
             }
             Some(failure) => {
@@ -88,6 +94,7 @@ impl Settler {
                 .to_queue(&hold_queue, &delivery.data, properties)
                 .await?;
             self.publish_events(&outcome.events).await?;
+            self.offer_webhooks(outcome.events.clone()).await;
             metrics::counter!("cxrel_retries_total", "code" => failure.code.clone()).increment(1);
             return Ok(Settled::Retried);
         }
@@ -105,6 +112,7 @@ impl Settler {
         events.extend(outcome.final_events.iter().cloned());
         events.push(dead);
         self.publish_events(&events).await?;
+        self.offer_webhooks(events).await;
         metrics::counter!("cxrel_dead_letters_total", "code" => failure.code.clone()).increment(1);
         tracing::warn!(
             job_id = %outcome.context.job_id,
@@ -115,6 +123,12 @@ impl Settler {
             failure.message
         );
         Ok(Settled::DeadLettered)
+    }
+
+    async fn offer_webhooks(&self, events: Vec<CloudEvent>) {
+        for event in events {
+            self.webhooks.offer(event).await;
+        }
     }
 
     async fn publish_events(&self, events: &[CloudEvent]) -> Result<(), AmqpError> {

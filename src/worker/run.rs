@@ -1,0 +1,97 @@
+//! Wiring of `cxrel worker`: health/metrics server, data-store client, graph cache, pipeline,
+//! webhook delivery and the consumer, all stopped by one cancellation token on SIGTERM/SIGINT.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::consumer::{Consumer, ConsumerConfig};
+use crate::amqp::{PublisherSlot, Topology};
+use crate::http::{self, Readiness};
+use crate::job::ParseContext;
+use crate::pipeline::Pipeline;
+use crate::pipeline::graphs::GraphCache;
+use crate::settings::Settings;
+use crate::store::StoreClient;
+use crate::webhooks;
+
+/// Runs the worker until `cancel`; returns after in-flight jobs drained (or the timeout passed).
+pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Result<()> {
+    let instance = instance_name(&settings);
+    let readiness = Readiness::default();
+    readiness.set("broker", false, "not connected yet");
+    readiness.set("token", false, "no token yet");
+    let http_addr = http::serve(settings.http.listen, readiness.clone(), cancel.clone()).await?;
+    // On stdout so scripts and tests that asked for port 0 can find it.
+    println!("cxrel worker listening on http://{http_addr}");
+
+    let store = StoreClient::from_settings(&settings)?;
+    tokio::spawn(watch_token(
+        store.clone(),
+        readiness.clone(),
+        cancel.clone(),
+    ));
+    let topology = Arc::new(Topology::from_settings(&settings.amqp));
+    let slot = PublisherSlot::default();
+    let (webhook_queue, webhook_worker) = webhooks::delivery::start(
+        &settings.webhook_delivery,
+        &settings.webhooks,
+        slot.clone(),
+        topology.webhooks_dead(),
+        cancel.clone(),
+        settings.worker.shutdown_timeout,
+    )?;
+    let pipeline = Pipeline::new(
+        ParseContext::from_settings(&settings),
+        store.clone(),
+        GraphCache::new(store, settings.graph.refresh_interval),
+        &instance,
+        settings.worker.parallel_patches,
+    );
+    let consumer = Consumer {
+        config: ConsumerConfig {
+            url: settings.amqp.url.clone(),
+            connection_name: format!("cxrel worker {instance}"),
+            prefetch: settings.worker.prefetch,
+            max_in_flight: settings.worker.max_in_flight,
+            shutdown_timeout: settings.worker.shutdown_timeout,
+        },
+        topology,
+        handler: Arc::new(pipeline),
+        readiness,
+        publisher_slot: slot,
+        webhooks: webhook_queue,
+    };
+    tracing::info!(instance, "worker starting");
+    consumer.run(cancel).await;
+    webhook_worker.drain().await;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// `[worker].instance`, else the host name, else "cxrel".
+fn instance_name(settings: &Settings) -> String {
+    if !settings.worker.instance.is_empty() {
+        return settings.worker.instance.clone();
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "cxrel".to_owned())
+}
+
+/// Keeps the readiness "token" check current: a valid data-store token can be had.
+async fn watch_token(store: StoreClient, readiness: Readiness, cancel: CancellationToken) {
+    loop {
+        match store.check_auth().await {
+            Ok(()) => readiness.set("token", true, "valid token"),
+            Err(error) => readiness.set("token", false, format!("no token: {error}")),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            () = cancel.cancelled() => return,
+        }
+    }
+}
