@@ -251,11 +251,16 @@ impl Settings {
                 .clone()
                 .unwrap_or_else(|| "config".into());
             let path = dir.join(format!("{name}.toml"));
-            builder = builder.add_source(File::from(path).required(false));
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(false));
         }
         if let Some(path) = &sources.file {
             check_readable(path)?;
-            builder = builder.add_source(File::from(path.as_path()).required(true));
+            // Settings files are TOML whatever their name (`--config /etc/cxrel/worker.conf`).
+            builder = builder.add_source(
+                File::from(path.as_path())
+                    .format(FileFormat::Toml)
+                    .required(true),
+            );
         }
         let environment = Environment::with_prefix("CXREL")
             .prefix_separator("__")

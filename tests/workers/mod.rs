@@ -1,0 +1,279 @@
+//! Test support for worker suites: a real `cxrel worker` process configured by a settings file,
+//! talking to a test's emulator and its own queue prefix, plus an events tap on the events exchange.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use serde_json::Value;
+
+/// A `cxrel worker` child process; killed on drop unless already stopped.
+pub struct WorkerProcess {
+    pub child: Child,
+    /// `http://127.0.0.1:PORT` of /healthz, /readyz, /metrics.
+    pub http: String,
+    _config: tempfile::NamedTempFile,
+}
+
+/// Settings every test worker gets: the emulator as data store and issuer, the test's prefix, short
+/// retry delays and a fast drain. `extra` is appended TOML (tables and overrides).
+pub fn worker_config(emulator: &str, prefix: &str, extra: &str) -> String {
+    format!(
+        r#"
+[amqp]
+prefix = "{prefix}"
+retry_delays = ["200ms", "400ms", "800ms"]
+
+[cxone]
+api_base = "{emulator}"
+
+[cxone.auth]
+issuer = "{emulator}"
+
+[http]
+listen = "127.0.0.1:0"
+
+[worker]
+shutdown_timeout = "10s"
+instance = "{prefix}"
+
+[rate_limit]
+requests_per_second = 2000
+burst = 200
+
+[retry]
+max_attempts = 3
+min_backoff = "20ms"
+max_backoff = "200ms"
+max_elapsed = "5s"
+{extra}
+"#
+    )
+}
+
+impl WorkerProcess {
+    pub fn spawn(config: &str) -> Self {
+        let mut file = tempfile::NamedTempFile::new().expect("temp config");
+        std::io::Write::write_all(&mut file, config.as_bytes()).expect("write config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cxrel"))
+            .arg("--config")
+            .arg(file.path())
+            .arg("worker")
+            .env_remove("CXREL_ENV")
+            .env("CXREL__LOG__LEVEL", "warn")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn cxrel worker");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            for line in lines.by_ref().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("cxrel worker listening on ") {
+                    let _ = tx.send(addr.trim().to_owned());
+                    break;
+                }
+            }
+            for _ in lines {}
+        });
+        let http = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("cxrel worker did not print its address within 30s");
+            }
+        };
+        Self {
+            child,
+            http,
+            _config: file,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pid")
+    }
+
+    /// Sends a real signal (SIGTERM, SIGKILL, …) to the worker.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal}");
+    }
+
+    /// Waits for the process to exit; returns its exit code, or None on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Waits until /readyz answers 200.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let client = reqwest::Client::new();
+        while Instant::now() < deadline {
+            if let Ok(r) = client.get(format!("{}/readyz", self.http)).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("worker not ready within {timeout:?}");
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.http))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A queue bound to the events exchange with `#`, collecting every event as JSON.
+pub struct EventTap {
+    consumer: lapin::Consumer,
+    pub events: Vec<Value>,
+}
+
+impl EventTap {
+    /// Declares the events exchange (idempotent) and binds an exclusive auto-delete queue to it.
+    pub async fn bind(channel: &lapin::Channel, topology: &cxrel::amqp::Topology) -> Self {
+        cxrel::amqp::topology::declare(channel, topology)
+            .await
+            .expect("declare");
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("tap queue");
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                topology.events().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind tap");
+        let consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume tap");
+        Self {
+            consumer,
+            events: Vec::new(),
+        }
+    }
+
+    /// Collects events until `done(&events)` holds or `timeout` passes; returns whether it held.
+    pub async fn until(&mut self, timeout: Duration, done: impl Fn(&[Value]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !done(&self.events) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            match tokio::time::timeout(left, self.consumer.next()).await {
+                Ok(Some(Ok(delivery))) => {
+                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                    if let Ok(event) = serde_json::from_slice(&delivery.data) {
+                        self.events.push(event);
+                    }
+                }
+                _ => return done(&self.events),
+            }
+        }
+        true
+    }
+
+    pub fn of_type<'a>(&'a self, ty: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+        self.events.iter().filter(move |e| e["type"] == ty)
+    }
+
+    pub fn count(&self, ty: &str) -> usize {
+        self.of_type(ty).count()
+    }
+}
+
+/// A deterministic record id for test record `n` of a set named `set`.
+pub fn rid(set: &str, n: usize) -> String {
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("{set}-{n}").as_bytes()).to_string()
+}
+
+/// One replace operation as JSON.
+pub fn op(parent: &str, field: &str, children: &[&str]) -> Value {
+    serde_json::json!({"parent_id": parent, "relationship_field": field, "child_ids": children})
+}
+
+/// A job as JSON.
+pub fn job(id: &str, ds: &str, atomic: bool, operations: Vec<Value>) -> Value {
+    serde_json::json!({"job_id": id, "datastore_id": ds, "atomic": atomic, "operations": operations})
+}
+
+/// Publishes jobs to the jobs queue, message id = job id.
+pub async fn publish_jobs(
+    publisher: &cxrel::amqp::Publisher,
+    topology: &cxrel::amqp::Topology,
+    jobs: &[Value],
+) {
+    for job in jobs {
+        let id = job["job_id"].as_str().unwrap_or_default().to_owned();
+        let props = lapin::BasicProperties::default()
+            .with_message_id(id.into())
+            .with_content_type("application/json".into());
+        publisher
+            .to_queue(&topology.jobs(), job.to_string().as_bytes(), props)
+            .await
+            .expect("publish job");
+    }
+}
+
+/// The ids stored in a record's relationship field, read back from the emulator.
+pub fn stored_ids(record: &Value, field: &str) -> Vec<String> {
+    record["fields"][field]["ids"]
+        .as_array()
+        .map(|ids| {
+            ids.iter()
+                .filter_map(|i| i.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
