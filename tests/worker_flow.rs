@@ -11,7 +11,10 @@ use std::time::Duration;
 use common::{EmulatorProcess, named_record};
 use cxrel::amqp::{Publisher, headers};
 use serde_json::{Value, json};
-use workers::{EventTap, WorkerProcess, job, op, publish_jobs, rid, stored_ids, worker_config};
+use workers::{
+    EventTap, WorkerOptions, WorkerProcess, job, op, publish_jobs, rid, stored_ids, worker_config,
+    worker_config_with,
+};
 
 const FIELD: &str = "parent_child_link";
 const OWNER: &str = "owner_link";
@@ -326,10 +329,16 @@ async fn every_rejection_code_ends_as_a_coded_dead_letter_and_rejected_events_wi
 #[tokio::test]
 async fn an_atomic_job_failing_part_way_restores_the_earlier_parents_with_rolled_back_events() {
     let mut s = setup("rollback", "accounts", 10).await;
-    let extra = "[worker]\nparallel_patches = 1\n";
     // parallel_patches = 1 sends the PATCHes in job order, so the first parent is written first.
-    let config = worker_config(&s.emu.base, s.topology.prefix(), "").replace("[worker]\n", extra);
-    let worker = WorkerProcess::spawn(&config);
+    let options = WorkerOptions {
+        parallel_patches: 1,
+        ..WorkerOptions::default()
+    };
+    let worker = WorkerProcess::spawn(&worker_config_with(
+        &s.emu.base,
+        s.topology.prefix(),
+        &options,
+    ));
     let (a, b, c) = (rid("r", 0), rid("r", 1), rid("r", 2));
     // Load the worker's graph first, then delete a parent behind its back: its PATCH answers 404.
     publish_jobs(

@@ -20,14 +20,52 @@ pub struct WorkerProcess {
     _config: tempfile::NamedTempFile,
 }
 
+/// What a test may change in a worker's settings.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    pub retry_delays: &'static str,
+    pub requests_per_second: u32,
+    pub burst: u32,
+    pub client_attempts: u32,
+    pub client_max_elapsed: &'static str,
+    pub parallel_patches: usize,
+    /// Appended TOML: extra tables such as `[[webhooks]]`.
+    pub extra: String,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        Self {
+            retry_delays: r#""200ms", "400ms", "800ms""#,
+            requests_per_second: 2000,
+            burst: 200,
+            client_attempts: 3,
+            client_max_elapsed: "5s",
+            parallel_patches: 8,
+            extra: String::new(),
+        }
+    }
+}
+
 /// Settings every test worker gets: the emulator as data store and issuer, the test's prefix, short
-/// retry delays and a fast drain. `extra` is appended TOML (tables and overrides).
+/// retry delays and a fast drain.
 pub fn worker_config(emulator: &str, prefix: &str, extra: &str) -> String {
+    worker_config_with(
+        emulator,
+        prefix,
+        &WorkerOptions {
+            extra: extra.to_owned(),
+            ..WorkerOptions::default()
+        },
+    )
+}
+
+pub fn worker_config_with(emulator: &str, prefix: &str, o: &WorkerOptions) -> String {
     format!(
         r#"
 [amqp]
 prefix = "{prefix}"
-retry_delays = ["200ms", "400ms", "800ms"]
+retry_delays = [{delays}]
 
 [cxone]
 api_base = "{emulator}"
@@ -41,18 +79,26 @@ listen = "127.0.0.1:0"
 [worker]
 shutdown_timeout = "10s"
 instance = "{prefix}"
+parallel_patches = {parallel}
 
 [rate_limit]
-requests_per_second = 2000
-burst = 200
+requests_per_second = {rps}
+burst = {burst}
 
 [retry]
-max_attempts = 3
+max_attempts = {attempts}
 min_backoff = "20ms"
-max_backoff = "200ms"
-max_elapsed = "5s"
+max_backoff = "500ms"
+max_elapsed = "{elapsed}"
 {extra}
-"#
+"#,
+        delays = o.retry_delays,
+        parallel = o.parallel_patches,
+        rps = o.requests_per_second,
+        burst = o.burst,
+        attempts = o.client_attempts,
+        elapsed = o.client_max_elapsed,
+        extra = o.extra,
     )
 }
 
@@ -276,4 +322,28 @@ pub fn stored_ids(record: &Value, field: &str) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Closes, from the broker side, every connection whose client-given name is `name`
+/// (`rabbitmqctl close_connection`); returns how many were closed.
+pub fn close_broker_connections(name: &str) -> usize {
+    // The text format prints pids as `<rabbit@host.N.N.N>`, which close_connection takes back.
+    let output = Command::new("rabbitmqctl")
+        .args(["list_connections", "-q", "pid", "client_properties"])
+        .output()
+        .expect("rabbitmqctl list_connections");
+    let needle = format!("\"connection_name\",\"{name}\"");
+    let pids: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.contains(&needle))
+        .filter_map(|line| line.split('\t').next().map(str::to_owned))
+        .collect();
+    for pid in &pids {
+        let status = Command::new("rabbitmqctl")
+            .args(["close_connection", pid, "closed by a cxrel test"])
+            .status()
+            .expect("rabbitmqctl close_connection");
+        assert!(status.success(), "close_connection {pid}");
+    }
+    pids.len()
 }

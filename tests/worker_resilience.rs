@@ -1,0 +1,234 @@
+//! The worker under faults: data-store errors and throttling, a broker connection closed under it,
+//! and SIGTERM in the middle of a drain. Nothing may be lost.
+
+mod broker;
+mod common;
+mod workers;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{EmulatorProcess, named_record};
+use cxrel::amqp::{Publisher, headers};
+use serde_json::{Value, json};
+use workers::{
+    EventTap, WorkerOptions, WorkerProcess, job, op, publish_jobs, rid, stored_ids, worker_config,
+    worker_config_with,
+};
+
+const FIELD: &str = "parent_child_link";
+
+fn completed(events: &[Value]) -> HashSet<String> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "cxrel.job.completed")
+        .filter_map(|e| e["data"]["job_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// `n` one-operation jobs: parent r(2i) gets child r(2i+1).
+fn pair_jobs(prefix: &str, n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            job(
+                &format!("{prefix}-{i}"),
+                "accounts",
+                true,
+                vec![op(&rid("r", 2 * i), FIELD, &[&rid("r", 2 * i + 1)])],
+            )
+        })
+        .collect()
+}
+
+async fn emulator_with(records: usize) -> EmulatorProcess {
+    let emu = EmulatorProcess::spawn();
+    let list: Vec<Value> = (0..records)
+        .map(|n| named_record(&rid("r", n), "x"))
+        .collect();
+    emu.create_test_datastore("accounts", Value::Array(list))
+        .await;
+    emu
+}
+
+async fn assert_pairs_stored(emu: &EmulatorProcess, n: usize) {
+    for i in 0..n {
+        let (_, record) = emu.get_record("accounts", &rid("r", 2 * i)).await;
+        assert_eq!(
+            stored_ids(&record, FIELD),
+            vec![rid("r", 2 * i + 1)],
+            "job {i}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn injected_5xx_and_429_are_retried_until_every_job_completes() {
+    let emu = emulator_with(80).await;
+    let prefix = broker::unique_prefix("faults");
+    let topology = broker::topology(&prefix, &[500, 1000, 2000, 4000]);
+    let conn = broker::connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    let mut tap = EventTap::bind(&channel, &topology).await;
+    let publisher = Publisher::open(&conn).await.unwrap();
+    // The client's limit is set above the store's real one, as an operator might.
+    let options = WorkerOptions {
+        retry_delays: r#""500ms", "1s", "2s", "4s""#,
+        requests_per_second: 60,
+        burst: 5,
+        client_attempts: 4,
+        client_max_elapsed: "10s",
+        ..WorkerOptions::default()
+    };
+    let worker = WorkerProcess::spawn(&worker_config_with(&emu.base, &prefix, &options));
+    emu.set_faults(json!({"error_ratio": 0.3, "rate_limit": {"requests_per_second": 40, "burst": 5}, "retry_after": false})).await;
+    let jobs = pair_jobs("faulty", 40);
+    publish_jobs(&publisher, &topology, &jobs).await;
+    let done = tap
+        .until(Duration::from_secs(90), |e| completed(e).len() == 40)
+        .await;
+    assert!(done, "{} of 40 completed", completed(&tap.events).len());
+    emu.set_faults(json!({"error_ratio": 0.0, "rate_limit": null}))
+        .await;
+    assert_pairs_stored(&emu, 40).await;
+    let stats = emu.stats().await;
+    assert!(
+        stats["injected_error_count"].as_u64().unwrap() > 0,
+        "faults were injected: {stats}"
+    );
+    assert_eq!(
+        broker::take(&channel, &topology.dead(), 1, Duration::from_millis(500))
+            .await
+            .len(),
+        0
+    );
+    drop(worker);
+    broker::teardown(&channel, &topology).await;
+}
+
+#[tokio::test]
+async fn with_every_request_failing_a_job_is_dead_lettered_after_the_configured_attempts() {
+    let emu = emulator_with(4).await;
+    let prefix = broker::unique_prefix("allfail");
+    let topology = broker::topology(&prefix, &[200, 400, 800]);
+    let conn = broker::connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    let mut tap = EventTap::bind(&channel, &topology).await;
+    let publisher = Publisher::open(&conn).await.unwrap();
+    emu.set_faults(json!({"error_ratio": 1.0})).await;
+    let worker = WorkerProcess::spawn(&worker_config(&emu.base, &prefix, ""));
+    publish_jobs(&publisher, &topology, &pair_jobs("doomed", 1)).await;
+
+    let dead = broker::take(&channel, &topology.dead(), 1, Duration::from_secs(60)).await;
+    assert_eq!(dead.len(), 1, "the job was dead-lettered");
+    let t = headers::table(&dead[0].delivery.properties);
+    // Three hold-queue delays: the first attempt and three retries.
+    assert_eq!(headers::get_u64(&t, headers::ATTEMPTS), Some(4));
+    assert_eq!(
+        headers::get_str(&t, headers::ERROR_CODE).as_deref(),
+        Some("server_error")
+    );
+    assert!(headers::get_str(&t, headers::FIRST_FAILED_AT).is_some());
+    assert!(
+        tap.until(Duration::from_secs(10), |e| e
+            .iter()
+            .any(|e| e["type"] == "cxrel.job.dead_lettered"))
+            .await
+    );
+    let event = tap.of_type("cxrel.job.dead_lettered").next().unwrap();
+    assert_eq!(event["data"]["attempts"], 4);
+    drop(worker);
+    broker::teardown(&channel, &topology).await;
+}
+
+#[tokio::test]
+async fn sigterm_during_a_drain_exits_zero_in_time_and_loses_no_job() {
+    let emu = emulator_with(400).await;
+    let prefix = broker::unique_prefix("sigterm");
+    let topology = broker::topology(&prefix, &[200, 400, 800]);
+    let conn = broker::connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    let mut tap = EventTap::bind(&channel, &topology).await;
+    let publisher = Publisher::open(&conn).await.unwrap();
+    emu.set_faults(json!({"latency_ms": 30})).await;
+    let config = worker_config(&emu.base, &prefix, "");
+    let mut worker = WorkerProcess::spawn(&config);
+    publish_jobs(&publisher, &topology, &pair_jobs("drain", 200)).await;
+    assert!(
+        tap.until(Duration::from_secs(30), |e| completed(e).len() >= 20)
+            .await
+    );
+
+    worker.signal("TERM");
+    let code = tokio::task::spawn_blocking(move || {
+        let code = worker.wait_exit(Duration::from_secs(15));
+        (code, worker)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        code.0,
+        Some(0),
+        "exit code 0 within shutdown_timeout (10s) + margin"
+    );
+    let before_restart = completed(&tap.events).len();
+    assert!(
+        before_restart < 200,
+        "the drain stopped before the queue was empty"
+    );
+
+    let worker = WorkerProcess::spawn(&config);
+    let done = tap
+        .until(Duration::from_secs(90), |e| completed(e).len() == 200)
+        .await;
+    assert!(
+        done,
+        "{} of 200 completed after the restart",
+        completed(&tap.events).len()
+    );
+    assert_pairs_stored(&emu, 200).await;
+    assert_eq!(
+        broker::take(&channel, &topology.dead(), 1, Duration::from_millis(500))
+            .await
+            .len(),
+        0
+    );
+    drop(worker);
+    broker::teardown(&channel, &topology).await;
+}
+
+#[tokio::test]
+async fn a_broker_connection_closed_mid_drain_is_recovered_and_every_job_completes() {
+    let emu = emulator_with(400).await;
+    let prefix = broker::unique_prefix("reconnect");
+    let topology = broker::topology(&prefix, &[200, 400, 800]);
+    let conn = broker::connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    let mut tap = EventTap::bind(&channel, &topology).await;
+    let publisher = Publisher::open(&conn).await.unwrap();
+    emu.set_faults(json!({"latency_ms": 20})).await;
+    let worker = WorkerProcess::spawn(&worker_config(&emu.base, &prefix, ""));
+    publish_jobs(&publisher, &topology, &pair_jobs("recover", 200)).await;
+    assert!(
+        tap.until(Duration::from_secs(30), |e| completed(e).len() >= 20)
+            .await
+    );
+
+    let closed = tokio::task::spawn_blocking({
+        let name = format!("cxrel worker {prefix}");
+        move || workers::close_broker_connections(&name)
+    })
+    .await
+    .unwrap();
+    assert_eq!(closed, 1, "the worker's connection was found and closed");
+    let done = tap
+        .until(Duration::from_secs(90), |e| completed(e).len() == 200)
+        .await;
+    assert!(
+        done,
+        "{} of 200 completed after the connection was closed",
+        completed(&tap.events).len()
+    );
+    assert_pairs_stored(&emu, 200).await;
+    drop(worker);
+    broker::teardown(&channel, &topology).await;
+}
