@@ -127,6 +127,11 @@ impl StoreClient {
         })
     }
 
+    /// Gets a valid token (cached or fresh): the readiness check of the worker.
+    pub async fn check_auth(&self) -> Result<(), StoreError> {
+        self.inner.tokens.token().await.map(|_| ())
+    }
+
     /// The rate budget every request of this client goes through.
     pub fn budget(&self) -> &Arc<dyn RateBudget> {
         &self.inner.budget
