@@ -6,6 +6,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
+use axum::http::header::CONTENT_LENGTH;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
@@ -19,6 +20,11 @@ const MAX_DRAIN_TIME: Duration = Duration::from_secs(5);
 
 /// Middleware: buffers the body up to `limit` bytes and passes it on; answers 413 beyond.
 pub async fn limit_body(State(limit): State<usize>, req: Request, next: Next) -> Response {
+    // A declared length within the limit is enforced by hyper itself: pass through, no copy.
+    match content_length(&req) {
+        Some(n) if n <= limit => return next.run(req).await,
+        _ => {}
+    }
     let (parts, body) = req.into_parts();
     let mut stream = body.into_data_stream();
     let mut buffer: Vec<u8> = Vec::new();
@@ -36,6 +42,16 @@ pub async fn limit_body(State(limit): State<usize>, req: Request, next: Next) ->
     }
     next.run(Request::from_parts(parts, Body::from(buffer)))
         .await
+}
+
+fn content_length(req: &Request) -> Option<usize> {
+    req.headers()
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 async fn drain(mut stream: axum::body::BodyDataStream, mut seen: usize) {

@@ -68,6 +68,45 @@ mod tests {
         assert!(err.description.contains("\"b\""), "{}", err.description);
     }
 
+    /// Child → parents over every relationship field of the shipped seed's `accounts`.
+    fn seed_parents() -> (Vec<String>, std::collections::HashMap<String, Vec<String>>) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/emulator-seed.json");
+        let spec = read_seed_file(&path).unwrap().datastores.remove(0);
+        let mut parents: std::collections::HashMap<String, Vec<String>> = Default::default();
+        let ids = spec.records.iter().map(|r| r.id.clone()).collect();
+        for record in &spec.records {
+            for field in ["parent_child_link", "owner_link"] {
+                let children = record.fields.get(field).and_then(|v| v["ids"].as_array());
+                for child in children.into_iter().flatten() {
+                    let child = child.as_str().unwrap().to_owned();
+                    parents.entry(child).or_default().push(record.id.clone());
+                }
+            }
+        }
+        (ids, parents)
+    }
+
+    #[test]
+    fn the_shipped_seed_is_a_forest_with_one_parent_per_child_and_depth_within_five() {
+        let (ids, parents) = seed_parents();
+        assert!(
+            parents.values().all(|p| p.len() == 1),
+            "a child has two parents"
+        );
+        for id in &ids {
+            // Walking up from any record ends at a root within 5 edges (so no cycles either).
+            let mut current = id.clone();
+            let mut edges = 0;
+            while let Some(up) = parents.get(&current) {
+                current = up[0].clone();
+                edges += 1;
+                assert!(edges <= 5, "{id} is deeper than 5 or on a cycle");
+            }
+        }
+        let roots = ids.iter().filter(|id| !parents.contains_key(*id)).count();
+        assert!(roots >= 100, "only {roots} records without a parent");
+    }
+
     #[test]
     fn the_shipped_seed_file_loads() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/emulator-seed.json");

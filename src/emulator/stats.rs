@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use serde_json::{Value, json};
@@ -15,10 +16,12 @@ use serde_json::{Value, json};
 use super::state::{Shared, lock};
 
 const WINDOW: Duration = Duration::from_secs(1);
+const UNMATCHED: &str = "(unmatched)";
 
 #[derive(Debug, Default)]
 pub struct Stats {
-    by_route: Mutex<HashMap<String, BTreeMap<u16, u64>>>,
+    /// Route template → method → status → count; looked up by `&str`, so no allocation per request.
+    by_route: Mutex<HashMap<String, HashMap<Method, BTreeMap<u16, u64>>>>,
     window: Mutex<Window>,
     patches: AtomicU64,
     tokens: AtomicU64,
@@ -69,9 +72,14 @@ impl Stats {
         self.injected.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn count(&self, route: String, status: u16) {
-        *lock(&self.by_route)
-            .entry(route)
+    fn count(&self, method: Method, path: &str, status: u16) {
+        let mut by_route = lock(&self.by_route);
+        let methods = match by_route.get_mut(path) {
+            Some(methods) => methods,
+            None => by_route.entry(path.to_owned()).or_default(),
+        };
+        *methods
+            .entry(method)
             .or_default()
             .entry(status)
             .or_default() += 1;
@@ -88,17 +96,18 @@ impl Stats {
     /// The JSON of `GET /_emulator/stats`.
     pub fn snapshot(&self) -> Value {
         let by_route = lock(&self.by_route).clone();
-        let total: u64 = by_route.values().flat_map(|s| s.values()).sum();
-        let requests: serde_json::Map<String, Value> = by_route
-            .into_iter()
-            .map(|(route, statuses)| {
+        let mut requests = serde_json::Map::new();
+        let mut total = 0;
+        for (path, methods) in by_route {
+            for (method, statuses) in methods {
+                total += statuses.values().sum::<u64>();
                 let statuses: serde_json::Map<String, Value> = statuses
                     .into_iter()
                     .map(|(s, n)| (s.to_string(), n.into()))
                     .collect();
-                (route, statuses.into())
-            })
-            .collect();
+                requests.insert(format!("{method} {path}"), statuses.into());
+            }
+        }
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         json!({
             "requests_total": total,
@@ -114,12 +123,11 @@ impl Stats {
 
 /// Middleware on every route: counts the answer under "METHOD /route/{template}".
 pub async fn count_requests(State(state): State<Shared>, req: Request, next: Next) -> Response {
-    let route = match req.extensions().get::<MatchedPath>() {
-        Some(path) => format!("{} {}", req.method(), path.as_str()),
-        None => format!("{} (unmatched)", req.method()),
-    };
+    let method = req.method().clone();
+    let path = req.extensions().get::<MatchedPath>().cloned();
     let response = next.run(req).await;
-    state.stats.count(route, response.status().as_u16());
+    let path = path.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
+    state.stats.count(method, path, response.status().as_u16());
     response
 }
 
@@ -144,9 +152,9 @@ mod tests {
     #[test]
     fn statistics_group_by_route_and_status() {
         let stats = Stats::default();
-        stats.count("GET /x".into(), 200);
-        stats.count("GET /x".into(), 200);
-        stats.count("GET /x".into(), 404);
+        stats.count(Method::GET, "/x", 200);
+        stats.count(Method::GET, "/x", 200);
+        stats.count(Method::GET, "/x", 404);
         let snap = stats.snapshot();
         assert_eq!(snap["requests"]["GET /x"]["200"], 2);
         assert_eq!(snap["requests_total"], 3);
