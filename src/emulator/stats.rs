@@ -18,10 +18,13 @@ use super::state::{Shared, lock};
 const WINDOW: Duration = Duration::from_secs(1);
 const UNMATCHED: &str = "(unmatched)";
 
+/// Method → status → count, of one route template.
+type ByMethod = HashMap<Method, BTreeMap<u16, u64>>;
+
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Route template → method → status → count; looked up by `&str`, so no allocation per request.
-    by_route: Mutex<HashMap<String, HashMap<Method, BTreeMap<u16, u64>>>>,
+    by_route: Mutex<HashMap<String, ByMethod>>,
     window: Mutex<Window>,
     patches: AtomicU64,
     tokens: AtomicU64,
