@@ -169,10 +169,10 @@ fn broken(case: &Case, state: &State) -> BTreeSet<&'static str> {
         out.insert("cycle_detected");
     }
     for ((f, _), (kids, _)) in state {
-        if let Some(m) = case.fields[*f].max_children {
-            if kids.len() > m as usize {
-                out.insert("max_children_exceeded");
-            }
+        if let Some(m) = case.fields[*f].max_children
+            && kids.len() > m as usize
+        {
+            out.insert("max_children_exceeded");
         }
     }
     for c in &nodes {
@@ -254,13 +254,12 @@ fn operation(case: &Case, o: &OpSpec) -> Operation {
     }
 }
 
-fn local_code(case: &Case, op: &Operation) -> Option<&'static str> {
-    let f = match op.field.as_str() {
-        "f0" | "f1" => (),
+fn local_code(op: &Operation) -> Option<&'static str> {
+    match op.field.as_str() {
+        "f0" | "f1" => {}
         "label" => return Some("not_relationship_field"),
         _ => return Some("unknown_field"),
-    };
-    let _ = f;
+    }
     let exists = |r: &RecordId| r.as_str() != "missing";
     if !exists(&op.parent) || !op.children.iter().all(exists) {
         return Some("record_not_found");
@@ -272,7 +271,6 @@ fn local_code(case: &Case, op: &Operation) -> Option<&'static str> {
     if op.mode != Mode::Remove && op.children.contains(&op.parent) {
         return Some("cycle_detected");
     }
-    let _ = case;
     None
 }
 
@@ -336,7 +334,7 @@ fn reference(case: &Case, base: &State, ops: &[Operation]) -> Reference {
     let mut codes = Vec::new();
     let mut job_codes = BTreeSet::new();
     for op in ops {
-        let local = local_code(case, op);
+        let local = local_code(op);
         if let Some(code) = local {
             job_codes.insert(code);
             codes.push(Some(code));
@@ -411,7 +409,7 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
         let got_code = got.code().map(|c| c.code());
         if case.atomic {
             // Locally invalid operations carry their own code; the rest are blamed or blocked.
-            if let Some(local) = local_code(case, &ops[i]) {
+            if let Some(local) = local_code(&ops[i]) {
                 prop_assert_eq!(got_code, Some(local), "op {}", i);
             } else if want.accepted {
                 prop_assert_eq!(got, &OpVerdict::Accepted, "op {}", i);

@@ -132,7 +132,7 @@ impl Children {
     }
 
     fn compact(&mut self) -> Result<(), GraphError> {
-        let mut pool = Vec::with_capacity(self.pool.len() - self.garbage);
+        let mut pool = Vec::with_capacity(self.pool.len().saturating_sub(self.garbage));
         for span in &mut self.spans {
             let start = span.start as usize;
             let kids = self.pool.get(start..start + span.len()).unwrap_or(&[]);
