@@ -391,15 +391,65 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
     let base = base_state(case);
     let graph = build_graph(case, &schema, &base);
     let ops: Vec<Operation> = case.ops.iter().map(|o| operation(case, o)).collect();
-    let job = Job {
+    let job = make_job(case, ops.clone());
+    let (verdict, want) = compare(case, &schema, &graph, &base, &job)?;
+    if verdict.outcome() == JobOutcome::Rejected {
+        return Ok(());
+    }
+    check_plan(&graph, &job, &verdict, &base, &want.final_state)?;
+    // Apply the plan in place, as the worker does after each PATCH, and check the updated graph
+    // the same way with the job's operations in reverse order.
+    let mut updated = graph.clone();
+    for patch in &plan(&graph, &job, &verdict).patches {
+        for fv in &patch.fields {
+            let version = patch.expected_version + 1;
+            updated
+                .apply_patch(
+                    patch.parent.as_str(),
+                    fv.field.as_str(),
+                    &fv.ids,
+                    fv.cascade,
+                    version,
+                )
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        }
+    }
+    for ((f, p), (kids, c)) in &want.final_state {
+        let (got, cascade) = updated.children(p, FIELDS[*f]).unwrap_or_default();
+        prop_assert_eq!(
+            &got,
+            kids,
+            "children of {} in {} after apply_patch",
+            p,
+            FIELDS[*f]
+        );
+        prop_assert_eq!(cascade, *c);
+    }
+    let reversed = make_job(case, ops.into_iter().rev().collect());
+    compare(case, &schema, &updated, &want.final_state, &reversed)?;
+    Ok(())
+}
+
+fn make_job(case: &Case, operations: Vec<Operation>) -> Job {
+    Job {
         job_id: "j".into(),
         datastore_id: "ds".into(),
         atomic: case.atomic,
-        operations: ops.clone(),
-    };
-    let verdict = validate(&graph, &schema, &job);
-    let want = reference(case, &base, &ops);
+        operations,
+    }
+}
 
+/// Validates `job` on `graph` and compares with the reference on `base` (the same state).
+fn compare(
+    case: &Case,
+    schema: &Schema,
+    graph: &cxrel::graph::Graph,
+    base: &State,
+    job: &Job,
+) -> Result<(cxrel::graph::Verdict, Reference), TestCaseError> {
+    let ops = &job.operations;
+    let verdict = validate(graph, schema, job);
+    let want = reference(case, base, ops);
     let engine_codes: BTreeSet<&'static str> =
         verdict.violations.iter().map(|v| v.code.code()).collect();
     prop_assert_eq!(&engine_codes, &want.job_codes, "job-level codes");
@@ -418,15 +468,11 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
             prop_assert_eq!(got_code, *expected, "op {}", i);
         }
     }
-    if accepted {
-        check_plan(case, &graph, &job, &verdict, &base, &want.final_state)?;
-    }
-    Ok(())
+    Ok((verdict, want))
 }
 
 /// The plan, applied to the base state, gives the reference's final state, one PATCH per parent.
 fn check_plan(
-    case: &Case,
     graph: &cxrel::graph::Graph,
     job: &Job,
     verdict: &cxrel::graph::Verdict,
@@ -452,7 +498,6 @@ fn check_plan(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     };
-    let _ = case;
     prop_assert_eq!(norm(&state), norm(want));
     Ok(())
 }
