@@ -153,3 +153,35 @@ async fn unknown_routes_and_methods_answer_json() {
     let wrong_method = http.put(emu.url("/auth/token")).send().await.unwrap();
     assert_error(wrong_method, 405, "method_not_allowed").await;
 }
+
+#[tokio::test]
+async fn an_oversized_chunked_body_gets_413_without_a_hang() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let emu = EmulatorProcess::spawn();
+    let addr = emu.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /_emulator/webhooks/chunked HTTP/1.1\r\nHost: {addr}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b'x'; 64 * 1024];
+    for _ in 0..24 {
+        // 1.5 MiB in all, no Content-Length: only counting the bytes can catch it.
+        stream
+            .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+            .await
+            .unwrap();
+        stream.write_all(&chunk).await.unwrap();
+        stream.write_all(b"\r\n").await.unwrap();
+    }
+    stream.write_all(b"0\r\n\r\n").await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut answer))
+        .await
+        .expect("the emulator answers within 10s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer[..read]);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("request_too_large"), "{text}");
+}

@@ -181,6 +181,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_plain_text_error_from_axum_is_rewrapped_as_json_with_its_status() {
+        use axum::routing::get;
+        let app = axum::Router::new()
+            .route("/", get(|| async { (StatusCode::BAD_REQUEST, "bad path") }))
+            .layer(axum::middleware::from_fn(json_errors));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let response = reqwest::get(format!("http://{addr}/")).await.unwrap();
+        assert_eq!(response.status(), 400);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_request");
+        assert_eq!(body["error_description"], "bad path");
+        server.abort();
+    }
+
+    #[tokio::test]
     async fn an_api_error_renders_error_and_description() {
         let response = ApiError::bad_request("unknown_field", "no field x").into_response();
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);

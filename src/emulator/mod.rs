@@ -203,3 +203,40 @@ pub async fn serve(emulator: Emulator, addr: SocketAddr) -> std::io::Result<Serv
     });
     Ok(Server { addr, cancel, task })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::{Settings, Sources};
+
+    fn settings() -> EmulatorSettings {
+        Settings::load_with_env(&Sources::default(), Some(Default::default()))
+            .unwrap()
+            .emulator
+    }
+
+    #[tokio::test]
+    async fn an_in_process_server_answers_discovery_on_its_bound_port_and_shuts_down() {
+        let server = serve(Emulator::new(&settings()), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let base = format!("http://{}", server.local_addr());
+        let url = format!("{base}/.well-known/openid-configuration");
+        let doc: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+        assert_eq!(doc["token_endpoint"], format!("{base}/auth/token"));
+        server.shutdown().await;
+        assert!(
+            reqwest::get(base).await.is_err(),
+            "nothing listens after shutdown"
+        );
+    }
+
+    #[test]
+    fn a_missing_seed_file_is_an_error_naming_it() {
+        let emulator = Emulator::new(&settings());
+        let err = emulator
+            .load_seed_file(Path::new("/nonexistent/seed.json"))
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("/nonexistent/seed.json"));
+    }
+}
