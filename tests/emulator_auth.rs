@@ -164,7 +164,7 @@ async fn oauth_errors_follow_rfc_6749() {
 async fn an_expired_token_gets_401_and_a_fresh_one_works() {
     let emu = EmulatorProcess::spawn();
     emu.create_test_datastore("ds", json!([])).await;
-    emu.set_faults(json!({"token_ttl_ms": 300})).await;
+    emu.set_faults(json!({"token_ttl_ms": 1000})).await;
     let token = emu.token().await;
     let schema_url = emu.url("/api/v2/datastores/ds/schema");
     let fresh = client()
@@ -174,7 +174,7 @@ async fn an_expired_token_gets_401_and_a_fresh_one_works() {
         .await
         .unwrap();
     assert_eq!(fresh.status(), 200);
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let expired = client()
         .get(&schema_url)
         .bearer_auth(&token)

@@ -39,7 +39,7 @@ async fn a_rate_limit_answers_429_with_retry_after_and_can_drop_the_header() {
     emu.create_test_datastore("ds", json!([named_record("r", "x")]))
         .await;
     let token = emu.token().await;
-    emu.set_faults(json!({"rate_limit": {"requests_per_second": 5, "burst": 3}}))
+    emu.set_faults(json!({"rate_limit": {"requests_per_second": 2, "burst": 3}}))
         .await;
 
     let started = Instant::now();

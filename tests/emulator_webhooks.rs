@@ -53,15 +53,7 @@ async fn a_signed_delivery_is_accepted_and_a_tampered_one_rejected() {
     let err: Value = tampered.json().await.unwrap();
     assert_eq!(err["error"], "invalid_signature");
 
-    let log: Value = http
-        .get(emu.url("/_emulator/webhooks/demo"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let deliveries = log["deliveries"].as_array().unwrap();
+    let deliveries = emu.webhook_deliveries("demo").await;
     assert_eq!(deliveries.len(), 2);
     assert_eq!(deliveries[0]["verified"], true);
     assert_eq!(deliveries[0]["json"]["data"]["job_id"], "j1");

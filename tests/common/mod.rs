@@ -150,6 +150,48 @@ impl EmulatorProcess {
             .expect("stats JSON")
     }
 
+    /// Makes PATCH and DELETE of a record answer 409 (`unlock_record` undoes it).
+    pub async fn lock_record(&self, ds: &str, id: &str) {
+        let path = format!("/_emulator/records/{ds}/{id}/lock");
+        let response = self.control_post(&path, &json!({})).await;
+        assert_eq!(response.status(), 200, "lock {ds}/{id}");
+    }
+
+    pub async fn unlock_record(&self, ds: &str, id: &str) {
+        let path = format!("/_emulator/records/{ds}/{id}/unlock");
+        let response = self.control_post(&path, &json!({})).await;
+        assert_eq!(response.status(), 200, "unlock {ds}/{id}");
+    }
+
+    /// Sets up webhook receiver `name` at `{base}/_emulator/webhooks/{name}`, verifying
+    /// signatures with `secret` (`whsec_…`); returns the URL to deliver to.
+    pub async fn webhook_receiver(&self, name: &str, secret: &str) -> String {
+        let url = self.url(&format!("/_emulator/webhooks/{name}"));
+        let response = client()
+            .put(&url)
+            .json(&json!({"secret": secret}))
+            .send()
+            .await
+            .expect("configure webhook receiver");
+        assert_eq!(response.status(), 200, "configure webhook receiver {name}");
+        url
+    }
+
+    /// The deliveries receiver `name` recorded, oldest first (each with `headers`, `body`,
+    /// `json`, `verified`, `reason`); empty if it has none.
+    pub async fn webhook_deliveries(&self, name: &str) -> Vec<Value> {
+        let response = client()
+            .get(self.url(&format!("/_emulator/webhooks/{name}")))
+            .send()
+            .await
+            .expect("webhook deliveries");
+        if response.status() == 404 {
+            return Vec::new();
+        }
+        let body: Value = response.json().await.expect("deliveries JSON");
+        body["deliveries"].as_array().cloned().unwrap_or_default()
+    }
+
     /// POSTs JSON to a control path and returns the response.
     pub async fn control_post(&self, path: &str, body: &Value) -> reqwest::Response {
         client()
