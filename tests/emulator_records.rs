@@ -298,3 +298,46 @@ async fn the_shipped_seed_loads_and_is_listed() {
     );
     assert_eq!(emu.get_record("accounts", &first).await.0, 200);
 }
+
+#[tokio::test]
+async fn a_locked_record_in_a_cascade_or_a_stale_if_match_stops_the_whole_delete() {
+    let emu = EmulatorProcess::spawn();
+    let records = json!([
+        {"id": "root", "fields": {"parent_child_link": {"ids": ["kid"], "cascade_action": "delete"}}},
+        {"id": "kid", "fields": {"name": "k"}}
+    ]);
+    emu.create_test_datastore("ds", records).await;
+    let token = emu.token().await;
+    let http = client();
+    emu.lock_record("ds", "kid").await;
+    let refused = http
+        .delete(emu.record_url("ds", "root"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 409);
+    assert_eq!(
+        emu.get_record("ds", "root").await.0,
+        200,
+        "nothing was deleted"
+    );
+    emu.unlock_record("ds", "kid").await;
+    let stale = http
+        .delete(emu.record_url("ds", "root"))
+        .bearer_auth(&token)
+        .header("If-Match", "\"7\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), 412);
+    let deleted = http
+        .delete(emu.record_url("ds", "root"))
+        .bearer_auth(&token)
+        .header("If-Match", "\"1\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    assert_eq!(emu.get_record("ds", "kid").await.0, 404);
+}
