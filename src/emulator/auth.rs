@@ -27,6 +27,9 @@ use super::state::{EmulatorState, Shared, read, write};
 pub const SCOPE_READ: &str = "datastore:read";
 pub const SCOPE_WRITE: &str = "datastore:write";
 
+/// Stand-in expiry for TTLs too large for `Instant` arithmetic.
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// Beyond this many stored tokens, issuing one first drops the expired ones.
 const SWEEP_ABOVE: usize = 10_000;
 
@@ -61,7 +64,8 @@ impl TokenStore {
             tokens.retain(|_, g| g.expires_at > now);
         }
         let grant = Grant {
-            expires_at: now + ttl,
+            // A TTL beyond what Instant can hold means "never" in practice.
+            expires_at: now.checked_add(ttl).unwrap_or(now + FAR_FUTURE),
             read: can_read,
             write: can_write,
         };
@@ -393,7 +397,7 @@ fn id_token(
         "sub": subject,
         "aud": audience,
         "iat": now,
-        "exp": now + ttl.as_secs(),
+        "exp": now.saturating_add(ttl.as_secs()),
         "tenantId": state.config.tenant_id,
     });
     let signing_input = format!(

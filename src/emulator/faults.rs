@@ -17,6 +17,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 use super::error::ApiError;
 use super::state::{Shared, read, write};
 
+const MAX_TOKEN_TTL_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
+
 /// A token bucket: `requests_per_second` steady rate, `burst` requests at once (bucket size).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -145,6 +147,9 @@ fn check(f: &Faults) -> Result<(), ApiError> {
         if !(rps.is_finite() && rps > 0.0 && rps <= 1e9) || limit.burst == 0 {
             return bad("rate_limit needs requests_per_second > 0 and burst ≥ 1");
         }
+    }
+    if f.token_ttl_ms > MAX_TOKEN_TTL_MS {
+        return bad("token_ttl_ms must be ≤ 10 years");
     }
     if f.latency_ms > 60_000 {
         return bad("latency_ms must be ≤ 60000");

@@ -90,7 +90,7 @@ pub async fn configure(
         None => StatusCode::OK,
         Some(code) => StatusCode::from_u16(code)
             .ok()
-            .filter(|s| s.as_u16() >= 200)
+            .filter(|s| (200..=599).contains(&s.as_u16()))
             .ok_or_else(|| ApiError::bad_request("invalid_request", "status must be 200..=599"))?,
     };
     let mut receivers = lock(&state.webhooks.receivers);
