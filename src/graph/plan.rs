@@ -45,6 +45,9 @@ impl Plan {
 /// Folds the operations `verdict` accepted into one PATCH per parent.
 pub fn plan(graph: &Graph, job: &Job, verdict: &Verdict) -> Plan {
     let mut overlay = Overlay::new(graph);
+    // Ids become `RecordId`s (shared strings) once each, starting from the job's own.
+    let mut names: Names = FxHashMap::default();
+    let mut field_names: FxHashMap<usize, FieldName> = FxHashMap::default();
     let mut by_parent: FxHashMap<Ix, usize> = FxHashMap::default();
     let mut patches: Vec<(Ix, PatchPlan, Vec<usize>)> = Vec::new();
     for i in verdict.accepted() {
@@ -57,14 +60,18 @@ pub fn plan(graph: &Graph, job: &Job, verdict: &Verdict) -> Plan {
         ) else {
             continue;
         };
-        let kids: Vec<Ix> = op
-            .children
-            .iter()
-            .filter_map(|c| graph.ix(c.as_str()))
-            .collect();
+        let mut kids: Vec<Ix> = Vec::with_capacity(op.children.len());
+        for c in &op.children {
+            if let Some(ix) = graph.ix(c.as_str()) {
+                names.entry(ix).or_insert_with(|| c.clone());
+                kids.push(ix);
+            }
+        }
+        names.entry(p).or_insert_with(|| op.parent.clone());
+        field_names.entry(f).or_insert_with(|| op.field.clone());
         overlay.apply((f, p), i, op.mode, |c| op.cascade_after(c), &kids);
         let slot = *by_parent.entry(p).or_insert_with(|| {
-            patches.push((p, new_patch(graph, p), Vec::new()));
+            patches.push((p, new_patch(graph, p, op.parent.clone()), Vec::new()));
             patches.len() - 1
         });
         if let Some((_, patch, fields)) = patches.get_mut(slot) {
@@ -78,11 +85,14 @@ pub fn plan(graph: &Graph, job: &Job, verdict: &Verdict) -> Plan {
         .into_iter()
         .map(|(p, mut patch, fields)| {
             for f in fields {
-                let name =
-                    FieldName::new(graph.field_names.get(f).map(String::as_str).unwrap_or(""));
+                let name = field_names.get(&f).cloned().unwrap_or_else(|| {
+                    FieldName::new(graph.field_names.get(f).map(String::as_str).unwrap_or(""))
+                });
                 let base = Overlay::new(graph);
-                patch.fields.push(value(&overlay, f, p, name.clone()));
-                patch.previous.push(value(&base, f, p, name));
+                patch
+                    .fields
+                    .push(value(&overlay, f, p, name.clone(), &mut names));
+                patch.previous.push(value(&base, f, p, name, &mut names));
             }
             patch
         })
@@ -90,9 +100,11 @@ pub fn plan(graph: &Graph, job: &Job, verdict: &Verdict) -> Plan {
     Plan { patches }
 }
 
-fn new_patch(graph: &Graph, p: Ix) -> PatchPlan {
+type Names = FxHashMap<Ix, RecordId>;
+
+fn new_patch(graph: &Graph, p: Ix, parent: RecordId) -> PatchPlan {
     PatchPlan {
-        parent: RecordId::new(graph.ids.resolve(p)),
+        parent,
         expected_version: graph.versions.get(p as usize).copied().unwrap_or(0),
         fields: Vec::new(),
         previous: Vec::new(),
@@ -100,13 +112,18 @@ fn new_patch(graph: &Graph, p: Ix) -> PatchPlan {
     }
 }
 
-fn value(view: &Overlay<'_>, f: usize, p: Ix, field: FieldName) -> FieldValue {
+fn value(view: &Overlay<'_>, f: usize, p: Ix, field: FieldName, names: &mut Names) -> FieldValue {
     FieldValue {
         field,
         ids: view
             .children(f, p)
             .iter()
-            .map(|&c| RecordId::new(view.graph.ids.resolve(c)))
+            .map(|&c| {
+                names
+                    .entry(c)
+                    .or_insert_with(|| RecordId::new(view.graph.ids.resolve(c)))
+                    .clone()
+            })
             .collect(),
         cascade: view.cascade(f, p),
     }

@@ -112,6 +112,11 @@ impl Verdict {
         }
     }
 
+    /// Nothing will be written: an atomic job that broke a rule, or no operation accepted.
+    pub fn is_rejected(&self) -> bool {
+        self.outcome() == JobOutcome::Rejected
+    }
+
     /// The first violation in precedence order: what a rejected job is dead-lettered with.
     pub fn first_violation(&self) -> Option<&Violation> {
         self.violations.first()

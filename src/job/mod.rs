@@ -195,4 +195,18 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn the_parse_context_takes_limits_and_defaults_from_settings() {
+        let settings = crate::settings::Settings::load_with_env(
+            &crate::settings::Sources::default(),
+            Some(std::collections::HashMap::new()),
+        )
+        .unwrap();
+        let c = ParseContext::from(&settings).with_message_id(Some("m-9"));
+        assert_eq!(c.limits, JobLimits::default());
+        assert_eq!(c.id_format, IdFormat::Uuid);
+        assert_eq!(c.default_datastore, None);
+        assert_eq!(c.message_id.as_deref(), Some("m-9"));
+    }
 }

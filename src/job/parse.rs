@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 use super::error::JobError;
 use super::types::{CascadeAction, FieldName, Job, Mode, Operation, RecordId};
 use super::wire::{CascadeWire, JobWire, ModeWire, OperationWire, TUTORIAL_KEYS, TutorialWire};
-use crate::settings::{IdFormat, Settings};
+use crate::settings::{IdFormat, LimitSettings, Settings};
 
 /// Longest job id, data store id, field name and (with `id_format = "any"`) record id.
 pub const MAX_NAME_CHARS: usize = 128;
@@ -28,6 +28,16 @@ impl Default for JobLimits {
     }
 }
 
+impl From<&LimitSettings> for JobLimits {
+    fn from(l: &LimitSettings) -> Self {
+        JobLimits {
+            max_body_bytes: l.max_body_bytes,
+            max_operations: l.max_operations_per_job,
+            max_children: l.max_children_per_operation,
+        }
+    }
+}
+
 /// Everything parsing needs besides the body.
 #[derive(Debug, Clone)]
 pub struct ParseContext {
@@ -42,14 +52,9 @@ pub struct ParseContext {
 impl ParseContext {
     /// Limits and defaults from settings; set `message_id` per delivery.
     pub fn from_settings(settings: &Settings) -> Self {
-        let l = &settings.limits;
         let ds = &settings.cxone.default_datastore;
         ParseContext {
-            limits: JobLimits {
-                max_body_bytes: l.max_body_bytes,
-                max_operations: l.max_operations_per_job,
-                max_children: l.max_children_per_operation,
-            },
+            limits: JobLimits::from(&settings.limits),
             id_format: settings.validation.id_format,
             default_datastore: (!ds.is_empty()).then(|| ds.clone()),
             message_id: None,
