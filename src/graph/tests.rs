@@ -417,3 +417,44 @@ fn validation_after_apply_patch_sees_the_new_edges() {
     assert_eq!(codes(&back), vec![Some("cycle_detected")]);
     assert_eq!(g.version("x"), Some(2));
 }
+
+#[test]
+fn removing_a_record_from_its_own_children_is_harmless() {
+    let g = graph(&["p", "c"], &[("p", "a", &["c"], NONE)]);
+    let v = check(&g, &job(true, vec![op("p", "a", &["p"], Mode::Remove)]));
+    assert_eq!(v.outcome(), JobOutcome::Accepted);
+}
+
+#[test]
+fn a_non_atomic_operation_may_rely_on_an_earlier_accepted_one() {
+    let g = graph(&["p", "q", "c"], &[("p", "u", &["c"], NONE)]);
+    let free_first = job(
+        false,
+        vec![
+            op("p", "u", &["c"], Mode::Remove),
+            op("q", "u", &["c"], Mode::Add),
+        ],
+    );
+    assert_eq!(codes(&check(&g, &free_first)), vec![None, None]);
+    let free_last = job(
+        false,
+        vec![
+            op("q", "u", &["c"], Mode::Add),
+            op("p", "u", &["c"], Mode::Remove),
+        ],
+    );
+    assert_eq!(
+        codes(&check(&g, &free_last)),
+        vec![Some("parent_conflict"), None]
+    );
+}
+
+#[test]
+fn a_replace_without_a_cascade_resets_it_to_none() {
+    let g = graph(&["p", "c"], &[("p", "a", &["c"], DELETE)]);
+    let j = job(true, vec![op("p", "a", &["c"], Mode::Replace)]);
+    let v = check(&g, &j);
+    let patch = &plan(&g, &j, &v).patches[0];
+    assert_eq!(patch.fields[0].cascade, NONE);
+    assert_eq!(patch.previous[0].cascade, DELETE);
+}
