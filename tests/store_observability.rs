@@ -1,0 +1,88 @@
+//! Metrics and logs of the data-store client: per-call metrics through the `metrics` facade, and no
+//! secret or token in the logs even at TRACE level (reqwest and hyper included).
+//! One test in this binary: it installs the global metrics recorder and tracing subscriber.
+
+mod common;
+mod store_support;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use common::{ACCESS_KEY_SECRET, CLIENT_SECRET, EmulatorProcess};
+use serde_json::json;
+use store_support::{client_for, create_store, ids, name_fields};
+
+/// A log sink shared with the test.
+#[derive(Clone, Default)]
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_are_measured_and_secrets_never_reach_the_logs() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).expect("first recorder");
+    let sink = Sink::default();
+    let writer = sink.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .init();
+
+    let emu = EmulatorProcess::spawn();
+    let records = ids(2);
+    create_store(&emu, "obs", &records).await;
+    emu.set_faults(json!({"rate_limit": {"requests_per_second": 5.0, "burst": 1}}))
+        .await;
+    let client = client_for(&emu, |s| s.cxone.api_base = String::new());
+    client.schema("obs").await.unwrap();
+    let r = client.get_record("obs", &records[0]).await.unwrap();
+    client
+        .patch_record("obs", &records[0], &name_fields("x"), Some(r.version))
+        .await
+        .unwrap();
+    // Fast calls against 5 rps: some answers are 429, then retried after the cool-down.
+    for _ in 0..4 {
+        client.get_record("obs", &records[1]).await.unwrap();
+    }
+    let _ = client.get_record("obs", "missing").await.unwrap_err();
+
+    let rendered = handle.render();
+    for needle in [
+        r#"cxrel_store_requests_total{route="schema",status="200"} 1"#,
+        r#"cxrel_store_requests_total{route="patch_record",status="200"} 1"#,
+        r#"cxrel_store_requests_total{route="get_record",status="404"} 1"#,
+        r#"cxrel_store_requests_total{route="token",status="200"} 1"#,
+        r#"cxrel_store_requests_total{route="discovery",status="200"} 2"#,
+        r#"cxrel_store_requests_total{route="get_record",status="429"}"#,
+        r#"cxrel_store_request_duration_seconds{route="get_record",quantile="0.5"}"#,
+        "cxrel_store_limiter_wait_seconds",
+        "cxrel_store_throttled_total",
+        "cxrel_store_rate_limit_rps",
+    ] {
+        assert!(
+            rendered.contains(needle),
+            "{needle} missing in:\n{rendered}"
+        );
+    }
+
+    let logs = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("data-store request"),
+        "debug lines are logged"
+    );
+    assert!(logs.contains("correlation_id"), "with the correlation id");
+    for secret in [CLIENT_SECRET, ACCESS_KEY_SECRET, "Bearer ", "access_token"] {
+        assert!(!logs.contains(secret), "{secret:?} appears in the logs");
+    }
+}
