@@ -417,7 +417,7 @@ async fn a_job_delivered_twice_reaches_the_same_state_with_the_same_event_ids() 
         true,
         vec![op(&rid("r", 0), FIELD, &[&rid("r", 1), &rid("r", 2)])],
     );
-    publish_jobs(&s.publisher, &s.topology, &[j.clone()]).await;
+    publish_jobs(&s.publisher, &s.topology, std::slice::from_ref(&j)).await;
     assert!(
         s.tap
             .until(Duration::from_secs(30), |e| completed_jobs(e)
