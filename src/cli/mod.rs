@@ -4,6 +4,7 @@ mod dlq;
 mod emulator;
 mod enqueue;
 mod topology;
+mod validate;
 mod worker;
 
 use std::path::PathBuf;
@@ -39,6 +40,8 @@ pub enum Command {
     Dlq(dlq::DlqArgs),
     /// Manage the broker topology (queues and exchanges named from [amqp].prefix).
     Topology(topology::TopologyArgs),
+    /// Dry run: what a job file would apply or have rejected against the live data store (read-only).
+    Validate(validate::ValidateArgs),
 }
 
 impl Cli {
@@ -61,5 +64,6 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
         Command::Enqueue(args) => enqueue::run(args, settings).await,
         Command::Dlq(args) => dlq::run(args, settings).await,
         Command::Topology(args) => topology::run(args, settings).await,
+        Command::Validate(args) => validate::run(args, settings).await,
     }
 }

@@ -1,0 +1,409 @@
+//! `cxrel validate FILE|-`: a read-only dry run of a job file against the live data store, saying
+//! per job and operation what the worker would apply, skip or reject, and why.
+//!
+//! Jobs are checked in file order, each against the live graph plus the effect of the earlier jobs
+//! of the file that would apply (kept in memory, never written), so the answer predicts what the
+//! worker would do with the file enqueued in that order. Only GET requests reach the data store.
+
+mod report;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use tokio::sync::mpsc;
+
+use crate::graph::{FieldValue, OpVerdict as EngineVerdict, Plan, Verdict, plan, validate};
+use crate::job::{Job, ParseContext};
+use crate::jobfile::{self, BadItem, Item};
+use crate::pipeline::graphs::{DsGraph, GraphCache, LoadError};
+use crate::settings::Settings;
+use crate::store::{StoreClient, StoreError};
+use report::{JobError, JobReport, OpReport, OpVerdict, Report};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// One aligned row per operation and a summary line.
+    Table,
+    /// One JSON document: every job with its operations and verdicts, and a summary.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Job file (JSON array, one JSON object, or JSON Lines); `-` reads standard input.
+    pub file: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// Exit codes: 0 nothing would be rejected, 1 something would, 2 the dry run itself failed.
+pub async fn run(args: ValidateArgs, settings: Settings) -> anyhow::Result<i32> {
+    match dry_run(&args.file, &settings).await {
+        Ok(report) => {
+            match args.output {
+                Output::Table => print!("{}", report.to_table()),
+                Output::Json => println!("{}", report.to_json()),
+            }
+            Ok(report.exit_code())
+        }
+        Err(error) => {
+            eprintln!("cxrel validate: {error:#}");
+            Ok(2)
+        }
+    }
+}
+
+/// Reads the file on a blocking thread and checks its entries one by one, in order.
+async fn dry_run(path: &Path, settings: &Settings) -> anyhow::Result<Report> {
+    let input = open_input(path)?;
+    let store = StoreClient::from_settings(settings)
+        .context("the data-store client cannot start; check [cxone] in the settings")?;
+    let mut checker = Checker::new(store, ParseContext::from_settings(settings));
+    let (tx, mut rx) = mpsc::channel::<Result<Item, BadItem>>(64);
+    let reader = tokio::task::spawn_blocking(move || {
+        jobfile::read_jobs(input, |item| tx.blocking_send(item).is_ok());
+    });
+    let mut report = Report::default();
+    while let Some(item) = rx.recv().await {
+        let entry = match item {
+            Ok(item) => checker.check(&item).await?,
+            Err(bad) => unreadable(report.jobs.len() as u64 + 1, &bad),
+        };
+        report.push(entry);
+    }
+    let _ = reader.await;
+    Ok(report)
+}
+
+fn open_input(path: &Path) -> anyhow::Result<Box<dyn std::io::Read + Send>> {
+    if path.as_os_str() == "-" {
+        return Ok(Box::new(std::io::stdin()));
+    }
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot open {}; check the path", path.display()))?;
+    Ok(Box::new(file))
+}
+
+/// Validates jobs against each data store's graph, loaded once and then changed in memory only.
+struct Checker {
+    cache: GraphCache,
+    parse: ParseContext,
+    graphs: HashMap<String, Result<Arc<DsGraph>, JobError>>,
+}
+
+impl Checker {
+    fn new(store: StoreClient, parse: ParseContext) -> Self {
+        Self {
+            // Loaded once per data store: a reload would drop the effects of earlier jobs.
+            cache: GraphCache::new(store, Duration::MAX),
+            parse,
+            graphs: HashMap::new(),
+        }
+    }
+
+    /// One entry's report; `Err` only for operational failures (store unreachable, auth refused).
+    async fn check(&mut self, item: &Item) -> anyhow::Result<JobReport> {
+        let own_id = own_job_id(&item.json);
+        // A stable placeholder, so a job without an id does not get a random one.
+        let ctx = self
+            .parse
+            .with_message_id(Some(&format!("#{}", item.index)));
+        let job = match Job::parse(item.json.as_bytes(), &ctx) {
+            Ok(job) => job,
+            Err(e) => {
+                let error = JobError {
+                    code: e.code().to_owned(),
+                    message: e.to_string(),
+                };
+                return Ok(failed_entry(
+                    item.index,
+                    item_line(item),
+                    own_id,
+                    None,
+                    error,
+                ));
+            }
+        };
+        match self.graph(&job.datastore_id).await? {
+            Ok(entry) => Ok(check_job(&entry, item, own_id, &job)),
+            Err(error) => Ok(store_failed(item, own_id, &job, error)),
+        }
+    }
+
+    /// The data store's graph, or why the job cannot be checked against it.
+    async fn graph(&mut self, ds: &str) -> anyhow::Result<Result<Arc<DsGraph>, JobError>> {
+        if let Some(found) = self.graphs.get(ds) {
+            return Ok(found.clone());
+        }
+        let loaded = match self.cache.get(ds).await {
+            Ok(entry) => Ok(entry),
+            Err(error) => Err(job_level(ds, error)?),
+        };
+        self.graphs.insert(ds.to_owned(), loaded.clone());
+        Ok(loaded)
+    }
+}
+
+/// A missing data store or an unusable schema rejects the jobs naming it; anything else (network,
+/// auth, 5xx) stops the dry run.
+fn job_level(ds: &str, error: LoadError) -> anyhow::Result<JobError> {
+    match &error {
+        LoadError::Store(e @ (StoreError::NotFound { .. } | StoreError::InvalidSchema(_))) => {
+            Ok(JobError {
+                code: e.store_code().unwrap_or(e.code()).to_owned(),
+                message: format!("data store {ds:?}: {e}"),
+            })
+        }
+        LoadError::Graph(e) => Ok(JobError {
+            code: e.code().to_owned(),
+            message: format!("data store {ds:?}: {error}"),
+        }),
+        LoadError::Store(_) => Err(anyhow::Error::new(error).context(format!(
+            "reading data store {ds:?} failed; check that [cxone].api_base is reachable and the credentials in [cxone.auth]"
+        ))),
+    }
+}
+
+/// The job's own `job_id`, when the file gives one.
+fn own_job_id(json: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        job_id: Option<String>,
+    }
+    serde_json::from_str::<Peek>(json)
+        .ok()?
+        .job_id
+        .filter(|id| !id.is_empty())
+}
+
+fn item_line(item: &Item) -> Option<u64> {
+    (item.line > 0).then_some(item.line)
+}
+
+fn failed_entry(
+    index: u64,
+    line: Option<u64>,
+    job_id: Option<String>,
+    job: Option<&Job>,
+    error: JobError,
+) -> JobReport {
+    JobReport {
+        index,
+        line,
+        job_id,
+        datastore_id: job.map(|j| j.datastore_id.clone()),
+        atomic: job.map(|j| j.atomic),
+        error: Some(error),
+        operations: Vec::new(),
+    }
+}
+
+/// An entry that could not be read as JSON; `recoverable` false means reading stopped there.
+fn unreadable(index: u64, bad: &BadItem) -> JobReport {
+    let mut message = bad.message.clone();
+    if !bad.recoverable {
+        message.push_str("; the rest of the file was not read");
+    }
+    let error = JobError {
+        code: "invalid_job".to_owned(),
+        message,
+    };
+    failed_entry(index, Some(bad.line).filter(|&l| l > 0), None, None, error)
+}
+
+/// Every operation of a job whose data store cannot be read is rejected with the store's code.
+fn store_failed(item: &Item, own_id: Option<String>, job: &Job, error: JobError) -> JobReport {
+    let mut entry = failed_entry(
+        item.index,
+        item_line(item),
+        own_id,
+        Some(job),
+        error.clone(),
+    );
+    entry.operations = (0..job.operations.len())
+        .map(|i| {
+            op_base(
+                job,
+                i,
+                OpVerdict::Rejected,
+                Some(error.code.clone()),
+                error.message.clone(),
+            )
+        })
+        .collect();
+    entry
+}
+
+/// Validates and plans `job` on the graph, then applies the plan to the in-memory graph only.
+fn check_job(entry: &DsGraph, item: &Item, own_id: Option<String>, job: &Job) -> JobReport {
+    let (verdict, plan) = {
+        let graph = entry.read();
+        let verdict = validate(&graph, &entry.schema, job);
+        let plan = plan(&graph, job, &verdict);
+        (verdict, plan)
+    };
+    let operations = (0..job.operations.len())
+        .map(|i| op_report(job, i, &verdict, &plan))
+        .collect();
+    apply_in_memory(entry, &plan);
+    JobReport {
+        index: item.index,
+        line: item_line(item),
+        job_id: own_id,
+        datastore_id: Some(job.datastore_id.clone()),
+        atomic: Some(job.atomic),
+        error: None,
+        operations,
+    }
+}
+
+fn op_report(job: &Job, i: usize, verdict: &Verdict, plan: &Plan) -> OpReport {
+    match verdict.operations.get(i) {
+        Some(EngineVerdict::Rejected(v)) => op_base(
+            job,
+            i,
+            OpVerdict::Rejected,
+            Some(v.code.code().to_owned()),
+            v.message.clone(),
+        ),
+        Some(EngineVerdict::Accepted) => accepted(job, i, plan),
+        _ => {
+            let why = verdict
+                .first_violation()
+                .map(|v| format!(" ({})", v.code.code()))
+                .unwrap_or_default();
+            let reason = format!("valid, but the atomic job is rejected{why}: nothing is written");
+            op_base(job, i, OpVerdict::Blocked, None, reason)
+        }
+    }
+}
+
+/// Apply or no-op: whether the field's value after the job differs from what is stored.
+fn accepted(job: &Job, i: usize, plan: &Plan) -> OpReport {
+    let field = job.operations.get(i).map(|op| op.field.as_str());
+    let values = plan
+        .patches
+        .iter()
+        .find(|p| p.operation_indexes.contains(&i))
+        .and_then(|p| Some((find(&p.previous, field?)?, find(&p.fields, field?)?)));
+    match values {
+        Some((before, after)) if before == after => {
+            let reason = format!("already stored ({})", describe(after));
+            op_base(job, i, OpVerdict::NoOp, None, reason)
+        }
+        Some((before, after)) => {
+            let reason = format!("{} -> {}", describe(before), describe(after));
+            op_base(job, i, OpVerdict::Apply, None, reason)
+        }
+        None => op_base(job, i, OpVerdict::Apply, None, "valid".to_owned()),
+    }
+}
+
+fn find<'a>(values: &'a [FieldValue], field: &str) -> Option<&'a FieldValue> {
+    values.iter().find(|v| v.field.as_str() == field)
+}
+
+fn describe(value: &FieldValue) -> String {
+    format!(
+        "{} children, cascade {}",
+        value.ids.len(),
+        value.cascade.as_str()
+    )
+}
+
+fn op_base(
+    job: &Job,
+    i: usize,
+    verdict: OpVerdict,
+    code: Option<String>,
+    reason: String,
+) -> OpReport {
+    let op = job.operations.get(i);
+    OpReport {
+        index: i,
+        parent_id: op.map(|o| o.parent.to_string()).unwrap_or_default(),
+        relationship_field: op.map(|o| o.field.to_string()).unwrap_or_default(),
+        mode: op.map(|o| o.mode.as_str()).unwrap_or("replace"),
+        child_ids: op
+            .map(|o| o.children.iter().map(|c| c.to_string()).collect())
+            .unwrap_or_default(),
+        verdict,
+        code,
+        reason,
+    }
+}
+
+/// What the worker's PATCHes would do to the graph, done to the in-memory copy only, so later jobs
+/// of the file are checked against it.
+fn apply_in_memory(entry: &DsGraph, plan: &Plan) {
+    let mut graph = entry.write();
+    for patch in &plan.patches {
+        let version = patch.expected_version.saturating_add(1);
+        for value in &patch.fields {
+            let ids: Vec<&str> = value.ids.iter().map(|id| id.as_str()).collect();
+            // The planner only names present records and known fields, so this cannot fail.
+            let _ = graph.apply_patch(
+                patch.parent.as_str(),
+                value.field.as_str(),
+                &ids,
+                value.cascade,
+                version,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_jobs_own_id_is_reported_and_a_missing_one_stays_empty() {
+        assert_eq!(
+            own_job_id(r#"{"job_id":"j-1","operations":[]}"#).as_deref(),
+            Some("j-1")
+        );
+        assert_eq!(own_job_id(r#"{"parentId":"p"}"#), None);
+        assert_eq!(own_job_id(r#"{"job_id":""}"#), None);
+        assert_eq!(own_job_id("not json"), None);
+    }
+
+    #[test]
+    fn an_unreadable_entry_says_whether_reading_stopped() {
+        let bad = BadItem {
+            line: 4,
+            message: "not valid JSON".into(),
+            recoverable: false,
+        };
+        let entry = unreadable(2, &bad);
+        let error = entry.error.unwrap();
+        assert_eq!(error.code, "invalid_job");
+        assert!(error.message.ends_with("the rest of the file was not read"));
+        assert_eq!(entry.line, Some(4));
+    }
+
+    #[test]
+    fn a_missing_data_store_rejects_the_job_with_the_stores_code() {
+        let body = crate::store::ErrorBody {
+            error: Some("datastore_not_found".into()),
+            description: None,
+        };
+        let error = job_level("nope", LoadError::Store(StoreError::NotFound { body })).unwrap();
+        assert_eq!(error.code, "datastore_not_found");
+    }
+
+    #[test]
+    fn an_unreachable_store_stops_the_dry_run() {
+        let e = StoreError::Connection {
+            attempts: 1,
+            message: "refused".into(),
+        };
+        let error = job_level("accounts", LoadError::Store(e)).unwrap_err();
+        assert!(format!("{error:#}").contains("api_base"), "{error:#}");
+    }
+}
