@@ -118,6 +118,8 @@ pub struct RateLimitSettings {
     pub requests_per_second: u32,
     pub burst: u32,
     pub redis_url: Secret,
+    /// Hash holding the shared budget; empty = `{amqp.prefix}:rate_budget:{data-store API}`.
+    pub redis_key: String,
     pub replicas_hint: u32,
 }
 

@@ -18,7 +18,8 @@
 //! never hands out an extra burst; a request that waited on the old limiter takes a cell from the
 //! new one too, so a decrease takes effect at once.
 //!
-//! [`RateBudget`] is the seam for a shared (Redis) budget with the same adaptive behaviour.
+//! [`RateBudget`] is the seam for the shared budget with the same adaptive behaviour
+//! ([`RedisBudget`](super::redis_budget::RedisBudget)).
 
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, RwLock};
@@ -37,6 +38,10 @@ pub trait RateBudget: Send + Sync + 'static {
     fn on_success(&self);
     /// Current effective requests per second (for metrics, logs and tests).
     fn effective_rate(&self) -> f64;
+    /// Where the budget comes from and its rate, for the worker's `/readyz` detail.
+    fn describe(&self) -> String {
+        format!("local budget {:.0} rps", self.effective_rate())
+    }
 }
 
 /// Parameters of the additive-increase / multiplicative-decrease rate adaptation.

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod error;
 pub mod limiter;
 pub mod metrics;
+pub mod redis_budget;
 pub mod retry;
 pub mod wire;
 
@@ -30,15 +31,14 @@ use serde_json::{Map, Value};
 
 pub use error::{ErrorBody, StoreError};
 pub use limiter::{AimdParams, LocalBudget, RateBudget};
+pub use redis_budget::{RedisBudget, RedisBudgetConfig};
 pub use retry::RetryPolicy;
 pub use wire::{Record, RecordPage};
 
 use self::auth::{Token, TokenSource};
 use self::metrics::Route;
 use crate::schema::{Schema, SchemaWire};
-use crate::settings::{
-    CxoneSettings, RateLimitBackend, RateLimitSettings, RetrySettings, Settings,
-};
+use crate::settings::{CxoneSettings, RateLimitBackend, RetrySettings, Settings};
 
 /// Header carrying the per-call correlation id.
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
@@ -79,7 +79,7 @@ impl StoreClient {
     /// The client the worker uses: `[cxone]`, `[cxone.auth]`, `[rate_limit]`, `[retry]`,
     /// `[validation].default_max_depth`.
     pub fn from_settings(settings: &Settings) -> Result<Self, StoreError> {
-        let budget = budget_from_settings(&settings.rate_limit);
+        let budget = budget_from_settings(settings)?;
         Self::new(
             &settings.cxone,
             &settings.retry,
@@ -457,19 +457,32 @@ impl StoreClient {
     }
 }
 
-/// The budget `[rate_limit]` asks for. The Redis backend is a later addition; until then each
-/// replica takes its share, `requests_per_second / replicas_hint` (the documented Redis fallback).
-fn budget_from_settings(s: &RateLimitSettings) -> Arc<dyn RateBudget> {
+/// The budget `[rate_limit]` asks for: one per process, or shared by every replica through Redis
+/// (which falls back to `requests_per_second / replicas_hint` while Redis cannot be reached).
+fn budget_from_settings(settings: &Settings) -> Result<Arc<dyn RateBudget>, StoreError> {
+    let s = &settings.rate_limit;
     match s.backend {
-        RateLimitBackend::Local => Arc::new(LocalBudget::new(s.requests_per_second, s.burst)),
+        RateLimitBackend::Local => Ok(Arc::new(LocalBudget::new(s.requests_per_second, s.burst))),
         RateLimitBackend::Redis => {
-            let share = (s.requests_per_second / s.replicas_hint.max(1)).max(1);
-            tracing::warn!(
-                rps = share,
-                "rate_limit.backend = \"redis\" is not available in this build; \
-                 using a local budget of requests_per_second / replicas_hint"
-            );
-            Arc::new(LocalBudget::new(share, s.burst))
+            let key = if s.redis_key.is_empty() {
+                let api = if settings.cxone.api_base.is_empty() {
+                    &settings.cxone.auth.issuer
+                } else {
+                    &settings.cxone.api_base
+                };
+                redis_budget::default_key(&settings.amqp.prefix, api)
+            } else {
+                s.redis_key.clone()
+            };
+            let budget = RedisBudget::new(RedisBudgetConfig {
+                url: s.redis_url.clone(),
+                key,
+                requests_per_second: s.requests_per_second,
+                burst: s.burst,
+                replicas_hint: s.replicas_hint,
+            })
+            .map_err(StoreError::Config)?;
+            Ok(Arc::new(budget))
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::job::ParseContext;
 use crate::pipeline::Pipeline;
 use crate::pipeline::graphs::GraphCache;
 use crate::settings::Settings;
-use crate::store::StoreClient;
+use crate::store::{RateBudget, StoreClient};
 use crate::webhooks;
 
 /// Runs the worker until `cancel`; returns after in-flight jobs drained (or the timeout passed).
@@ -29,6 +29,11 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
     let store = StoreClient::from_settings(&settings)?;
     tokio::spawn(watch_token(
         store.clone(),
+        readiness.clone(),
+        cancel.clone(),
+    ));
+    tokio::spawn(watch_budget(
+        store.budget().clone(),
         readiness.clone(),
         cancel.clone(),
     ));
@@ -91,6 +96,22 @@ async fn watch_token(store: StoreClient, readiness: Readiness, cancel: Cancellat
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            () = cancel.cancelled() => return,
+        }
+    }
+}
+
+/// Keeps the readiness "rate_budget" check current: always ready (a Redis outage falls back to a
+/// local share), the detail saying which budget is in use.
+async fn watch_budget(
+    budget: Arc<dyn RateBudget>,
+    readiness: Readiness,
+    cancel: CancellationToken,
+) {
+    loop {
+        readiness.set("rate_budget", true, budget.describe());
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
             () = cancel.cancelled() => return,
         }
     }
