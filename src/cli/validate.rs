@@ -297,7 +297,7 @@ fn accepted(job: &Job, i: usize, plan: &Plan) -> OpReport {
             op_base(job, i, OpVerdict::NoOp, None, reason)
         }
         Some((before, after)) => {
-            let reason = format!("{} -> {}", describe(before), describe(after));
+            let reason = format!("{} → {}", describe(before), describe(after));
             op_base(job, i, OpVerdict::Apply, None, reason)
         }
         None => op_base(job, i, OpVerdict::Apply, None, "valid".to_owned()),
