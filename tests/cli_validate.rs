@@ -214,6 +214,35 @@ async fn a_later_job_is_checked_against_the_effect_of_earlier_ones() {
 }
 
 #[tokio::test]
+async fn a_later_job_can_be_valid_only_because_of_an_earlier_one() {
+    let emu = emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    // 1→2 is stored, so 2→1 alone is a cycle; after a job empties 1's children it is fine.
+    let reverse = job("reverse", 2, &[1]);
+    let clear = json!({"job_id": "clear", "datastore_id": DS, "operations": [
+        {"parent_id": id(1), "relationship_field": "parent_child_link", "child_ids": []}
+    ]});
+    let both = format!("{clear}\n{reverse}\n");
+    let file = jobs_file(&dir, "both.jsonl", &both);
+    let alone = jobs_file(&dir, "alone.jsonl", &reverse);
+
+    let out = validate(&emu.base, &file, &["--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let doc = json_report(&out);
+    assert_eq!(entry(&doc, "clear")["operations"][0]["verdict"], "apply");
+    assert_eq!(entry(&doc, "reverse")["operations"][0]["verdict"], "apply");
+
+    let out = validate(&emu.base, &alone, &["--output", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let doc = json_report(&out);
+    assert_eq!(
+        entry(&doc, "reverse")["operations"][0]["code"],
+        "cycle_detected"
+    );
+    assert_nothing_written(&emu).await;
+}
+
+#[tokio::test]
 async fn an_unknown_data_store_rejects_its_jobs() {
     let emu = emulator().await;
     let dir = tempfile::tempdir().unwrap();
