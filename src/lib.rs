@@ -15,6 +15,7 @@
 //! - [`jobfile`]: streamed reading of job files (JSON array, JSON Lines, object stream).
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics` of the worker.
 //! - [`bench`]: throughput measurements, including the raw broker ceiling.
+//! - [`harness`]: a local installation (emulator, worker processes, event tap) for demo and bench.
 //! - [`store`]: the data-store client (auth, adaptive rate budget, retries, records API).
 //! - [`dlq`]: dead-letter browsing, replay (confirm before ack) and purge for operators.
 //! - [`pipeline`]: one job through parse → validate → plan → apply → publish.
@@ -29,6 +30,7 @@ pub mod emulator;
 pub mod error;
 pub mod events;
 pub mod graph;
+pub mod harness;
 pub mod http;
 pub mod job;
 pub mod jobfile;

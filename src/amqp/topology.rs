@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 
@@ -89,6 +91,27 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), AmqpE
             },
             FieldTable::default(),
         )
+        .await?;
+    Ok(())
+}
+
+/// Deletes every queue and the exchange of `topology` (the demo's and the bench's throw-away
+/// prefixes); what does not exist is skipped.
+pub async fn delete(channel: &Channel, topology: &Topology) -> Result<(), AmqpError> {
+    let mut queues = vec![topology.jobs(), topology.dead(), topology.webhooks_dead()];
+    queues.extend(
+        topology
+            .retry_delays()
+            .iter()
+            .map(|d| topology.retry_queue(*d)),
+    );
+    for queue in queues {
+        channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    channel
+        .exchange_delete(topology.events().into(), ExchangeDeleteOptions::default())
         .await?;
     Ok(())
 }

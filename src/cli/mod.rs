@@ -1,5 +1,6 @@
 //! The command line (SPEC §9): global options, one subcommand per file in this folder.
 
+mod demo;
 mod dlq;
 mod emulator;
 mod enqueue;
@@ -38,6 +39,8 @@ pub enum Command {
     Enqueue(enqueue::EnqueueArgs),
     /// Inspect, replay, purge or export dead letters.
     Dlq(dlq::DlqArgs),
+    /// Run emulator, worker and a sample batch on this machine and print what happened.
+    Demo(demo::DemoArgs),
     /// Manage the broker topology (queues and exchanges named from [amqp].prefix).
     Topology(topology::TopologyArgs),
     /// Dry run: what a job file would apply or have rejected against the live data store (read-only).
@@ -64,6 +67,7 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
         Command::Enqueue(args) => enqueue::run(args, settings).await,
         Command::Dlq(args) => dlq::run(args, settings).await,
         Command::Topology(args) => topology::run(args, settings).await,
+        Command::Demo(args) => demo::run(args, settings).await,
         Command::Validate(args) => validate::run(args, settings).await,
     }
 }
