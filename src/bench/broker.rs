@@ -79,6 +79,12 @@ pub async fn measure(
     let _ = channel
         .queue_delete(queue.into(), QueueDeleteOptions::default())
         .await;
+    // Closed here rather than with the connection, which lapin reports as an error.
+    let _ = channel.close(200, "ceiling measured".into()).await;
+    let _ = publisher
+        .channel()
+        .close(200, "ceiling measured".into())
+        .await;
     Ok(Ceiling {
         messages: count,
         elapsed,

@@ -91,6 +91,7 @@ pub async fn run(args: DemoArgs, settings: Settings) -> anyhow::Result<i32> {
     // The dead letter and the job's last events are published together; let stragglers land.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (settled, events) = tap.snapshot();
+    tap.close().await;
     let hooks = wait_webhooks(&emulator, events.len()).await?;
     let dead = amqp_depth(&channel, &topology.dead()).await;
 

@@ -1,5 +1,6 @@
 //! The command line (SPEC §9): global options, one subcommand per file in this folder.
 
+mod bench;
 mod demo;
 mod dlq;
 mod emulator;
@@ -41,6 +42,8 @@ pub enum Command {
     Dlq(dlq::DlqArgs),
     /// Run emulator, worker and a sample batch on this machine and print what happened.
     Demo(demo::DemoArgs),
+    /// Throughput run: emulator, worker processes and enqueue; jobs/s, latency, memory, broker ceiling.
+    Bench(bench::BenchArgs),
     /// Manage the broker topology (queues and exchanges named from [amqp].prefix).
     Topology(topology::TopologyArgs),
     /// Dry run: what a job file would apply or have rejected against the live data store (read-only).
@@ -68,6 +71,7 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
         Command::Dlq(args) => dlq::run(args, settings).await,
         Command::Topology(args) => topology::run(args, settings).await,
         Command::Demo(args) => demo::run(args, settings).await,
+        Command::Bench(args) => bench::run(args, settings).await,
         Command::Validate(args) => validate::run(args, settings).await,
     }
 }

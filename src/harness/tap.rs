@@ -35,7 +35,7 @@ pub struct Collected {
 pub struct Tap {
     collected: Arc<Mutex<Collected>>,
     changed: Arc<Notify>,
-    _channel: Channel,
+    channel: Channel,
 }
 
 impl Tap {
@@ -85,7 +85,7 @@ impl Tap {
         Ok(Self {
             collected,
             changed,
-            _channel: channel,
+            channel,
         })
     }
 
@@ -101,6 +101,11 @@ impl Tap {
                 return self.settled_count() >= count;
             }
         }
+    }
+
+    /// Closes the tap's channel (its queue goes with it) before the connection closes.
+    pub async fn close(self) {
+        let _ = self.channel.close(200, "tap done".into()).await;
     }
 
     pub fn settled_count(&self) -> usize {

@@ -1,0 +1,267 @@
+//! One benchmark run: emulator in this process, worker processes, the jobs enqueued with confirms,
+//! every job's enqueue-to-completed latency from the result events, then the broker ceiling.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use lapin::BasicProperties;
+use serde_json::json;
+
+use super::report::{Report, millis, quantile};
+use super::scenario::{self, Shape};
+use crate::amqp::{self, Publisher, Topology};
+use crate::harness::emulator::{LocalEmulator, Stats};
+use crate::harness::fresh_prefix;
+use crate::harness::tap::{Settlement, Tap};
+use crate::harness::workers::{WorkerChild, WorkerSpec};
+use crate::secret::redact_url;
+use crate::settings::{RateLimitBackend, Settings};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub shape: Shape,
+    /// Requests/s the emulator allows and the workers budget for together; 0 = no limit.
+    pub rate: u32,
+    /// Emulator bucket size when `rate` > 0.
+    pub emulator_burst: u32,
+    pub workers: usize,
+    pub backend: RateLimitBackend,
+    /// Confirms outstanding while enqueuing.
+    pub publish_window: usize,
+    /// Longest wait for every job to settle.
+    pub timeout: Duration,
+}
+
+pub async fn run(params: &Params, settings: &Settings) -> anyhow::Result<Report> {
+    let emulator = LocalEmulator::start(&settings.emulator).await?;
+    emulator
+        .create_datastore(&scenario::datastore(params.shape))
+        .await?;
+    if params.rate > 0 {
+        let limit = json!({"requests_per_second": params.rate, "burst": params.emulator_burst});
+        emulator
+            .set_faults(&json!({"rate_limit": limit, "retry_after": true}))
+            .await?;
+    }
+    let prefix = fresh_prefix("cxrel-bench");
+    let topology = Topology::new(
+        prefix.clone(),
+        vec![Duration::from_secs(1), Duration::from_secs(5)],
+    );
+    let connection = amqp::connect(&settings.amqp.url, "cxrel bench")
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach RabbitMQ at {}",
+                redact_url(settings.amqp.url.expose())
+            )
+        })?;
+    let channel = connection.create_channel().await?;
+    amqp::topology::declare(&channel, &topology).await?;
+    let tap = Tap::start(&connection, &topology, false).await?;
+    let workers = start_workers(params, settings, emulator.base(), &prefix).await?;
+
+    let published = enqueue(&connection, &topology, params).await?;
+    let settled_all = tap.wait_settled(params.shape.jobs, params.timeout).await;
+    let peak_rss: Vec<f64> = workers
+        .iter()
+        .map(|w| w.peak_rss_kib().map_or(0.0, |k| k as f64 / 1024.0))
+        .collect();
+    let stats = emulator.stats().await?;
+    for worker in workers {
+        worker.stop(Duration::from_secs(15)).await;
+    }
+    let (settled, _) = tap.snapshot();
+    tap.close().await;
+    if !settled_all {
+        let _ = amqp::topology::delete(&channel, &topology).await;
+        bail!(
+            "only {} of {} jobs settled within {:?}",
+            settled.len(),
+            params.shape.jobs,
+            params.timeout
+        );
+    }
+    amqp::topology::delete(&channel, &topology).await?;
+    emulator.shutdown().await;
+
+    let sample = scenario::job_body(params.shape, 0);
+    let ceiling_queue = format!("{prefix}.ceiling");
+    let count = u64::try_from(params.shape.jobs).unwrap_or(u64::MAX);
+    let prefetch = settings.worker.prefetch;
+    let ceiling = super::broker::measure(
+        &connection,
+        &ceiling_queue,
+        &sample,
+        count,
+        params.publish_window,
+        prefetch,
+    )
+    .await?;
+    let _ = connection.close(200, "bench done".into()).await;
+    Ok(report(
+        params,
+        &published,
+        &settled,
+        &stats,
+        peak_rss,
+        ceiling.per_second(),
+    ))
+}
+
+/// Worker processes sharing the run's budget: with Redis one shared budget of `rate`, locally an
+/// equal static share each.
+async fn start_workers(
+    params: &Params,
+    settings: &Settings,
+    emulator: &str,
+    prefix: &str,
+) -> anyhow::Result<Vec<WorkerChild>> {
+    let (rps, burst) = match params.rate {
+        0 => (1_000_000, 1_000),
+        r if params.backend == RateLimitBackend::Local => {
+            ((r / params.workers.max(1) as u32).max(1), 1)
+        }
+        r => (r, 1),
+    };
+    let backend = match params.backend {
+        RateLimitBackend::Local => "local",
+        RateLimitBackend::Redis => "redis",
+    };
+    let config = format!(
+        r#"
+[log]
+level = "warn"
+
+[amqp]
+prefix = "{prefix}"
+retry_delays = ["1s", "5s"]
+
+[cxone]
+api_base = "{emulator}"
+
+[cxone.auth]
+issuer = "{emulator}"
+
+[http]
+listen = "127.0.0.1:0"
+
+[rate_limit]
+backend = "{backend}"
+requests_per_second = {rps}
+burst = {burst}
+replicas_hint = {workers}
+"#,
+        workers = params.workers
+    );
+    let mut env = vec![(
+        "CXREL__AMQP__URL".to_owned(),
+        settings.amqp.url.expose().to_owned(),
+    )];
+    env.push((
+        "CXREL__RATE_LIMIT__REDIS_URL".to_owned(),
+        settings.rate_limit.redis_url.expose().to_owned(),
+    ));
+    let spec = WorkerSpec {
+        config_toml: &config,
+        env,
+        name: prefix,
+    };
+    let mut workers = Vec::with_capacity(params.workers);
+    for n in 1..=params.workers {
+        workers.push(WorkerChild::spawn(&spec, n).await?);
+    }
+    for worker in &workers {
+        worker.wait_ready(Duration::from_secs(30)).await?;
+    }
+    Ok(workers)
+}
+
+/// Publishes every job with confirms (`publish_window` outstanding); returns when each was sent.
+async fn enqueue(
+    connection: &lapin::Connection,
+    topology: &Topology,
+    params: &Params,
+) -> anyhow::Result<HashMap<String, Instant>> {
+    let publisher = Publisher::open(connection).await?;
+    let queue = topology.jobs();
+    let shape = params.shape;
+    let results: Vec<_> = futures::stream::iter(0..shape.jobs)
+        .map(|j| {
+            let (publisher, queue) = (&publisher, &queue);
+            async move {
+                let id = scenario::job_id(j);
+                let props = BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_message_id(id.clone().into());
+                let sent = Instant::now();
+                publisher
+                    .to_queue(queue, &scenario::job_body(shape, j), props)
+                    .await
+                    .map(|()| (id, sent))
+            }
+        })
+        .buffer_unordered(params.publish_window.max(1))
+        .collect()
+        .await;
+    results
+        .into_iter()
+        .collect::<Result<HashMap<_, _>, _>>()
+        .map_err(Into::into)
+}
+
+fn report(
+    params: &Params,
+    published: &HashMap<String, Instant>,
+    settled: &HashMap<String, Settlement>,
+    stats: &Stats,
+    worker_peak_rss_mib: Vec<f64>,
+    ceiling: f64,
+) -> Report {
+    let mut latencies: Vec<Duration> = settled
+        .iter()
+        .filter_map(|(id, s)| {
+            published
+                .get(id)
+                .map(|sent| s.at.saturating_duration_since(*sent))
+        })
+        .collect();
+    latencies.sort();
+    let first = published.values().min().copied();
+    let last = settled.values().map(|s| s.at).max();
+    let elapsed = match (first, last) {
+        (Some(a), Some(b)) => b.saturating_duration_since(a).as_secs_f64().max(1e-9),
+        _ => 1e-9,
+    };
+    let ops = params.shape.operations().max(1) as f64;
+    let jobs_per_second = params.shape.jobs as f64 / elapsed;
+    let requests = stats.store_requests.max(1) as f64;
+    Report {
+        jobs: params.shape.jobs,
+        ops_per_job: params.shape.ops_per_job,
+        rate: params.rate,
+        workers: params.workers,
+        rate_backend: format!("{:?}", params.backend).to_lowercase(),
+        elapsed_seconds: (elapsed * 100.0).round() / 100.0,
+        jobs_per_second,
+        operations_per_second: ops / elapsed,
+        store_requests: stats.store_requests,
+        requests_per_operation: stats.store_requests as f64 / ops,
+        throttled_429: stats.throttled_count,
+        throttled_share: stats.throttled_count as f64 / requests,
+        max_requests_in_1s: stats.max_requests_in_1s,
+        latency_p50_ms: millis(quantile(&latencies, 0.5)),
+        latency_p99_ms: millis(quantile(&latencies, 0.99)),
+        latency_max_ms: millis(quantile(&latencies, 1.0)),
+        dead_lettered: settled
+            .values()
+            .filter(|s| s.ty == "cxrel.job.dead_lettered")
+            .count(),
+        worker_peak_rss_mib,
+        broker_ceiling_messages_per_second: ceiling,
+        ratio_to_broker_ceiling: jobs_per_second / ceiling.max(1e-9),
+    }
+}

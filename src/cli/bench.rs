@@ -1,0 +1,99 @@
+//! `cxrel bench`: a throughput run on this machine (emulator, worker processes, enqueue with
+//! confirms) reported as a table or JSON, with the raw broker ceiling for comparison.
+
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::bench::run::{self, Params};
+use crate::bench::scenario::Shape;
+use crate::settings::{RateLimitBackend, Settings};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Jobs to enqueue.
+    #[arg(long, default_value_t = 2000)]
+    pub jobs: usize,
+    /// Operations per job (each one fresh parent and child: one PATCH).
+    #[arg(long, default_value_t = 1)]
+    pub ops_per_job: usize,
+    /// Data-store rate limit in requests/s, enforced by the emulator and budgeted by the workers;
+    /// 0 = no limit.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u32,
+    /// Emulator burst (bucket size) when --rate is set.
+    #[arg(long, default_value_t = 10)]
+    pub burst: u32,
+    /// Worker processes.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Rate budget: local (each worker rate/workers) or redis (one shared budget); default from
+    /// [rate_limit].backend.
+    #[arg(long, value_enum)]
+    pub rate_backend: Option<Backend>,
+    /// Longest wait for all jobs to settle; default scales with jobs and rate.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    Local,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+pub async fn run(args: BenchArgs, settings: Settings) -> anyhow::Result<i32> {
+    anyhow::ensure!(
+        args.jobs > 0 && args.ops_per_job > 0,
+        "--jobs and --ops-per-job must be > 0"
+    );
+    anyhow::ensure!((1..=16).contains(&args.workers), "--workers must be 1..=16");
+    let shape = Shape {
+        jobs: args.jobs,
+        ops_per_job: args.ops_per_job,
+    };
+    let backend = match args.rate_backend {
+        Some(Backend::Local) => RateLimitBackend::Local,
+        Some(Backend::Redis) => RateLimitBackend::Redis,
+        None => settings.rate_limit.backend,
+    };
+    let params = Params {
+        shape,
+        rate: args.rate,
+        emulator_burst: args.burst.max(1),
+        workers: args.workers,
+        backend,
+        publish_window: 256,
+        timeout: args
+            .timeout
+            .unwrap_or_else(|| default_timeout(shape, args.rate)),
+    };
+    if args.output == Output::Table {
+        eprintln!("cxrel bench: {params:?}");
+    }
+    let report = run::run(&params, &settings).await?;
+    match args.output {
+        Output::Table => print!("{}", report.table()),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+    }
+    Ok(0)
+}
+
+/// Three times the time the rate allows (or 1 ms per operation), plus a minute.
+fn default_timeout(shape: Shape, rate: u32) -> Duration {
+    let ops = shape.operations() as f64;
+    let base = if rate == 0 {
+        ops / 1000.0
+    } else {
+        ops / f64::from(rate)
+    };
+    Duration::from_secs_f64(base * 3.0 + 60.0)
+}
