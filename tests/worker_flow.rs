@@ -147,8 +147,50 @@ async fn many_jobs_apply_exactly_with_one_event_per_operation_and_signed_webhook
         list.iter().all(|d| d["verified"] == true),
         "every signature verifies"
     );
+    assert_operator_endpoints(&worker).await;
     drop(worker);
     broker::teardown(&s.channel, &s.topology).await;
+}
+
+/// What an operator's probes and Prometheus see after the happy path.
+async fn assert_operator_endpoints(worker: &WorkerProcess) {
+    let client = common::client();
+    let health = client
+        .get(format!("{}/healthz", worker.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = client
+        .get(format!("{}/readyz", worker.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["checks"]["broker"]["ready"], true, "{ready}");
+    assert_eq!(ready["checks"]["token"]["ready"], true, "{ready}");
+    let metrics = worker.metrics().await;
+    for line in [
+        "cxrel_jobs_total{outcome=\"completed\"} 50",
+        "cxrel_jobs_in_flight 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing:\n{metrics}"
+        );
+    }
+    for name in [
+        "cxrel_operations_total{",
+        "cxrel_store_requests_total{",
+        "cxrel_store_request_duration_seconds",
+        "cxrel_store_limiter_wait_seconds",
+        "cxrel_job_duration_seconds",
+        "cxrel_webhook_deliveries_total{",
+        "cxrel_graph_records",
+    ] {
+        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+    }
 }
 
 /// The rejection codes of SPEC §2, each with a job that triggers it against data store `rules`.

@@ -183,6 +183,7 @@ impl<H: JobHandler> Consumer<H> {
             let handler = self.handler.clone();
             let settler = settler.clone();
             tasks.spawn(async move {
+                let _in_flight = InFlight::enter();
                 process(handler, settler, delivery).await;
                 drop(permit);
             });
@@ -192,6 +193,22 @@ impl<H: JobHandler> Consumer<H> {
                 }
             }
         }
+    }
+}
+
+/// Counts a job in `cxrel_jobs_in_flight` for as long as it lives, however its task ends.
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> Self {
+        metrics::gauge!("cxrel_jobs_in_flight").increment(1.0);
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!("cxrel_jobs_in_flight").decrement(1.0);
     }
 }
 
