@@ -29,6 +29,11 @@ pub struct WorkerOptions {
     pub client_attempts: u32,
     pub client_max_elapsed: &'static str,
     pub parallel_patches: usize,
+    /// `[rate_limit].backend`: "local" or "redis".
+    pub rate_limit_backend: &'static str,
+    /// `[rate_limit].redis_key` (empty = derived from the prefix); each test its own.
+    pub redis_key: String,
+    pub replicas_hint: u32,
     /// Appended TOML: extra tables such as `[[webhooks]]`.
     pub extra: String,
 }
@@ -42,6 +47,9 @@ impl Default for WorkerOptions {
             client_attempts: 3,
             client_max_elapsed: "5s",
             parallel_patches: 8,
+            rate_limit_backend: "local",
+            redis_key: String::new(),
+            replicas_hint: 1,
             extra: String::new(),
         }
     }
@@ -84,6 +92,9 @@ parallel_patches = {parallel}
 [rate_limit]
 requests_per_second = {rps}
 burst = {burst}
+backend = "{backend}"
+redis_key = "{redis_key}"
+replicas_hint = {replicas}
 
 [retry]
 max_attempts = {attempts}
@@ -96,6 +107,9 @@ max_elapsed = "{elapsed}"
         parallel = o.parallel_patches,
         rps = o.requests_per_second,
         burst = o.burst,
+        backend = o.rate_limit_backend,
+        redis_key = o.redis_key,
+        replicas = o.replicas_hint,
         attempts = o.client_attempts,
         elapsed = o.client_max_elapsed,
         extra = o.extra,

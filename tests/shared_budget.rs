@@ -1,0 +1,251 @@
+//! Three worker processes on one jobs queue share one Redis rate budget: together they stay within
+//! the data store's limit, and losing one of them mid-drain loses no job.
+
+mod broker;
+mod common;
+mod workers;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::{EmulatorProcess, named_record};
+use cxrel::amqp::Publisher;
+use serde_json::{Value, json};
+use workers::{
+    EventTap, WorkerOptions, WorkerProcess, job, op, publish_jobs, rid, stored_ids,
+    worker_config_with,
+};
+
+const FIELD: &str = "parent_child_link";
+
+fn completed(events: &[Value]) -> HashSet<String> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "cxrel.job.completed")
+        .filter_map(|e| e["data"]["job_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// `n` one-operation jobs: parent r(2i) gets child r(2i+1).
+fn pair_jobs(prefix: &str, n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            job(
+                &format!("{prefix}-{i}"),
+                "accounts",
+                true,
+                vec![op(&rid("r", 2 * i), FIELD, &[&rid("r", 2 * i + 1)])],
+            )
+        })
+        .collect()
+}
+
+async fn emulator_with(records: usize) -> EmulatorProcess {
+    let emu = EmulatorProcess::spawn();
+    let list: Vec<Value> = (0..records)
+        .map(|n| named_record(&rid("r", n), "x"))
+        .collect();
+    emu.create_test_datastore("accounts", Value::Array(list))
+        .await;
+    emu
+}
+
+/// Every parent holds exactly its one child: each job applied, none twice or lost. Reads the
+/// record list with one token (a GET per record with a fresh token each is far slower).
+async fn assert_pairs_stored(emu: &EmulatorProcess, n: usize) {
+    let client = common::client();
+    let token = emu.token().await;
+    let mut stored = std::collections::HashMap::new();
+    let mut page_token: Option<String> = None;
+    loop {
+        let mut request = client
+            .get(emu.records_url("accounts"))
+            .bearer_auth(&token)
+            .query(&[("page_size", "1000")]);
+        if let Some(t) = &page_token {
+            request = request.query(&[("page_token", t)]);
+        }
+        let page: Value = request
+            .send()
+            .await
+            .expect("list records")
+            .json()
+            .await
+            .expect("records JSON");
+        for record in page["records"].as_array().expect("records") {
+            let id = record["id"].as_str().unwrap_or_default().to_owned();
+            stored.insert(id, stored_ids(record, FIELD));
+        }
+        match page["next_page_token"].as_str() {
+            Some(t) => page_token = Some(t.to_owned()),
+            None => break,
+        }
+    }
+    for i in 0..n {
+        assert_eq!(
+            stored.get(&rid("r", 2 * i)),
+            Some(&vec![rid("r", 2 * i + 1)]),
+            "job {i}"
+        );
+    }
+}
+
+/// Three workers on `prefix` sharing the Redis budget at `key`.
+fn spawn_three(
+    emu: &EmulatorProcess,
+    prefix: &str,
+    key: &str,
+    rps: u32,
+    burst: u32,
+) -> Vec<WorkerProcess> {
+    let options = WorkerOptions {
+        requests_per_second: rps,
+        burst,
+        rate_limit_backend: "redis",
+        redis_key: key.to_owned(),
+        replicas_hint: 3,
+        client_attempts: 5,
+        client_max_elapsed: "20s",
+        ..WorkerOptions::default()
+    };
+    let config = worker_config_with(&emu.base, prefix, &options);
+    (0..3).map(|_| WorkerProcess::spawn(&config)).collect()
+}
+
+/// Waits until each worker is ready with the shared budget in use (its `/readyz` detail says so).
+async fn wait_shared(workers: &[WorkerProcess]) {
+    let client = reqwest::Client::new();
+    for worker in workers {
+        worker.wait_ready(Duration::from_secs(30)).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let body: Value = client
+                .get(format!("{}/readyz", worker.http))
+                .send()
+                .await
+                .expect("readyz")
+                .json()
+                .await
+                .expect("readyz json");
+            let detail = body["checks"]["rate_budget"]["detail"]
+                .as_str()
+                .unwrap_or("");
+            if detail.starts_with("redis shared budget") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "budget not shared: {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn budget_key(test: &str) -> String {
+    format!("cxrel-test:{test}:{}", uuid::Uuid::new_v4())
+}
+
+#[tokio::test]
+async fn three_workers_sharing_one_budget_stay_within_the_store_limit() {
+    const JOBS: usize = 3000;
+    let emu = emulator_with(2 * JOBS).await;
+    // The store's limit: 100 rps with a small burst, as a real tenant limit would be.
+    emu.set_faults(json!({"rate_limit": {"requests_per_second": 100, "burst": 10}}))
+        .await;
+    let prefix = broker::unique_prefix("sharedbudget");
+    let topology = broker::topology(&prefix, &[200, 400, 800]);
+    let conn = broker::connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    cxrel::amqp::topology::declare(&channel, &topology)
+        .await
+        .expect("declare");
+    let publisher = Publisher::open(&conn).await.unwrap();
+    let workers = spawn_three(&emu, &prefix, &budget_key("limit"), 100, 5);
+    wait_shared(&workers).await;
+
+    let started = Instant::now();
+    publish_jobs(&publisher, &topology, &pair_jobs("shared", JOBS)).await;
+    // Progress from the store's side: the events tap lags far behind 100 jobs/s in a debug build.
+    let deadline = started + Duration::from_secs(120);
+    let stats = loop {
+        let stats = emu.stats().await;
+        if stats["patch_count"].as_u64() >= Some(JOBS as u64) || Instant::now() > deadline {
+            break stats;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let took = started.elapsed();
+    emu.set_faults(json!({"rate_limit": null})).await;
+    assert_pairs_stored(&emu, JOBS).await;
+
+    let total = stats["requests_total"].as_u64().unwrap_or(0);
+    let throttled = stats["throttled_count"].as_u64().unwrap_or(0);
+    let peak = stats["max_requests_in_1s"].as_u64().unwrap_or(0);
+    eprintln!(
+        "shared budget: {JOBS} jobs in {took:.1?}; requests {total}, 429s {throttled} ({:.2}%), \
+         peak 1-s count {peak}, patches {}",
+        100.0 * throttled as f64 / total.max(1) as f64,
+        stats["patch_count"]
+    );
+    // One PATCH per job: none applied twice.
+    assert_eq!(stats["patch_count"], JOBS, "{stats}");
+    assert!(
+        throttled * 100 <= total,
+        "429s above 1%: {throttled} of {total}"
+    );
+    assert!(peak <= 110, "peak 1-s count {peak}");
+    assert_eq!(
+        broker::take(&channel, &topology.dead(), 1, Duration::from_millis(300))
+            .await
+            .len(),
+        0,
+        "nothing dead-lettered"
+    );
+    drop(workers);
+    broker::teardown(&channel, &topology).await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_drain_loses_no_job() {
+    const JOBS: usize = 1000;
+    let emu = emulator_with(2 * JOBS).await;
+    let prefix = broker::unique_prefix("sharedkill");
+    let topology = broker::topology(&prefix, &[200, 400, 800]);
+    let conn = broker::connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    let mut tap = EventTap::bind(&channel, &topology).await;
+    let publisher = Publisher::open(&conn).await.unwrap();
+    let mut workers = spawn_three(&emu, &prefix, &budget_key("kill"), 200, 10);
+    wait_shared(&workers).await;
+
+    publish_jobs(&publisher, &topology, &pair_jobs("killed", JOBS)).await;
+    assert!(
+        tap.until(Duration::from_secs(60), |e| completed(e).len() >= 150)
+            .await,
+        "jobs started completing"
+    );
+    workers[0].signal("KILL");
+    let mut victim = workers.remove(0);
+    let code = tokio::task::spawn_blocking(move || victim.wait_exit(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert!(code.is_some(), "the killed worker exited");
+    let at_kill = completed(&tap.events).len();
+    assert!(
+        at_kill < JOBS,
+        "killed before the queue drained ({at_kill})"
+    );
+
+    let done = tap
+        .until(Duration::from_secs(90), |e| completed(e).len() == JOBS)
+        .await;
+    assert!(done, "{} of {JOBS} completed", completed(&tap.events).len());
+    assert_pairs_stored(&emu, JOBS).await;
+    assert_eq!(
+        broker::take(&channel, &topology.dead(), 1, Duration::from_millis(300))
+            .await
+            .len(),
+        0,
+        "nothing dead-lettered"
+    );
+    drop(workers);
+    broker::teardown(&channel, &topology).await;
+}
