@@ -133,3 +133,70 @@ async fn an_unreachable_redis_falls_back_to_the_replicas_share() {
         start.elapsed()
     );
 }
+
+/// A private redis-server on `port`, killed on drop.
+struct OwnRedis(std::process::Child);
+
+impl OwnRedis {
+    fn start(port: u16) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        Self(child)
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_falls_back_and_the_budget_is_shared_again_once_redis_answers() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let server = OwnRedis::start(port);
+    let b = budget(&url, &unique_key("outage"), 100, 5, 4);
+    until_shared(&b).await;
+
+    drop(server);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.is_shared() {
+        assert!(
+            Instant::now() < deadline,
+            "never fell back: {}",
+            b.describe()
+        );
+        b.acquire().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(b.describe(), "redis unreachable; local fallback 25 rps");
+    assert_eq!(b.effective_rate(), 25.0);
+
+    let _server = OwnRedis::start(port);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !b.is_shared() {
+        assert!(
+            Instant::now() < deadline,
+            "never back on redis: {}",
+            b.describe()
+        );
+        b.acquire().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    b.acquire().await;
+    assert_eq!(b.effective_rate(), 100.0);
+    assert!(
+        b.describe().starts_with("redis shared budget"),
+        "{}",
+        b.describe()
+    );
+}

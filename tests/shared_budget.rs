@@ -112,8 +112,8 @@ fn spawn_three(
     (0..3).map(|_| WorkerProcess::spawn(&config)).collect()
 }
 
-/// Waits until each worker is ready with the shared budget in use (its `/readyz` detail says so).
-async fn wait_shared(workers: &[WorkerProcess]) {
+/// Waits until each worker is ready with `/readyz` budget detail starting with `detail`.
+async fn wait_budget(workers: &[WorkerProcess], want: &str) {
     let client = reqwest::Client::new();
     for worker in workers {
         worker.wait_ready(Duration::from_secs(30)).await;
@@ -130,10 +130,13 @@ async fn wait_shared(workers: &[WorkerProcess]) {
             let detail = body["checks"]["rate_budget"]["detail"]
                 .as_str()
                 .unwrap_or("");
-            if detail.starts_with("redis shared budget") {
+            if detail.starts_with(want) {
                 break;
             }
-            assert!(Instant::now() < deadline, "budget not shared: {body}");
+            assert!(
+                Instant::now() < deadline,
+                "budget detail not {want:?}: {body}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -159,7 +162,7 @@ async fn three_workers_sharing_one_budget_stay_within_the_store_limit() {
         .expect("declare");
     let publisher = Publisher::open(&conn).await.unwrap();
     let workers = spawn_three(&emu, &prefix, &budget_key("limit"), 100, 5);
-    wait_shared(&workers).await;
+    wait_budget(&workers, "redis shared budget").await;
 
     let started = Instant::now();
     publish_jobs(&publisher, &topology, &pair_jobs("shared", JOBS)).await;
@@ -214,7 +217,7 @@ async fn a_worker_killed_mid_drain_loses_no_job() {
     let mut tap = EventTap::bind(&channel, &topology).await;
     let publisher = Publisher::open(&conn).await.unwrap();
     let mut workers = spawn_three(&emu, &prefix, &budget_key("kill"), 200, 10);
-    wait_shared(&workers).await;
+    wait_budget(&workers, "redis shared budget").await;
 
     publish_jobs(&publisher, &topology, &pair_jobs("killed", JOBS)).await;
     assert!(
@@ -247,5 +250,40 @@ async fn a_worker_killed_mid_drain_loses_no_job() {
         "nothing dead-lettered"
     );
     drop(workers);
+    broker::teardown(&channel, &topology).await;
+}
+
+#[tokio::test]
+async fn with_redis_unreachable_a_worker_stays_ready_on_its_share_and_applies_jobs() {
+    const JOBS: usize = 20;
+    let emu = emulator_with(2 * JOBS).await;
+    let prefix = broker::unique_prefix("sharedfallback");
+    let topology = broker::topology(&prefix, &[200, 400, 800]);
+    let conn = broker::connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    let mut tap = EventTap::bind(&channel, &topology).await;
+    let publisher = Publisher::open(&conn).await.unwrap();
+    let options = WorkerOptions {
+        requests_per_second: 100,
+        burst: 5,
+        rate_limit_backend: "redis",
+        redis_key: budget_key("fallback"),
+        redis_url: "redis://127.0.0.1:1",
+        replicas_hint: 3,
+        ..WorkerOptions::default()
+    };
+    let worker = WorkerProcess::spawn(&worker_config_with(&emu.base, &prefix, &options));
+    wait_budget(
+        std::slice::from_ref(&worker),
+        "redis unreachable; local fallback 33 rps",
+    )
+    .await;
+    publish_jobs(&publisher, &topology, &pair_jobs("fallback", JOBS)).await;
+    let done = tap
+        .until(Duration::from_secs(30), |e| completed(e).len() == JOBS)
+        .await;
+    assert!(done, "{} of {JOBS} completed", completed(&tap.events).len());
+    assert_pairs_stored(&emu, JOBS).await;
+    drop(worker);
     broker::teardown(&channel, &topology).await;
 }

@@ -33,6 +33,7 @@ pub struct WorkerOptions {
     pub rate_limit_backend: &'static str,
     /// `[rate_limit].redis_key` (empty = derived from the prefix); each test its own.
     pub redis_key: String,
+    pub redis_url: &'static str,
     pub replicas_hint: u32,
     /// Appended TOML: extra tables such as `[[webhooks]]`.
     pub extra: String,
@@ -49,6 +50,7 @@ impl Default for WorkerOptions {
             parallel_patches: 8,
             rate_limit_backend: "local",
             redis_key: String::new(),
+            redis_url: "redis://127.0.0.1:6379",
             replicas_hint: 1,
             extra: String::new(),
         }
@@ -94,6 +96,7 @@ requests_per_second = {rps}
 burst = {burst}
 backend = "{backend}"
 redis_key = "{redis_key}"
+redis_url = "{redis_url}"
 replicas_hint = {replicas}
 
 [retry]
@@ -109,6 +112,7 @@ max_elapsed = "{elapsed}"
         burst = o.burst,
         backend = o.rate_limit_backend,
         redis_key = o.redis_key,
+        redis_url = o.redis_url,
         replicas = o.replicas_hint,
         attempts = o.client_attempts,
         elapsed = o.client_max_elapsed,
