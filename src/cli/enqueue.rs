@@ -78,12 +78,14 @@ pub async fn publish_file(
     queue: &str,
 ) -> anyhow::Result<Summary> {
     let (tx, rx) = mpsc::channel::<Result<Item, BadItem>>(args.window.max(1) * 2);
-    let input = open_input(&args.file)?;
+    let (input, size) = open_input(&args.file)?;
+    let progress = progress_bar(size);
+    // Bytes read drive the bar, so a file's progress and ETA show without knowing the job count.
+    let input = progress.wrap_read(input);
     let reader = tokio::task::spawn_blocking(move || {
         jobfile::read_jobs(input, |item| tx.blocking_send(item).is_ok());
     });
     let limiter = NonZeroU32::new(args.rate).map(|r| RateLimiter::direct(Quota::per_second(r)));
-    let progress = progress_bar();
     let mut summary = Summary::default();
     let mut items = ReceiverStream::new(rx);
     let mut publishes = futures::stream::FuturesUnordered::new();
@@ -125,7 +127,9 @@ async fn settle_one<F: std::future::Future<Output = Result<(), String>>>(
     match publishes.next().await {
         Some(Ok(())) => {
             summary.published += 1;
-            progress.inc(1);
+            if summary.published % 100 == 0 {
+                progress.set_message(format!("{} jobs published", summary.published));
+            }
         }
         Some(Err(error)) => {
             summary.failed_publishes += 1;
@@ -158,24 +162,43 @@ fn job_id_of(json: &str) -> Option<String> {
         .filter(|id| !id.is_empty() && id.len() <= 128)
 }
 
-fn open_input(path: &PathBuf) -> anyhow::Result<Box<dyn std::io::Read + Send>> {
+/// The input and, for a regular file, its size in bytes.
+type Input = (Box<dyn std::io::Read + Send>, Option<u64>);
+
+fn open_input(path: &PathBuf) -> anyhow::Result<Input> {
     if path.as_os_str() == "-" {
-        return Ok(Box::new(std::io::stdin()));
+        return Ok((Box::new(std::io::stdin()), None));
     }
     let file = std::fs::File::open(path)
         .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
-    Ok(Box::new(file))
+    let size = file
+        .metadata()
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len());
+    Ok((Box::new(file), size))
 }
 
-fn progress_bar() -> ProgressBar {
+/// On a terminal: a bar over the file's bytes with the jobs published so far, or a spinner for
+/// standard input; hidden otherwise (scripts, CI).
+fn progress_bar(size: Option<u64>) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
-    let bar = ProgressBar::new_spinner();
+    let (bar, template) = match size {
+        Some(len) => (
+            ProgressBar::new(len),
+            "{wide_bar} {bytes}/{total_bytes} · {msg} · {elapsed} (eta {eta})",
+        ),
+        None => (
+            ProgressBar::new_spinner(),
+            "{spinner} {bytes} read · {msg} · {elapsed}",
+        ),
+    };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {pos} jobs published ({per_sec}) {elapsed}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    bar.set_message("0 jobs published");
     bar.enable_steady_tick(Duration::from_millis(120));
     bar
 }
