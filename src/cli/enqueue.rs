@@ -127,7 +127,7 @@ async fn settle_one<F: std::future::Future<Output = Result<(), String>>>(
     match publishes.next().await {
         Some(Ok(())) => {
             summary.published += 1;
-            if summary.published % 100 == 0 {
+            if summary.published.is_multiple_of(100) {
                 progress.set_message(format!("{} jobs published", summary.published));
             }
         }
