@@ -134,6 +134,26 @@ async fn an_unreachable_redis_falls_back_to_the_replicas_share() {
     );
 }
 
+#[tokio::test]
+async fn a_key_holding_something_else_keeps_the_local_fallback_instead_of_flapping() {
+    let key = unique_key("wrongtype");
+    let set = std::process::Command::new("redis-cli")
+        .args(["-u", REDIS, "SET", &key, "not a hash"])
+        .output()
+        .expect("redis-cli");
+    assert!(set.status.success());
+    let b = budget(REDIS, &key, 100, 1, 4);
+    for _ in 0..5 {
+        b.acquire().await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!b.is_shared(), "{}", b.describe());
+    assert_eq!(b.effective_rate(), 25.0);
+    let _ = std::process::Command::new("redis-cli")
+        .args(["-u", REDIS, "DEL", &key])
+        .output();
+}
+
 /// A private redis-server on `port`, killed on drop.
 struct OwnRedis(std::process::Child);
 

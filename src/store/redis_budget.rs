@@ -297,7 +297,7 @@ fn start_probe(shared: &Arc<Shared>) {
 async fn probe(weak: Weak<Shared>) {
     loop {
         let Some(shared) = weak.upgrade() else { return };
-        match connect(&shared.client, &shared.script).await {
+        match connect(&shared.client, &shared.script, &shared.key).await {
             Ok(conn) => {
                 let was = {
                     let mut link = shared.link();
@@ -339,10 +339,13 @@ async fn probe(weak: Weak<Shared>) {
     }
 }
 
-/// One connection, with the script loaded so EVALSHA finds it.
+/// One connection, with the script loaded so EVALSHA finds it and the key checked: a key holding
+/// something else than the budget hash would fail every call, so it counts as not connected
+/// (the probe keeps the local fallback instead of flapping between the two).
 async fn connect(
     client: &redis::Client,
     script: &redis::Script,
+    key: &str,
 ) -> Result<ConnectionManager, String> {
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(CALL_TIMEOUT))
@@ -352,9 +355,16 @@ async fn connect(
     let attempt = async {
         let mut conn = ConnectionManager::new_with_config(client.clone(), config).await?;
         script.prepare_invoke().load_async(&mut conn).await?;
-        Ok::<_, redis::RedisError>(conn)
+        let kind: String = redis::cmd("TYPE").arg(key).query_async(&mut conn).await?;
+        Ok::<_, redis::RedisError>((conn, kind))
     };
-    flatten(tokio::time::timeout(CALL_TIMEOUT * 2, attempt).await)
+    let (conn, kind) = flatten(tokio::time::timeout(CALL_TIMEOUT * 2, attempt).await)?;
+    match kind.as_str() {
+        "none" | "hash" => Ok(conn),
+        other => Err(format!(
+            "key {key} holds a {other}, not the budget hash: choose another [rate_limit].redis_key"
+        )),
+    }
 }
 
 /// A timed-out or failed Redis call as a loggable message (redis errors never carry the URL).
