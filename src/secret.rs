@@ -40,16 +40,23 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
-/// A URL with its password replaced by `***`, for logs (`amqp://guest:***@host:5672/%2f`).
+/// A URL with its password replaced by `***`, for logs (`amqp://guest:***@host:5672/%2f`). The
+/// query and fragment are masked whole: some schemes carry credentials there
+/// (`redis+unix:///s.sock?pass=…`, `amqps://…?certfile=…&password=…`).
 pub fn redact_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut url) if url.password().is_some() => {
-            let _ = url.set_password(Some("***"));
-            url.to_string()
-        }
-        Ok(url) => url.to_string(),
-        Err(_) => "<unparsable url>".to_owned(),
+    let Ok(mut url) = url::Url::parse(raw) else {
+        return "<unparsable url>".to_owned();
+    };
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
     }
+    if url.query().is_some() {
+        url.set_query(Some("***"));
+    }
+    if url.fragment().is_some() {
+        url.set_fragment(Some("***"));
+    }
+    url.to_string()
 }
 
 #[cfg(test)]
@@ -68,6 +75,18 @@ mod tests {
         assert_eq!(
             redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
             "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+    }
+
+    #[test]
+    fn redact_url_masks_credentials_carried_in_the_query() {
+        assert_eq!(
+            redact_url("redis+unix:///run/redis.sock?db=0&pass=hunter2"),
+            "redis+unix:///run/redis.sock?***"
+        );
+        assert_eq!(
+            redact_url("redis://:hunter2@h:6379/0#frag"),
+            "redis://:***@h:6379/0#***"
         );
     }
 
