@@ -73,8 +73,6 @@ pub async fn measure(
             .await
     };
     let (published, consumed) = tokio::join!(publish, consume);
-    published?;
-    consumed?;
     let elapsed = started.elapsed();
     let _ = channel
         .queue_delete(queue.into(), QueueDeleteOptions::default())
@@ -85,6 +83,8 @@ pub async fn measure(
         .channel()
         .close(200, "ceiling measured".into())
         .await;
+    published?;
+    consumed?;
     Ok(Ceiling {
         messages: count,
         elapsed,

@@ -15,7 +15,7 @@ use crate::amqp::{self, Publisher, Topology};
 use crate::harness::emulator::{LocalEmulator, Stats};
 use crate::harness::fresh_prefix;
 use crate::harness::tap::{Settlement, Tap};
-use crate::harness::workers::{WorkerChild, WorkerSpec};
+use crate::harness::workers::{WorkerChild, WorkerSpec, worker_env};
 use crate::secret::redact_url;
 use crate::settings::{RateLimitBackend, Settings};
 
@@ -36,21 +36,6 @@ pub struct Params {
 }
 
 pub async fn run(params: &Params, settings: &Settings) -> anyhow::Result<Report> {
-    let emulator = LocalEmulator::start(&settings.emulator).await?;
-    emulator
-        .create_datastore(&scenario::datastore(params.shape))
-        .await?;
-    if params.rate > 0 {
-        let limit = json!({"requests_per_second": params.rate, "burst": params.emulator_burst});
-        emulator
-            .set_faults(&json!({"rate_limit": limit, "retry_after": true}))
-            .await?;
-    }
-    let prefix = fresh_prefix("cxrel-bench");
-    let topology = Topology::new(
-        prefix.clone(),
-        vec![Duration::from_secs(1), Duration::from_secs(5)],
-    );
     let connection = amqp::connect(&settings.amqp.url, "cxrel bench")
         .await
         .with_context(|| {
@@ -60,11 +45,72 @@ pub async fn run(params: &Params, settings: &Settings) -> anyhow::Result<Report>
             )
         })?;
     let channel = connection.create_channel().await?;
-    amqp::topology::declare(&channel, &topology).await?;
-    let tap = Tap::start(&connection, &topology, false).await?;
-    let workers = start_workers(params, settings, emulator.base(), &prefix).await?;
+    let emulator = LocalEmulator::start(&settings.emulator).await?;
+    let topology = Topology::new(
+        fresh_prefix("cxrel-bench"),
+        vec![Duration::from_secs(1), Duration::from_secs(5)],
+    );
+    let measured = match amqp::topology::declare(&channel, &topology).await {
+        Ok(()) => measure_worker(params, settings, &emulator, &connection, &topology).await,
+        Err(error) => Err(error.into()),
+    };
+    // Whatever happened, the run's queues go; worker processes went with their handles.
+    let _ = amqp::topology::delete(&channel, &topology).await;
+    emulator.shutdown().await;
+    let (published, settled, stats, peak_rss) = measured?;
 
-    let published = enqueue(&connection, &topology, params).await?;
+    let sample = scenario::job_body(params.shape, 0);
+    let ceiling_queue = format!("{}.ceiling", topology.prefix());
+    let count = u64::try_from(params.shape.jobs).unwrap_or(u64::MAX);
+    let ceiling = super::broker::measure(
+        &connection,
+        &ceiling_queue,
+        &sample,
+        count,
+        params.publish_window,
+        settings.worker.prefetch,
+    )
+    .await;
+    let _ = connection.close(200, "bench done".into()).await;
+    let report = report(
+        params,
+        &published,
+        &settled,
+        &stats,
+        peak_rss,
+        ceiling?.per_second(),
+    );
+    Ok(report)
+}
+
+/// What one worker run yields: publish times, settlements, emulator counters, peak RSS per worker.
+type Measured = (
+    HashMap<String, Instant>,
+    HashMap<String, Settlement>,
+    Stats,
+    Vec<f64>,
+);
+
+/// Data store, workers, enqueue, wait: everything between declaring the queues and deleting them.
+async fn measure_worker(
+    params: &Params,
+    settings: &Settings,
+    emulator: &LocalEmulator,
+    connection: &lapin::Connection,
+    topology: &Topology,
+) -> anyhow::Result<Measured> {
+    emulator
+        .create_datastore(&scenario::datastore(params.shape))
+        .await?;
+    if params.rate > 0 {
+        let limit = json!({"requests_per_second": params.rate, "burst": params.emulator_burst});
+        emulator
+            .set_faults(&json!({"rate_limit": limit, "retry_after": true}))
+            .await?;
+    }
+    let tap = Tap::start(connection, topology, false).await?;
+    let workers = start_workers(params, settings, emulator.base(), topology.prefix()).await?;
+    let published = enqueue(connection, topology, params).await?;
     let settled_all = tap.wait_settled(params.shape.jobs, params.timeout).await;
     let peak_rss: Vec<f64> = workers
         .iter()
@@ -77,7 +123,6 @@ pub async fn run(params: &Params, settings: &Settings) -> anyhow::Result<Report>
     let (settled, _) = tap.snapshot();
     tap.close().await;
     if !settled_all {
-        let _ = amqp::topology::delete(&channel, &topology).await;
         bail!(
             "only {} of {} jobs settled within {:?}",
             settled.len(),
@@ -85,31 +130,7 @@ pub async fn run(params: &Params, settings: &Settings) -> anyhow::Result<Report>
             params.timeout
         );
     }
-    amqp::topology::delete(&channel, &topology).await?;
-    emulator.shutdown().await;
-
-    let sample = scenario::job_body(params.shape, 0);
-    let ceiling_queue = format!("{prefix}.ceiling");
-    let count = u64::try_from(params.shape.jobs).unwrap_or(u64::MAX);
-    let prefetch = settings.worker.prefetch;
-    let ceiling = super::broker::measure(
-        &connection,
-        &ceiling_queue,
-        &sample,
-        count,
-        params.publish_window,
-        prefetch,
-    )
-    .await?;
-    let _ = connection.close(200, "bench done".into()).await;
-    Ok(report(
-        params,
-        &published,
-        &settled,
-        &stats,
-        peak_rss,
-        ceiling.per_second(),
-    ))
+    Ok((published, settled, stats, peak_rss))
 }
 
 /// Worker processes sharing the run's budget: with Redis one shared budget of `rate`, locally an
@@ -157,10 +178,7 @@ replicas_hint = {workers}
 "#,
         workers = params.workers
     );
-    let mut env = vec![(
-        "CXREL__AMQP__URL".to_owned(),
-        settings.amqp.url.expose().to_owned(),
-    )];
+    let mut env = worker_env(settings);
     env.push((
         "CXREL__RATE_LIMIT__REDIS_URL".to_owned(),
         settings.rate_limit.redis_url.expose().to_owned(),

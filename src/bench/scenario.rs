@@ -16,7 +16,7 @@ pub struct Shape {
 
 impl Shape {
     pub fn operations(&self) -> usize {
-        self.jobs * self.ops_per_job
+        self.jobs.saturating_mul(self.ops_per_job)
     }
 }
 

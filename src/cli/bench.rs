@@ -50,12 +50,21 @@ pub enum Output {
     Json,
 }
 
+/// Largest run: 2,000,000 operations (4,000,000 emulator records).
+const MAX_OPERATIONS: usize = 2_000_000;
+
 pub async fn run(args: BenchArgs, settings: Settings) -> anyhow::Result<i32> {
     anyhow::ensure!(
         args.jobs > 0 && args.ops_per_job > 0,
         "--jobs and --ops-per-job must be > 0"
     );
     anyhow::ensure!((1..=16).contains(&args.workers), "--workers must be 1..=16");
+    // Two records per operation are built in memory for the emulator: keep it to a few GB.
+    let operations = args.jobs.checked_mul(args.ops_per_job);
+    anyhow::ensure!(
+        operations.is_some_and(|ops| ops <= MAX_OPERATIONS),
+        "--jobs × --ops-per-job must be at most {MAX_OPERATIONS}"
+    );
     let shape = Shape {
         jobs: args.jobs,
         ops_per_job: args.ops_per_job,
@@ -80,10 +89,12 @@ pub async fn run(args: BenchArgs, settings: Settings) -> anyhow::Result<i32> {
         eprintln!("cxrel bench: {params:?}");
     }
     let report = run::run(&params, &settings).await?;
-    match args.output {
-        Output::Table => print!("{}", report.table()),
-        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-    }
+    let text = match args.output {
+        Output::Table => report.table(),
+        Output::Json => serde_json::to_string_pretty(&report)? + "\n",
+    };
+    // A closed stdout (`| head`) is not worth a panic.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
     Ok(0)
 }
 
@@ -95,5 +106,5 @@ fn default_timeout(shape: Shape, rate: u32) -> Duration {
     } else {
         ops / f64::from(rate)
     };
-    Duration::from_secs_f64(base * 3.0 + 60.0)
+    Duration::try_from_secs_f64(base * 3.0 + 60.0).unwrap_or(Duration::from_secs(24 * 3600))
 }

@@ -17,7 +17,7 @@ use crate::harness::emulator::LocalEmulator;
 use crate::harness::fresh_prefix;
 use crate::harness::sample::{self, Expect, SampleJob};
 use crate::harness::tap::{Settlement, Tap};
-use crate::harness::workers::{WorkerChild, WorkerSpec};
+use crate::harness::workers::{WorkerChild, WorkerSpec, worker_env};
 use crate::secret::redact_url;
 use crate::settings::Settings;
 
@@ -33,17 +33,18 @@ pub struct DemoArgs {
 
 const RECEIVER: &str = "demo";
 
+/// `println!` that ignores a closed stdout (`cxrel demo | head`), so cleanup still runs.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub async fn run(args: DemoArgs, settings: Settings) -> anyhow::Result<i32> {
     let seed: Value = serde_json::from_str(sample::SEED_JSON).context("bundled seed")?;
     let datastore = &seed["datastores"][0];
     let batch = sample::batch(datastore).context("the bundled seed cannot make a sample batch")?;
-    let emulator = LocalEmulator::start(&settings.emulator).await?;
-    emulator.create_datastore(datastore).await?;
-    let secret = webhook_secret();
-    let hook = emulator.webhook_receiver(RECEIVER, &secret).await?;
-
-    let prefix = fresh_prefix("cxrel-demo");
-    let topology = Topology::new(prefix.clone(), vec![Duration::from_millis(500)]);
     let connection = amqp::connect(&settings.amqp.url, "cxrel demo")
         .await
         .with_context(|| {
@@ -53,29 +54,67 @@ pub async fn run(args: DemoArgs, settings: Settings) -> anyhow::Result<i32> {
             )
         })?;
     let channel = connection.create_channel().await?;
-    amqp::topology::declare(&channel, &topology).await?;
-    let tap = Tap::start(&connection, &topology, true).await?;
+    let emulator = LocalEmulator::start(&settings.emulator).await?;
+    let topology = Topology::new(fresh_prefix("cxrel-demo"), vec![Duration::from_millis(500)]);
+    let result = match amqp::topology::declare(&channel, &topology).await {
+        Ok(()) => {
+            run_batch(
+                &args,
+                &settings,
+                &emulator,
+                &connection,
+                &topology,
+                datastore,
+                &batch,
+            )
+            .await
+        }
+        Err(error) => Err(error.into()),
+    };
+    // Whatever happened above, the demo's queues go (unless kept after a clean run).
+    if args.keep && result.is_ok() {
+        say!(
+            "\nqueues kept: CXREL__AMQP__PREFIX={} cxrel dlq list",
+            topology.prefix()
+        );
+    } else {
+        let _ = amqp::topology::delete(&channel, &topology).await;
+    }
+    emulator.shutdown().await;
+    let _ = connection.close(200, "demo done".into()).await;
+    result
+}
 
-    let config = worker_toml(emulator.base(), &prefix, &hook, &secret);
-    let env = vec![(
-        "CXREL__AMQP__URL".to_owned(),
-        settings.amqp.url.expose().to_owned(),
-    )];
+/// Everything between declaring the queues and deleting them; returns the exit code.
+async fn run_batch(
+    args: &DemoArgs,
+    settings: &Settings,
+    emulator: &LocalEmulator,
+    connection: &lapin::Connection,
+    topology: &Topology,
+    datastore: &Value,
+    batch: &[SampleJob],
+) -> anyhow::Result<i32> {
+    emulator.create_datastore(datastore).await?;
+    let secret = webhook_secret();
+    let hook = emulator.webhook_receiver(RECEIVER, &secret).await?;
+    let tap = Tap::start(connection, topology, true).await?;
+    let config = worker_toml(emulator.base(), topology.prefix(), &hook, &secret);
     let spec = WorkerSpec {
         config_toml: &config,
-        env,
-        name: &prefix,
+        env: worker_env(settings),
+        name: topology.prefix(),
     };
     let worker = WorkerChild::spawn(&spec, 1).await?;
     worker.wait_ready(Duration::from_secs(30)).await?;
-    println!(
-        "cxrel demo: emulator {}, queues {prefix}.*, worker {}",
+    say!(
+        "cxrel demo: emulator {}, queues {}.*, worker log {}",
         emulator.base(),
+        topology.prefix(),
         worker.log.display()
     );
-
-    let publisher = Publisher::open(&connection).await?;
-    for job in &batch {
+    let publisher = Publisher::open(connection).await?;
+    for job in batch {
         let props = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_message_id(job.id.clone().into());
@@ -83,7 +122,7 @@ pub async fn run(args: DemoArgs, settings: Settings) -> anyhow::Result<i32> {
             .to_queue(&topology.jobs(), &job.body, props)
             .await?;
     }
-    println!(
+    say!(
         "enqueued {} jobs; waiting for them to settle…\n",
         batch.len()
     );
@@ -92,23 +131,16 @@ pub async fn run(args: DemoArgs, settings: Settings) -> anyhow::Result<i32> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (settled, events) = tap.snapshot();
     tap.close().await;
-    let hooks = wait_webhooks(&emulator, events.len()).await?;
-    let dead = amqp_depth(&channel, &topology.dead()).await;
-
-    let ok = print_jobs(&batch, &settled, &events);
-    print_totals(&events, &hooks, dead);
-    print_stored(&emulator, &batch[0]).await;
-    if !all_settled {
-        println!("\nnot every job settled within {:?}", args.timeout);
-    }
-
+    let hooks = wait_webhooks(emulator, events.len()).await?;
+    let dead = amqp_depth(publisher.channel(), &topology.dead()).await;
     worker.stop(Duration::from_secs(15)).await;
-    if args.keep {
-        println!("\nqueues kept: CXREL__AMQP__PREFIX={prefix} cxrel dlq list");
-    } else {
-        amqp::topology::delete(&channel, &topology).await?;
+
+    let ok = print_jobs(batch, &settled, &events);
+    print_totals(&events, &hooks, dead);
+    print_stored(emulator, &batch[0]).await;
+    if !all_settled {
+        say!("\nnot every job settled within {:?}", args.timeout);
     }
-    emulator.shutdown().await;
     Ok(if ok && all_settled { 0 } else { 1 })
 }
 
@@ -226,7 +258,7 @@ fn print_jobs(
     settled: &std::collections::HashMap<String, Settlement>,
     events: &[Value],
 ) -> bool {
-    println!("{:<26} {:<34} WHAT HAPPENED", "JOB", "EXPECTED");
+    say!("{:<26} {:<34} WHAT HAPPENED", "JOB", "EXPECTED");
     let mut all_ok = true;
     for job in batch {
         let result = JobResult::of(&job.id, settled.get(&job.id), events);
@@ -238,7 +270,7 @@ fn print_jobs(
             "not settled".to_owned()
         };
         let mark = if ok { "" } else { "  <- unexpected" };
-        println!("{:<26} {:<34} {what}{mark}", job.id, job.expect.to_string());
+        say!("{:<26} {:<34} {what}{mark}", job.id, job.expect.to_string());
     }
     all_ok
 }
@@ -248,17 +280,17 @@ fn print_totals(events: &[Value], hooks: &[Value], dead: Option<u32>) {
     for event in events {
         *by_type.entry(text(&event["type"])).or_default() += 1;
     }
-    println!("\nevents published:");
+    say!("\nevents published:");
     for (ty, n) in &by_type {
-        println!("  {ty:<32} {n}");
+        say!("  {ty:<32} {n}");
     }
     let verified = hooks.iter().filter(|d| d["verified"] == true).count();
-    println!(
+    say!(
         "webhooks: {} delivered, {verified} with a valid signature",
         hooks.len()
     );
     if let Some(dead) = dead {
-        println!("dead-letter queue: {dead} messages (reason in x-cxrel-error-code)");
+        say!("dead-letter queue: {dead} messages (reason in x-cxrel-error-code)");
     }
 }
 
@@ -276,7 +308,7 @@ async fn print_stored(emulator: &LocalEmulator, job: &SampleJob) {
     if let Ok(record) = emulator.record(&ds, &parent).await {
         let name = text(&record["fields"]["name"]);
         let ids = &record["fields"][&field]["ids"];
-        println!(
+        say!(
             "data store: {ds}/{parent} ({name}) now holds {field} = {ids}, version {}",
             record["_version"]
         );

@@ -9,6 +9,8 @@ use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use crate::settings::Settings;
+
 /// A running worker process.
 pub struct WorkerChild {
     child: Child,
@@ -21,7 +23,7 @@ pub struct WorkerChild {
 
 /// What every worker of one run gets.
 pub struct WorkerSpec<'a> {
-    /// TOML layered over the defaults (no secrets: those go in `env`).
+    /// TOML layered over the defaults; written readable by the owner only, removed on drop.
     pub config_toml: &'a str,
     /// Extra environment (`CXREL__…` secrets such as the AMQP URL).
     pub env: Vec<(String, String)>,
@@ -35,13 +37,18 @@ impl WorkerChild {
         let dir = std::env::temp_dir();
         let config = dir.join(format!("{}-{n}.toml", spec.name));
         let log = dir.join(format!("{}-{n}.log", spec.name));
-        std::fs::write(&config, spec.config_toml).context("write worker settings")?;
+        write_private(&config, spec.config_toml).context("write worker settings")?;
         let log_file = std::fs::File::create(&log).context("create worker log")?;
         let exe = std::env::current_exe().context("locate the cxrel binary")?;
-        let mut child = Command::new(exe)
-            .arg("--config")
-            .arg(&config)
-            .arg("worker")
+        let mut command = Command::new(exe);
+        command.arg("--config").arg(&config).arg("worker");
+        // The generated settings must win: an inherited CXREL__… variable would override them.
+        for (key, _) in std::env::vars_os() {
+            if inherited_setting(&key) {
+                command.env_remove(key);
+            }
+        }
+        let mut child = command
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .env("CXREL__WORKER__INSTANCE", format!("{}-{n}", spec.name))
             .stdin(Stdio::null())
@@ -52,11 +59,17 @@ impl WorkerChild {
             .context("start a worker process")?;
         let pid = child.id().context("worker exited at once")?;
         let stdout = child.stdout.take().context("worker stdout")?;
-        let http = tokio::time::timeout(Duration::from_secs(30), read_address(stdout))
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!("worker did not start within 30 s; see {}", log.display())
-            })??;
+        let http = match tokio::time::timeout(Duration::from_secs(30), read_address(stdout)).await {
+            Ok(Ok(url)) => url,
+            failed => {
+                let _ = std::fs::remove_file(&config);
+                let why = match failed {
+                    Ok(Err(error)) => error.to_string(),
+                    _ => "it did not start within 30 s".to_owned(),
+                };
+                bail!("worker process failed: {why}; see {}", log.display());
+            }
+        };
         Ok(Self {
             child,
             pid,
@@ -97,16 +110,67 @@ impl WorkerChild {
     /// SIGTERM, then waits up to `timeout` for the drain; kills it after that.
     pub async fn stop(mut self, timeout: Duration) -> Option<i32> {
         send_signal(self.pid, "TERM");
-        let code = match tokio::time::timeout(timeout, self.child.wait()).await {
+        match tokio::time::timeout(timeout, self.child.wait()).await {
             Ok(Ok(status)) => status.code(),
             _ => {
                 let _ = self.child.kill().await;
                 None
             }
-        };
-        let _ = std::fs::remove_file(&self.config);
-        code
+        }
     }
+}
+
+impl Drop for WorkerChild {
+    /// The process goes with `kill_on_drop`; its settings file goes here, on every path.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+/// Secrets and credentials go to the worker through its environment, never its settings file: the
+/// broker URL, and the emulator's own credentials so the worker can log in whatever [cxone.auth]
+/// says.
+pub fn worker_env(settings: &Settings) -> Vec<(String, String)> {
+    let e = &settings.emulator;
+    [
+        ("CXREL__AMQP__URL", settings.amqp.url.expose()),
+        ("CXREL__CXONE__AUTH__MODE", "cxone"),
+        ("CXREL__CXONE__AUTH__CLIENT_ID", e.client_id.as_str()),
+        (
+            "CXREL__CXONE__AUTH__CLIENT_SECRET",
+            e.client_secret.expose(),
+        ),
+        (
+            "CXREL__CXONE__AUTH__ACCESS_KEY_ID",
+            e.access_key_id.as_str(),
+        ),
+        (
+            "CXREL__CXONE__AUTH__ACCESS_KEY_SECRET",
+            e.access_key_secret.expose(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// `CXREL_ENV` and `CXREL__…` variables of this process, which the child must not inherit.
+fn inherited_setting(key: &std::ffi::OsStr) -> bool {
+    key.to_str()
+        .is_some_and(|k| k == "CXREL_ENV" || k.starts_with("CXREL__"))
+}
+
+/// Writes a file only its owner can read: it may hold webhook secrets.
+fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())
 }
 
 /// Sends a real signal through `kill(1)`, so no unsafe code is needed here.
