@@ -154,7 +154,7 @@ impl Report {
     pub fn summary_line(&self) -> String {
         let s = &self.summary;
         format!(
-            "{} jobs, {} operations: {} would apply, {} no-op, {} rejected, {} blocked; {} jobs with rejections ({} unreadable)",
+            "{} jobs, {} operations: {} would apply, {} no-op, {} rejected, {} blocked; {} jobs with rejections ({} rejected before validation)",
             s.jobs,
             s.operations,
             s.apply,
@@ -294,7 +294,7 @@ mod tests {
         assert_eq!(&lines[3][verdict_col..verdict_col + 7], "blocked");
         assert_eq!(
             lines[4],
-            "2 jobs, 3 operations: 1 would apply, 0 no-op, 1 rejected, 1 blocked; 1 jobs with rejections (0 unreadable)"
+            "2 jobs, 3 operations: 1 would apply, 0 no-op, 1 rejected, 1 blocked; 1 jobs with rejections (0 rejected before validation)"
         );
     }
 
