@@ -34,20 +34,20 @@ pub struct Cli {
 pub enum Command {
     /// Consume jobs: validate, apply, publish events, retry and dead-letter (the main job).
     Worker,
-    /// Run the bundled data-store emulator (auth, records API, faults, webhook receiver).
-    Emulator(emulator::EmulatorArgs),
     /// Publish jobs from a file (JSON array, object or JSON Lines; `-` = stdin) to the jobs queue.
     Enqueue(enqueue::EnqueueArgs),
+    /// Dry run: what a job file would apply or have rejected against the live data store (read-only).
+    Validate(validate::ValidateArgs),
     /// Inspect, replay, purge or export dead letters.
     Dlq(dlq::DlqArgs),
+    /// Manage the broker topology (queues and exchanges named from [amqp].prefix).
+    Topology(topology::TopologyArgs),
+    /// Run the bundled data-store emulator (auth, records API, faults, webhook receiver).
+    Emulator(emulator::EmulatorArgs),
     /// Run emulator, worker and a sample batch on this machine and print what happened.
     Demo(demo::DemoArgs),
     /// Throughput run: emulator, worker processes and enqueue; jobs/s, latency, memory, broker ceiling.
     Bench(bench::BenchArgs),
-    /// Manage the broker topology (queues and exchanges named from [amqp].prefix).
-    Topology(topology::TopologyArgs),
-    /// Dry run: what a job file would apply or have rejected against the live data store (read-only).
-    Validate(validate::ValidateArgs),
 }
 
 impl Cli {
