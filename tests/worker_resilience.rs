@@ -5,61 +5,14 @@ mod broker;
 mod common;
 mod workers;
 
-use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{EmulatorProcess, named_record};
 use cxrel::amqp::{Publisher, headers};
-use serde_json::{Value, json};
+use serde_json::json;
+use workers::pairs::{assert_pairs_stored, completed, emulator_with, pair_jobs};
 use workers::{
-    EventTap, WorkerOptions, WorkerProcess, job, op, publish_jobs, rid, stored_ids, worker_config,
-    worker_config_with,
+    EventTap, WorkerOptions, WorkerProcess, publish_jobs, worker_config, worker_config_with,
 };
-
-const FIELD: &str = "parent_child_link";
-
-fn completed(events: &[Value]) -> HashSet<String> {
-    events
-        .iter()
-        .filter(|e| e["type"] == "cxrel.job.completed")
-        .filter_map(|e| e["data"]["job_id"].as_str().map(str::to_owned))
-        .collect()
-}
-
-/// `n` one-operation jobs: parent r(2i) gets child r(2i+1).
-fn pair_jobs(prefix: &str, n: usize) -> Vec<Value> {
-    (0..n)
-        .map(|i| {
-            job(
-                &format!("{prefix}-{i}"),
-                "accounts",
-                true,
-                vec![op(&rid("r", 2 * i), FIELD, &[&rid("r", 2 * i + 1)])],
-            )
-        })
-        .collect()
-}
-
-async fn emulator_with(records: usize) -> EmulatorProcess {
-    let emu = EmulatorProcess::spawn();
-    let list: Vec<Value> = (0..records)
-        .map(|n| named_record(&rid("r", n), "x"))
-        .collect();
-    emu.create_test_datastore("accounts", Value::Array(list))
-        .await;
-    emu
-}
-
-async fn assert_pairs_stored(emu: &EmulatorProcess, n: usize) {
-    for i in 0..n {
-        let (_, record) = emu.get_record("accounts", &rid("r", 2 * i)).await;
-        assert_eq!(
-            stored_ids(&record, FIELD),
-            vec![rid("r", 2 * i + 1)],
-            "job {i}"
-        );
-    }
-}
 
 #[tokio::test]
 async fn injected_5xx_and_429_are_retried_until_every_job_completes() {

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use cxrel::amqp::Topology;
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeleteOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::{Channel, Connection, ConnectionProperties, message::BasicGetMessage};
 
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -64,19 +64,5 @@ pub async fn take(
 
 /// Deletes every queue and the exchange of `topology`, ignoring what does not exist.
 pub async fn teardown(channel: &Channel, topology: &Topology) {
-    let mut queues = vec![topology.jobs(), topology.dead(), topology.webhooks_dead()];
-    queues.extend(
-        topology
-            .retry_delays()
-            .iter()
-            .map(|d| topology.retry_queue(*d)),
-    );
-    for queue in queues {
-        let _ = channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    let _ = channel
-        .exchange_delete(topology.events().into(), Default::default())
-        .await;
+    let _ = cxrel::amqp::topology::delete(channel, topology).await;
 }

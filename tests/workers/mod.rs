@@ -2,6 +2,8 @@
 //! talking to a test's emulator and its own queue prefix, plus an events tap on the events exchange.
 #![allow(dead_code)]
 
+pub mod pairs;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
