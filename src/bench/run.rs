@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use futures::StreamExt;
 use lapin::BasicProperties;
 use serde_json::json;
@@ -13,10 +13,9 @@ use super::report::{Report, millis, quantile};
 use super::scenario::{self, Shape};
 use crate::amqp::{self, Publisher, Topology};
 use crate::harness::emulator::{LocalEmulator, Stats};
-use crate::harness::fresh_prefix;
 use crate::harness::tap::{Settlement, Tap};
 use crate::harness::workers::{WorkerChild, WorkerSpec, worker_env};
-use crate::secret::redact_url;
+use crate::harness::{connect_broker, fresh_prefix};
 use crate::settings::{RateLimitBackend, Settings};
 
 /// What to run.
@@ -36,14 +35,7 @@ pub struct Params {
 }
 
 pub async fn run(params: &Params, settings: &Settings) -> anyhow::Result<Report> {
-    let connection = amqp::connect(&settings.amqp.url, "cxrel bench")
-        .await
-        .with_context(|| {
-            format!(
-                "cannot reach RabbitMQ at {}",
-                redact_url(settings.amqp.url.expose())
-            )
-        })?;
+    let connection = connect_broker(settings, "cxrel bench").await?;
     let channel = connection.create_channel().await?;
     let emulator = LocalEmulator::start(&settings.emulator).await?;
     let topology = Topology::new(

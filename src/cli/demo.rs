@@ -14,11 +14,10 @@ use serde_json::Value;
 
 use crate::amqp::{self, Publisher, Topology};
 use crate::harness::emulator::LocalEmulator;
-use crate::harness::fresh_prefix;
 use crate::harness::sample::{self, Expect, SampleJob};
 use crate::harness::tap::{Settlement, Tap};
 use crate::harness::workers::{WorkerChild, WorkerSpec, worker_env};
-use crate::secret::redact_url;
+use crate::harness::{connect_broker, fresh_prefix};
 use crate::settings::Settings;
 
 #[derive(Debug, Args)]
@@ -45,14 +44,7 @@ pub async fn run(args: DemoArgs, settings: Settings) -> anyhow::Result<i32> {
     let seed: Value = serde_json::from_str(sample::SEED_JSON).context("bundled seed")?;
     let datastore = &seed["datastores"][0];
     let batch = sample::batch(datastore).context("the bundled seed cannot make a sample batch")?;
-    let connection = amqp::connect(&settings.amqp.url, "cxrel demo")
-        .await
-        .with_context(|| {
-            format!(
-                "cannot reach RabbitMQ at {} (start it with `rabbitmq-server -detached`)",
-                redact_url(settings.amqp.url.expose())
-            )
-        })?;
+    let connection = connect_broker(&settings, "cxrel demo").await?;
     let channel = connection.create_channel().await?;
     let emulator = LocalEmulator::start(&settings.emulator).await?;
     let topology = Topology::new(fresh_prefix("cxrel-demo"), vec![Duration::from_millis(500)]);

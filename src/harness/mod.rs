@@ -15,3 +15,17 @@ pub fn fresh_prefix(base: &str) -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();
     format!("{base}-{}", &id[..8])
 }
+
+/// Connects to `[amqp].url` with an error that names the broker (password hidden) and how to start it.
+pub async fn connect_broker(
+    settings: &crate::settings::Settings,
+    name: &str,
+) -> anyhow::Result<lapin::Connection> {
+    let url = &settings.amqp.url;
+    crate::amqp::connect(url, name).await.map_err(|error| {
+        anyhow::anyhow!(
+            "cannot reach RabbitMQ at {} ({error}); start it with `rabbitmq-server -detached`",
+            crate::secret::redact_url(url.expose())
+        )
+    })
+}
