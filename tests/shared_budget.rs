@@ -118,6 +118,16 @@ async fn three_workers_sharing_one_budget_stay_within_the_store_limit() {
         "429s above 1%: {throttled} of {total}"
     );
     assert!(peak <= 110, "peak 1-s count {peak}");
+    // The budget was shared by three workers that all took part, not held by one of them.
+    for worker in &workers {
+        let metrics = worker.metrics().await;
+        let applied = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("cxrel_operations_total{outcome=\"applied\"}"))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        assert!(applied > 0.0, "worker {} applied nothing", worker.http);
+    }
     assert_eq!(
         broker::take(&channel, &topology.dead(), 1, Duration::from_millis(300))
             .await
