@@ -82,7 +82,13 @@ async fn calls_are_measured_and_secrets_never_reach_the_logs() {
         "debug lines are logged"
     );
     assert!(logs.contains("correlation_id"), "with the correlation id");
-    for secret in [CLIENT_SECRET, ACCESS_KEY_SECRET, "Bearer ", "access_token"] {
+    for secret in [
+        CLIENT_SECRET,
+        ACCESS_KEY_SECRET,
+        "Bearer ",
+        "Basic ",
+        "access_token",
+    ] {
         assert!(!logs.contains(secret), "{secret:?} appears in the logs");
     }
 }

@@ -34,9 +34,9 @@ pub enum DlqAction {
     Replay {
         #[command(flatten)]
         filter: FilterArgs,
-        /// Most messages replayed.
-        #[arg(long, default_value_t = u64::MAX)]
-        limit: u64,
+        /// Most messages replayed (default: all that match).
+        #[arg(long)]
+        limit: Option<u64>,
         /// Print what would be replayed; change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -99,7 +99,7 @@ pub async fn run(args: DlqArgs, settings: Settings) -> anyhow::Result<i32> {
             let chosen: Vec<_> = letters
                 .iter()
                 .filter(|l| filter.matches(l, now))
-                .take(usize::try_from(limit).unwrap_or(usize::MAX))
+                .take(limit.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX)))
                 .collect();
             for letter in &chosen {
                 println!("would replay {}", describe(letter));
@@ -112,6 +112,7 @@ pub async fn run(args: DlqArgs, settings: Settings) -> anyhow::Result<i32> {
             0
         }
         DlqAction::Replay { filter, limit, .. } => {
+            let limit = limit.unwrap_or(u64::MAX);
             let report = dlq::replay(&connection, &topology, &Filter::from(&filter), limit).await?;
             for id in &report.job_ids {
                 println!("replayed {id}");
