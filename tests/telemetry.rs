@@ -1,0 +1,78 @@
+//! Log output as operators configure it: `[log].format` json / human / auto, `[log].level`, and no
+//! password in what a failing command prints.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// `cxrel topology declare` against a closed port: fails at once with an error log line.
+fn failing_command(envs: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cxrel"));
+    command
+        .args(["topology", "declare"])
+        .env_remove("CXREL_ENV")
+        .env_remove("RUST_LOG")
+        .env("CXREL__AMQP__URL", "amqp://guest:secretpw@127.0.0.1:1/%2f");
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    command.output().expect("run cxrel")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn json_format_writes_one_json_object_per_log_line() {
+    let out = failing_command(&[("CXREL__LOG__FORMAT", "json")]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stderr(&out);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .expect("a JSON line");
+    let event: Value = serde_json::from_str(line).expect("valid JSON");
+    assert_eq!(event["level"], "ERROR", "{event}");
+    assert!(event["timestamp"].is_string());
+}
+
+#[test]
+fn auto_format_is_json_when_stderr_is_not_a_terminal() {
+    let text = stderr(&failing_command(&[("CXREL__LOG__FORMAT", "auto")]));
+    assert!(
+        text.lines()
+            .any(|l| serde_json::from_str::<Value>(l).is_ok()),
+        "{text}"
+    );
+}
+
+#[test]
+fn human_format_is_not_json() {
+    let text = stderr(&failing_command(&[("CXREL__LOG__FORMAT", "human")]));
+    assert!(text.contains("ERROR"), "{text}");
+    assert!(
+        !text
+            .lines()
+            .any(|l| serde_json::from_str::<Value>(l).is_ok()),
+        "{text}"
+    );
+}
+
+#[test]
+fn level_off_silences_the_log_but_not_the_error_message() {
+    let text = stderr(&failing_command(&[("CXREL__LOG__LEVEL", "off")]));
+    assert!(!text.contains("ERROR"), "{text}");
+    assert!(text.starts_with("cxrel: "), "{text}");
+}
+
+#[test]
+fn the_broker_password_never_appears() {
+    for format in ["json", "human"] {
+        let text = stderr(&failing_command(&[
+            ("CXREL__LOG__FORMAT", format),
+            ("CXREL__LOG__LEVEL", "trace"),
+        ]));
+        assert!(!text.contains("secretpw"), "{format}: {text}");
+    }
+}
