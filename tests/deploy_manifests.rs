@@ -68,6 +68,19 @@ fn env_vars(value: &Value, out: &mut Vec<(String, Option<String>)>) {
     }
 }
 
+/// `CXREL__X=value` assignments in a non-YAML file (Dockerfile `ENV`, systemd `Environment=`).
+fn text_vars(path: &str, out: &mut Vec<(String, Option<String>)>) {
+    let text = std::fs::read_to_string(path).unwrap();
+    for word in text.split(|c: char| c.is_whitespace() || c == '\\') {
+        let word = word.strip_prefix("Environment=").unwrap_or(word);
+        if let Some((name, value)) = word.split_once('=')
+            && name.starts_with("CXREL__")
+        {
+            out.push((name.to_owned(), Some(value.trim_matches('"').to_owned())));
+        }
+    }
+}
+
 /// `CXREL__CXONE__AUTH__MODE` → `cxone.auth.mode`.
 fn setting_path(var: &str) -> Option<String> {
     var.strip_prefix("CXREL__")
@@ -87,6 +100,13 @@ fn every_cxrel_variable_in_the_manifests_names_a_setting_and_its_literal_value_l
     for (_, doc) in manifests() {
         env_vars(&doc, &mut vars);
     }
+    let before = vars.len();
+    text_vars("deploy/Dockerfile", &mut vars);
+    text_vars("deploy/systemd/cxrel.service", &mut vars);
+    assert!(
+        vars.len() >= before + 3,
+        "Dockerfile ENV and systemd Environment= read"
+    );
     let cxrel_vars: Vec<_> = vars
         .iter()
         .filter(|(n, _)| n.starts_with("CXREL__"))
