@@ -200,9 +200,32 @@ fn object_item(index: u64, line: u64, json: String) -> Result<Item, BadItem> {
     }
 }
 
+/// The `job_id` a job in the file declares, if any (non-empty), read without parsing the job.
+pub fn declared_job_id(json: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        job_id: Option<String>,
+    }
+    serde_json::from_str::<Peek>(json)
+        .ok()?
+        .job_id
+        .filter(|id| !id.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_declared_job_id_is_read_without_parsing_the_job() {
+        assert_eq!(
+            declared_job_id(r#"{"job_id":"j-1","operations":[]}"#).as_deref(),
+            Some("j-1")
+        );
+        assert_eq!(declared_job_id(r#"{"parentId":"p"}"#), None);
+        assert_eq!(declared_job_id(r#"{"job_id":""}"#), None);
+        assert_eq!(declared_job_id("not json"), None);
+    }
 
     fn read(text: &str) -> Vec<Result<Item, BadItem>> {
         let mut out = Vec::new();

@@ -140,7 +140,10 @@ async fn settle_one<F: std::future::Future<Output = Result<(), String>>>(
 }
 
 async fn publish_one(publisher: &Publisher, queue: &str, item: Item) -> Result<(), String> {
-    let message_id = job_id_of(&item.json).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    // The job's own id, so the message id (the worker's default job id) matches it.
+    let message_id = jobfile::declared_job_id(&item.json)
+        .filter(|id| id.len() <= 128)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let properties = BasicProperties::default()
         .with_content_type("application/json".into())
         .with_message_id(message_id.into());
@@ -148,18 +151,6 @@ async fn publish_one(publisher: &Publisher, queue: &str, item: Item) -> Result<(
         .to_queue(queue, item.json.as_bytes(), properties)
         .await
         .map_err(|e| format!("job {}: {e}", item.index))
-}
-
-/// The job's own `job_id`, so the message id (the worker's default job id) matches it.
-fn job_id_of(json: &str) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct JobId {
-        job_id: Option<String>,
-    }
-    serde_json::from_str::<JobId>(json)
-        .ok()?
-        .job_id
-        .filter(|id| !id.is_empty() && id.len() <= 128)
 }
 
 /// The input and, for a regular file, its size in bytes.
@@ -217,20 +208,5 @@ fn print_summary(summary: &Summary, elapsed: Duration, queue: &str) {
     }
     if let Some(bad) = &summary.aborted {
         println!("aborted at {bad}; nothing after it was published");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_message_id_follows_the_jobs_own_id() {
-        assert_eq!(
-            job_id_of(r#"{"job_id":"j-1","operations":[]}"#).as_deref(),
-            Some("j-1")
-        );
-        assert_eq!(job_id_of(r#"{"parentId":"p"}"#), None);
-        assert_eq!(job_id_of(r#"{"job_id":""}"#), None);
     }
 }

@@ -108,7 +108,7 @@ impl Checker {
 
     /// One entry's report; `Err` only for operational failures (store unreachable, auth refused).
     async fn check(&mut self, item: &Item) -> anyhow::Result<JobReport> {
-        let own_id = own_job_id(&item.json);
+        let own_id = crate::jobfile::declared_job_id(&item.json);
         // A stable placeholder, so a job without an id does not get a random one.
         let ctx = self
             .parse
@@ -167,18 +167,6 @@ fn job_level(ds: &str, error: LoadError) -> anyhow::Result<JobError> {
             "reading data store {ds:?} failed; check that [cxone].api_base is reachable and the credentials in [cxone.auth]"
         ))),
     }
-}
-
-/// The job's own `job_id`, when the file gives one.
-fn own_job_id(json: &str) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Peek {
-        job_id: Option<String>,
-    }
-    serde_json::from_str::<Peek>(json)
-        .ok()?
-        .job_id
-        .filter(|id| !id.is_empty())
 }
 
 fn item_line(item: &Item) -> Option<u64> {
@@ -361,17 +349,6 @@ fn apply_in_memory(entry: &DsGraph, plan: &Plan) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_jobs_own_id_is_reported_and_a_missing_one_stays_empty() {
-        assert_eq!(
-            own_job_id(r#"{"job_id":"j-1","operations":[]}"#).as_deref(),
-            Some("j-1")
-        );
-        assert_eq!(own_job_id(r#"{"parentId":"p"}"#), None);
-        assert_eq!(own_job_id(r#"{"job_id":""}"#), None);
-        assert_eq!(own_job_id("not json"), None);
-    }
 
     #[test]
     fn an_unreadable_entry_says_whether_reading_stopped() {
