@@ -48,6 +48,11 @@ async fn injected_5xx_and_429_are_retried_until_every_job_completes() {
         stats["injected_error_count"].as_u64().unwrap() > 0,
         "faults were injected: {stats}"
     );
+    // ~60 requests at the client's 60 rps against the store's 40 rps: the store must have said 429.
+    assert!(
+        stats["throttled_count"].as_u64().unwrap() > 0,
+        "the store throttled: {stats}"
+    );
     assert_eq!(
         broker::take(&channel, &topology.dead(), 1, Duration::from_millis(500))
             .await
