@@ -128,13 +128,7 @@ async fn three_workers_sharing_one_budget_stay_within_the_store_limit() {
             .unwrap_or(0.0);
         assert!(applied > 0.0, "worker {} applied nothing", worker.http);
     }
-    assert_eq!(
-        broker::take(&channel, &topology.dead(), 1, Duration::from_millis(300))
-            .await
-            .len(),
-        0,
-        "nothing dead-lettered"
-    );
+    broker::assert_no_dead_letters(&channel, &topology).await;
     drop(workers);
     broker::teardown(&channel, &topology).await;
 }
@@ -175,13 +169,7 @@ async fn a_worker_killed_mid_drain_loses_no_job() {
         .await;
     assert!(done, "{} of {JOBS} completed", completed(&tap.events).len());
     assert_pairs_stored(&emu, JOBS).await;
-    assert_eq!(
-        broker::take(&channel, &topology.dead(), 1, Duration::from_millis(300))
-            .await
-            .len(),
-        0,
-        "nothing dead-lettered"
-    );
+    broker::assert_no_dead_letters(&channel, &topology).await;
     drop(workers);
     broker::teardown(&channel, &topology).await;
 }

@@ -68,15 +68,22 @@ async fn counter_reaches(
     false
 }
 
-const RETRIED: &str = "cxrel_jobs_total{outcome=\"retried\"}";
+/// Hold-queue delays of the retry tests: long enough in total to outlast the faults they inject.
+const HOLD_DELAYS_MS: [u64; 5] = [300, 600, 1200, 2400, 4800];
 
-#[tokio::test]
-async fn jobs_wait_in_the_hold_queues_while_the_store_fails_and_complete_when_it_recovers() {
-    let emu = emulator_with(20).await;
-    let mut q = queues("hold", &[300, 600, 1200, 2400, 4800]).await;
+/// A worker on `q`'s prefix with the hold delays of `HOLD_DELAYS_MS`, ready to consume.
+async fn ready_worker(
+    emu: &common::EmulatorProcess,
+    q: &Bench,
+    client_attempts: u32,
+) -> WorkerProcess {
     let options = WorkerOptions {
-        retry_delays: r#""300ms", "600ms", "1200ms", "2400ms", "4800ms""#,
-        client_attempts: 1,
+        // The same delays as the test's topology (leaked once per test: a test process is short).
+        retry_delays: HOLD_DELAYS_MS
+            .map(|ms| format!("\"{ms}ms\""))
+            .join(", ")
+            .leak(),
+        client_attempts,
         ..WorkerOptions::default()
     };
     let worker = WorkerProcess::spawn(&worker_config_with(
@@ -85,6 +92,16 @@ async fn jobs_wait_in_the_hold_queues_while_the_store_fails_and_complete_when_it
         &options,
     ));
     worker.wait_ready(Duration::from_secs(30)).await;
+    worker
+}
+
+const RETRIED: &str = "cxrel_jobs_total{outcome=\"retried\"}";
+
+#[tokio::test]
+async fn jobs_wait_in_the_hold_queues_while_the_store_fails_and_complete_when_it_recovers() {
+    let emu = emulator_with(20).await;
+    let mut q = queues("hold", &HOLD_DELAYS_MS).await;
+    let worker = ready_worker(&emu, &q, 1).await;
     emu.set_faults(json!({"error_ratio": 1.0})).await;
     publish_jobs(&q.publisher, &q.topology, &pair_jobs("held", 10)).await;
     // Every job fails its first attempt and goes to a hold queue, not to the dead letters.
@@ -96,31 +113,15 @@ async fn jobs_wait_in_the_hold_queues_while_the_store_fails_and_complete_when_it
         .await;
     assert!(done, "{} of 10 completed", completed(&q.tap.events).len());
     assert_pairs_stored(&emu, 10).await;
-    let dead = broker::take(
-        &q.channel,
-        &q.topology.dead(),
-        1,
-        Duration::from_millis(300),
-    )
-    .await;
-    assert!(dead.is_empty(), "nothing dead-lettered");
+    broker::assert_no_dead_letters(&q.channel, &q.topology).await;
     broker::teardown(&q.channel, &q.topology).await;
 }
 
 #[tokio::test]
 async fn a_locked_parent_sends_the_job_to_a_hold_queue_until_it_is_unlocked() {
     let emu = emulator_with(4).await;
-    let mut q = queues("locked", &[300, 600, 1200, 2400, 4800]).await;
-    let options = WorkerOptions {
-        retry_delays: r#""300ms", "600ms", "1200ms", "2400ms", "4800ms""#,
-        ..WorkerOptions::default()
-    };
-    let worker = WorkerProcess::spawn(&worker_config_with(
-        &emu.base,
-        q.topology.prefix(),
-        &options,
-    ));
-    worker.wait_ready(Duration::from_secs(30)).await;
+    let mut q = queues("locked", &HOLD_DELAYS_MS).await;
+    let worker = ready_worker(&emu, &q, WorkerOptions::default().client_attempts).await;
     emu.lock_record("accounts", &rid("r", 0)).await;
     publish_jobs(&q.publisher, &q.topology, &pair_jobs("lock", 1)).await;
     assert!(counter_reaches(&worker, RETRIED, 1.0, Duration::from_secs(20)).await);

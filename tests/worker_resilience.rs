@@ -53,12 +53,7 @@ async fn injected_5xx_and_429_are_retried_until_every_job_completes() {
         stats["throttled_count"].as_u64().unwrap() > 0,
         "the store throttled: {stats}"
     );
-    assert_eq!(
-        broker::take(&channel, &topology.dead(), 1, Duration::from_millis(500))
-            .await
-            .len(),
-        0
-    );
+    broker::assert_no_dead_letters(&channel, &topology).await;
     drop(worker);
     broker::teardown(&channel, &topology).await;
 }
@@ -144,12 +139,7 @@ async fn sigterm_during_a_drain_exits_zero_in_time_and_loses_no_job() {
         completed(&tap.events).len()
     );
     assert_pairs_stored(&emu, 200).await;
-    assert_eq!(
-        broker::take(&channel, &topology.dead(), 1, Duration::from_millis(500))
-            .await
-            .len(),
-        0
-    );
+    broker::assert_no_dead_letters(&channel, &topology).await;
     drop(worker);
     broker::teardown(&channel, &topology).await;
 }

@@ -62,6 +62,12 @@ pub async fn take(
     out
 }
 
+/// Asserts that no job of `topology` was dead-lettered (waits half a second for a late one).
+pub async fn assert_no_dead_letters(channel: &Channel, topology: &Topology) {
+    let dead = take(channel, &topology.dead(), 1, Duration::from_millis(500)).await;
+    assert!(dead.is_empty(), "nothing dead-lettered, got {}", dead.len());
+}
+
 /// Deletes every queue and the exchange of `topology`, ignoring what does not exist.
 pub async fn teardown(channel: &Channel, topology: &Topology) {
     let _ = cxrel::amqp::topology::delete(channel, topology).await;
