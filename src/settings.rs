@@ -55,6 +55,13 @@ pub struct AmqpSettings {
     pub prefix: String,
     #[serde(deserialize_with = "durations")]
     pub retry_delays: Vec<Duration>,
+    /// Deliveries of one job message without it being settled (the worker died or lost its
+    /// connection each time) before it is dead-lettered (`x-delivery-limit` of the jobs queue).
+    pub delivery_limit: u32,
+    /// Longest wait for the broker to confirm one publish (a broker under a memory or disk alarm
+    /// blocks publishers).
+    #[serde(with = "humantime_serde")]
+    pub confirm_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -12,6 +12,8 @@ pub const FIRST_FAILED_AT: &str = "x-cxrel-first-failed-at";
 pub const LAST_FAILED_AT: &str = "x-cxrel-last-failed-at";
 pub const REPLAYED: &str = "x-cxrel-replayed";
 pub const TRACEPARENT: &str = "traceparent";
+/// Set by quorum queues on a redelivered message: deliveries that ended without an ack.
+pub const DELIVERY_COUNT: &str = "x-delivery-count";
 
 /// The headers of a message, empty when it has none.
 pub fn table(properties: &BasicProperties) -> FieldTable {

@@ -22,6 +22,19 @@ pub enum AmqpError {
         exchange: String,
         routing_key: String,
     },
+    #[error(
+        "declaring {queue:?} failed: {error}; if it exists with other arguments (a queue from a \
+         cxrel before single-active-consumer), drain it and delete it, or use a new [amqp].prefix"
+    )]
+    Declare { queue: String, error: lapin::Error },
+    #[error(
+        "the broker did not confirm a publish to {exchange:?}/{routing_key:?} within {timeout:?} (memory or disk alarm?)"
+    )]
+    ConfirmTimeout {
+        exchange: String,
+        routing_key: String,
+        timeout: std::time::Duration,
+    },
     #[error("not connected to the broker")]
     NotConnected,
     #[error("the broker cancelled the consumer (queue deleted?)")]

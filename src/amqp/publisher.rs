@@ -1,16 +1,23 @@
 //! Publishing with publisher confirms: a publish returns only once the broker has taken
 //! responsibility for the message, which is what lets a delivery be acked after its successor.
 
+use std::time::Duration;
+
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 
 use super::AmqpError;
 
-/// A channel in confirm mode. Cheap to clone; concurrent publishes each await their own confirm.
+/// A channel in confirm mode. Cheap to clone; concurrent publishes each await their own confirm,
+/// for at most the confirm timeout.
 #[derive(Clone)]
 pub struct Publisher {
     channel: Channel,
+    confirm_timeout: Duration,
 }
+
+/// Confirm timeout unless set (`[amqp].confirm_timeout`'s default).
+const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Publisher {
     /// Opens a dedicated channel on `connection` and switches it to confirm mode.
@@ -19,7 +26,16 @@ impl Publisher {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        Ok(Self { channel })
+        Ok(Self {
+            channel,
+            confirm_timeout: DEFAULT_CONFIRM_TIMEOUT,
+        })
+    }
+
+    /// Waits at most `timeout` for each confirm.
+    pub fn with_confirm_timeout(mut self, timeout: Duration) -> Self {
+        self.confirm_timeout = timeout;
+        self
     }
 
     pub fn channel(&self) -> &Channel {
@@ -52,18 +68,31 @@ impl Publisher {
             ..BasicPublishOptions::default()
         };
         let properties = properties.with_delivery_mode(2);
-        let confirmation = self
-            .channel
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                options,
-                body,
-                properties,
-            )
-            .await?
-            .await?;
         let where_to = || (exchange.to_owned(), routing_key.to_owned());
+        let confirm = async {
+            self.channel
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    options,
+                    body,
+                    properties,
+                )
+                .await?
+                .await
+        };
+        let confirmation = match tokio::time::timeout(self.confirm_timeout, confirm).await {
+            Ok(confirmation) => confirmation?,
+            Err(_) => {
+                let (exchange, routing_key) = where_to();
+                tracing::warn!(exchange, routing_key, timeout = ?self.confirm_timeout, "the broker did not confirm a publish in time (memory or disk alarm?)");
+                return Err(AmqpError::ConfirmTimeout {
+                    exchange,
+                    routing_key,
+                    timeout: self.confirm_timeout,
+                });
+            }
+        };
         match confirmation {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
             Confirmation::Ack(Some(_)) => {

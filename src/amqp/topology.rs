@@ -1,6 +1,11 @@
 //! Queue and exchange names derived from `[amqp].prefix`, and their idempotent declaration (SPEC §5):
-//! the quorum jobs queue, one TTL hold queue per retry delay dead-lettering back to it, the dead-letter
-//! queue, the events topic exchange and the webhook dead queue.
+//! the quorum jobs queue (single active consumer, delivery limit, dead-lettering to the dead queue),
+//! one TTL hold queue per retry delay dead-lettering back to it, the dead-letter queue, the events
+//! topic exchange and the webhook dead queue.
+//!
+//! One active consumer on the jobs queue is how cxrel keeps one writer per data store across
+//! replicas: the broker hands every job to one replica at a time and fails over to another when
+//! its connection dies (see the README's "Replicas and ownership").
 
 use std::time::Duration;
 
@@ -17,18 +22,34 @@ use super::AmqpError;
 pub struct Topology {
     prefix: String,
     retry_delays: Vec<Duration>,
+    delivery_limit: u32,
 }
+
+/// `[amqp].delivery_limit`'s default.
+pub const DEFAULT_DELIVERY_LIMIT: u32 = 10;
 
 impl Topology {
     pub fn new(prefix: impl Into<String>, retry_delays: Vec<Duration>) -> Self {
         Self {
             prefix: prefix.into(),
             retry_delays,
+            delivery_limit: DEFAULT_DELIVERY_LIMIT,
         }
     }
 
     pub fn from_settings(amqp: &crate::settings::AmqpSettings) -> Self {
         Self::new(amqp.prefix.clone(), amqp.retry_delays.clone())
+            .with_delivery_limit(amqp.delivery_limit)
+    }
+
+    /// Unsettled deliveries of one job before the worker dead-letters it (at least 1).
+    pub fn with_delivery_limit(mut self, limit: u32) -> Self {
+        self.delivery_limit = limit.max(1);
+        self
+    }
+
+    pub fn delivery_limit(&self) -> u32 {
+        self.delivery_limit
     }
 
     pub fn prefix(&self) -> &str {
@@ -75,7 +96,7 @@ impl Topology {
 
 /// Declares everything; safe to run any number of times and from several processes at once.
 pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), AmqpError> {
-    declare_quorum(channel, &topology.jobs()).await?;
+    declare_jobs(channel, topology).await?;
     declare_quorum(channel, &topology.dead()).await?;
     declare_quorum(channel, &topology.webhooks_dead()).await?;
     for delay in topology.retry_delays() {
@@ -124,6 +145,28 @@ pub async fn declare_quorum(channel: &Channel, name: &str) -> Result<(), AmqpErr
         AMQPValue::LongString(LongString::from("quorum")),
     );
     channel.queue_declare(name.into(), durable(), args).await?;
+    Ok(())
+}
+
+/// The jobs queue: quorum, one active consumer at a time, and a delivery limit one above the
+/// worker's own (the worker dead-letters with a code first; the broker's limit is the backstop
+/// for a message that kills every worker before it can).
+async fn declare_jobs(channel: &Channel, topology: &Topology) -> Result<(), AmqpError> {
+    let long = |s: &str| AMQPValue::LongString(LongString::from(s));
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), long("quorum"));
+    args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(i64::from(topology.delivery_limit) + 1),
+    );
+    args.insert("x-dead-letter-exchange".into(), long(""));
+    args.insert("x-dead-letter-routing-key".into(), long(&topology.dead()));
+    let name = topology.jobs();
+    channel
+        .queue_declare(name.as_str().into(), durable(), args)
+        .await
+        .map_err(|error| AmqpError::Declare { queue: name, error })?;
     Ok(())
 }
 

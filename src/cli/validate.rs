@@ -16,10 +16,11 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use tokio::sync::mpsc;
 
-use crate::graph::{FieldValue, OpVerdict as EngineVerdict, Plan, Verdict, plan, validate};
+use crate::graph::{FieldValue, OpVerdict as EngineVerdict, Plan, Verdict};
 use crate::job::{Job, ParseContext};
 use crate::jobfile::{self, BadItem, Item};
-use crate::pipeline::graphs::{DsGraph, GraphCache, LoadError};
+use crate::pipeline::datastore::{Check, LiveDataStore};
+use crate::pipeline::datastores::{DataStores, LoadError};
 use crate::settings::Settings;
 use crate::store::{StoreClient, StoreError};
 use report::{JobError, JobReport, OpReport, OpVerdict, Report};
@@ -89,18 +90,19 @@ fn open_input(path: &Path) -> anyhow::Result<Box<dyn std::io::Read + Send>> {
     Ok(Box::new(file))
 }
 
-/// Validates jobs against each data store's graph, loaded once and then changed in memory only.
+/// Validates jobs against each data store's live state (the worker's type), loaded once and then
+/// changed in memory only.
 struct Checker {
-    cache: GraphCache,
+    cache: DataStores,
     parse: ParseContext,
-    graphs: HashMap<String, Result<Arc<DsGraph>, JobError>>,
+    graphs: HashMap<String, Result<Arc<LiveDataStore>, JobError>>,
 }
 
 impl Checker {
     fn new(store: StoreClient, parse: ParseContext) -> Self {
         Self {
             // Loaded once per data store: a reload would drop the effects of earlier jobs.
-            cache: GraphCache::new(store, Duration::MAX),
+            cache: DataStores::new(store, Duration::MAX),
             parse,
             graphs: HashMap::new(),
         }
@@ -136,7 +138,7 @@ impl Checker {
     }
 
     /// The data store's graph, or why the job cannot be checked against it.
-    async fn graph(&mut self, ds: &str) -> anyhow::Result<Result<Arc<DsGraph>, JobError>> {
+    async fn graph(&mut self, ds: &str) -> anyhow::Result<Result<Arc<LiveDataStore>, JobError>> {
         if let Some(found) = self.graphs.get(ds) {
             return Ok(found.clone());
         }
@@ -227,18 +229,25 @@ fn store_failed(item: &Item, own_id: Option<String>, job: &Job, error: JobError)
     entry
 }
 
-/// Validates and plans `job` on the graph, then applies the plan to the in-memory graph only.
-fn check_job(entry: &DsGraph, item: &Item, own_id: Option<String>, job: &Job) -> JobReport {
-    let (verdict, plan) = {
-        let graph = entry.read();
-        let verdict = validate(&graph, &entry.schema, job);
-        let plan = plan(&graph, job, &verdict);
-        (verdict, plan)
+/// Validates and plans `job` as the worker does, then applies the plan to the in-memory graph only.
+fn check_job(
+    live: &Arc<LiveDataStore>,
+    item: &Item,
+    own_id: Option<String>,
+    job: &Job,
+) -> JobReport {
+    // Jobs are checked one at a time, so nothing is ever pending: the check is always ready.
+    let Check::Ready { verdict, plan, .. } = live.check(job) else {
+        let error = JobError {
+            code: "graph_outdated".to_owned(),
+            message: "the data store's graph could not be checked against its schema".to_owned(),
+        };
+        return failed_entry(item.index, item_line(item), own_id, Some(job), error);
     };
     let operations = (0..job.operations.len())
         .map(|i| op_report(job, i, &verdict, &plan))
         .collect();
-    apply_in_memory(entry, &plan);
+    apply_in_memory(live, &plan);
     JobReport {
         index: item.index,
         line: item_line(item),
@@ -328,8 +337,11 @@ fn op_base(
 
 /// What the worker's PATCHes would do to the graph, done to the in-memory copy only, so later jobs
 /// of the file are checked against it.
-fn apply_in_memory(entry: &DsGraph, plan: &Plan) {
-    let mut graph = entry.write();
+fn apply_in_memory(live: &LiveDataStore, plan: &Plan) {
+    live.with_graph(|graph| apply_plan(graph, plan));
+}
+
+fn apply_plan(graph: &mut crate::graph::Graph, plan: &Plan) {
     for patch in &plan.patches {
         let version = patch.expected_version.saturating_add(1);
         for value in &patch.fields {

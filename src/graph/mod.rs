@@ -11,6 +11,7 @@ mod fold;
 mod intern;
 mod overlay;
 mod plan;
+mod reserve;
 mod rules;
 #[cfg(test)]
 mod tests;
@@ -22,7 +23,8 @@ use intern::{Interner, Ix};
 
 pub use build::GraphBuilder;
 pub use plan::{FieldValue, PatchPlan, Plan, plan};
-pub use validate::validate;
+pub use reserve::{Bound, ReservationId, Reservations};
+pub use validate::{validate, validate_reserved};
 pub use verdict::{JobOutcome, OpVerdict, Verdict, Violation, ViolationCode};
 
 use crate::error::ErrorClass;
@@ -139,6 +141,19 @@ impl Graph {
         self.set_edges(f, p, &new, cascade)?;
         if let Some(v) = self.versions.get_mut(p as usize) {
             *v = new_version;
+        }
+        Ok(())
+    }
+
+    /// Makes `id` a present record with `version` (a record created behind the worker, found by
+    /// a GET); its relationship values are set separately with [`Graph::apply_patch`].
+    pub fn upsert_record(&mut self, id: &str, version: u64) -> Result<(), GraphError> {
+        let ix = self.intern_reference(id)?;
+        if let Some(v) = self.versions.get_mut(ix as usize) {
+            if *v == ABSENT {
+                self.present += 1;
+            }
+            *v = version.min(ABSENT - 1);
         }
         Ok(())
     }

@@ -6,6 +6,7 @@ use rustc_hash::FxHashMap;
 use super::Graph;
 use super::fold::{Set, fold};
 use super::intern::Ix;
+use super::reserve::{Bound, Reservations};
 use crate::job::{CascadeAction, Mode};
 
 /// The changed value of one (field, parent) and the operations that produced it.
@@ -16,6 +17,8 @@ pub struct Entry {
     pub cascade: CascadeAction,
     /// Indexes of the job's operations folded into this entry, in order.
     pub ops: Vec<usize>,
+    /// Another job's reservation, seen through a [`Bound`]: context, not a change of this job.
+    reserved: bool,
 }
 
 /// Key of an entry: (field index, parent).
@@ -36,6 +39,24 @@ impl<'g> Overlay<'g> {
             entries: FxHashMap::default(),
             added_parents: FxHashMap::default(),
         }
+    }
+
+    /// The graph with other jobs' pending reservations seen through `bound`.
+    pub fn with_reservations(graph: &'g Graph, pending: &Reservations, bound: Bound) -> Self {
+        let mut overlay = Overlay::new(graph);
+        for (key, children, cascade) in pending.view(bound) {
+            let mut sorted = children.clone();
+            sorted.sort_unstable();
+            let entry = Entry {
+                children,
+                sorted,
+                cascade,
+                ops: Vec::new(),
+                reserved: true,
+            };
+            overlay.set(key, Some(entry));
+        }
+        overlay
     }
 
     fn base(&self, f: usize, p: Ix) -> (&'g [Ix], CascadeAction) {
@@ -64,9 +85,12 @@ impl<'g> Overlay<'g> {
         self.entries.get(&key)
     }
 
-    /// Changed keys (any order).
+    /// Keys this job changed (any order); reserved entries of other jobs are not among them.
     pub fn keys(&self) -> impl Iterator<Item = Key> + '_ {
-        self.entries.keys().copied()
+        self.entries
+            .iter()
+            .filter(|(_, e)| !e.reserved)
+            .map(|(k, _)| *k)
     }
 
     pub fn field_count(&self) -> usize {
@@ -122,6 +146,7 @@ impl<'g> Overlay<'g> {
             sorted,
             cascade,
             ops,
+            reserved: false,
         };
         self.set(key, Some(entry))
     }

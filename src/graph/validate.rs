@@ -16,6 +16,7 @@
 use super::Graph;
 use super::intern::Ix;
 use super::overlay::{Key, Overlay};
+use super::reserve::{Bound, Reservations};
 use super::rules::{self, Blame, Change, Ctx, Finding};
 use super::verdict::{OpVerdict, Verdict, Violation, ViolationCode};
 use crate::job::{CascadeAction, Job, Mode, Operation, RecordId};
@@ -41,6 +42,30 @@ impl Resolved {
 
 /// Validates `job` against `graph` (built for `schema`) without changing either.
 pub fn validate(graph: &Graph, schema: &Schema, job: &Job) -> Verdict {
+    run(Overlay::new(graph), schema, job)
+}
+
+/// Validates `job` against `graph` plus other jobs' pending reservations seen through `bound`
+/// (see [`Reservations`]). The job's own parents must not be reserved.
+pub fn validate_reserved(
+    graph: &Graph,
+    schema: &Schema,
+    job: &Job,
+    pending: &Reservations,
+    bound: Bound,
+) -> Verdict {
+    if pending.is_empty() {
+        return validate(graph, schema, job);
+    }
+    run(
+        Overlay::with_reservations(graph, pending, bound),
+        schema,
+        job,
+    )
+}
+
+fn run(start: Overlay<'_>, schema: &Schema, job: &Job) -> Verdict {
+    let graph = start.graph;
     if !graph.is_built_for(schema) {
         return outdated(job);
     }
@@ -56,23 +81,24 @@ pub fn validate(graph: &Graph, schema: &Schema, job: &Job) -> Verdict {
         .map(|(i, op)| resolve(graph, schema, i, op))
         .collect();
     if job.atomic {
-        atomic(graph, &constraints, resolved)
+        atomic(start, &constraints, resolved)
     } else {
-        sequential(graph, &constraints, resolved)
+        sequential(start, &constraints, resolved)
     }
 }
 
 fn atomic(
-    graph: &Graph,
+    mut overlay: Overlay<'_>,
     constraints: &[Constraints],
     resolved: Vec<Result<Resolved, Violation>>,
 ) -> Verdict {
-    let mut overlay = Overlay::new(graph);
+    let graph = overlay.graph;
     for (i, r) in resolved.iter().enumerate() {
         if let Ok(r) = r {
             overlay.apply(r.key, i, r.mode, |c| r.cascade_after(c), &r.kids);
         }
     }
+    // The job's keys are not reserved, so their "before" is the graph's.
     let base = Overlay::new(graph);
     let mut keys: Vec<Key> = overlay.keys().collect();
     keys.sort_unstable();
@@ -122,11 +148,11 @@ fn atomic(
 }
 
 fn sequential(
-    graph: &Graph,
+    mut overlay: Overlay<'_>,
     constraints: &[Constraints],
     resolved: Vec<Result<Resolved, Violation>>,
 ) -> Verdict {
-    let mut overlay = Overlay::new(graph);
+    let graph = overlay.graph;
     let mut operations = Vec::with_capacity(resolved.len());
     let mut violations = Vec::new();
     for (i, r) in resolved.into_iter().enumerate() {

@@ -3,7 +3,8 @@
 //! outcome to the worker, which alone acks, retries or dead-letters.
 
 pub mod apply;
-pub mod graphs;
+pub mod datastore;
+pub mod datastores;
 pub mod report;
 
 use std::future::Future;
@@ -11,12 +12,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use apply::PatchResult;
-use graphs::{DsGraph, GraphCache, LoadError};
+use datastore::{Check, LiveDataStore};
+use datastores::{DataStores, LoadError};
 use report::OpStatus;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::ErrorClass;
 use crate::events::EventContext;
-use crate::graph::{JobOutcome, OpVerdict, Plan, Verdict, ViolationCode, plan, validate};
+use crate::graph::{JobOutcome, OpVerdict, Plan, Verdict};
 use crate::job::{Job, ParseContext};
 use crate::store::{StoreClient, StoreError};
 use crate::worker::locks::KeyLocks;
@@ -24,11 +27,17 @@ use crate::worker::{Failure, IncomingJob, JobHandler, Outcome, Stage};
 
 /// Rounds of validate → apply after 412 answers before the job is retried later.
 const CONFLICT_ROUNDS: usize = 3;
+/// Waits for pending jobs one delivery may make; each ends when some reservation is released.
+const MAX_WAITS: usize = 64;
+/// Longest single wait for a pending job (a PATCH that hangs is bounded by the client's timeouts).
+const WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Graph reloads one delivery may trigger.
+const MAX_RELOADS: usize = 3;
 
 pub struct Pipeline {
     parse: ParseContext,
     store: StoreClient,
-    graphs: GraphCache,
+    datastores: Arc<DataStores>,
     locks: KeyLocks,
     /// `cxrel://{instance}`.
     source: String,
@@ -39,14 +48,14 @@ impl Pipeline {
     pub fn new(
         parse: ParseContext,
         store: StoreClient,
-        graphs: GraphCache,
+        datastores: Arc<DataStores>,
         instance: &str,
         parallel_patches: usize,
     ) -> Self {
         Self {
             parse,
             store,
-            graphs,
+            datastores,
             locks: KeyLocks::default(),
             source: format!("cxrel://{instance}"),
             parallel_patches,
@@ -57,7 +66,7 @@ impl Pipeline {
         let started = Instant::now();
         let attempt = incoming.previous_attempts + 1;
         let traceparent = Some(incoming.trace.header());
-        let parse_context = self.parse.with_message_id(incoming.message_id.as_deref());
+        let parse_context = self.parse.with_message_id(Some(&incoming.default_job_id));
         let job = match Job::parse(&incoming.body, &parse_context) {
             Ok(job) => job,
             Err(error) => {
@@ -80,7 +89,7 @@ impl Pipeline {
             traceparent,
         };
         let _guard = self.locks.acquire(lock_keys(&job)).await;
-        let (statuses, failure) = self.execute(&job).await;
+        let (statuses, failure) = self.execute(&job, &incoming.lease).await;
         report::audit(&job, &statuses, started.elapsed(), attempt);
         metrics::histogram!("cxrel_job_duration_seconds").record(started.elapsed().as_secs_f64());
         let (events, final_events) = report::events(&context, &job, &statuses);
@@ -92,28 +101,56 @@ impl Pipeline {
         }
     }
 
-    /// Validates and applies `job`, revalidating after 412 answers; returns every operation's status
-    /// and the job's failure, if any.
-    async fn execute(&self, job: &Job) -> (Vec<OpStatus>, Option<Failure>) {
-        let ds = job.datastore_id.as_str();
+    /// Checks and applies `job`: validation and reservation in one step against committed +
+    /// reserved state, waits while the verdict depends on jobs being written, confirms rejections
+    /// against the store, and revalidates after 412 answers. Returns every operation's status and
+    /// the job's failure, if any.
+    async fn execute(
+        &self,
+        job: &Job,
+        lease: &CancellationToken,
+    ) -> (Vec<OpStatus>, Option<Failure>) {
         let unprocessed = || vec![OpStatus::Unprocessed; job.operations.len()];
-        for _round in 0..CONFLICT_ROUNDS {
-            let entry = match self.graphs.get(ds).await {
-                Ok(entry) => entry,
-                Err(error) => return (unprocessed(), Some(load_failure(&error))),
+        let datastore = job.datastore_id.as_str();
+        let mut live = match self.datastores.get(datastore).await {
+            Ok(live) => live,
+            Err(error) => return (unprocessed(), Some(load_failure(&error))),
+        };
+        let mut confirmed = false;
+        let mut rounds = Rounds::default();
+        loop {
+            let (verdict, plan, reservation) = match live.check(job) {
+                Check::Ready {
+                    verdict,
+                    plan,
+                    reservation,
+                } => (verdict, plan, reservation),
+                Check::Wait(generation) => {
+                    if let Some(failure) = rounds.wait() {
+                        return (unprocessed(), Some(failure));
+                    }
+                    live.settled_after(generation, WAIT_LIMIT).await;
+                    continue;
+                }
+                Check::Outdated => {
+                    if let Some(failure) = rounds.reload() {
+                        return (unprocessed(), Some(failure));
+                    }
+                    match self.datastores.get(datastore).await {
+                        Ok(fresh) => live = fresh,
+                        Err(error) => return (unprocessed(), Some(load_failure(&error))),
+                    }
+                    continue;
+                }
             };
-            let (verdict, plan) = {
-                let graph = entry.read();
-                let verdict = validate(&graph, &entry.schema, job);
-                let plan = plan(&graph, job, &verdict);
-                (verdict, plan)
-            };
-            if verdict
-                .violations
-                .iter()
-                .any(|v| v.code == ViolationCode::GraphOutdated)
-            {
-                self.graphs.invalidate(ds);
+            if !verdict.violations.is_empty() && !confirmed {
+                // Rejections are only as good as the cache: read what they rest on, then recheck.
+                drop(reservation);
+                confirmed = true;
+                match self.datastores.confirm(&live, &verdict).await {
+                    Ok(fresh) => live = fresh,
+                    Err(error) => return (unprocessed(), Some(load_failure(&error))),
+                }
                 continue;
             }
             let mut statuses = verdict_statuses(&verdict);
@@ -123,18 +160,22 @@ impl Pipeline {
             }
             let results = apply::apply(
                 &self.store,
-                &entry,
-                ds,
+                &live,
                 &plan,
                 self.parallel_patches,
                 job.atomic,
+                lease,
             )
             .await;
+            if lease.is_cancelled() {
+                // Another replica owns the queue now and gets the job again: write nothing more.
+                return (unprocessed(), Some(lease_lost()));
+            }
             let conflicts = conflicted_parents(&plan, &results);
             let failed = first_failure(&results);
             if job.atomic && (failed.is_some() || !conflicts.is_empty()) {
                 let failure = self
-                    .roll_back(&entry, ds, &plan, &results, &mut statuses, failed)
+                    .roll_back(&live, &plan, &results, &mut statuses, failed)
                     .await;
                 if failure.is_some() {
                     return (statuses, failure);
@@ -145,37 +186,31 @@ impl Pipeline {
                     return (statuses, Some(apply_failure(error)));
                 }
             }
+            drop(reservation);
             if conflicts.is_empty() {
                 return (statuses, rejection);
             }
-            if let Some(failure) = self.refresh(&entry, ds, &conflicts).await {
+            if let Some(failure) = rounds.conflict() {
+                return (unprocessed(), Some(failure));
+            }
+            if let Some(failure) = self.refresh(&live, &conflicts).await {
                 return (unprocessed(), Some(failure));
             }
         }
-        let failure = Failure::new(
-            "version_conflict",
-            format!(
-                "records kept changing under the job ({CONFLICT_ROUNDS} rounds of 412 answers)"
-            ),
-            Stage::Apply,
-            ErrorClass::Transient,
-        );
-        (unprocessed(), Some(failure))
     }
 
     /// Compensates an atomic job whose PATCHes did not all succeed. Returns the job's failure, or
     /// `None` when only 412 conflicts occurred and everything was restored (revalidate and retry).
     async fn roll_back(
         &self,
-        entry: &DsGraph,
-        ds: &str,
+        live: &LiveDataStore,
         plan: &Plan,
         results: &[PatchResult],
         statuses: &mut [OpStatus],
         failed: Option<&StoreError>,
     ) -> Option<Failure> {
         let restored =
-            apply::compensate(&self.store, entry, ds, plan, results, self.parallel_patches).await;
+            apply::compensate(&self.store, live, plan, results, self.parallel_patches).await;
         let (code, message) = match failed {
             Some(e) => (e.code().to_owned(), e.to_string()),
             None => (
@@ -224,12 +259,10 @@ impl Pipeline {
     }
 
     /// Re-reads parents that answered 412 so the next round validates against what is stored.
-    async fn refresh(&self, entry: &DsGraph, ds: &str, parents: &[String]) -> Option<Failure> {
+    async fn refresh(&self, live: &LiveDataStore, parents: &[String]) -> Option<Failure> {
         for parent in parents {
-            match self.graphs.refresh_record(entry, ds, parent).await {
-                Ok(()) => {}
-                Err(LoadError::Graph(_)) => self.graphs.invalidate(ds),
-                Err(error) => return Some(load_failure(&error)),
+            if let Err(error) = self.datastores.refresh_record(live, parent).await {
+                return Some(load_failure(&error));
             }
         }
         None
@@ -240,21 +273,25 @@ impl JobHandler for Pipeline {
     fn handle(&self, job: IncomingJob) -> impl Future<Output = Outcome> + Send {
         self.handle_job(job)
     }
+
+    fn session_started(&self) -> impl Future<Output = ()> + Send {
+        self.datastores.forget_all()
+    }
 }
 
 impl<T: JobHandler> JobHandler for Arc<T> {
     fn handle(&self, job: IncomingJob) -> impl Future<Output = Outcome> + Send {
         self.as_ref().handle(job)
     }
+
+    fn session_started(&self) -> impl Future<Output = ()> + Send {
+        self.as_ref().session_started()
+    }
 }
 
-/// A job id for a body that did not parse: the message id, else a new id (SPEC §1 default).
+/// A job id for a body that did not parse: its own `job_id` if readable, else the default.
 fn unparsed_job_id(incoming: &IncomingJob) -> String {
-    incoming
-        .message_id
-        .clone()
-        .filter(|id| !id.is_empty())
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
+    crate::worker::identity::declared_or(&incoming.body, &incoming.default_job_id)
 }
 
 /// One lock key per parent the job may write.
@@ -341,14 +378,70 @@ fn apply_failure(error: &StoreError) -> Failure {
 }
 
 fn load_failure(error: &LoadError) -> Failure {
-    let (code, class) = match error {
-        LoadError::Store(e) => (e.code(), e.class()),
-        LoadError::Graph(e) => (e.code(), e.class()),
-    };
     Failure::new(
-        code,
+        error.code(),
         format!("loading the data store: {error}"),
         Stage::Validate,
-        class,
+        error.class(),
     )
+}
+
+fn lease_lost() -> Failure {
+    Failure::new(
+        "queue_ownership_lost",
+        "this worker lost its connection to the jobs queue mid-job; the active worker gets the job again",
+        Stage::Apply,
+        ErrorClass::Transient,
+    )
+}
+
+/// How many times one delivery may wait for pending jobs, reload its graph, or meet 412 answers
+/// before it is handed back for a later retry.
+#[derive(Default)]
+struct Rounds {
+    waits: usize,
+    reloads: usize,
+    conflicts: usize,
+}
+
+impl Rounds {
+    fn wait(&mut self) -> Option<Failure> {
+        self.waits += 1;
+        (self.waits > MAX_WAITS).then(|| {
+            Failure::new(
+                "reservation_timeout",
+                format!(
+                    "the job's verdict kept depending on jobs being written ({MAX_WAITS} waits)"
+                ),
+                Stage::Validate,
+                ErrorClass::Transient,
+            )
+        })
+    }
+
+    fn reload(&mut self) -> Option<Failure> {
+        self.reloads += 1;
+        (self.reloads > MAX_RELOADS).then(|| {
+            Failure::new(
+                "graph_outdated",
+                "the data store's graph kept being replaced while the job was checked",
+                Stage::Validate,
+                ErrorClass::Transient,
+            )
+        })
+    }
+
+    fn conflict(&mut self) -> Option<Failure> {
+        self.conflicts += 1;
+        (self.conflicts >= CONFLICT_ROUNDS).then(|| {
+            Failure::new(
+                "version_conflict",
+                format!(
+                    "records kept changing under the job ({CONFLICT_ROUNDS} rounds of 412 answers)"
+                ),
+                Stage::Apply,
+                ErrorClass::Transient,
+            )
+        })
+    }
 }

@@ -33,7 +33,7 @@ pub use error::{ErrorBody, StoreError};
 pub use limiter::{AimdParams, LocalBudget, RateBudget};
 pub use redis_budget::{RedisBudget, RedisBudgetConfig};
 pub use retry::RetryPolicy;
-pub use wire::{Record, RecordPage};
+pub use wire::{Record, RecordPage, RelationshipValue};
 
 use self::auth::{Token, TokenSource};
 use self::metrics::Route;

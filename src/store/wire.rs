@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::job::CascadeAction;
+
 /// One record: its id, its fields (relationship fields as `{"ids":[…],"cascade_action":…}`) and
 /// its version (`_version` on the wire; sent back in `If-Match`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -12,6 +14,56 @@ pub struct Record {
     pub fields: Map<String, Value>,
     #[serde(rename = "_version")]
     pub version: u64,
+}
+
+impl Record {
+    /// The value of relationship field `name`, read loosely: the store is not ours, so a missing
+    /// or malformed value counts as no children (and ids that are not strings are skipped).
+    pub fn relationship(&self, name: &str) -> RelationshipValue {
+        RelationshipValue::read(self.fields.get(name))
+    }
+}
+
+/// A relationship field's value: `{"ids":[…],"cascade_action":…}` on the wire (SPEC §3).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RelationshipValue {
+    pub ids: Vec<String>,
+    #[serde(rename = "cascade_action")]
+    pub cascade: CascadeAction,
+}
+
+impl RelationshipValue {
+    pub fn new(ids: Vec<String>, cascade: CascadeAction) -> Self {
+        Self { ids, cascade }
+    }
+
+    /// Reads a stored value loosely (see [`Record::relationship`]).
+    pub fn read(value: Option<&Value>) -> Self {
+        let Some(value) = value else {
+            return Self::default();
+        };
+        let ids = value
+            .get("ids")
+            .and_then(Value::as_array)
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let cascade = value
+            .get("cascade_action")
+            .cloned()
+            .and_then(|c| serde_json::from_value(c).ok())
+            .unwrap_or_default();
+        Self { ids, cascade }
+    }
+
+    /// The wire JSON of this value, for a PATCH body.
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
 }
 
 /// One page of `GET …/records`.
@@ -109,5 +161,38 @@ mod tests {
         let page: RecordPage =
             serde_json::from_str(r#"{"records":[],"next_page_token":null}"#).unwrap();
         assert!(page.next_page_token.is_none());
+    }
+}
+
+#[cfg(test)]
+mod relationship_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_relationship_value_reads_ids_and_cascade() {
+        let v = json!({"ids": ["a", "b"], "cascade_action": "delete"});
+        let value = RelationshipValue::read(Some(&v));
+        assert_eq!(value.ids, vec!["a".to_owned(), "b".to_owned()]);
+        assert_eq!(value.cascade, CascadeAction::Delete);
+    }
+
+    #[test]
+    fn a_malformed_relationship_value_counts_as_empty() {
+        let v = json!("not a relationship");
+        assert_eq!(
+            RelationshipValue::read(Some(&v)),
+            RelationshipValue::default()
+        );
+        assert_eq!(RelationshipValue::read(None), RelationshipValue::default());
+    }
+
+    #[test]
+    fn a_relationship_value_writes_the_wire_shape() {
+        let value = RelationshipValue::new(vec!["a".into()], CascadeAction::Update);
+        assert_eq!(
+            value.to_json(),
+            json!({"ids": ["a"], "cascade_action": "update"})
+        );
     }
 }

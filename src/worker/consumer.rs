@@ -7,19 +7,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use lapin::Connection;
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionStatus};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::outcome::Outcome;
+use super::identity;
+use super::outcome::{Failure, Outcome, Stage};
 use super::settle::{Settler, previous_attempts};
 use super::trace::TraceParent;
 use crate::amqp::{self, AmqpError, Publisher, PublisherSlot, Topology, headers};
+use crate::error::ErrorClass;
+use crate::events::EventContext;
 use crate::http::Readiness;
 use crate::secret::Secret;
 use crate::webhooks::WebhookQueue;
@@ -28,17 +31,27 @@ use crate::webhooks::WebhookQueue;
 #[derive(Debug, Clone)]
 pub struct IncomingJob {
     pub body: Vec<u8>,
-    pub message_id: Option<String>,
+    /// The job id unless the body names one: fixed at first sight (see [`identity`]).
+    pub default_job_id: String,
     /// Attempts made before this one (from `x-cxrel-attempts`).
     pub previous_attempts: u64,
     pub redelivered: bool,
     /// This job's span in the caller's trace (or a new trace).
     pub trace: TraceParent,
+    /// Cancelled when this worker's consume session ends (it may have lost the single-active
+    /// consumer slot to another replica): no new write may start after that.
+    pub lease: CancellationToken,
 }
 
 /// The pipeline, from the consumer's point of view.
 pub trait JobHandler: Send + Sync + 'static {
     fn handle(&self, job: IncomingJob) -> impl Future<Output = Outcome> + Send;
+
+    /// Called when a consume session starts, before its first delivery: another replica may have
+    /// written while this one was not consuming.
+    fn session_started(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 pub struct ConsumerConfig {
@@ -47,6 +60,7 @@ pub struct ConsumerConfig {
     pub prefetch: u16,
     pub max_in_flight: usize,
     pub shutdown_timeout: Duration,
+    pub confirm_timeout: Duration,
 }
 
 pub struct Consumer<H> {
@@ -57,6 +71,8 @@ pub struct Consumer<H> {
     /// Updated with each new connection's publisher, for webhook parking.
     pub publisher_slot: PublisherSlot,
     pub webhooks: WebhookQueue,
+    /// `cxrel://{instance}`, the source of events the consumer itself produces.
+    pub source: String,
 }
 
 impl<H: JobHandler> Consumer<H> {
@@ -67,9 +83,13 @@ impl<H: JobHandler> Consumer<H> {
         let mut delay = Duration::from_millis(200);
         let mut last_connection = None;
         while !cancel.is_cancelled() {
-            match self.session(&cancel, &permits, &mut tasks).await {
+            let lease = CancellationToken::new();
+            match self.session(&cancel, &permits, &mut tasks, &lease).await {
                 Ok(connection) => last_connection = Some(connection),
                 Err((error, connected)) => {
+                    // Jobs of the lost session must not write any more (another replica may own
+                    // the queue now); a graceful shutdown keeps the lease so they can finish.
+                    lease.cancel();
                     if connected {
                         delay = Duration::from_millis(200);
                     }
@@ -113,6 +133,7 @@ impl<H: JobHandler> Consumer<H> {
         cancel: &CancellationToken,
         permits: &Arc<Semaphore>,
         tasks: &mut JoinSet<()>,
+        lease: &CancellationToken,
     ) -> Result<Connection, (AmqpError, bool)> {
         let not_yet = |e: AmqpError| (e, false);
         let connection = amqp::connect(&self.config.url, &self.config.connection_name)
@@ -129,12 +150,23 @@ impl<H: JobHandler> Consumer<H> {
             .basic_qos(self.config.prefetch, BasicQosOptions::default())
             .await
             .map_err(|e| not_yet(e.into()))?;
-        let publisher = Publisher::open(&connection).await.map_err(not_yet)?;
+        let publisher = Publisher::open(&connection)
+            .await
+            .map_err(not_yet)?
+            .with_confirm_timeout(self.config.confirm_timeout);
         self.publisher_slot.set(publisher.clone());
+        self.handler.session_started().await;
+        tokio::spawn(watch_blocked(
+            connection.status().clone(),
+            self.readiness.clone(),
+            lease.clone(),
+            cancel.clone(),
+        ));
         let settler = Settler {
             publisher,
             topology: self.topology.clone(),
             webhooks: self.webhooks.clone(),
+            source: self.source.clone(),
         };
         let tag = format!(
             "{}-{}",
@@ -182,9 +214,10 @@ impl<H: JobHandler> Consumer<H> {
             };
             let handler = self.handler.clone();
             let settler = settler.clone();
+            let lease = lease.clone();
             tasks.spawn(async move {
                 let _in_flight = InFlight::enter();
-                process(handler, settler, delivery).await;
+                process(handler, settler, delivery, lease).await;
                 drop(permit);
             });
             while let Some(result) = tasks.try_join_next() {
@@ -213,21 +246,23 @@ impl Drop for InFlight {
 }
 
 /// Handles and settles one delivery inside the job's tracing span.
-async fn process<H: JobHandler>(handler: Arc<H>, settler: Settler, delivery: Delivery) {
+async fn process<H: JobHandler>(
+    handler: Arc<H>,
+    settler: Settler,
+    delivery: Delivery,
+    lease: CancellationToken,
+) {
     let table = headers::table(&delivery.properties);
     let trace = headers::get_str(&table, headers::TRACEPARENT)
         .and_then(|h| TraceParent::parse(&h))
         .map_or_else(TraceParent::root, |parent| parent.child());
     let job = IncomingJob {
         body: delivery.data.clone(),
-        message_id: delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|id| id.as_str().to_owned()),
+        default_job_id: identity::default_job_id(&delivery.properties, &delivery.data),
         previous_attempts: previous_attempts(&delivery),
         redelivered: delivery.redelivered,
         trace: trace.clone(),
+        lease,
     };
     let span = tracing::info_span!(
         "job",
@@ -237,16 +272,108 @@ async fn process<H: JobHandler>(handler: Arc<H>, settler: Settler, delivery: Del
         attempt = job.previous_attempts + 1,
     );
     async move {
-        let outcome = handler.handle(job).await;
+        let outcome = match unsettled_deliveries(&table, settler.topology.delivery_limit()) {
+            Some(failure) => Outcome::failed(job_context(&settler, &job), failure),
+            None => handler.handle(job).await,
+        };
         tracing::Span::current().record("job_id", outcome.context.job_id.as_str());
-        if let Err(error) = settler.settle(&delivery, &outcome).await {
-            tracing::warn!(%error, "could not settle the job; it will be handled again");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            settler.requeue(&delivery).await;
-        }
+        settle_with_backoff(&settler, &delivery, &outcome).await;
     }
     .instrument(span)
     .await;
+}
+
+/// Settles, retrying with backoff while the broker refuses; then dead-letters the job with code
+/// `settle_failed`; if even that fails, hands it back to the broker, whose delivery count ends the
+/// loop (see [`unsettled_deliveries`]).
+async fn settle_with_backoff(settler: &Settler, delivery: &Delivery, outcome: &Outcome) {
+    let mut delay = Duration::from_millis(200);
+    let mut last = None;
+    for _ in 0..SETTLE_ATTEMPTS {
+        match settler.settle(delivery, outcome).await {
+            Ok(_) => return,
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?delay, "could not settle the job; trying again");
+                last = Some(error);
+            }
+        }
+        tokio::time::sleep(jitter(delay)).await;
+        delay *= 2;
+    }
+    let error = last.map(|e| e.to_string()).unwrap_or_default();
+    let failure = Failure::new(
+        "settle_failed",
+        format!("the broker refused what replaces the job {SETTLE_ATTEMPTS} times: {error}"),
+        Stage::Settle,
+        ErrorClass::Permanent,
+    );
+    if let Err(error) = settler.dead_letter_only(delivery, outcome, &failure).await {
+        tracing::error!(%error, "could not dead-letter the job either; handing it back to the broker");
+        settler.requeue(delivery).await;
+    }
+}
+
+/// Times one delivery's settle is tried before the job is dead-lettered with `settle_failed`.
+const SETTLE_ATTEMPTS: usize = 5;
+
+/// A failure when the broker has delivered this message `limit` times already without it being
+/// settled (each time the worker died or lost its connection first).
+fn unsettled_deliveries(table: &lapin::types::FieldTable, limit: u32) -> Option<Failure> {
+    let count = headers::get_u64(table, headers::DELIVERY_COUNT)?;
+    (count >= u64::from(limit)).then(|| {
+        Failure::new(
+            "delivery_limit_exceeded",
+            format!(
+                "delivered {} times without being settled (the worker crashed or lost its connection each time); not handled again",
+                count + 1
+            ),
+            Stage::Settle,
+            ErrorClass::Permanent,
+        )
+    })
+}
+
+fn job_context(settler: &Settler, job: &IncomingJob) -> EventContext {
+    EventContext {
+        source: settler.source.clone(),
+        job_id: identity::declared_or(&job.body, &job.default_job_id),
+        datastore_id: String::new(),
+        traceparent: Some(job.trace.header()),
+    }
+}
+
+/// Keeps the readiness "broker_publishing" check current: not ready while the broker blocks this
+/// connection's publishers (a memory or disk alarm), so settles would hang.
+async fn watch_blocked(
+    status: ConnectionStatus,
+    readiness: Readiness,
+    lease: CancellationToken,
+    cancel: CancellationToken,
+) {
+    let mut was_blocked = None;
+    loop {
+        let blocked = status.blocked();
+        if was_blocked != Some(blocked) {
+            if blocked {
+                tracing::warn!(
+                    "the broker blocks publishing on this connection (memory or disk alarm); settles wait"
+                );
+                readiness.set(
+                    "broker_publishing",
+                    false,
+                    "the broker blocks publishers (resource alarm)",
+                );
+            } else {
+                readiness.set("broker_publishing", true, "publishing");
+            }
+            was_blocked = Some(blocked);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            () = lease.cancelled() => return,
+            () = cancel.cancelled() => return,
+        }
+    }
 }
 
 fn jitter(delay: Duration) -> Duration {

@@ -2,6 +2,7 @@
 //! through hold queues, dead letters, webhooks, per-parent exclusion and graceful shutdown.
 
 pub mod consumer;
+pub mod identity;
 pub mod locks;
 pub mod outcome;
 pub mod run;

@@ -11,6 +11,9 @@ pub enum Stage {
     Validate,
     Apply,
     Compensate,
+    /// The job could not be settled (the broker refused its successor, or it was delivered
+    /// `[amqp].delivery_limit` times without being settled).
+    Settle,
 }
 
 impl Stage {
@@ -20,6 +23,7 @@ impl Stage {
             Self::Validate => "validate",
             Self::Apply => "apply",
             Self::Compensate => "compensate",
+            Self::Settle => "settle",
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::amqp::{PublisherSlot, Topology};
 use crate::http::{self, Readiness};
 use crate::job::ParseContext;
 use crate::pipeline::Pipeline;
-use crate::pipeline::graphs::GraphCache;
+use crate::pipeline::datastores::DataStores;
 use crate::settings::Settings;
 use crate::store::{RateBudget, StoreClient};
 use crate::webhooks;
@@ -21,6 +21,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
     let instance = instance_name(&settings);
     let readiness = Readiness::default();
     readiness.set("broker", false, "not connected yet");
+    readiness.set("broker_publishing", true, "publishing");
     readiness.set("token", false, "no token yet");
     let http_addr = http::serve(settings.http.listen, readiness.clone(), cancel.clone()).await?;
     // On stdout so scripts and tests that asked for port 0 can find it.
@@ -50,7 +51,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
     let pipeline = Pipeline::new(
         ParseContext::from_settings(&settings),
         store.clone(),
-        GraphCache::new(store, settings.graph.refresh_interval),
+        Arc::new(DataStores::new(store, settings.graph.refresh_interval)),
         &instance,
         settings.worker.parallel_patches,
     );
@@ -61,12 +62,14 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
             prefetch: settings.worker.prefetch,
             max_in_flight: settings.worker.max_in_flight,
             shutdown_timeout: settings.worker.shutdown_timeout,
+            confirm_timeout: settings.amqp.confirm_timeout,
         },
         topology,
         handler: Arc::new(pipeline),
         readiness,
         publisher_slot: slot,
         webhooks: webhook_queue,
+        source: format!("cxrel://{instance}"),
     };
     tracing::info!(instance, "worker starting");
     consumer.run(cancel).await;

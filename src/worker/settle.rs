@@ -1,5 +1,10 @@
 //! The one place that maps an outcome to broker actions: events, a retry copy on the next hold
 //! queue, or a dead letter; each confirmed by the broker before the delivery is acked (SPEC §5).
+//!
+//! Order: events first, then the successor copy, then the ack. Events carry ids stable across
+//! redelivery, so a settle that fails part-way and is tried again repeats at most events with the
+//! same ids; the successor copy is published once the events are in, and the ack follows it, so a
+//! job never exists twice because its events failed.
 
 use std::sync::Arc;
 
@@ -39,11 +44,13 @@ pub struct Settler {
     pub topology: Arc<Topology>,
     /// Events are offered to webhooks once the broker has confirmed them.
     pub webhooks: WebhookQueue,
+    /// `cxrel://{instance}`.
+    pub source: String,
 }
 
 impl Settler {
     /// Publishes what replaces the delivery, then acks it. If the broker does not confirm, the
-    /// delivery is not acked: it is requeued (or redelivered after a reconnect) and handled again.
+    /// delivery is not acked and the caller tries again (see the module doc for why that is safe).
     pub async fn settle(
         &self,
         delivery: &Delivery,
@@ -63,9 +70,38 @@ impl Settler {
                     .await?
             }
         };
-        delivery.acker.ack(BasicAckOptions::default()).await?;
+        self.ack(delivery).await;
         metrics::counter!("cxrel_jobs_total", "outcome" => settled.as_str()).increment(1);
         Ok(settled)
+    }
+
+    /// Dead-letters the job with `failure` and no events (the last resort when its events or its
+    /// retry copy cannot be published), then acks it.
+    pub async fn dead_letter_only(
+        &self,
+        delivery: &Delivery,
+        outcome: &Outcome,
+        failure: &Failure,
+    ) -> Result<(), AmqpError> {
+        let attempts = previous_attempts(delivery) + 1;
+        let properties = failure_properties(delivery, outcome, failure, attempts);
+        self.publisher
+            .to_queue(&self.topology.dead(), &delivery.data, properties)
+            .await?;
+        self.ack(delivery).await;
+        metrics::counter!("cxrel_dead_letters_total", "code" => failure.code.clone()).increment(1);
+        metrics::counter!("cxrel_jobs_total", "outcome" => Settled::DeadLettered.as_str())
+            .increment(1);
+        tracing::warn!(job_id = %outcome.context.job_id, code = %failure.code, "job dead-lettered: {}", failure.message);
+        Ok(())
+    }
+
+    /// Acks once the successor is confirmed. An ack that fails (the channel died) is not retried:
+    /// the broker redelivers and the job repeats to the same state with the same event ids.
+    async fn ack(&self, delivery: &Delivery) {
+        if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
+            tracing::warn!(%error, "ack failed after the job was settled; the broker will redeliver it");
+        }
     }
 
     /// Gives a delivery back to the broker after settling failed, so it is not stuck unacked.
@@ -89,19 +125,15 @@ impl Settler {
             ErrorClass::Permanent => None,
         };
         if let Some((hold_queue, _)) = retry {
+            self.publish_events(&outcome.events).await?;
             let properties = failure_properties(delivery, outcome, failure, attempts);
             self.publisher
                 .to_queue(&hold_queue, &delivery.data, properties)
                 .await?;
-            self.publish_events(&outcome.events).await?;
             self.offer_webhooks(outcome.events.clone()).await;
             metrics::counter!("cxrel_retries_total", "code" => failure.code.clone()).increment(1);
             return Ok(Settled::Retried);
         }
-        let properties = failure_properties(delivery, outcome, failure, attempts);
-        self.publisher
-            .to_queue(&self.topology.dead(), &delivery.data, properties)
-            .await?;
         let dead = outcome.context.job_dead_lettered(
             &failure.code,
             &failure.message,
@@ -112,6 +144,10 @@ impl Settler {
         events.extend(outcome.final_events.iter().cloned());
         events.push(dead);
         self.publish_events(&events).await?;
+        let properties = failure_properties(delivery, outcome, failure, attempts);
+        self.publisher
+            .to_queue(&self.topology.dead(), &delivery.data, properties)
+            .await?;
         self.offer_webhooks(events).await;
         metrics::counter!("cxrel_dead_letters_total", "code" => failure.code.clone()).increment(1);
         tracing::warn!(

@@ -1,0 +1,234 @@
+//! Every data store's [`LiveDataStore`], loaded on first use by streaming the record list, reloaded
+//! after `[graph].refresh_interval`, when its relationship fields change, or when this worker may
+//! have missed writes (a new consume session); and confirmation against the store of verdicts that
+//! depend on cached state. Loads are single-flight per data store: one data store loading never
+//! blocks jobs of another.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+
+use super::datastore::LiveDataStore;
+use crate::graph::{GraphBuilder, GraphError, Verdict, ViolationCode};
+use crate::schema::Schema;
+use crate::store::{StoreClient, StoreError};
+
+/// Records read back to confirm one verdict, at most (a cycle or depth path is short; a job naming
+/// thousands of missing ids is rejected on the first ones).
+const MAX_CONFIRM_READS: usize = 32;
+
+/// How long a reload waits for jobs still writing to the old graph.
+const RETIRE_LIMIT: Duration = Duration::from_secs(30);
+
+/// Why a data store's graph could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("building the graph: {0}")]
+    Graph(#[from] GraphError),
+}
+
+impl LoadError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            LoadError::Store(e) => e.code(),
+            LoadError::Graph(e) => e.code(),
+        }
+    }
+
+    pub fn class(&self) -> crate::error::ErrorClass {
+        match self {
+            LoadError::Store(e) => e.class(),
+            LoadError::Graph(e) => e.class(),
+        }
+    }
+}
+
+/// One data store's slot: its live state and the lock that makes loading it single-flight.
+#[derive(Default)]
+struct Slot {
+    live: Mutex<Option<Arc<LiveDataStore>>>,
+    loading: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    fn current(&self) -> Option<Arc<LiveDataStore>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, live: Option<Arc<LiveDataStore>>) {
+        *self.live.lock().unwrap_or_else(|e| e.into_inner()) = live;
+    }
+}
+
+pub struct DataStores {
+    store: StoreClient,
+    refresh_interval: Duration,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+}
+
+impl DataStores {
+    pub fn new(store: StoreClient, refresh_interval: Duration) -> Self {
+        Self {
+            store,
+            refresh_interval,
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The live state of `datastore`, loading it when absent, stale or built for other fields.
+    pub async fn get(&self, datastore: &str) -> Result<Arc<LiveDataStore>, LoadError> {
+        let schema = self.store.schema(datastore).await?;
+        let slot = self.slot(datastore);
+        if let Some(live) = self.usable(&slot, &schema) {
+            return Ok(live);
+        }
+        let _single_flight = slot.loading.lock().await;
+        if let Some(live) = self.usable(&slot, &schema) {
+            return Ok(live);
+        }
+        self.replace(&slot, datastore, schema).await
+    }
+
+    /// Loads `datastore` again (its schema re-read), after jobs writing to the old graph finish.
+    pub async fn reload(&self, datastore: &str) -> Result<Arc<LiveDataStore>, LoadError> {
+        let slot = self.slot(datastore);
+        let stale = slot.current();
+        let _single_flight = slot.loading.lock().await;
+        let current = slot.current();
+        if let (Some(now), Some(old)) = (&current, &stale)
+            && !Arc::ptr_eq(now, old)
+        {
+            return Ok(now.clone()); // someone reloaded while we waited
+        }
+        self.store.invalidate_schema(datastore);
+        let schema = self.store.schema(datastore).await?;
+        self.replace(&slot, datastore, schema).await
+    }
+
+    /// Forgets every graph: the next job of each data store loads it again. Called when this
+    /// worker (re)gains the jobs queue, since another replica may have written meanwhile.
+    pub async fn forget_all(&self) {
+        let slots: Vec<Arc<Slot>> = self.slots().values().cloned().collect();
+        for slot in slots {
+            let _single_flight = slot.loading.lock().await;
+            if let Some(old) = slot.current() {
+                old.retire(RETIRE_LIMIT).await;
+            }
+            slot.set(None);
+        }
+    }
+
+    /// Re-reads one record (after a 412, a 404, or to confirm a verdict) into the graph.
+    pub async fn refresh_record(&self, live: &LiveDataStore, id: &str) -> Result<(), LoadError> {
+        metrics::counter!("cxrel_confirm_reads_total").increment(1);
+        match self.store.get_record(live.id(), id).await {
+            Ok(record) => Ok(live.update_record(&record)?),
+            Err(StoreError::NotFound { .. }) => {
+                live.remove_record(id);
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Confirms a verdict that rejects something against the store before it becomes permanent:
+    /// missing records and the records on a violation's path are read again (found ones join
+    /// the graph), and an unknown or non-relationship field re-reads the schema. Returns the live
+    /// state to check the job against again (a new one when the relationship fields changed).
+    pub async fn confirm(
+        &self,
+        live: &Arc<LiveDataStore>,
+        verdict: &Verdict,
+    ) -> Result<Arc<LiveDataStore>, LoadError> {
+        let mut ids: Vec<&str> = Vec::new();
+        let mut schema_doubt = false;
+        for violation in &verdict.violations {
+            match violation.code {
+                ViolationCode::UnknownField
+                | ViolationCode::NotRelationshipField
+                | ViolationCode::GraphOutdated => schema_doubt = true,
+                ViolationCode::DuplicateChild => {}
+                _ => ids.extend(violation.records.iter().map(|r| r.as_str())),
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids.truncate(MAX_CONFIRM_READS);
+        metrics::counter!("cxrel_confirmations_total").increment(1);
+        for id in ids {
+            self.refresh_record(live, id).await?;
+        }
+        if !schema_doubt {
+            return Ok(live.clone());
+        }
+        self.store.invalidate_schema(live.id());
+        let schema = self.store.schema(live.id()).await?;
+        if live.adopt_schema(schema) {
+            return Ok(live.clone());
+        }
+        self.reload(live.id()).await
+    }
+
+    fn slot(&self, datastore: &str) -> Arc<Slot> {
+        self.slots()
+            .entry(datastore.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Slot>>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current live state if it is young enough and fits `schema` (whose constraints it
+    /// adopts when only those changed).
+    fn usable(&self, slot: &Slot, schema: &Arc<Schema>) -> Option<Arc<LiveDataStore>> {
+        let live = slot.current()?;
+        let fits = Arc::ptr_eq(&live.schema(), schema) || live.adopt_schema(schema.clone());
+        (fits && live.age() < self.refresh_interval).then_some(live)
+    }
+
+    /// Retires the slot's live state (its writers finish first), then loads a new one.
+    async fn replace(
+        &self,
+        slot: &Slot,
+        datastore: &str,
+        schema: Arc<Schema>,
+    ) -> Result<Arc<LiveDataStore>, LoadError> {
+        if let Some(old) = slot.current() {
+            old.retire(RETIRE_LIMIT).await;
+        }
+        slot.set(None);
+        let started = Instant::now();
+        let live = self.load(datastore, schema).await?;
+        let records = live.with_graph(|g| g.record_count());
+        tracing::info!(datastore, records, elapsed = ?started.elapsed(), "relationship graph loaded");
+        metrics::gauge!("cxrel_graph_records", "datastore" => datastore.to_owned())
+            .set(records as f64);
+        slot.set(Some(live.clone()));
+        Ok(live)
+    }
+
+    async fn load(
+        &self,
+        datastore: &str,
+        schema: Arc<Schema>,
+    ) -> Result<Arc<LiveDataStore>, LoadError> {
+        let mut builder = GraphBuilder::new(&schema);
+        let mut records = std::pin::pin!(self.store.list_records(datastore));
+        while let Some(record) = records.try_next().await? {
+            builder.add_record(&record.id, record.version)?;
+            for field in schema.relationships() {
+                if record.fields.contains_key(&field.name) {
+                    let value = record.relationship(&field.name);
+                    builder.set_children(&record.id, &field.name, &value.ids, value.cascade)?;
+                }
+            }
+        }
+        Ok(LiveDataStore::new(datastore, schema, builder.build()?))
+    }
+}

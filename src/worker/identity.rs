@@ -1,0 +1,70 @@
+//! A job's identity, fixed at first sight (SPEC §10): the body's `job_id`, else the AMQP
+//! `message_id`, else the `x-cxrel-job-id` a retry copy, dead letter or replay carries, else a UUIDv5
+//! of the body, so a redelivery of the same message gets the same id and its events repeat ids.
+
+use lapin::BasicProperties;
+use uuid::Uuid;
+
+use crate::amqp::headers;
+
+/// Namespace of the body-derived ids (a fixed random UUID; changing it changes every derived id).
+const BODY_NAMESPACE: Uuid = Uuid::from_u128(0x5d2c_1f0e_8a4b_4c1d_9e7f_3b6a_0c2d_4e8f);
+
+/// The id of a job whose body names none.
+pub fn default_job_id(properties: &BasicProperties, body: &[u8]) -> String {
+    let message_id = properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.as_str().to_owned());
+    let carried = || headers::get_str(&headers::table(properties), headers::JOB_ID);
+    message_id
+        .filter(|id| !id.is_empty())
+        .or_else(carried)
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| Uuid::new_v5(&BODY_NAMESPACE, body).to_string())
+}
+
+/// The body's own `job_id` when it has a usable one, else `default` (for jobs not parsed).
+pub fn declared_or(body: &[u8], default: &str) -> String {
+    std::str::from_utf8(body)
+        .ok()
+        .and_then(crate::jobfile::declared_job_id)
+        .filter(|id| id.chars().count() <= 128)
+        .unwrap_or_else(|| default.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::FieldTable;
+
+    #[test]
+    fn the_message_id_is_the_default_job_id() {
+        let props = BasicProperties::default().with_message_id("m-1".into());
+        assert_eq!(default_job_id(&props, b"{}"), "m-1");
+    }
+
+    #[test]
+    fn a_carried_job_id_survives_a_message_without_message_id() {
+        let mut table = FieldTable::default();
+        headers::set_str(&mut table, headers::JOB_ID, "j-7");
+        let props = BasicProperties::default().with_headers(table);
+        assert_eq!(default_job_id(&props, b"{}"), "j-7");
+    }
+
+    #[test]
+    fn the_same_body_without_ids_gets_the_same_id_on_every_delivery() {
+        let props = BasicProperties::default();
+        let a = default_job_id(&props, br#"{"parentId":"p"}"#);
+        let b = default_job_id(&props, br#"{"parentId":"p"}"#);
+        let c = default_job_id(&props, br#"{"parentId":"q"}"#);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn a_declared_job_id_wins_over_the_default() {
+        assert_eq!(declared_or(br#"{"job_id":"own"}"#, "d"), "own");
+        assert_eq!(declared_or(b"not json", "d"), "d");
+    }
+}
