@@ -158,11 +158,9 @@ async fn send(
                 wrote: true,
             }
         }
-        // 412: changed since the graph was read; 404: deleted behind the worker. Either way the
-        // parent is read again and the job revalidated.
-        Err(StoreError::VersionMismatch { .. } | StoreError::NotFound { .. }) => {
-            PatchResult::Conflict
-        }
+        // 412: changed since the graph was read; the parent is read again and the job revalidated.
+        // (A 404 is the store itself saying the parent is gone: a permanent failure, compensated.)
+        Err(StoreError::VersionMismatch { .. }) => PatchResult::Conflict,
         Err(error) if outcome_unknown(&error) => {
             read_back(store, live, parent, values, if_match, error).await
         }
