@@ -435,7 +435,7 @@ async fn an_atomic_job_failing_part_way_restores_the_earlier_parents_with_rolled
     let rolled: Vec<_> = s.tap.of_type("cxrel.relationship.rolled_back").collect();
     assert_eq!(rolled.len(), 1);
     assert_eq!(rolled[0]["data"]["parent_id"], a.as_str());
-    assert_eq!(rolled[0]["data"]["code"], "not_found");
+    assert_eq!(rolled[0]["data"]["code"], "record_not_found");
     let failed: Vec<_> = s.tap.of_type("cxrel.relationship.failed").collect();
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0]["data"]["parent_id"], b.as_str());

@@ -62,6 +62,22 @@ pub async fn delete_datastore(
     }
 }
 
+/// `PUT /_emulator/datastores/{ds}/schema` `{"fields":[…]}`: replaces the schema, keeping the
+/// records and their versions → `{"id","fields":N}`; 400 when the schema is invalid.
+pub async fn set_schema(
+    State(state): State<Shared>,
+    Path(ds): Path<String>,
+    ApiJson(schema): ApiJson<super::model::Schema>,
+) -> Result<Json<Value>, ApiError> {
+    schema
+        .check()
+        .map_err(|why| ApiError::bad_request("invalid_schema", why))?;
+    let fields = schema.fields.len();
+    let replaced = state.datastore(&ds)?.with_schema(schema);
+    state.insert_datastore(ds.clone(), replaced, true);
+    Ok(Json(json!({"id": ds, "fields": fields})))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BulkRecords {

@@ -148,6 +148,10 @@ fn control_routes() -> Router<Shared> {
             post(control::load_records),
         )
         .route(
+            "/_emulator/datastores/{ds}/schema",
+            axum::routing::put(control::set_schema),
+        )
+        .route(
             "/_emulator/records/{ds}/{id}/lock",
             post(control::lock_record),
         )

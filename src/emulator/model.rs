@@ -234,6 +234,19 @@ impl DataStore {
         lock(&self.records)
     }
 
+    /// The same records (versions and locks kept) under another schema, as when the store's
+    /// owner edits the schema (e.g. adds a relationship field).
+    pub fn with_schema(&self, schema: Schema) -> Self {
+        let records = self.records();
+        Self {
+            schema,
+            records: Mutex::new(Records {
+                map: records.map.clone(),
+                locked: records.locked.clone(),
+            }),
+        }
+    }
+
     /// Inserts or replaces records after checking them against the schema; all or nothing.
     pub fn load(&self, inputs: Vec<RecordInput>) -> Result<usize, ApiError> {
         let mut checked = Vec::with_capacity(inputs.len());

@@ -212,7 +212,7 @@ impl Pipeline {
         let restored =
             apply::compensate(&self.store, live, plan, results, self.parallel_patches).await;
         let (code, message) = match failed {
-            Some(e) => (e.code().to_owned(), e.to_string()),
+            Some(e) => (write_code(e).to_owned(), e.to_string()),
             None => (
                 "version_conflict".to_owned(),
                 "a parent changed during the job".to_owned(),
@@ -234,7 +234,7 @@ impl Pipeline {
                     }
                 }
                 (PatchResult::Failed(e), None) => OpStatus::Failed {
-                    code: e.code().to_owned(),
+                    code: write_code(e).to_owned(),
                     message: e.to_string(),
                 },
                 _ => OpStatus::Unprocessed,
@@ -335,7 +335,7 @@ fn mark_results(plan: &Plan, results: &[PatchResult], statuses: &mut [OpStatus])
         let status = match result {
             PatchResult::Applied { version, .. } => OpStatus::Applied { version: *version },
             PatchResult::Failed(e) => OpStatus::Failed {
-                code: e.code().to_owned(),
+                code: write_code(e).to_owned(),
                 message: e.to_string(),
             },
             PatchResult::Conflict | PatchResult::NotSent => OpStatus::Unprocessed,
@@ -373,8 +373,22 @@ fn describe(result: &PatchResult) -> String {
     }
 }
 
+/// The code of a failed write: a 404 is the store confirming the record is gone, which SPEC §2
+/// calls `record_not_found`; every other error keeps the store error's code.
+fn write_code(error: &StoreError) -> &'static str {
+    match error {
+        StoreError::NotFound { .. } => "record_not_found",
+        other => other.code(),
+    }
+}
+
 fn apply_failure(error: &StoreError) -> Failure {
-    Failure::new(error.code(), error.to_string(), Stage::Apply, error.class())
+    Failure::new(
+        write_code(error),
+        error.to_string(),
+        Stage::Apply,
+        error.class(),
+    )
 }
 
 fn load_failure(error: &LoadError) -> Failure {

@@ -5,7 +5,9 @@
 use std::time::{Duration, Instant};
 
 use cxrel::amqp::Topology;
-use lapin::options::{BasicAckOptions, BasicGetOptions};
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions};
+use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, message::BasicGetMessage};
 
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -33,31 +35,54 @@ pub async fn connect() -> Connection {
 }
 
 /// Takes up to `count` messages from `queue`, acking them, waiting at most `timeout` in total.
+/// Consumes rather than `basic.get`, which quorum queues with a single active consumer (the jobs
+/// queue) refuse; messages delivered beyond `count` are handed back.
 pub async fn take(
     channel: &Channel,
     queue: &str,
     count: usize,
     timeout: Duration,
 ) -> Vec<BasicGetMessage> {
+    let tag = format!("take-{}", uuid::Uuid::new_v4().simple());
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("basic.consume");
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
-    while out.len() < count && Instant::now() < deadline {
-        match channel
-            .basic_get(queue.into(), BasicGetOptions::default())
-            .await
-            .expect("basic.get")
-        {
-            Some(message) => {
-                message
-                    .delivery
+    while out.len() < count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, consumer.next()).await {
+            Ok(Some(Ok(delivery))) => {
+                delivery
                     .acker
                     .ack(BasicAckOptions::default())
                     .await
                     .expect("ack");
-                out.push(message);
+                out.push(BasicGetMessage {
+                    delivery,
+                    message_count: 0,
+                });
             }
-            None => tokio::time::sleep(Duration::from_millis(50)).await,
+            _ => break,
         }
+    }
+    let _ = channel
+        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+        .await;
+    while let Ok(Some(Ok(extra))) =
+        tokio::time::timeout(Duration::from_millis(50), consumer.next()).await
+    {
+        let requeue = BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        };
+        let _ = extra.acker.nack(requeue).await;
     }
     out
 }
