@@ -1,5 +1,6 @@
-//! Three worker processes on one jobs queue share one Redis rate budget: together they stay within
-//! the data store's limit, and losing one of them mid-drain loses no job.
+//! Three worker processes share one Redis rate budget: three deployments (prefixes) of one tenant
+//! together stay within the data store's limit, and three replicas of one deployment (one active,
+//! two standing by) lose no job when one is killed mid-drain.
 
 mod broker;
 mod common;
@@ -13,10 +14,10 @@ use serde_json::{Value, json};
 use workers::pairs::{assert_pairs_stored, completed, emulator_with, pair_jobs};
 use workers::{EventTap, WorkerOptions, WorkerProcess, publish_jobs, worker_config_with};
 
-/// Three workers on `prefix` sharing the Redis budget at `key`.
+/// One worker per prefix of `prefixes` (three), all sharing the Redis budget at `key`.
 fn spawn_three(
     emu: &EmulatorProcess,
-    prefix: &str,
+    prefixes: &[String],
     key: &str,
     rps: u32,
     burst: u32,
@@ -31,8 +32,10 @@ fn spawn_three(
         client_max_elapsed: "20s",
         ..WorkerOptions::default()
     };
-    let config = worker_config_with(&emu.base, prefix, &options);
-    (0..3).map(|_| WorkerProcess::spawn(&config)).collect()
+    prefixes
+        .iter()
+        .map(|prefix| WorkerProcess::spawn(&worker_config_with(&emu.base, prefix, &options)))
+        .collect()
 }
 
 /// Waits until each worker is ready with `/readyz` budget detail starting with `detail`.
@@ -76,19 +79,31 @@ async fn three_workers_sharing_one_budget_stay_within_the_store_limit() {
     // The store's limit: 100 rps with a small burst, as a real tenant limit would be.
     emu.set_faults(json!({"rate_limit": {"requests_per_second": 100, "burst": 10}}))
         .await;
-    let prefix = broker::unique_prefix("sharedbudget");
-    let topology = broker::topology(&prefix, &[200, 400, 800]);
+    // Three deployments of one tenant: each has its own jobs queue (and one active worker).
+    let prefixes: Vec<String> = (0..3)
+        .map(|i| broker::unique_prefix(&format!("sharedbudget{i}")))
+        .collect();
+    let topologies: Vec<_> = prefixes
+        .iter()
+        .map(|p| broker::topology(p, &[200, 400, 800]))
+        .collect();
     let conn = broker::connect().await;
     let channel = conn.create_channel().await.unwrap();
-    cxrel::amqp::topology::declare(&channel, &topology)
-        .await
-        .expect("declare");
+    for topology in &topologies {
+        cxrel::amqp::topology::declare(&channel, topology)
+            .await
+            .expect("declare");
+    }
     let publisher = Publisher::open(&conn).await.unwrap();
-    let workers = spawn_three(&emu, &prefix, &budget_key("limit"), 100, 5);
+    let workers = spawn_three(&emu, &prefixes, &budget_key("limit"), 100, 5);
     wait_budget(&workers, "redis shared budget").await;
 
     let started = Instant::now();
-    publish_jobs(&publisher, &topology, &pair_jobs("shared", JOBS)).await;
+    let jobs = pair_jobs("shared", JOBS);
+    for (i, topology) in topologies.iter().enumerate() {
+        let share: Vec<Value> = jobs.iter().skip(i).step_by(3).cloned().collect();
+        publish_jobs(&publisher, topology, &share).await;
+    }
     // Progress from the store's side: the events tap lags far behind 100 jobs/s in a debug build.
     let deadline = started + Duration::from_secs(120);
     let stats = loop {
@@ -128,9 +143,13 @@ async fn three_workers_sharing_one_budget_stay_within_the_store_limit() {
             .unwrap_or(0.0);
         assert!(applied > 0.0, "worker {} applied nothing", worker.http);
     }
-    broker::assert_no_dead_letters(&channel, &topology).await;
+    for topology in &topologies {
+        broker::assert_no_dead_letters(&channel, topology).await;
+    }
     drop(workers);
-    broker::teardown(&channel, &topology).await;
+    for topology in &topologies {
+        broker::teardown(&channel, topology).await;
+    }
 }
 
 #[tokio::test]
@@ -143,7 +162,8 @@ async fn a_worker_killed_mid_drain_loses_no_job() {
     let channel = conn.create_channel().await.unwrap();
     let mut tap = EventTap::bind(&channel, &topology).await;
     let publisher = Publisher::open(&conn).await.unwrap();
-    let mut workers = spawn_three(&emu, &prefix, &budget_key("kill"), 200, 10);
+    let replicas = vec![prefix.clone(), prefix.clone(), prefix.clone()];
+    let mut workers = spawn_three(&emu, &replicas, &budget_key("kill"), 200, 10);
     wait_budget(&workers, "redis shared budget").await;
 
     publish_jobs(&publisher, &topology, &pair_jobs("killed", JOBS)).await;

@@ -180,3 +180,61 @@ async fn a_broker_connection_closed_mid_drain_is_recovered_and_every_job_complet
     drop(worker);
     broker::teardown(&channel, &topology).await;
 }
+
+#[tokio::test]
+async fn a_job_whose_worker_dies_before_settling_ends_coded_in_the_dead_queue() {
+    let emu = emulator_with(4).await;
+    let prefix = broker::unique_prefix("poison");
+    let topology = broker::topology(&prefix, &[200]).with_delivery_limit(2);
+    let conn = broker::connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    let mut tap = EventTap::bind(&channel, &topology).await;
+    let publisher = Publisher::open(&conn).await.unwrap();
+    let options = WorkerOptions {
+        retry_delays: r#""200ms""#,
+        delivery_limit: 2,
+        ..WorkerOptions::default()
+    };
+    let config = worker_config_with(&emu.base, &prefix, &options);
+    // Every store answer takes 5 s, so each worker is killed with the job in its hands.
+    emu.set_faults(json!({"latency_ms": 5000})).await;
+    publish_jobs(&publisher, &topology, &pair_jobs("poison", 1)).await;
+    for round in 0..2 {
+        let worker = WorkerProcess::spawn(&config);
+        let mut holding = false;
+        for _ in 0..100 {
+            if worker.metrics().await.contains("cxrel_jobs_in_flight 1") {
+                holding = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(holding, "round {round}: the worker took the job");
+        worker.signal("KILL");
+    }
+    emu.set_faults(json!({"latency_ms": 0})).await;
+    let worker = WorkerProcess::spawn(&config);
+    let dead = broker::take(&channel, &topology.dead(), 1, Duration::from_secs(30)).await;
+    assert_eq!(dead.len(), 1, "the job was dead-lettered, not lost");
+    let t = headers::table(&dead[0].delivery.properties);
+    assert_eq!(
+        headers::get_str(&t, headers::ERROR_CODE).as_deref(),
+        Some("delivery_limit_exceeded")
+    );
+    assert_eq!(
+        headers::get_str(&t, headers::STAGE).as_deref(),
+        Some("settle")
+    );
+    assert_eq!(
+        headers::get_str(&t, headers::JOB_ID).as_deref(),
+        Some("poison-0")
+    );
+    assert!(
+        tap.until(Duration::from_secs(10), |e| e
+            .iter()
+            .any(|e| e["type"] == "cxrel.job.dead_lettered"))
+            .await
+    );
+    drop(worker);
+    broker::teardown(&channel, &topology).await;
+}

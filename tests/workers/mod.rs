@@ -37,6 +37,8 @@ pub struct WorkerOptions {
     pub redis_key: String,
     pub redis_url: &'static str,
     pub replicas_hint: u32,
+    /// `[amqp].delivery_limit` (the test's `Topology` must declare the same).
+    pub delivery_limit: u32,
     /// Appended TOML: extra tables such as `[[webhooks]]`.
     pub extra: String,
 }
@@ -54,6 +56,7 @@ impl Default for WorkerOptions {
             redis_key: String::new(),
             redis_url: "redis://127.0.0.1:6379",
             replicas_hint: 1,
+            delivery_limit: cxrel::amqp::topology::DEFAULT_DELIVERY_LIMIT,
             extra: String::new(),
         }
     }
@@ -78,6 +81,7 @@ pub fn worker_config_with(emulator: &str, prefix: &str, o: &WorkerOptions) -> St
 [amqp]
 prefix = "{prefix}"
 retry_delays = [{delays}]
+delivery_limit = {delivery_limit}
 
 [cxone]
 api_base = "{emulator}"
@@ -109,6 +113,7 @@ max_elapsed = "{elapsed}"
 {extra}
 "#,
         delays = o.retry_delays,
+        delivery_limit = o.delivery_limit,
         parallel = o.parallel_patches,
         rps = o.requests_per_second,
         burst = o.burst,
