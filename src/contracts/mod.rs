@@ -4,8 +4,8 @@
 //! settings give, so the documents cannot drift from the code.
 //!
 //! Files: [`defs`] the shared definition table, [`job`], [`event`], [`dead_letter`] one schema
-//! each, [`headers`] typed header sets, [`asyncapi`] the AsyncAPI document and [`amqp`] its
-//! broker parts.
+//! each, [`headers`] typed header sets, [`asyncapi`] the AsyncAPI document, [`messages`] its
+//! messages and [`amqp`] its broker parts.
 
 mod amqp;
 mod asyncapi;
@@ -14,6 +14,7 @@ mod defs;
 mod event;
 mod headers;
 mod job;
+mod messages;
 
 use serde_json::{Map, Value};
 
