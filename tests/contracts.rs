@@ -414,3 +414,55 @@ fn mutations_of_a_valid_job_are_judged_alike_by_schema_and_parser() {
     assert!(variants.len() > 150, "{} variants", variants.len());
     assert!(disagreements.is_empty(), "{}", disagreements.join("\n"));
 }
+
+#[test]
+fn the_asyncapi_document_follows_the_settings_and_never_prints_the_password() {
+    let output = Command::new(env!("CARGO_BIN_EXE_cxrel"))
+        .args(["schema", "asyncapi", "--format", "yaml"])
+        .env_clear()
+        .env("CXREL__AMQP__PREFIX", "acme")
+        .env(
+            "CXREL__AMQP__URL",
+            "amqps://svc:hunter2@mq.example:5671/prod",
+        )
+        .env("CXREL__AMQP__RETRY_DELAYS", "2s,1m")
+        .current_dir(tempfile::tempdir().unwrap().path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(!text.contains("hunter2"), "the password leaked:\n{text}");
+    let document = contract_support::parse(&text, Format::Yaml);
+    assert_valid(
+        &official_asyncapi_validator(),
+        &document,
+        "the acme AsyncAPI document",
+    );
+    let broker = &document["servers"]["broker"];
+    assert_eq!(
+        (broker["host"].as_str(), broker["protocol"].as_str()),
+        (Some("mq.example:5671"), Some("amqps"))
+    );
+    let channels = &document["channels"];
+    assert_eq!(channels["jobs"]["address"], "acme.jobs");
+    assert_eq!(
+        channels["retry.1m"]["bindings"]["amqp"]["x-queue-arguments"]["x-message-ttl"],
+        60_000
+    );
+    assert_eq!(
+        channels["retry.2s"]["bindings"]["amqp"]["queue"]["vhost"],
+        "prod"
+    );
+    assert_eq!(
+        channels["job.completed"]["bindings"]["amqp"]["exchange"]["name"],
+        "acme.events"
+    );
+    assert!(
+        channels.get("retry.1s").is_none(),
+        "only the configured delays"
+    );
+}
