@@ -479,5 +479,34 @@ async fn the_declared_queues_carry_the_arguments_the_asyncapi_document_states() 
         checked += 1;
     }
     assert_eq!(checked, 5, "jobs, two hold queues, dead, webhooks dead");
+    let stated = &document["channels"]["job.completed"]["bindings"]["amqp"]["exchange"];
+    let actual = declared_exchange(&topology.events());
+    assert_eq!(
+        (&actual["type"], &actual["durable"], &actual["auto_delete"]),
+        (&stated["type"], &stated["durable"], &stated["autoDelete"]),
+        "the events exchange"
+    );
     broker::teardown(&channel, &topology).await;
+}
+
+/// `rabbitmqctl list_exchanges`: the exchange `name` with its type and flags.
+fn declared_exchange(name: &str) -> Value {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_exchanges",
+            "-q",
+            "name",
+            "type",
+            "durable",
+            "auto_delete",
+            "--formatter",
+            "json",
+        ])
+        .output()
+        .expect("rabbitmqctl list_exchanges");
+    let exchanges: Vec<Value> = serde_json::from_slice(&output.stdout).expect("rabbitmqctl JSON");
+    exchanges
+        .into_iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("{name} is not declared"))
 }
