@@ -1,17 +1,27 @@
 //! Result events (SPEC §6): CloudEvents 1.0 in structured JSON, with ids derived from
 //! (job_id, operation index, type) so a redelivered job repeats the same ids and subscribers can
 //! drop duplicates. Routing key on the events exchange = type without the `cxrel.` prefix.
+//! The `data` shapes are typed structs, so `cxrel schema event` derives its schemas from them.
 
 use std::time::SystemTime;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use uuid::Uuid;
 
 /// Namespace of event ids (UUIDv5); fixed forever so ids stay stable across versions.
 const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6a0c_51f5_8c3e_4d0b_9f5e_2b1d_7c4a_9e11);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// CloudEvents `specversion`.
+pub const SPEC_VERSION: &str = "1.0";
+/// CloudEvents `datacontenttype`: `data` is JSON.
+pub const DATA_CONTENT_TYPE: &str = "application/json";
+/// AMQP `content_type` (and webhook `Content-Type`) of a structured-mode CloudEvent.
+pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json";
+
+/// The CloudEvents `type` of a result event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum EventType {
     #[serde(rename = "cxrel.relationship.applied")]
     Applied,
@@ -54,16 +64,24 @@ impl EventType {
     }
 }
 
-/// One CloudEvent, structured mode.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One CloudEvent 1.0 in structured mode: the whole event is the JSON message body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CloudEvent {
+    /// Always `1.0`.
     pub specversion: String,
+    /// Derived from (job_id, operation index, type): a redelivered job repeats it, so
+    /// subscribers can drop duplicates by id.
     pub id: String,
+    /// `cxrel://{[worker].instance}`.
     pub source: String,
     #[serde(rename = "type")]
     pub ty: EventType,
+    /// When the event was built, RFC 3339 UTC.
     pub time: String,
+    /// `{datastore_id}/{parent_id}` for relationship events, `{datastore_id}/jobs/{job_id}` for
+    /// job events.
     pub subject: String,
+    /// Always `application/json`.
     pub datacontenttype: String,
     /// W3C trace context (CloudEvents distributed-tracing extension), when the job carried one.
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -95,41 +113,98 @@ pub struct EventContext {
     pub traceparent: Option<String>,
 }
 
-/// The per-operation facts of a relationship event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The result of one operation, as listed in `cxrel.job.completed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct OperationOutcome {
+    /// Position of the operation in the job, from 0.
     pub operation_index: usize,
     pub parent_id: String,
     pub relationship_field: String,
     pub child_ids: Vec<String>,
     /// applied | rejected | failed | rolled_back | unprocessed
     pub status: String,
+    /// The parent record's new `_version`, when applied.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub version: Option<u64>,
+    /// Stable snake_case error code, when not applied.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub code: Option<String>,
+    /// What went wrong, for people.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub message: Option<String>,
+}
+
+/// `data` of `cxrel.relationship.applied`, `.rejected`, `.failed` and `.rolled_back`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RelationshipData {
+    pub job_id: String,
+    pub datastore_id: String,
+    /// Position of the operation in the job, from 0.
+    pub operation_index: usize,
+    pub parent_id: String,
+    pub relationship_field: String,
+    pub child_ids: Vec<String>,
+    /// The parent record's new `_version` (applied).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub version: Option<u64>,
+    /// Stable snake_case error code (rejected, failed, rolled back).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub code: Option<String>,
+    /// What went wrong, for people (rejected, failed, rolled back).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub message: Option<String>,
+}
+
+/// `data` of `cxrel.job.completed`: every operation's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct JobCompletedData {
+    pub job_id: String,
+    pub datastore_id: String,
+    pub atomic: bool,
+    pub summary: OutcomeSummary,
+    /// One entry per operation, in job order.
+    pub operations: Vec<OperationOutcome>,
+}
+
+/// How many operations ended in each status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OutcomeSummary {
+    pub applied: usize,
+    pub rejected: usize,
+    pub failed: usize,
+    pub rolled_back: usize,
+    pub unprocessed: usize,
+}
+
+/// `data` of `cxrel.job.dead_lettered`: the job went to `{prefix}.dead`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct JobDeadLetteredData {
+    pub job_id: String,
+    /// Empty when the body did not parse far enough to name one.
+    pub datastore_id: String,
+    /// The `x-cxrel-error-code` of the dead letter.
+    pub code: String,
+    pub message: String,
+    /// parse | validate | apply | compensate
+    pub stage: String,
+    /// Deliveries made, this one included.
+    pub attempts: u64,
 }
 
 impl EventContext {
     /// A relationship event (`applied`, `rejected`, `failed`, `rolled_back`) for one operation.
     pub fn relationship(&self, ty: EventType, outcome: &OperationOutcome) -> CloudEvent {
-        let mut data = json!({
-            "job_id": self.job_id,
-            "datastore_id": self.datastore_id,
-            "operation_index": outcome.operation_index,
-            "parent_id": outcome.parent_id,
-            "relationship_field": outcome.relationship_field,
-            "child_ids": outcome.child_ids,
+        let data = to_data(&RelationshipData {
+            job_id: self.job_id.clone(),
+            datastore_id: self.datastore_id.clone(),
+            operation_index: outcome.operation_index,
+            parent_id: outcome.parent_id.clone(),
+            relationship_field: outcome.relationship_field.clone(),
+            child_ids: outcome.child_ids.clone(),
+            version: outcome.version,
+            code: outcome.code.clone(),
+            message: outcome.message.clone(),
         });
-        insert_opt(&mut data, "version", outcome.version.map(Value::from));
-        insert_opt(&mut data, "code", outcome.code.clone().map(Value::from));
-        insert_opt(
-            &mut data,
-            "message",
-            outcome.message.clone().map(Value::from),
-        );
         let subject = format!("{}/{}", self.datastore_id, outcome.parent_id);
         self.event(ty, Some(outcome.operation_index), subject, data)
     }
@@ -137,18 +212,18 @@ impl EventContext {
     /// `cxrel.job.completed`, listing every operation's result.
     pub fn job_completed(&self, atomic: bool, operations: &[OperationOutcome]) -> CloudEvent {
         let count = |status: &str| operations.iter().filter(|o| o.status == status).count();
-        let data = json!({
-            "job_id": self.job_id,
-            "datastore_id": self.datastore_id,
-            "atomic": atomic,
-            "summary": {
-                "applied": count("applied"),
-                "rejected": count("rejected"),
-                "failed": count("failed"),
-                "rolled_back": count("rolled_back"),
-                "unprocessed": count("unprocessed"),
+        let data = to_data(&JobCompletedData {
+            job_id: self.job_id.clone(),
+            datastore_id: self.datastore_id.clone(),
+            atomic,
+            summary: OutcomeSummary {
+                applied: count("applied"),
+                rejected: count("rejected"),
+                failed: count("failed"),
+                rolled_back: count("rolled_back"),
+                unprocessed: count("unprocessed"),
             },
-            "operations": operations,
+            operations: operations.to_vec(),
         });
         self.event(EventType::JobCompleted, None, self.job_subject(), data)
     }
@@ -161,13 +236,13 @@ impl EventContext {
         stage: &str,
         attempts: u64,
     ) -> CloudEvent {
-        let data = json!({
-            "job_id": self.job_id,
-            "datastore_id": self.datastore_id,
-            "code": code,
-            "message": message,
-            "stage": stage,
-            "attempts": attempts,
+        let data = to_data(&JobDeadLetteredData {
+            job_id: self.job_id.clone(),
+            datastore_id: self.datastore_id.clone(),
+            code: code.to_owned(),
+            message: message.to_owned(),
+            stage: stage.to_owned(),
+            attempts,
         });
         self.event(EventType::JobDeadLettered, None, self.job_subject(), data)
     }
@@ -184,23 +259,22 @@ impl EventContext {
         data: Value,
     ) -> CloudEvent {
         CloudEvent {
-            specversion: "1.0".to_owned(),
+            specversion: SPEC_VERSION.to_owned(),
             id: event_id(&self.job_id, operation, ty),
             source: self.source.clone(),
             ty,
             time: now_rfc3339(),
             subject,
-            datacontenttype: "application/json".to_owned(),
+            datacontenttype: DATA_CONTENT_TYPE.to_owned(),
             traceparent: self.traceparent.clone(),
             data,
         }
     }
 }
 
-fn insert_opt(data: &mut Value, key: &str, value: Option<Value>) {
-    if let (Some(map), Some(value)) = (data.as_object_mut(), value) {
-        map.insert(key.to_owned(), value);
-    }
+/// A data struct as JSON; structs of strings and numbers always serialize.
+fn to_data<T: Serialize>(data: &T) -> Value {
+    serde_json::to_value(data).unwrap_or_default()
 }
 
 /// The current time as RFC 3339 with milliseconds, UTC.
@@ -254,6 +328,24 @@ mod tests {
         assert_eq!(v["data"]["version"], 4);
         assert!(v["data"].get("code").is_none());
         assert!(v.get("traceparent").is_none());
+    }
+
+    #[test]
+    fn typed_data_serializes_to_the_documented_keys_only() {
+        use serde_json::json;
+        let mut rejected = outcome();
+        rejected.version = None;
+        rejected.code = Some("cycle_detected".into());
+        rejected.message = Some("p → c → p".into());
+        let e = context().relationship(EventType::Rejected, &rejected);
+        let expected = json!({"job_id": "job-1", "datastore_id": "accounts",
+            "operation_index": 2, "parent_id": "p", "relationship_field": "parent_child_link",
+            "child_ids": ["c"], "code": "cycle_detected", "message": "p → c → p"});
+        assert_eq!(e.data, expected);
+        let dead = context().job_dead_lettered("invalid_job", "bad", "parse", 1);
+        let expected = json!({"job_id": "job-1", "datastore_id": "accounts",
+            "code": "invalid_job", "message": "bad", "stage": "parse", "attempts": 1});
+        assert_eq!(dead.data, expected);
     }
 
     #[test]

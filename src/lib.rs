@@ -5,6 +5,7 @@
 //! Module map (a job flows top to bottom):
 //! - [`settings`], [`secret`], [`telemetry`], [`shutdown`]: start-up plumbing.
 //! - [`cli`]: the `cxrel` subcommands (SPEC §9), one file each.
+//! - [`contracts`]: JSON Schemas and the AsyncAPI document generated from the wire types (`cxrel schema`).
 //! - [`emulator`]: the bundled data-store emulator (auth, records API, faults, webhook receiver).
 //! - [`error`]: the Permanent / Transient class shared by every stage's errors.
 //! - [`schema`]: a data store's schema, wire JSON and effective relationship constraints.
@@ -25,6 +26,7 @@
 pub mod amqp;
 pub mod bench;
 pub mod cli;
+pub mod contracts;
 pub mod dlq;
 pub mod emulator;
 pub mod error;

@@ -5,6 +5,7 @@ mod demo;
 mod dlq;
 mod emulator;
 mod enqueue;
+mod schema;
 mod topology;
 mod validate;
 mod worker;
@@ -48,6 +49,8 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Throughput run: emulator, worker processes and enqueue; jobs/s, latency, memory, broker ceiling.
     Bench(bench::BenchArgs),
+    /// Print a contract generated from the code: job, event or dead-letter JSON Schema, or AsyncAPI.
+    Schema(schema::SchemaArgs),
 }
 
 impl Cli {
@@ -73,5 +76,6 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
         Command::Demo(args) => demo::run(args, settings).await,
         Command::Bench(args) => bench::run(args, settings).await,
         Command::Validate(args) => validate::run(args, settings).await,
+        Command::Schema(args) => schema::run(args, settings).await,
     }
 }

@@ -11,6 +11,7 @@ mod wire;
 pub use error::JobError;
 pub use parse::{JobLimits, MAX_NAME_CHARS, ParseContext};
 pub use types::{CascadeAction, FieldName, Job, Mode, Operation, RecordId};
+pub(crate) use wire::{JobWire, TutorialWire};
 
 #[cfg(test)]
 mod tests {

@@ -239,7 +239,8 @@ impl Deliverer {
         let mut request = self
             .client
             .post(&endpoint.url)
-            .header("content-type", "application/json")
+            // CloudEvents HTTP structured mode: the body is the whole event.
+            .header("content-type", crate::events::STRUCTURED_CONTENT_TYPE)
             .header("webhook-id", &event.id)
             .header("webhook-timestamp", timestamp.to_string())
             .header(
