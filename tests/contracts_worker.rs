@@ -384,17 +384,6 @@ async fn check_webhooks(emu: &EmulatorProcess, events: usize) {
     }
 }
 
-/// Arguments of the jobs queue the AsyncAPI document states ahead of the topology rewrite that
-/// declares them; tolerated as missing on the broker until that lands (then drop them here).
-const PENDING_JOBS_ARGUMENTS: [&str; 3] = [
-    "x-single-active-consumer",
-    "x-dead-letter-exchange",
-    "x-dead-letter-routing-key",
-];
-
-/// Arguments whose value the document describes in words only.
-const DESCRIBED_ONLY: [&str; 1] = ["x-delivery-limit"];
-
 /// `rabbitmqctl list_queues`: queue name → arguments as JSON.
 fn declared_arguments(prefix: &str) -> HashMap<String, serde_json::Map<String, Value>> {
     let output = std::process::Command::new("rabbitmqctl")
@@ -457,9 +446,6 @@ async fn the_declared_queues_carry_the_arguments_the_asyncapi_document_states() 
             .get(name)
             .unwrap_or_else(|| panic!("{name} is not declared"));
         for (key, value) in actual {
-            if DESCRIBED_ONLY.contains(&key.as_str()) {
-                continue;
-            }
             assert_eq!(
                 stated.get(key),
                 Some(value),
@@ -467,14 +453,11 @@ async fn the_declared_queues_carry_the_arguments_the_asyncapi_document_states() 
             );
         }
         for (key, value) in stated {
-            let pending = name == topology.jobs() && PENDING_JOBS_ARGUMENTS.contains(&key.as_str());
-            if !pending {
-                assert_eq!(
-                    actual.get(key),
-                    Some(value),
-                    "{name}: the document states {key} = {value}"
-                );
-            }
+            assert_eq!(
+                actual.get(key),
+                Some(value),
+                "{name}: the document states {key} = {value}"
+            );
         }
         checked += 1;
     }

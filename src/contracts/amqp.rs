@@ -119,6 +119,7 @@ pub fn jobs_arguments(topology: &Topology) -> Value {
     json!({
         "x-queue-type": "quorum",
         "x-single-active-consumer": true,
+        "x-delivery-limit": u64::from(topology.delivery_limit()) + 1,
         "x-dead-letter-exchange": "",
         "x-dead-letter-routing-key": topology.dead(),
     })

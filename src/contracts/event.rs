@@ -25,7 +25,7 @@ pub const OUTCOME_STATUSES: [&str; 5] = [
 ];
 
 /// The values of `x-cxrel-stage` and of `data.stage` (the worker's `Stage` names).
-pub const STAGES: [&str; 4] = ["parse", "validate", "apply", "compensate"];
+pub const STAGES: [&str; 5] = ["parse", "validate", "apply", "compensate", "settle"];
 
 pub fn define(defs: &mut Defs, _settings: &Settings) -> Result<&'static str, ContractError> {
     let envelope = defs.subschema::<CloudEvent>();
@@ -147,10 +147,15 @@ mod tests {
             Stage::Validate,
             Stage::Apply,
             Stage::Compensate,
+            Stage::Settle,
         ];
         for stage in all {
             match stage {
-                Stage::Parse | Stage::Validate | Stage::Apply | Stage::Compensate => {}
+                Stage::Parse
+                | Stage::Validate
+                | Stage::Apply
+                | Stage::Compensate
+                | Stage::Settle => {}
             }
             assert!(STAGES.contains(&stage.as_str()), "{}", stage.as_str());
         }

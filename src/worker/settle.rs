@@ -175,7 +175,7 @@ impl Settler {
                 headers::set_str(&mut table, headers::TRACEPARENT, traceparent.clone());
             }
             let properties = BasicProperties::default()
-                .with_content_type("application/cloudevents+json".into())
+                .with_content_type(crate::events::STRUCTURED_CONTENT_TYPE.into())
                 .with_message_id(event.id.clone().into())
                 .with_type(event.ty.as_str().into())
                 .with_headers(table);
