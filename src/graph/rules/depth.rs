@@ -38,7 +38,10 @@ pub fn check(ctx: &Ctx<'_, '_>) -> Vec<Finding> {
             let depth = above + 1 + below;
             if depth > max {
                 let capped = above >= cap || below >= cap;
-                out.push(finding(ctx, f, p, c, depth, max, capped));
+                let mut records = walk(ctx.view, f, p, above, Direction::Up);
+                records.reverse();
+                records.extend(walk(ctx.view, f, c, below, Direction::Down));
+                out.push(finding(ctx, (f, p, c), records, depth, max, capped));
                 break;
             }
         }
@@ -75,11 +78,42 @@ fn longest(view: &Overlay<'_>, f: usize, start: Ix, cap: u64, dir: Direction) ->
     length
 }
 
+/// One walk of `length` edges from `start` (start included), found level by level with the node
+/// each was reached from: the records a confirmation re-reads.
+fn walk(view: &Overlay<'_>, f: usize, start: Ix, length: u64, dir: Direction) -> Vec<Ix> {
+    let mut from: FxHashMap<Ix, Ix> = FxHashMap::default();
+    let mut level = vec![start];
+    for _ in 0..length {
+        let mut next = Vec::new();
+        for &node in &level {
+            let neighbours = match dir {
+                Direction::Down => view.children(f, node).to_vec(),
+                Direction::Up => view.parents(f, node),
+            };
+            for n in neighbours {
+                if n != start && !from.contains_key(&n) {
+                    from.insert(n, node);
+                    next.push(n);
+                }
+            }
+        }
+        if next.is_empty() {
+            break;
+        }
+        level = next;
+    }
+    let mut path = vec![level[0]];
+    while let Some(&prev) = path.last().and_then(|n| from.get(n)) {
+        path.push(prev);
+    }
+    path.reverse();
+    path
+}
+
 fn finding(
     ctx: &Ctx<'_, '_>,
-    f: usize,
-    p: Ix,
-    c: Ix,
+    (f, p, c): (usize, Ix, Ix),
+    records: Vec<Ix>,
     depth: u64,
     max: u64,
     capped: bool,
@@ -93,7 +127,7 @@ fn finding(
             ctx.name(p),
             ctx.name(c)
         ),
-        records: vec![p, c],
+        records,
         blame: vec![Blame::Edge(f, p, c)],
     }
 }
