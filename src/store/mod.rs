@@ -443,8 +443,15 @@ impl StoreClient {
         error
     }
 
-    /// `{base}{records_path}/{segments…}`, each segment percent-encoded.
+    /// `{base}{records_path}/{segments…}`, each segment percent-encoded (`/` and `%` included).
+    /// A `.`/`..`/empty segment is refused: the URL library would drop it and the call would go to
+    /// another resource (job parsing refuses such ids first; this guards every other caller).
     fn url(&self, base: &str, segments: &[&str]) -> Result<url::Url, StoreError> {
+        if let Some(bad) = segments.iter().find(|s| matches!(**s, "" | "." | "..")) {
+            return Err(StoreError::Config(format!(
+                "{bad:?} cannot be a data-store or record id: it would change the request path"
+            )));
+        }
         let mut url = url::Url::parse(&format!("{base}{}", self.inner.records_path))
             .map_err(|e| StoreError::Config(format!("data-store URL {base:?}: {e}")))?;
         url.path_segments_mut()
@@ -537,12 +544,26 @@ mod tests {
     }
 
     #[test]
+    fn dot_and_empty_segments_are_refused_rather_than_dropped() {
+        let c = client("http://h:1", "/api/v2/datastores");
+        for segments in [["..", "schema"], [".", "schema"], ["", "schema"]] {
+            let err = c.url("http://h:1", &segments).unwrap_err();
+            assert!(err.to_string().contains("change the request path"), "{err}");
+        }
+    }
+
+    #[test]
     fn urls_join_base_path_and_encoded_segments() {
         let c = client("http://h:1/", "/api/v2/datastores/");
         let url = c.url("http://h:1", &["my ds", "records", "a/b"]).unwrap();
         assert_eq!(
             url.as_str(),
             "http://h:1/api/v2/datastores/my%20ds/records/a%2Fb"
+        );
+        let url = c.url("http://h:1", &["%2e%2e", "records", "%2E"]).unwrap();
+        assert_eq!(
+            url.as_str(),
+            "http://h:1/api/v2/datastores/%252e%252e/records/%252E"
         );
         let c = client("http://h:1", "api/v2/datastores");
         let url = c.url("http://h:1/tenant", &["ds", "schema"]).unwrap();
