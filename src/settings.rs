@@ -79,6 +79,7 @@ pub struct CxoneSettings {
     pub page_size: u32,
     #[serde(with = "humantime_serde")]
     pub schema_ttl: Duration,
+    pub max_response_bytes: usize,
     pub auth: AuthSettings,
 }
 
@@ -312,6 +313,9 @@ impl Settings {
                 "webhook_delivery",
                 "queue_capacity, concurrency and max_attempts must be ≥ 1",
             );
+        }
+        if self.cxone.max_response_bytes == 0 {
+            return fail("cxone.max_response_bytes", "must be ≥ 1");
         }
         if self.cxone.page_size == 0 {
             return fail("cxone.page_size", "must be ≥ 1");

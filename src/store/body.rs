@@ -1,0 +1,58 @@
+//! Reading an answer's body within bounds: at most `[cxone].max_response_bytes`, and within
+//! `[cxone].request_timeout` however slowly the bytes trickle in. A store (or a proxy in front of
+//! it) that sends an endless or enormous body costs one bounded buffer, not the worker's memory.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use super::error::StoreError;
+use super::metrics::Route;
+
+/// Limits of one body read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyLimits {
+    pub max_bytes: usize,
+    pub timeout: Duration,
+}
+
+/// Reads the whole body of `response`, or fails with `response_too_large` (over the cap, checked
+/// against `Content-Length` first and then as bytes arrive), `timeout` or `connection`.
+pub(crate) async fn read(
+    response: reqwest::Response,
+    route: Route,
+    limits: BodyLimits,
+) -> Result<Bytes, StoreError> {
+    let too_large = |size: Option<u64>| StoreError::ResponseTooLarge {
+        route: route.as_str(),
+        size,
+        limit: limits.max_bytes,
+    };
+    if let Some(length) = response.content_length()
+        && length > limits.max_bytes as u64
+    {
+        return Err(too_large(Some(length)));
+    }
+    match tokio::time::timeout(limits.timeout, collect(response, limits.max_bytes)).await {
+        Err(_elapsed) => Err(StoreError::Timeout { attempts: 1 }),
+        Ok(Err(Collect::TooLarge)) => Err(too_large(None)),
+        Ok(Err(Collect::Transport(e))) => Err(StoreError::from_transport(&e)),
+        Ok(Ok(bytes)) => Ok(bytes),
+    }
+}
+
+enum Collect {
+    TooLarge,
+    Transport(reqwest::Error),
+}
+
+async fn collect(mut response: reqwest::Response, max_bytes: usize) -> Result<Bytes, Collect> {
+    let mut body = BytesMut::new();
+    while let Some(chunk) = response.chunk().await.map_err(Collect::Transport)? {
+        if body.len() + chunk.len() > max_bytes {
+            return Err(Collect::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
