@@ -187,13 +187,24 @@ pub struct EmulatorSettings {
     pub control_max_body_bytes: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookSettings {
+    /// Often carries a token (in the path or the query): shown through `redact_webhook_url`.
     pub url: String,
     pub secret: Secret,
     #[serde(default)]
     pub events: Vec<String>,
+}
+
+impl std::fmt::Debug for WebhookSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSettings")
+            .field("url", &crate::secret::redact_webhook_url(&self.url))
+            .field("secret", &self.secret)
+            .field("events", &self.events)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -479,5 +490,21 @@ mod tests {
         let dump = format!("{s:?}");
         assert!(!dump.contains("demo-client-secret"), "{dump}");
         assert!(!dump.contains("guest:guest"), "{dump}");
+    }
+
+    #[test]
+    fn webhook_urls_are_redacted_in_debug_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hooks.toml");
+        let hook = "[[webhooks]]\nurl = \"https://h.example/hooks/T0KEN\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n";
+        std::fs::write(&path, hook).unwrap();
+        let sources = Sources {
+            file: Some(path),
+            ..Sources::default()
+        };
+        let s = Settings::load_with_env(&sources, Some(HashMap::new())).unwrap();
+        let dump = format!("{s:?}");
+        assert!(!dump.contains("T0KEN"), "{dump}");
+        assert!(dump.contains("https://h.example/***"), "{dump}");
     }
 }

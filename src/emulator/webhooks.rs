@@ -21,6 +21,10 @@ use crate::webhooks::signing::{SignatureError, SigningKey};
 /// Deliveries kept per receiver; older ones are dropped first.
 const MAX_DELIVERIES: usize = 10_000;
 
+/// Receivers at once. Any POST creates one, so without a cap anyone who can reach the port could
+/// fill the emulator's memory with names; tests and demos use a handful.
+pub const MAX_RECEIVERS: usize = 256;
+
 #[derive(Debug, Default)]
 pub struct WebhookStore {
     receivers: Mutex<HashMap<String, Receiver>>,
@@ -74,6 +78,24 @@ impl WebhookStore {
     }
 }
 
+/// The receiver `name`, created when there is room; 409 `too_many_receivers` when there is not.
+fn receiver(
+    receivers: &mut HashMap<String, Receiver>,
+    name: String,
+) -> Result<&mut Receiver, ApiError> {
+    if receivers.len() >= MAX_RECEIVERS && !receivers.contains_key(&name) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "too_many_receivers",
+            format!(
+                "the emulator keeps at most {MAX_RECEIVERS} webhook receivers; remove one with \
+                 DELETE /_emulator/webhooks/{{name}} (or POST /_emulator/reset) first"
+            ),
+        ));
+    }
+    Ok(receivers.entry(name).or_default())
+}
+
 /// `PUT /_emulator/webhooks/{name}`: sets the secret and answer status; keeps recorded deliveries.
 pub async fn configure(
     State(state): State<Shared>,
@@ -94,7 +116,7 @@ pub async fn configure(
             .ok_or_else(|| ApiError::bad_request("invalid_request", "status must be 200..=599"))?,
     };
     let mut receivers = lock(&state.webhooks.receivers);
-    let receiver = receivers.entry(name.clone()).or_default();
+    let receiver = receiver(&mut receivers, name.clone())?;
     receiver.key = key;
     receiver.status = status;
     let configured = receiver.key.is_some();
@@ -113,7 +135,7 @@ pub async fn receive(
 ) -> Result<Response, ApiError> {
     let body = body.map_err(body_error)?;
     let mut receivers = lock(&state.webhooks.receivers);
-    let receiver = receivers.entry(name).or_default();
+    let receiver = receiver(&mut receivers, name)?;
     let verdict = receiver
         .key
         .as_ref()
