@@ -57,6 +57,10 @@ async fn odd_record(Path((_ds, id)): Path<(String, String)>, hits: Arc<AtomicU32
             "<html><body>502 Bad Gateway (proxy)</body></html>",
         )
             .into_response(),
+        "huge-502" => {
+            let page = format!("<html>{}</html>", "bad gateway ".repeat(LIMIT));
+            (StatusCode::BAD_GATEWAY, page).into_response()
+        }
         "408" => StatusCode::REQUEST_TIMEOUT.into_response(),
         "425" => StatusCode::from_u16(425).unwrap().into_response(),
         _ => StatusCode::NOT_FOUND.into_response(),
@@ -190,6 +194,18 @@ async fn a_2xx_html_page_is_a_transient_unreadable_response() {
         "{err}"
     );
     assert!(err.to_string().contains("502 Bad Gateway"), "{err}");
+}
+
+#[tokio::test]
+async fn an_error_answer_with_a_huge_body_keeps_its_status_and_class() {
+    let store = odd_store().await;
+    let client = client(&store, |_| {});
+    let err = client.get_record("ds", "huge-502").await.unwrap_err();
+    assert_eq!(
+        (err.code(), err.class(), err.status()),
+        ("server_error", ErrorClass::Transient, Some(502)),
+        "{err}"
+    );
 }
 
 #[tokio::test]

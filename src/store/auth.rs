@@ -302,8 +302,8 @@ async fn send_json<T: serde::de::DeserializeOwned>(
     };
     let status = response.status().as_u16();
     m::record(route, m::status_label(status), started.elapsed());
-    let bytes = body::read(response, route, limits).await?;
     if !(200..300).contains(&status) {
+        let bytes = body::read_excerpt(response, limits).await;
         let body = ErrorBody::parse(&bytes);
         tracing::warn!(route = route.as_str(), status, error = ?body.error, "auth request refused");
         return Err(match status {
@@ -311,6 +311,7 @@ async fn send_json<T: serde::de::DeserializeOwned>(
             _ => StoreError::from_status(status, body, None),
         });
     }
+    let bytes = body::read(response, route, limits).await?;
     decode_json(route.as_str(), status, &bytes)
 }
 

@@ -1,6 +1,8 @@
 //! Reading an answer's body within bounds: at most `[cxone].max_response_bytes`, and within
 //! `[cxone].request_timeout` however slowly the bytes trickle in. A store (or a proxy in front of
 //! it) that sends an endless or enormous body costs one bounded buffer, not the worker's memory.
+//! Error answers are read only for an excerpt and never fail on their body: a 502 with a huge
+//! HTML page stays a (transient) 502.
 
 use std::time::Duration;
 
@@ -39,6 +41,28 @@ pub(crate) async fn read(
         Ok(Err(Collect::Transport(e))) => Err(StoreError::from_transport(&e)),
         Ok(Ok(bytes)) => Ok(bytes),
     }
+}
+
+/// How much of an error answer is kept: enough for `{"error","error_description"}` or an excerpt.
+const EXCERPT_BYTES: usize = 64 * 1024;
+
+/// The beginning of a non-2xx answer's body: at most [`EXCERPT_BYTES`] (or the cap, if smaller),
+/// what arrived before the timeout or a broken connection, possibly nothing.
+pub(crate) async fn read_excerpt(response: reqwest::Response, limits: BodyLimits) -> Bytes {
+    let cap = limits.max_bytes.min(EXCERPT_BYTES);
+    let mut body = BytesMut::new();
+    let read = async {
+        let mut response = response;
+        while body.len() < cap {
+            match response.chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) | Err(_) => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(limits.timeout, read).await;
+    body.truncate(cap);
+    body.freeze()
 }
 
 enum Collect {

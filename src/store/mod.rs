@@ -419,11 +419,15 @@ impl StoreClient {
         };
         let status = response.status();
         let headers = response.headers().clone();
-        let body = match body::read(response, route, self.inner.body_limits).await {
-            Ok(b) => b,
-            Err(error) => {
-                return Err(self.body_failed(route, correlation_id, attempt, error, started));
+        let body = if status.is_success() {
+            match body::read(response, route, self.inner.body_limits).await {
+                Ok(b) => b,
+                Err(error) => {
+                    return Err(self.body_failed(route, correlation_id, attempt, error, started));
+                }
             }
+        } else {
+            body::read_excerpt(response, self.inner.body_limits).await
         };
         let elapsed = started.elapsed();
         metrics::record(route, metrics::status_label(status.as_u16()), elapsed);
