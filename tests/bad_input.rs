@@ -64,8 +64,8 @@ impl Bench {
             .unwrap_or_else(|e| panic!("publish {message_id}: {e}"));
     }
 
-    /// Takes `n` dead letters: message id → (error code, attempts).
-    async fn dead_letters(&self, n: usize) -> HashMap<String, (String, Option<u64>)> {
+    /// Takes `n` dead letters: message id → what its headers say.
+    async fn dead_letters(&self, n: usize) -> HashMap<String, DeadLetter> {
         let dead = broker::take(
             &self.channel,
             &self.topology.dead(),
@@ -78,13 +78,12 @@ impl Bench {
                 let p = &m.delivery.properties;
                 let t = headers::table(p);
                 let id = p.message_id().as_ref().map(|s| s.to_string());
-                (
-                    id.unwrap_or_default(),
-                    (
-                        headers::get_str(&t, headers::ERROR_CODE).unwrap_or_default(),
-                        headers::get_u64(&t, headers::ATTEMPTS),
-                    ),
-                )
+                let letter = DeadLetter {
+                    code: headers::get_str(&t, headers::ERROR_CODE).unwrap_or_default(),
+                    attempts: headers::get_u64(&t, headers::ATTEMPTS),
+                    dropped: headers::get_str(&t, headers::DROPPED),
+                };
+                (id.unwrap_or_default(), letter)
             })
             .collect()
     }
@@ -124,6 +123,13 @@ impl Bench {
     }
 }
 
+/// The headers of one dead letter that the tests read.
+struct DeadLetter {
+    code: String,
+    attempts: Option<u64>,
+    dropped: Option<String>,
+}
+
 fn ids() -> Ids {
     Ids {
         parent: rid("r", 0),
@@ -143,7 +149,7 @@ async fn every_bad_body_is_dead_lettered_with_its_code_and_nothing_is_written() 
     }
     let dead = b.dead_letters(corpus.len()).await;
     for (i, case) in corpus.iter().enumerate() {
-        let got = dead.get(&format!("bad-{i}")).map(|(code, _)| code.as_str());
+        let got = dead.get(&format!("bad-{i}")).map(|d| d.code.as_str());
         assert_eq!(got, Some(case.code), "case {i} {:?}", case.name);
     }
     assert_eq!(dead.len(), corpus.len(), "one dead letter per body");
@@ -192,11 +198,18 @@ async fn bad_bodies_with_odd_headers_still_end_coded_in_the_dead_queue() {
     }
     let dead = b.dead_letters(cases.len()).await;
     for (i, case) in cases.iter().enumerate() {
-        let (code, attempts) = dead
+        let letter = dead
             .get(&format!("badodd-{i}"))
             .unwrap_or_else(|| panic!("case {i} {:?} dead-lettered", case.name));
-        assert_eq!(code, "invalid_job", "case {:?}", case.name);
-        assert!(attempts.is_some_and(|a| a >= 1), "case {:?}", case.name);
+        assert_eq!(letter.code, "invalid_job", "case {:?}", case.name);
+        assert!(
+            letter.attempts.is_some_and(|a| a >= 1),
+            "case {:?}",
+            case.name
+        );
+        if case.name.contains("frame limit") {
+            assert_eq!(letter.dropped.as_deref(), Some("x-junk"), "{:?}", case.name);
+        }
     }
     assert_eq!(b.emu.stats().await["patch_count"], 0, "nothing written");
     b.assert_alive_and_working(94, 95).await;

@@ -13,9 +13,83 @@ pub const LAST_FAILED_AT: &str = "x-cxrel-last-failed-at";
 pub const REPLAYED: &str = "x-cxrel-replayed";
 pub const TRACEPARENT: &str = "traceparent";
 
-/// The headers of a message, empty when it has none.
+/// Marks a copy whose oversized headers were left out: their names, comma separated.
+pub const DROPPED: &str = "x-cxrel-dropped-headers";
+
+/// Largest header table [`table`] hands out (AMQP encoding, bytes). Every copy cxrel publishes
+/// (retry, dead letter, replay) starts from it, and RabbitMQ's default `frame_max` (128 KiB) bounds
+/// a message's whole properties frame: a job arriving with headers just under that limit would,
+/// with the failure headers added, no longer fit; the broker would close the connection on the
+/// publish and the job would come back forever. Half the frame leaves room for cxrel's headers.
+pub const MAX_TABLE_BYTES: usize = 64 * 1024;
+
+/// The headers of a message, empty when it has none. Above [`MAX_TABLE_BYTES`] the largest entries
+/// are left out (with a warning, and their names in [`DROPPED`]) until the rest fits.
 pub fn table(properties: &BasicProperties) -> FieldTable {
-    properties.headers().clone().unwrap_or_default()
+    bounded(properties.headers().clone().unwrap_or_default())
+}
+
+fn bounded(table: FieldTable) -> FieldTable {
+    if table_len(&table) <= MAX_TABLE_BYTES {
+        return table;
+    }
+    // Largest first: usually one huge header is the culprit and every other one survives.
+    let mut entries: Vec<(&ShortString, &AMQPValue)> = table.inner().iter().collect();
+    entries.sort_by_key(|(k, v)| std::cmp::Reverse(entry_len(k, v)));
+    // Room for the list of dropped names itself.
+    let budget = MAX_TABLE_BYTES - 2 * 1024;
+    let mut size = table_len(&table);
+    let mut dropped = Vec::new();
+    let mut kept = FieldTable::default();
+    for (key, value) in entries {
+        if size > budget {
+            size -= entry_len(key, value);
+            dropped.push(key.as_str());
+            continue;
+        }
+        kept.insert(key.clone(), value.clone());
+    }
+    let mut names = dropped.join(",");
+    if names.len() > 1024 {
+        let mut end = 1024;
+        while !names.is_char_boundary(end) {
+            end -= 1;
+        }
+        names.truncate(end);
+    }
+    tracing::warn!(dropped = %names, "message headers above {MAX_TABLE_BYTES} bytes; the largest are left out of copies");
+    set_str(&mut kept, DROPPED, names);
+    kept
+}
+
+/// Encoded size of a field table: 4-byte length, then per entry its key and value.
+fn table_len(table: &FieldTable) -> usize {
+    4 + table
+        .inner()
+        .iter()
+        .map(|(k, v)| entry_len(k, v))
+        .sum::<usize>()
+}
+
+fn entry_len(key: &ShortString, value: &AMQPValue) -> usize {
+    1 + key.as_str().len() + value_len(value)
+}
+
+/// Encoded size of a value, type tag included (AMQP 0-9-1 with RabbitMQ's extensions).
+fn value_len(value: &AMQPValue) -> usize {
+    1 + match value {
+        AMQPValue::Void => 0,
+        AMQPValue::Boolean(_) | AMQPValue::ShortShortInt(_) | AMQPValue::ShortShortUInt(_) => 1,
+        AMQPValue::ShortInt(_) | AMQPValue::ShortUInt(_) => 2,
+        AMQPValue::LongInt(_) | AMQPValue::LongUInt(_) | AMQPValue::Float(_) => 4,
+        AMQPValue::DecimalValue(_) => 5,
+        AMQPValue::LongLongInt(_) | AMQPValue::Double(_) | AMQPValue::Timestamp(_) => 8,
+        AMQPValue::ShortString(s) => 1 + s.as_str().len(),
+        AMQPValue::LongString(s) => 4 + s.as_bytes().len(),
+        AMQPValue::ByteArray(b) => 4 + b.as_slice().len(),
+        AMQPValue::FieldArray(a) => 4 + a.as_slice().iter().map(value_len).sum::<usize>(),
+        AMQPValue::FieldTable(t) => table_len(t),
+    }
 }
 
 /// A header read as a string (AMQP long or short string).
@@ -173,6 +247,54 @@ mod tests {
         );
         assert_eq!(get_u64(&t, "a"), Some(4));
         assert_eq!(get_u64(&t, "b"), Some(0));
+    }
+
+    fn properties(table: FieldTable) -> BasicProperties {
+        BasicProperties::default().with_headers(table)
+    }
+
+    #[test]
+    fn headers_within_the_budget_are_handed_out_unchanged() {
+        let mut t = FieldTable::default();
+        set_str(&mut t, "x-small", "a");
+        set_str(&mut t, "x-big", "b".repeat(MAX_TABLE_BYTES / 2));
+        assert_eq!(table(&properties(t.clone())), t);
+    }
+
+    #[test]
+    fn oversized_headers_lose_their_largest_entries_and_say_so() {
+        let mut t = FieldTable::default();
+        set_str(
+            &mut t,
+            TRACEPARENT,
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        );
+        set_u64(&mut t, ATTEMPTS, 2);
+        set_str(&mut t, "x-junk", "x".repeat(130_000));
+        t.insert(
+            ShortString::from("x-nested"),
+            AMQPValue::FieldArray(vec![long_value(70_000)].into()),
+        );
+        let out = table(&properties(t));
+        assert!(table_len(&out) <= MAX_TABLE_BYTES, "{}", table_len(&out));
+        assert_eq!(get_u64(&out, ATTEMPTS), Some(2));
+        assert!(get_str(&out, TRACEPARENT).is_some());
+        assert_eq!(get_str(&out, DROPPED).as_deref(), Some("x-junk,x-nested"));
+    }
+
+    #[test]
+    fn many_small_headers_are_trimmed_too() {
+        let mut t = FieldTable::default();
+        for n in 0..2000 {
+            set_str(&mut t, &format!("x-h{n:04}"), "v".repeat(100));
+        }
+        let out = table(&properties(t));
+        assert!(table_len(&out) <= MAX_TABLE_BYTES);
+        assert!(get_str(&out, DROPPED).is_some_and(|d| d.len() <= 1024));
+    }
+
+    fn long_value(n: usize) -> AMQPValue {
+        AMQPValue::LongString(LongString::from("y".repeat(n)))
     }
 
     #[test]

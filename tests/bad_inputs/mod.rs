@@ -436,6 +436,11 @@ pub fn odd_metadata() -> Vec<OddMetadata> {
             long_string("x".repeat(60 * 1024)),
         ),
         with_header(
+            "headers at the frame limit",
+            "x-junk",
+            long_string("x".repeat(130_800)),
+        ),
+        with_header(
             "first failed at garbage",
             cxrel::amqp::headers::FIRST_FAILED_AT,
             AMQPValue::Boolean(true),
@@ -476,6 +481,13 @@ pub fn odd_metadata_for_bad_bodies() -> Vec<OddMetadata> {
             "bad body, huge header",
             "x-junk",
             long_string("x".repeat(100 * 1024)),
+        ),
+        // Just under RabbitMQ's 128 KiB frame: the dead-letter copy with its failure headers added
+        // would not fit, and publishing it closed the worker's connection, again and again.
+        with_header(
+            "bad body, headers at the frame limit",
+            "x-junk",
+            long_string("x".repeat(130_800)),
         ),
         with_header(
             "bad body, forged error code",
