@@ -613,6 +613,12 @@ mod tests {
             url.as_str(),
             "http://h:1/api/v2/datastores/%252e%252e/records/%252E"
         );
+        // Backslashes are separators to WHATWG parsers in http(s) URLs: they must be encoded too.
+        let url = c.url("http://h:1", &["ds", "records", "..\\x"]).unwrap();
+        assert_eq!(
+            url.as_str(),
+            "http://h:1/api/v2/datastores/ds/records/..%5Cx"
+        );
         let c = client("http://h:1", "api/v2/datastores");
         let url = c.url("http://h:1/tenant", &["ds", "schema"]).unwrap();
         assert_eq!(
