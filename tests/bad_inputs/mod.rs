@@ -1,6 +1,5 @@
 //! The bad-input corpus of `tests/bad_input.rs`: job bodies no producer should send, each with the
 //! code it must be dead-lettered with, and odd AMQP properties/headers around valid jobs.
-#![allow(dead_code)]
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
