@@ -95,6 +95,10 @@ async fn odd_store() -> OddStore {
             }),
         )
         .route(
+            "/auth/proxy-page",
+            post(|| async { ([("content-type", "text/html")], "<html>login</html>") }),
+        )
+        .route(
             "/api/v2/datastores/{ds}/records/{id}",
             get(move |path| odd_record(path, counted.clone())),
         )
@@ -205,6 +209,19 @@ async fn an_error_answer_with_a_huge_body_keeps_its_status_and_class() {
     assert_eq!(
         (err.code(), err.class(), err.status()),
         ("server_error", ErrorClass::Transient, Some(502)),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_token_endpoint_answering_an_html_page_is_transient_not_a_refusal() {
+    let store = odd_store().await;
+    let page = format!("{}/auth/proxy-page", store.base);
+    let client = client(&store, |s| s.cxone.auth.token_url = page);
+    let err = client.check_auth().await.unwrap_err();
+    assert_eq!(
+        (err.code(), err.class()),
+        ("unreadable_response", ErrorClass::Transient),
         "{err}"
     );
 }
