@@ -59,6 +59,27 @@ pub fn redact_url(raw: &str) -> String {
     url.to_string()
 }
 
+/// A webhook URL for logs, error text and dead-letter headers: scheme, host and port only
+/// (`https://hooks.example.com/***`). Webhook endpoints carry their token anywhere, in the path
+/// (`/services/T0/B0/XXXX`) as often as in the query, so everything after the host is masked.
+pub fn redact_webhook_url(raw: &str) -> String {
+    let Ok(url) = url::Url::parse(raw) else {
+        return "<unparsable url>".to_owned();
+    };
+    let Some(host) = url.host_str() else {
+        return format!("{}:***", url.scheme());
+    };
+    let userinfo = if url.username().is_empty() && url.password().is_none() {
+        ""
+    } else {
+        "***@"
+    };
+    let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+    let hidden = url.path() != "/" || url.query().is_some() || url.fragment().is_some();
+    let rest = if hidden { "/***" } else { "/" };
+    format!("{}://{userinfo}{host}{port}{rest}", url.scheme())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,6 +109,28 @@ mod tests {
             redact_url("redis://:hunter2@h:6379/0#frag"),
             "redis://:***@h:6379/0#***"
         );
+    }
+
+    #[test]
+    fn webhook_urls_keep_only_scheme_host_and_port() {
+        let cases = [
+            (
+                "https://hooks.slack.com/services/T000/B000/XXXXSECRET",
+                "https://hooks.slack.com/***",
+            ),
+            (
+                "http://127.0.0.1:8480/hook?token=SECRET#frag",
+                "http://127.0.0.1:8480/***",
+            ),
+            ("https://user:SECRET@h.example/", "https://***@h.example/"),
+            ("https://h.example", "https://h.example/"),
+            ("mailto:SECRET@example.com", "mailto:***"),
+            ("not a url SECRET", "<unparsable url>"),
+        ];
+        for (raw, shown) in cases {
+            assert_eq!(redact_webhook_url(raw), shown, "{raw}");
+            assert!(!redact_webhook_url(raw).contains("SECRET"));
+        }
     }
 
     #[test]

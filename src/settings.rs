@@ -86,6 +86,7 @@ pub struct CxoneSettings {
     pub page_size: u32,
     #[serde(with = "humantime_serde")]
     pub schema_ttl: Duration,
+    pub max_response_bytes: usize,
     pub auth: AuthSettings,
 }
 
@@ -193,13 +194,24 @@ pub struct EmulatorSettings {
     pub control_max_body_bytes: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookSettings {
+    /// Often carries a token (in the path or the query): shown through `redact_webhook_url`.
     pub url: String,
     pub secret: Secret,
     #[serde(default)]
     pub events: Vec<String>,
+}
+
+impl std::fmt::Debug for WebhookSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSettings")
+            .field("url", &crate::secret::redact_webhook_url(&self.url))
+            .field("secret", &self.secret)
+            .field("events", &self.events)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -271,12 +283,13 @@ impl Settings {
                     .required(true),
             );
         }
+        // No `try_parsing`: it would turn every digit-only value into a number, so a secret such as
+        // `00123` would arrive as `123` (SPEC §10). Values stay strings; the `config` deserializer
+        // parses them where the field's type is a number or a boolean, and lists are split by the
+        // field's own deserializer (`durations`).
         let environment = Environment::with_prefix("CXREL")
             .prefix_separator("__")
             .separator("__")
-            .try_parsing(true)
-            .list_separator(",")
-            .with_list_parse_key("amqp.retry_delays")
             .source(env);
         let settings: Settings = builder.add_source(environment).build()?.try_deserialize()?;
         settings.check()?;
@@ -319,6 +332,9 @@ impl Settings {
                 "queue_capacity, concurrency and max_attempts must be ≥ 1",
             );
         }
+        if self.cxone.max_response_bytes == 0 {
+            return fail("cxone.max_response_bytes", "must be ≥ 1");
+        }
         if self.cxone.page_size == 0 {
             return fail("cxone.page_size", "must be ≥ 1");
         }
@@ -332,9 +348,20 @@ impl Settings {
     }
 }
 
-/// A list of human-readable durations ("1s", "2m").
+/// A list of human-readable durations: a list (`["1s", "2m"]`, files) or one comma-separated
+/// string (`1s,2m`, environment variables).
 fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
-    Vec::<String>::deserialize(d)?
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrText {
+        List(Vec<String>),
+        Text(String),
+    }
+    let items = match ListOrText::deserialize(d)? {
+        ListOrText::List(items) => items,
+        ListOrText::Text(text) => text.split(',').map(str::to_owned).collect(),
+    };
+    items
         .iter()
         .map(|s| humantime::parse_duration(s.trim()).map_err(serde::de::Error::custom))
         .collect()
@@ -385,6 +412,36 @@ mod tests {
             s.amqp.retry_delays,
             vec![Duration::from_secs(1), Duration::from_secs(2)]
         );
+    }
+
+    #[test]
+    fn string_settings_keep_their_exact_text_from_the_environment() {
+        let s = load_env(&[
+            ("CXREL__EMULATOR__CLIENT_SECRET", "00123"),
+            ("CXREL__CXONE__AUTH__CLIENT_ID", "12345678901234567890123"),
+            ("CXREL__CXONE__AUTH__ACCESS_KEY_ID", "1e5"),
+            ("CXREL__CXONE__DEFAULT_DATASTORE", "true"),
+            ("CXREL__AMQP__PREFIX", "007"),
+        ])
+        .expect("loads");
+        assert_eq!(s.emulator.client_secret.expose(), "00123");
+        assert_eq!(s.cxone.auth.client_id, "12345678901234567890123");
+        assert_eq!(s.cxone.auth.access_key_id, "1e5");
+        assert_eq!(s.cxone.default_datastore, "true");
+        assert_eq!(s.amqp.prefix, "007");
+    }
+
+    #[test]
+    fn numbers_and_booleans_still_parse_from_environment_text() {
+        let s = load_env(&[
+            ("CXREL__WORKER__PREFETCH", "064"),
+            ("CXREL__LIMITS__MAX_BODY_BYTES", "2048"),
+            ("CXREL__AMQP__RETRY_DELAYS", "250ms"),
+        ])
+        .expect("loads");
+        assert_eq!(s.worker.prefetch, 64);
+        assert_eq!(s.limits.max_body_bytes, 2048);
+        assert_eq!(s.amqp.retry_delays, vec![Duration::from_millis(250)]);
     }
 
     #[test]
@@ -440,5 +497,21 @@ mod tests {
         let dump = format!("{s:?}");
         assert!(!dump.contains("demo-client-secret"), "{dump}");
         assert!(!dump.contains("guest:guest"), "{dump}");
+    }
+
+    #[test]
+    fn webhook_urls_are_redacted_in_debug_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hooks.toml");
+        let hook = "[[webhooks]]\nurl = \"https://h.example/hooks/T0KEN\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n";
+        std::fs::write(&path, hook).unwrap();
+        let sources = Sources {
+            file: Some(path),
+            ..Sources::default()
+        };
+        let s = Settings::load_with_env(&sources, Some(HashMap::new())).unwrap();
+        let dump = format!("{s:?}");
+        assert!(!dump.contains("T0KEN"), "{dump}");
+        assert!(dump.contains("https://h.example/***"), "{dump}");
     }
 }

@@ -179,3 +179,23 @@ fn every_manifest_parses_and_names_its_kind() {
         }
     }
 }
+
+#[test]
+fn the_compose_file_publishes_ports_on_loopback_only() {
+    // The emulator's control API has no auth and RabbitMQ runs with guest/guest: neither may be
+    // reachable from other machines.
+    let compose = &documents(Path::new("deploy/docker-compose.yml"))[0];
+    let services = compose["services"].as_mapping().unwrap();
+    let mut published = 0;
+    for (name, service) in services {
+        for port in service["ports"].as_sequence().into_iter().flatten() {
+            let port = port.as_str().unwrap_or_default();
+            assert!(
+                port.starts_with("127.0.0.1:"),
+                "{name:?} publishes {port:?} on every interface"
+            );
+            published += 1;
+        }
+    }
+    assert!(published >= 3, "rabbitmq (2 ports) and the emulator");
+}

@@ -231,3 +231,22 @@ async fn a_read_only_token_can_read_but_not_patch_or_delete() {
         .unwrap();
     assert_eq!(read.status(), 403);
 }
+
+/// SPEC §10: string settings keep their exact text from the environment. With `try_parsing` the
+/// secret `00123` became the number 123, so the emulator accepted `123` and refused `00123`.
+#[tokio::test]
+async fn a_digit_only_secret_from_the_environment_is_taken_verbatim() {
+    let emu = EmulatorProcess::spawn_with_env(&[], &[("CXREL__EMULATOR__CLIENT_SECRET", "00123")]);
+    let grant = |secret: &'static str| {
+        client()
+            .post(emu.url("/auth/token"))
+            .basic_auth(CLIENT_ID, Some(secret))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("scope", "datastore:read"),
+            ])
+            .send()
+    };
+    assert_eq!(grant("00123").await.unwrap().status(), 200);
+    assert_eq!(grant("123").await.unwrap().status(), 401);
+}

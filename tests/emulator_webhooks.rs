@@ -100,3 +100,53 @@ async fn a_receiver_can_be_told_to_fail_and_refuses_a_bad_secret() {
         .unwrap();
     assert_eq!(log["deliveries"][0]["reason"], "no secret configured");
 }
+
+#[tokio::test]
+async fn receivers_are_capped_in_number_with_a_clear_409_when_full() {
+    let emu = EmulatorProcess::spawn();
+    let http = client();
+    let hook = |name: &str| emu.url(&format!("/_emulator/webhooks/{name}"));
+    for n in 0..cxrel::emulator::MAX_WEBHOOK_RECEIVERS {
+        let response = http
+            .post(hook(&format!("r{n}")))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "receiver {n}");
+    }
+    let refused = [
+        http.post(hook("one-too-many"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap(),
+        http.put(hook("one-too-many"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap(),
+    ];
+    for response in refused {
+        assert_eq!(response.status(), 409);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "too_many_receivers", "{body}");
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("DELETE")
+        );
+    }
+    // Existing receivers keep working; removing one makes room.
+    let again = http.post(hook("r0")).body("{}").send().await.unwrap();
+    assert_eq!(again.status(), 200);
+    http.delete(hook("r1")).send().await.unwrap();
+    let room = http
+        .post(hook("one-too-many"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(room.status(), 200);
+}

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::settings::EmulatorSettings;
 pub use records::RECORDS_PATH;
 use state::{EmulatorState, Shared};
+pub use webhooks::MAX_RECEIVERS as MAX_WEBHOOK_RECEIVERS;
 
 /// A shared handle on the emulator's state.
 #[derive(Clone)]

@@ -21,6 +21,14 @@ use crate::webhooks::signing::{SignatureError, SigningKey};
 /// Deliveries kept per receiver; older ones are dropped first.
 const MAX_DELIVERIES: usize = 10_000;
 
+/// Bytes of recorded bodies and headers kept per receiver (older deliveries are dropped first),
+/// so 10,000 one-MiB deliveries cannot fill the emulator's memory.
+const MAX_RECEIVER_BYTES: usize = 32 << 20;
+
+/// Receivers at once. Any POST creates one, so without a cap anyone who can reach the port could
+/// fill the emulator's memory with names; tests and demos use a handful.
+pub const MAX_RECEIVERS: usize = 256;
+
 #[derive(Debug, Default)]
 pub struct WebhookStore {
     receivers: Mutex<HashMap<String, Receiver>>,
@@ -32,6 +40,8 @@ struct Receiver {
     /// Status answered to verified (or unverifiable, no secret) deliveries.
     status: StatusCode,
     deliveries: VecDeque<Delivery>,
+    /// Sum of the recorded deliveries' `size`.
+    bytes: usize,
 }
 
 impl Default for Receiver {
@@ -40,6 +50,22 @@ impl Default for Receiver {
             key: None,
             status: StatusCode::OK,
             deliveries: VecDeque::new(),
+            bytes: 0,
+        }
+    }
+}
+
+impl Receiver {
+    /// Keeps `delivery`, dropping the oldest ones beyond [`MAX_DELIVERIES`] or [`MAX_RECEIVER_BYTES`].
+    fn record(&mut self, delivery: Delivery) {
+        self.bytes += delivery.size;
+        self.deliveries.push_back(delivery);
+        while self.deliveries.len() > MAX_DELIVERIES
+            || (self.bytes > MAX_RECEIVER_BYTES && self.deliveries.len() > 1)
+        {
+            if let Some(old) = self.deliveries.pop_front() {
+                self.bytes -= old.size;
+            }
         }
     }
 }
@@ -54,6 +80,9 @@ struct Delivery {
     json: Option<Value>,
     verified: bool,
     reason: Option<String>,
+    /// Bytes this record holds (body twice, as text and JSON, plus headers), for the cap.
+    #[serde(skip)]
+    size: usize,
 }
 
 /// `PUT /_emulator/webhooks/{name}` body.
@@ -72,6 +101,24 @@ impl WebhookStore {
     pub fn clear(&self) {
         lock(&self.receivers).clear();
     }
+}
+
+/// The receiver `name`, created when there is room; 409 `too_many_receivers` when there is not.
+fn receiver(
+    receivers: &mut HashMap<String, Receiver>,
+    name: String,
+) -> Result<&mut Receiver, ApiError> {
+    if receivers.len() >= MAX_RECEIVERS && !receivers.contains_key(&name) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "too_many_receivers",
+            format!(
+                "the emulator keeps at most {MAX_RECEIVERS} webhook receivers; remove one with \
+                 DELETE /_emulator/webhooks/{{name}} (or POST /_emulator/reset) first"
+            ),
+        ));
+    }
+    Ok(receivers.entry(name).or_default())
 }
 
 /// `PUT /_emulator/webhooks/{name}`: sets the secret and answer status; keeps recorded deliveries.
@@ -94,7 +141,7 @@ pub async fn configure(
             .ok_or_else(|| ApiError::bad_request("invalid_request", "status must be 200..=599"))?,
     };
     let mut receivers = lock(&state.webhooks.receivers);
-    let receiver = receivers.entry(name.clone()).or_default();
+    let receiver = receiver(&mut receivers, name.clone())?;
     receiver.key = key;
     receiver.status = status;
     let configured = receiver.key.is_some();
@@ -113,7 +160,7 @@ pub async fn receive(
 ) -> Result<Response, ApiError> {
     let body = body.map_err(body_error)?;
     let mut receivers = lock(&state.webhooks.receivers);
-    let receiver = receivers.entry(name).or_default();
+    let receiver = receiver(&mut receivers, name)?;
     let verdict = receiver
         .key
         .as_ref()
@@ -123,16 +170,20 @@ pub async fn receive(
         Some(Ok(())) => (true, None),
         Some(Err(e)) => (false, Some(e.to_string())),
     };
-    if receiver.deliveries.len() >= MAX_DELIVERIES {
-        receiver.deliveries.pop_front();
-    }
-    receiver.deliveries.push_back(Delivery {
+    let headers_map = header_map(&headers);
+    let size = 2 * body.len()
+        + headers_map
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>();
+    receiver.record(Delivery {
         received_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-        headers: header_map(&headers),
+        headers: headers_map,
         body: String::from_utf8_lossy(&body).into_owned(),
         json: serde_json::from_slice(&body).ok(),
         verified,
         reason: reason.clone(),
+        size,
     });
     match verdict {
         Some(Err(_)) => Err(ApiError::new(
@@ -201,4 +252,44 @@ fn header_map(headers: &HeaderMap) -> BTreeMap<String, String> {
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(size: usize) -> Delivery {
+        Delivery {
+            received_at: String::new(),
+            headers: BTreeMap::new(),
+            body: String::new(),
+            json: None,
+            verified: false,
+            reason: None,
+            size,
+        }
+    }
+
+    #[test]
+    fn a_receiver_keeps_its_newest_deliveries_within_the_byte_cap() {
+        let mut r = Receiver::default();
+        for _ in 0..40 {
+            r.record(delivery(1 << 20));
+        }
+        assert_eq!(r.deliveries.len(), 32);
+        assert_eq!(r.bytes, 32 << 20);
+        // One delivery above the cap on its own is still kept (the newest always is).
+        r.record(delivery(40 << 20));
+        assert_eq!((r.deliveries.len(), r.bytes), (1, 40 << 20));
+    }
+
+    #[test]
+    fn a_receiver_keeps_at_most_max_deliveries() {
+        let mut r = Receiver::default();
+        for _ in 0..MAX_DELIVERIES + 5 {
+            r.record(delivery(1));
+        }
+        assert_eq!(r.deliveries.len(), MAX_DELIVERIES);
+        assert_eq!(r.bytes, MAX_DELIVERIES);
+    }
 }

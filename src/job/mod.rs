@@ -4,6 +4,7 @@
 //! always satisfies the limits and id formats. Graph rules are the validator's job.
 
 mod error;
+mod ids;
 mod parse;
 mod types;
 mod wire;
@@ -150,6 +151,50 @@ mod tests {
         let err = parse(&format!(r#"{{"operations":[{op}]}}"#)).unwrap_err();
         assert_eq!(err.code(), "invalid_id");
         assert_eq!(err.path(), Some("$.operations[0].child_ids[1]"));
+    }
+
+    #[test]
+    fn dot_segment_ids_are_invalid_id_whatever_the_id_format() {
+        // With `id_format = "any"` the record ids would otherwise be accepted; data store ids
+        // are free-form in both formats.
+        let any = ParseContext {
+            id_format: IdFormat::Any,
+            ..ctx()
+        };
+        for id in [".", "..", "%2e%2e", ".%2E"] {
+            let cases = [
+                (
+                    format!(
+                        r#"{{"datastore_id":"{id}","operations":[{}]}}"#,
+                        op_json("")
+                    ),
+                    "$.datastore_id",
+                ),
+                (
+                    format!(
+                        r#"{{"operations":[{{"parent_id":"{id}","relationship_field":"f","child_ids":["c"]}}]}}"#
+                    ),
+                    "$.operations[0].parent_id",
+                ),
+                (
+                    format!(r#"{{"parentId":"p","childIds":["{id}"],"relationshipField":"f"}}"#),
+                    "$.childIds[0]",
+                ),
+            ];
+            for (body, path) in cases {
+                let err = Job::parse(body.as_bytes(), &any).unwrap_err();
+                assert_eq!(
+                    (err.code(), err.path()),
+                    ("invalid_id", Some(path)),
+                    "{body}"
+                );
+            }
+            let body = format!(
+                r#"{{"datastore_id":"{id}","operations":[{}]}}"#,
+                op_json("")
+            );
+            assert_eq!(parse(&body).unwrap_err().code(), "invalid_id", "{body}");
+        }
     }
 
     #[test]

@@ -3,12 +3,17 @@
 use serde_json::{Map, Value};
 
 use super::error::JobError;
+use super::ids::is_dot_segment;
 use super::types::{CascadeAction, FieldName, Job, Mode, Operation, RecordId};
 use super::wire::{CascadeWire, JobWire, ModeWire, OperationWire, TUTORIAL_KEYS, TutorialWire};
 use crate::settings::{IdFormat, LimitSettings, Settings};
 
 /// Longest job id, data store id, field name and (with `id_format = "any"`) record id.
 pub const MAX_NAME_CHARS: usize = 128;
+
+/// Why `.`/`..` ids are refused: they would address another URL of the record API.
+const DOT_SEGMENT: &str =
+    "\".\" and \"..\" (also percent-encoded) would change the data-store URL; use another id";
 
 /// The configurable limits of SPEC §1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,6 +263,9 @@ fn record_id(raw: &str, path: &str, ctx: &ParseContext) -> Result<RecordId, JobE
         path: path.to_owned(),
         reason: format!("{reason}: {:?}", truncate(raw)),
     };
+    if is_dot_segment(raw) {
+        return Err(bad(DOT_SEGMENT));
+    }
     match ctx.id_format {
         IdFormat::Uuid => {
             // Only the hyphenated form: it is the form the data store prints, and ids are compared
@@ -308,10 +316,16 @@ fn datastore_id(given: Option<String>, path: &str, ctx: &ParseContext) -> Result
             JobError::invalid(path, "required: no [cxone].default_datastore is configured")
         })?;
     // The id becomes a URL path segment; characters that would change the path are refused.
+    let bad = |reason: &str| JobError::InvalidId {
+        path: path.to_owned(),
+        reason: format!("{reason}: {:?}", truncate(&id)),
+    };
+    if is_dot_segment(&id) {
+        return Err(bad(DOT_SEGMENT));
+    }
     let url_safe = !id.contains(['/', '?', '#', '%', ' ']);
     if !printable_name(&id) || !url_safe {
-        return Err(JobError::invalid(
-            path,
+        return Err(bad(
             "data store ids are 1..=128 printable characters without / ? # % or space",
         ));
     }

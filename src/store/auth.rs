@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Mutex, OnceCell};
 
-use super::error::{ErrorBody, StoreError};
+use super::body::{self, BodyLimits};
+use super::error::{ErrorBody, StoreError, decode_json};
 use super::metrics::{self as m, Route};
 use super::wire::{CxoneConfiguration, OidcConfiguration, TokenResponse, tenant_id_claim};
 use crate::secret::Secret;
@@ -22,6 +23,10 @@ use crate::settings::{AuthMode, AuthSettings};
 
 /// Lifetime assumed when the token endpoint does not say (`expires_in` absent).
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
+
+/// Longest lifetime believed: a token endpoint answering `expires_in: 18446744073709551615` must
+/// neither overflow `Instant` (a panic) nor make cxrel keep a token forever.
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// A cached access token.
 #[derive(Clone)]
@@ -58,6 +63,27 @@ pub(crate) fn refresh_margin(lifetime: Duration, refresh_before: Duration) -> Du
     refresh_before.min(lifetime / 10)
 }
 
+/// The lifetime of a token whose endpoint said `expires_in` seconds, capped at [`MAX_LIFETIME`].
+pub(crate) fn token_lifetime(expires_in: Option<u64>) -> Duration {
+    expires_in.map_or(DEFAULT_LIFETIME, |secs| {
+        Duration::from_secs(secs).min(MAX_LIFETIME)
+    })
+}
+
+/// When a token fetched at `now` expires and when to refresh it. Saturating: a clock near the end
+/// of `Instant`'s range expires the token at once instead of panicking.
+pub(crate) fn token_deadlines(
+    now: Instant,
+    lifetime: Duration,
+    refresh_before: Duration,
+) -> (Instant, Instant) {
+    let expires_at = now.checked_add(lifetime).unwrap_or(now);
+    let refresh_at = expires_at
+        .checked_sub(refresh_margin(lifetime, refresh_before))
+        .unwrap_or(now);
+    (expires_at, refresh_at.max(now))
+}
+
 /// Fetches, caches and refreshes tokens; discovers endpoints once.
 pub(crate) struct TokenSource {
     http: reqwest::Client,
@@ -69,10 +95,16 @@ pub(crate) struct TokenSource {
     token_endpoint: OnceCell<String>,
     api_base: OnceCell<String>,
     tenant_id: RwLock<Option<String>>,
+    body_limits: BodyLimits,
 }
 
 impl TokenSource {
-    pub fn new(http: reqwest::Client, settings: AuthSettings, api_base: &str) -> Self {
+    pub fn new(
+        http: reqwest::Client,
+        settings: AuthSettings,
+        api_base: &str,
+        body_limits: BodyLimits,
+    ) -> Self {
         Self {
             http,
             settings,
@@ -82,6 +114,7 @@ impl TokenSource {
             token_endpoint: OnceCell::new(),
             api_base: OnceCell::new(),
             tenant_id: RwLock::new(None),
+            body_limits,
         }
     }
 
@@ -142,15 +175,14 @@ impl TokenSource {
         }
         let fetched = self.fetch().await?;
         *last_generation += 1;
-        let now = Instant::now();
-        let lifetime = fetched
-            .expires_in
-            .map_or(DEFAULT_LIFETIME, Duration::from_secs);
+        let lifetime = token_lifetime(fetched.expires_in);
+        let (expires_at, refresh_at) =
+            token_deadlines(Instant::now(), lifetime, self.settings.refresh_before);
         let token = Token {
             value: Secret::new(fetched.access_token),
             generation: *last_generation,
-            expires_at: now + lifetime,
-            refresh_at: now + lifetime - refresh_margin(lifetime, self.settings.refresh_before),
+            expires_at,
+            refresh_at,
         };
         if let Some(tenant) = fetched.id_token.as_deref().and_then(tenant_id_claim) {
             *self.tenant_id.write().unwrap_or_else(|e| e.into_inner()) = Some(tenant);
@@ -178,7 +210,8 @@ impl TokenSource {
                     self.settings.issuer.trim_end_matches('/')
                 );
                 let request = self.http.get(&url).query(&[("tenantId", tenant.as_str())]);
-                let config: CxoneConfiguration = send_json(request, Route::Discovery).await?;
+                let config: CxoneConfiguration =
+                    send_json(request, Route::Discovery, self.body_limits).await?;
                 let base = config.api_endpoint.trim_end_matches('/').to_owned();
                 if base.is_empty() {
                     return Err(invalid(Route::Discovery, "empty api_endpoint"));
@@ -220,7 +253,7 @@ impl TokenSource {
                     self.settings.issuer.trim_end_matches('/')
                 );
                 let doc: OidcConfiguration =
-                    send_json(self.http.get(&url), Route::Discovery).await?;
+                    send_json(self.http.get(&url), Route::Discovery, self.body_limits).await?;
                 tracing::debug!(token_endpoint = %doc.token_endpoint, "OIDC discovery done");
                 Ok(doc.token_endpoint)
             })
@@ -246,7 +279,7 @@ impl TokenSource {
                 ("scope", s.scope.as_str()),
             ]),
         };
-        send_json(request, Route::Token).await
+        send_json(request, Route::Token, self.body_limits).await
     }
 }
 
@@ -255,6 +288,7 @@ impl TokenSource {
 async fn send_json<T: serde::de::DeserializeOwned>(
     request: reqwest::RequestBuilder,
     route: Route,
+    limits: BodyLimits,
 ) -> Result<T, StoreError> {
     let started = Instant::now();
     let request = request.header(reqwest::header::ACCEPT, "application/json");
@@ -268,11 +302,8 @@ async fn send_json<T: serde::de::DeserializeOwned>(
     };
     let status = response.status().as_u16();
     m::record(route, m::status_label(status), started.elapsed());
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|e| StoreError::from_transport(&e))?;
     if !(200..300).contains(&status) {
+        let bytes = body::read_excerpt(response, limits).await;
         let body = ErrorBody::parse(&bytes);
         tracing::warn!(route = route.as_str(), status, error = ?body.error, "auth request refused");
         return Err(match status {
@@ -280,7 +311,8 @@ async fn send_json<T: serde::de::DeserializeOwned>(
             _ => StoreError::from_status(status, body, None),
         });
     }
-    serde_json::from_slice(&bytes).map_err(|e| invalid(route, &e.to_string()))
+    let bytes = body::read(response, route, limits).await?;
+    decode_json(route.as_str(), status, &bytes)
 }
 
 fn invalid(route: Route, message: &str) -> StoreError {
@@ -305,6 +337,27 @@ mod tests {
             refresh_margin(Duration::from_secs(2), before),
             Duration::from_millis(200)
         );
+    }
+
+    #[test]
+    fn a_huge_expires_in_is_capped_instead_of_overflowing_the_clock() {
+        assert_eq!(token_lifetime(Some(u64::MAX)), MAX_LIFETIME);
+        assert_eq!(token_lifetime(Some(60)), Duration::from_secs(60));
+        assert_eq!(token_lifetime(None), DEFAULT_LIFETIME);
+        let now = Instant::now();
+        let (expires, refresh) =
+            token_deadlines(now, token_lifetime(Some(u64::MAX)), Duration::from_secs(30));
+        assert_eq!(expires, now + MAX_LIFETIME);
+        assert!(refresh < expires && refresh >= now);
+    }
+
+    #[test]
+    fn deadlines_saturate_whatever_the_lifetime() {
+        let now = Instant::now();
+        let (expires, refresh) = token_deadlines(now, Duration::MAX, Duration::MAX);
+        assert!(expires >= now && refresh >= now && refresh <= expires);
+        let (expires, refresh) = token_deadlines(now, Duration::ZERO, Duration::from_secs(30));
+        assert_eq!((expires, refresh), (now, now));
     }
 
     #[test]

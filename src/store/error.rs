@@ -1,7 +1,7 @@
 //! `StoreError`: every way a data-store call can fail, with its class, HTTP status and stable code.
 //!
-//! The client retries only what [`StoreError::is_retryable_in_client`] says (429, 5xx, timeouts,
-//! connection errors). 409 `record_locked` is Transient for the worker (SPEC §5: it goes through the
+//! The client retries only what [`StoreError::is_retryable_in_client`] says (408, 425, 429, 5xx,
+//! timeouts, connection errors). 409 `record_locked` is Transient for the worker (SPEC §5: it goes through the
 //! hold queues) but is never retried inside the client; 412 `version_mismatch` likewise, because the
 //! caller has to revalidate against the new version first.
 
@@ -90,6 +90,14 @@ pub enum StoreError {
         attempts: u32,
         retry_after: Option<Duration>,
     },
+    /// 408 Request Timeout or 425 Too Early: the store did not process the request; sending it
+    /// again later is safe.
+    #[error("{} (HTTP {status}) after {attempts} attempt(s): {}", retry_later_text(*status), body.text())]
+    RetryLater {
+        status: u16,
+        attempts: u32,
+        body: ErrorBody,
+    },
     /// 5xx (after the retry budget when retried).
     #[error("server error (HTTP {status}) after {attempts} attempt(s): {}", body.text())]
     Server {
@@ -109,6 +117,23 @@ pub enum StoreError {
         route: &'static str,
         message: String,
     },
+    /// A 2xx answer that is not JSON at all, typically a proxy's or load balancer's HTML page in
+    /// front of the store. Transient: the store itself may answer on the next try. Not retried in
+    /// the client, since for a PATCH the write may have happened (the caller reads it back).
+    #[error("unreadable answer from {route} (HTTP {status}, not JSON): {excerpt}")]
+    UnreadableResponse {
+        route: &'static str,
+        status: u16,
+        excerpt: String,
+    },
+    /// A body above `[cxone].max_response_bytes`: raise that setting, or lower `[cxone].page_size`
+    /// when record pages are what grew.
+    #[error("answer from {route} is larger than [cxone].max_response_bytes = {limit}{}: raise the setting or lower [cxone].page_size", size.map(|s| format!(" ({s} bytes)")).unwrap_or_default())]
+    ResponseTooLarge {
+        route: &'static str,
+        size: Option<u64>,
+        limit: usize,
+    },
     /// The data store's schema cannot be used (see `schema::SchemaError`).
     #[error("invalid schema: {0}")]
     InvalidSchema(#[from] crate::schema::SchemaError),
@@ -124,15 +149,18 @@ impl StoreError {
             Self::RecordLocked { .. }
             | Self::VersionMismatch { .. }
             | Self::RateLimited { .. }
+            | Self::RetryLater { .. }
             | Self::Server { .. }
             | Self::Timeout { .. }
-            | Self::Connection { .. } => ErrorClass::Transient,
+            | Self::Connection { .. }
+            | Self::UnreadableResponse { .. } => ErrorClass::Transient,
             Self::Unauthorized { .. }
             | Self::Forbidden { .. }
             | Self::NotFound { .. }
             | Self::UnknownField { .. }
             | Self::BadRequest { .. }
             | Self::InvalidResponse { .. }
+            | Self::ResponseTooLarge { .. }
             | Self::InvalidSchema(_)
             | Self::Config(_) => ErrorClass::Permanent,
         }
@@ -149,10 +177,14 @@ impl StoreError {
             Self::UnknownField { .. } => "unknown_field",
             Self::BadRequest { .. } => "bad_request",
             Self::RateLimited { .. } => "rate_limited",
+            Self::RetryLater { status, .. } if *status == 425 => "too_early",
+            Self::RetryLater { .. } => "request_timeout",
             Self::Server { .. } => "server_error",
             Self::Timeout { .. } => "timeout",
             Self::Connection { .. } => "connection",
             Self::InvalidResponse { .. } => "invalid_response",
+            Self::UnreadableResponse { .. } => "unreadable_response",
+            Self::ResponseTooLarge { .. } => "response_too_large",
             Self::InvalidSchema(_) => "invalid_schema",
             Self::Config(_) => "config",
         }
@@ -163,6 +195,8 @@ impl StoreError {
         match self {
             Self::Unauthorized { status, .. }
             | Self::BadRequest { status, .. }
+            | Self::RetryLater { status, .. }
+            | Self::UnreadableResponse { status, .. }
             | Self::Server { status, .. } => Some(*status),
             Self::Forbidden { .. } => Some(403),
             Self::NotFound { .. } => Some(404),
@@ -173,6 +207,7 @@ impl StoreError {
             Self::Timeout { .. }
             | Self::Connection { .. }
             | Self::InvalidResponse { .. }
+            | Self::ResponseTooLarge { .. }
             | Self::InvalidSchema(_)
             | Self::Config(_) => None,
         }
@@ -197,16 +232,19 @@ impl StoreError {
             | Self::VersionMismatch { body }
             | Self::UnknownField { body }
             | Self::BadRequest { body, .. }
+            | Self::RetryLater { body, .. }
             | Self::Server { body, .. } => Some(body),
             _ => None,
         }
     }
 
-    /// Whether the client itself retries this (429, 5xx, timeout, connection); 409/412 are not.
+    /// Whether the client itself retries this (408, 425, 429, 5xx, timeout, connection); 409/412
+    /// are not.
     pub fn is_retryable_in_client(&self) -> bool {
         matches!(
             self,
             Self::RateLimited { .. }
+                | Self::RetryLater { .. }
                 | Self::Server { .. }
                 | Self::Timeout { .. }
                 | Self::Connection { .. }
@@ -225,6 +263,11 @@ impl StoreError {
             429 => Self::RateLimited {
                 attempts: 1,
                 retry_after,
+            },
+            408 | 425 => Self::RetryLater {
+                status,
+                attempts: 1,
+                body,
             },
             400 if names_unknown_field(&body) => Self::UnknownField { body },
             500..=599 => Self::Server {
@@ -253,6 +296,7 @@ impl StoreError {
     pub(crate) fn with_attempts(mut self, n: u32) -> Self {
         match &mut self {
             Self::RateLimited { attempts, .. }
+            | Self::RetryLater { attempts, .. }
             | Self::Server { attempts, .. }
             | Self::Timeout { attempts }
             | Self::Connection { attempts, .. } => *attempts = n,
@@ -267,6 +311,37 @@ impl StoreError {
             Self::RateLimited { retry_after, .. } => *retry_after,
             _ => None,
         }
+    }
+}
+
+/// The 2xx body `bytes` decoded as JSON `T`. Not JSON at all is `unreadable_response`
+/// (transient: a proxy's page); JSON of the wrong shape is `invalid_response` (permanent).
+pub(crate) fn decode_json<T: serde::de::DeserializeOwned>(
+    route: &'static str,
+    status: u16,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() {
+            StoreError::InvalidResponse {
+                route,
+                message: e.to_string(),
+            }
+        } else {
+            StoreError::UnreadableResponse {
+                route,
+                status,
+                excerpt: excerpt(bytes),
+            }
+        }
+    })
+}
+
+fn retry_later_text(status: u16) -> &'static str {
+    if status == 425 {
+        "too early"
+    } else {
+        "request timeout"
     }
 }
 
@@ -315,6 +390,8 @@ mod tests {
             (412, "version_mismatch", ErrorClass::Transient),
             (429, "rate_limited", ErrorClass::Transient),
             (400, "bad_request", ErrorClass::Permanent),
+            (408, "request_timeout", ErrorClass::Transient),
+            (425, "too_early", ErrorClass::Transient),
             (413, "bad_request", ErrorClass::Permanent),
             (500, "server_error", ErrorClass::Transient),
             (503, "server_error", ErrorClass::Transient),
@@ -331,6 +408,7 @@ mod tests {
         let retried =
             |s| StoreError::from_status(s, ErrorBody::default(), None).is_retryable_in_client();
         assert!(retried(429) && retried(500) && retried(502));
+        assert!(retried(408) && retried(425));
         assert!(!retried(409) && !retried(412) && !retried(401) && !retried(400));
         assert!(StoreError::Timeout { attempts: 1 }.is_retryable_in_client());
     }
@@ -353,6 +431,47 @@ mod tests {
         let b = ErrorBody::parse(b"<html>oops</html>");
         assert_eq!(b.description.as_deref(), Some("<html>oops</html>"));
         assert_eq!(ErrorBody::parse(b""), ErrorBody::default());
+    }
+
+    #[test]
+    fn a_2xx_that_is_not_json_is_transient_and_wrong_json_is_permanent() {
+        let html = decode_json::<serde_json::Value>("get_record", 200, b"<html>502</html>");
+        let e = html.unwrap_err();
+        assert_eq!(
+            (e.code(), e.class()),
+            ("unreadable_response", ErrorClass::Transient)
+        );
+        assert!(e.to_string().contains("<html>502</html>"), "{e}");
+        let empty = decode_json::<serde_json::Value>("get_record", 200, b"").unwrap_err();
+        assert_eq!(empty.code(), "unreadable_response");
+        #[derive(Debug, serde::Deserialize)]
+        struct Shape {
+            #[allow(dead_code)]
+            id: String,
+        }
+        let wrong = decode_json::<Shape>("get_record", 200, br#"{"id":5}"#).unwrap_err();
+        assert_eq!(
+            (wrong.code(), wrong.class()),
+            ("invalid_response", ErrorClass::Permanent)
+        );
+    }
+
+    #[test]
+    fn an_oversized_answer_says_which_setting_to_change() {
+        let e = StoreError::ResponseTooLarge {
+            route: "list_records",
+            size: Some(9_000_000),
+            limit: 8_388_608,
+        };
+        assert_eq!(
+            (e.code(), e.class()),
+            ("response_too_large", ErrorClass::Permanent)
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("max_response_bytes") && text.contains("9000000"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -85,6 +85,7 @@ pub fn status_label(status: u16) -> &'static str {
 pub fn transport_status(error: &StoreError) -> &'static str {
     match error {
         StoreError::Timeout { .. } => "timeout",
+        StoreError::ResponseTooLarge { .. } => "too_large",
         _ => "connection",
     }
 }

@@ -13,6 +13,7 @@
 //! only in headers reqwest marks sensitive.
 
 pub mod auth;
+mod body;
 pub mod error;
 pub mod limiter;
 pub mod metrics;
@@ -36,6 +37,7 @@ pub use retry::RetryPolicy;
 pub use wire::{Record, RecordPage, RelationshipValue};
 
 use self::auth::{Token, TokenSource};
+use self::body::BodyLimits;
 use self::metrics::Route;
 use crate::schema::{Schema, SchemaWire};
 use crate::settings::{CxoneSettings, RateLimitBackend, RetrySettings, Settings};
@@ -54,6 +56,7 @@ struct Inner {
     tokens: TokenSource,
     budget: Arc<dyn RateBudget>,
     retry: RetryPolicy,
+    body_limits: BodyLimits,
     records_path: String,
     page_size: u32,
     schema_ttl: Duration,
@@ -110,13 +113,23 @@ impl StoreClient {
             .user_agent(concat!("cxrel/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| StoreError::Config(format!("HTTP client: {e}")))?;
-        let tokens = TokenSource::new(http.clone(), cxone.auth.clone(), &cxone.api_base);
+        let body_limits = BodyLimits {
+            max_bytes: cxone.max_response_bytes,
+            timeout: cxone.request_timeout,
+        };
+        let tokens = TokenSource::new(
+            http.clone(),
+            cxone.auth.clone(),
+            &cxone.api_base,
+            body_limits,
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
                 tokens,
                 budget,
                 retry: RetryPolicy::from(retry),
+                body_limits,
                 records_path: format!("/{}", cxone.records_path.trim_matches('/')),
                 page_size: cxone.page_size.max(1),
                 schema_ttl: cxone.schema_ttl,
@@ -231,8 +244,14 @@ impl StoreClient {
     ) -> impl Stream<Item = Result<RecordPage, StoreError>> + Send + 'static {
         let client = self.clone();
         let ds = ds.to_owned();
-        // State: Some(next page token, None = first page); None = no more pages.
-        futures::stream::try_unfold(Some(None::<String>), move |state| {
+        // State: the page tokens seen so far, and Some(next page token, None = first page) or
+        // None = no more pages. A token seen before means the store's paging loops: an error
+        // instead of an endless load.
+        let start = (
+            std::collections::HashSet::<String>::new(),
+            Some(None::<String>),
+        );
+        futures::stream::try_unfold(start, move |(mut seen, state)| {
             let client = client.clone();
             let ds = ds.clone();
             async move {
@@ -241,7 +260,12 @@ impl StoreClient {
                 };
                 let page = client.list_page(&ds, token.as_deref()).await?;
                 let next = page.next_page_token.clone().filter(|t| !t.is_empty());
-                Ok(Some((page, next.map(Some))))
+                if let Some(t) = &next
+                    && !seen.insert(t.clone())
+                {
+                    return Err(repeated_page_token(t));
+                }
+                Ok(Some((page, (seen, next.map(Some)))))
             }
         })
     }
@@ -395,11 +419,15 @@ impl StoreClient {
         };
         let status = response.status();
         let headers = response.headers().clone();
-        let body = match response.bytes().await {
-            Ok(b) => b,
-            Err(e) => {
-                return Err(self.transport_failed(route, correlation_id, attempt, &e, started));
+        let body = if status.is_success() {
+            match body::read(response, route, self.inner.body_limits).await {
+                Ok(b) => b,
+                Err(error) => {
+                    return Err(self.body_failed(route, correlation_id, attempt, error, started));
+                }
             }
+        } else {
+            body::read_excerpt(response, self.inner.body_limits).await
         };
         let elapsed = started.elapsed();
         metrics::record(route, metrics::status_label(status.as_u16()), elapsed);
@@ -432,6 +460,18 @@ impl StoreClient {
         started: Instant,
     ) -> StoreError {
         let error = StoreError::from_transport(error);
+        self.body_failed(route, correlation_id, attempt, error, started)
+    }
+
+    /// No usable answer: no response, or a body that broke off, took too long or was too large.
+    fn body_failed(
+        &self,
+        route: Route,
+        correlation_id: &str,
+        attempt: u32,
+        error: StoreError,
+        started: Instant,
+    ) -> StoreError {
         metrics::record(route, metrics::transport_status(&error), started.elapsed());
         tracing::debug!(
             route = route.as_str(),
@@ -443,8 +483,15 @@ impl StoreClient {
         error
     }
 
-    /// `{base}{records_path}/{segments…}`, each segment percent-encoded.
+    /// `{base}{records_path}/{segments…}`, each segment percent-encoded (`/` and `%` included).
+    /// A `.`/`..`/empty segment is refused: the URL library would drop it and the call would go to
+    /// another resource (job parsing refuses such ids first; this guards every other caller).
     fn url(&self, base: &str, segments: &[&str]) -> Result<url::Url, StoreError> {
+        if let Some(bad) = segments.iter().find(|s| matches!(**s, "" | "." | "..")) {
+            return Err(StoreError::Config(format!(
+                "{bad:?} cannot be a data-store or record id: it would change the request path"
+            )));
+        }
         let mut url = url::Url::parse(&format!("{base}{}", self.inner.records_path))
             .map_err(|e| StoreError::Config(format!("data-store URL {base:?}: {e}")))?;
         url.path_segments_mut()
@@ -496,10 +543,18 @@ fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(route: Route, answer: &Answer) -> Result<T, StoreError> {
-    serde_json::from_slice(&answer.body).map_err(|e| StoreError::InvalidResponse {
-        route: route.as_str(),
-        message: e.to_string(),
-    })
+    error::decode_json(route.as_str(), answer.status, &answer.body)
+}
+
+fn repeated_page_token(token: &str) -> StoreError {
+    let shown: String = token.chars().take(64).collect();
+    StoreError::InvalidResponse {
+        route: Route::ListRecords.as_str(),
+        message: format!(
+            "next_page_token {shown:?} was already returned: the store's paging loops; \
+             check the store (or the proxy in front of it) before retrying"
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -537,12 +592,32 @@ mod tests {
     }
 
     #[test]
+    fn dot_and_empty_segments_are_refused_rather_than_dropped() {
+        let c = client("http://h:1", "/api/v2/datastores");
+        for segments in [["..", "schema"], [".", "schema"], ["", "schema"]] {
+            let err = c.url("http://h:1", &segments).unwrap_err();
+            assert!(err.to_string().contains("change the request path"), "{err}");
+        }
+    }
+
+    #[test]
     fn urls_join_base_path_and_encoded_segments() {
         let c = client("http://h:1/", "/api/v2/datastores/");
         let url = c.url("http://h:1", &["my ds", "records", "a/b"]).unwrap();
         assert_eq!(
             url.as_str(),
             "http://h:1/api/v2/datastores/my%20ds/records/a%2Fb"
+        );
+        let url = c.url("http://h:1", &["%2e%2e", "records", "%2E"]).unwrap();
+        assert_eq!(
+            url.as_str(),
+            "http://h:1/api/v2/datastores/%252e%252e/records/%252E"
+        );
+        // Backslashes are separators to WHATWG parsers in http(s) URLs: they must be encoded too.
+        let url = c.url("http://h:1", &["ds", "records", "..\\x"]).unwrap();
+        assert_eq!(
+            url.as_str(),
+            "http://h:1/api/v2/datastores/ds/records/..%5Cx"
         );
         let c = client("http://h:1", "api/v2/datastores");
         let url = c.url("http://h:1/tenant", &["ds", "schema"]).unwrap();

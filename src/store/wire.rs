@@ -103,10 +103,23 @@ pub(crate) struct CxoneConfiguration {
 #[derive(Deserialize)]
 pub(crate) struct TokenResponse {
     pub access_token: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_seconds")]
     pub expires_in: Option<u64>,
     #[serde(default)]
     pub id_token: Option<String>,
+}
+
+/// `expires_in` as token endpoints really send it: an integer, but also a float, a numeric string
+/// or a negative number (0: already expired). Anything else counts as absent (the default
+/// lifetime), so a quirky token endpoint never stops the worker from logging in.
+fn lenient_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    // `as` from f64 saturates (NaN becomes 0), which is the wanted clamp.
+    let seconds = |f: f64| f.max(0.0) as u64;
+    Ok(match Option::<Value>::deserialize(d)? {
+        Some(Value::Number(n)) => n.as_u64().or_else(|| n.as_f64().map(seconds)),
+        Some(Value::String(s)) => s.trim().parse::<f64>().ok().map(seconds),
+        _ => None,
+    })
 }
 
 /// The `tenantId` claim of an id_token (a JWT; the payload is read without checking the signature,
@@ -147,6 +160,28 @@ mod tests {
         );
         assert_eq!(tenant_id_claim(&jwt(r#"{"sub":"u"}"#)), None);
         assert_eq!(tenant_id_claim("not-a-jwt"), None);
+    }
+
+    #[test]
+    fn expires_in_is_read_leniently_and_saturates() {
+        let read = |json: &str| {
+            serde_json::from_str::<TokenResponse>(&format!(r#"{{"access_token":"t"{json}}}"#))
+                .unwrap()
+                .expires_in
+        };
+        assert_eq!(read(r#","expires_in":3600"#), Some(3600));
+        assert_eq!(
+            read(r#","expires_in":18446744073709551615"#),
+            Some(u64::MAX)
+        );
+        assert_eq!(read(r#","expires_in":1e30"#), Some(u64::MAX));
+        assert_eq!(read(r#","expires_in":-5"#), Some(0));
+        assert_eq!(read(r#","expires_in":59.9"#), Some(59));
+        assert_eq!(read(r#","expires_in":" 60 ""#), Some(60));
+        assert_eq!(read(r#","expires_in":"soon""#), None);
+        assert_eq!(read(r#","expires_in":null"#), None);
+        assert_eq!(read(r#","expires_in":[1]"#), None);
+        assert_eq!(read(""), None);
     }
 
     #[test]

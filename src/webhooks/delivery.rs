@@ -20,6 +20,8 @@ use crate::settings::{WebhookDeliverySettings, WebhookSettings};
 #[derive(Debug, Clone)]
 struct Endpoint {
     url: String,
+    /// `url` as logs, errors and the `x-cxrel-webhook-url` header show it: it often carries a token.
+    shown: String,
     key: SigningKey,
     events: Vec<String>,
 }
@@ -69,6 +71,7 @@ pub fn start(
         .map(|h| {
             Ok(Endpoint {
                 url: h.url.clone(),
+                shown: crate::secret::redact_webhook_url(&h.url),
                 key: SigningKey::from_secret(h.secret.expose())?,
                 events: h.events.clone(),
             })
@@ -149,6 +152,20 @@ impl Parking {
     }
 }
 
+/// A failed POST as text, without the URL reqwest would print (it may hold the endpoint's token),
+/// with its causes (connection refused, timeout…) so the operator still sees why.
+fn send_error(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 struct Deliverer {
     client: reqwest::Client,
     endpoints: Arc<Vec<Endpoint>>,
@@ -220,9 +237,9 @@ impl Deliverer {
         let outcome = if result.is_ok() { "delivered" } else { "dead" };
         metrics::counter!("cxrel_webhook_deliveries_total", "outcome" => outcome).increment(1);
         if let Err(error) = result {
-            tracing::warn!(url = %endpoint.url, event_id = %event.id, attempts, %error, "webhook parked on the dead queue");
+            tracing::warn!(url = %endpoint.shown, event_id = %event.id, attempts, %error, "webhook parked on the dead queue");
             self.parking
-                .park(event, &endpoint.url, &error, attempts)
+                .park(event, &endpoint.shown, &error, attempts)
                 .await;
         }
     }
@@ -251,7 +268,7 @@ impl Deliverer {
         if let Some(traceparent) = &event.traceparent {
             request = request.header("traceparent", traceparent);
         }
-        let response = request.send().await.map_err(|e| e.to_string())?;
+        let response = request.send().await.map_err(send_error)?;
         if response.status().is_success() {
             Ok(())
         } else {

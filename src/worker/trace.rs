@@ -3,6 +3,9 @@
 
 use rand::Rng;
 
+/// Longest `traceparent` looked at: version 00 is 55 characters; the margin allows whitespace.
+const MAX_HEADER_CHARS: usize = 256;
+
 /// A parsed `traceparent` (version 00).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceParent {
@@ -12,8 +15,12 @@ pub struct TraceParent {
 }
 
 impl TraceParent {
-    /// Parses `00-<32 hex>-<16 hex>-<2 hex>`; anything else (or all-zero ids) is ignored.
+    /// Parses `00-<32 hex>-<16 hex>-<2 hex>`; anything else (or all-zero ids) is ignored, and so
+    /// is a header longer than [`MAX_HEADER_CHARS`] (it comes from whoever published the job).
     pub fn parse(header: &str) -> Option<Self> {
+        if header.len() > MAX_HEADER_CHARS {
+            return None;
+        }
         let mut parts = header.trim().split('-');
         let (version, trace_id, span_id, flags) =
             (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
@@ -78,5 +85,31 @@ mod tests {
             TraceParent::parse("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none()
         );
         assert!(TraceParent::parse(&format!("{HEADER}-extra")).is_none());
+    }
+
+    #[test]
+    fn odd_headers_are_ignored_without_panicking() {
+        let odd = [
+            String::new(),
+            "-".repeat(3),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7".to_owned(),
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
+            "00-4bf92f3577b34da6a3ce929d0e0e473é-00f067aa0ba902b7-01".to_owned(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01".to_owned(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g".to_owned(),
+            "00--00f067aa0ba902b7-01".to_owned(),
+            "\u{0}".repeat(55),
+            format!("{HEADER}{}", " ".repeat(100_000)),
+            "0".repeat(1_000_000),
+        ];
+        for header in &odd {
+            assert!(TraceParent::parse(header).is_none(), "{:.80}", header);
+        }
+    }
+
+    #[test]
+    fn uppercase_and_surrounding_spaces_are_tolerated_and_normalised() {
+        let parsed = TraceParent::parse(&format!("  {}  ", HEADER.to_ascii_uppercase())).unwrap();
+        assert_eq!(parsed.header(), HEADER);
     }
 }

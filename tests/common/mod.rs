@@ -40,9 +40,15 @@ impl EmulatorProcess {
 
     /// Starts an emulator with extra arguments after `emulator --listen 127.0.0.1:0`.
     pub fn spawn_with_args(args: &[&str]) -> Self {
+        Self::spawn_with_env(args, &[])
+    }
+
+    /// As `spawn_with_args`, with extra environment variables (`CXREL__EMULATOR__…`).
+    pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cxrel"))
             .args(["emulator", "--listen", "127.0.0.1:0"])
             .args(args)
+            .envs(env.iter().copied())
             .env_remove("CXREL_ENV")
             .env("CXREL__LOG__LEVEL", "warn")
             .env_remove("RUST_LOG")
