@@ -295,3 +295,56 @@ async fn the_trace_context_of_a_job_continues_into_its_events_and_webhooks() {
     }
     broker::teardown(&q.channel, &q.topology).await;
 }
+
+#[tokio::test]
+async fn one_large_job_takes_only_its_share_of_the_webhook_queue_and_parks_the_rest() {
+    let emu = emulator_with(22).await;
+    let mut q = queues("hookshare", &[200]).await;
+    let hook = emu.webhook_receiver("share", SECRET).await;
+    // Capacity 8: one job may queue 2 of its events; the other 9 of 11 are parked at once.
+    let options = WorkerOptions {
+        extra: format!(
+            "[webhook_delivery]\nqueue_capacity = 8\n\n\
+             [[webhooks]]\nurl = \"{hook}\"\nsecret = \"{SECRET}\"\n"
+        ),
+        ..WorkerOptions::default()
+    };
+    let _worker = WorkerProcess::spawn(&worker_config_with(
+        &emu.base,
+        q.topology.prefix(),
+        &options,
+    ));
+    let ops = (0..10)
+        .map(|i| op(&rid("r", 2 * i), FIELD, &[&rid("r", 2 * i + 1)]))
+        .collect();
+    publish_jobs(
+        &q.publisher,
+        &q.topology,
+        &[job("big", "accounts", true, ops)],
+    )
+    .await;
+    assert!(
+        q.tap
+            .until(Duration::from_secs(30), |e| completed(e).len() == 1)
+            .await
+    );
+    let parked = broker::take(
+        &q.channel,
+        &q.topology.webhooks_dead(),
+        20,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(parked.len(), 9, "10 applied + 1 completed, 2 queued");
+    let t = headers::table(&parked[0].delivery.properties);
+    let why = headers::get_str(&t, headers::ERROR_MESSAGE).unwrap_or_default();
+    assert!(why.contains("share"), "{why}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut deliveries = Vec::new();
+    while deliveries.len() < 2 && Instant::now() < deadline {
+        deliveries = emu.webhook_deliveries("share").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(deliveries.len(), 2, "the job's share was delivered");
+    broker::teardown(&q.channel, &q.topology).await;
+}

@@ -177,6 +177,7 @@ fn outcome_unknown(error: &StoreError) -> bool {
             | StoreError::Connection { .. }
             | StoreError::Server { .. }
             | StoreError::InvalidResponse { .. }
+            | StoreError::UnreadableResponse { .. }
     )
 }
 

@@ -32,12 +32,27 @@ impl Endpoint {
     }
 }
 
-/// The sending side, held by the pipeline. Cloning is cheap.
+/// The sending side, held by the settler. Cloning is cheap.
 #[derive(Clone)]
 pub struct WebhookQueue {
     tx: Option<mpsc::Sender<Arc<CloudEvent>>>,
-    parking: Parking,
+    /// Events the delivery queue does not take, on their way to the parking task.
+    overflow: Option<mpsc::Sender<Parked>>,
+    /// Events of one job the delivery queue takes at most (a quarter of its capacity), so one
+    /// 10,000-operation job cannot fill it alone; the rest of that job's events are parked.
+    per_job: usize,
 }
+
+/// An event for the webhook dead queue, and why.
+struct Parked {
+    event: Arc<CloudEvent>,
+    reason: &'static str,
+}
+
+/// Events waiting to be parked; the settler waits only when the broker is this far behind.
+const OVERFLOW_CAPACITY: usize = 4096;
+/// Parked events published together, their confirms awaited together.
+const PARK_BATCH: usize = 256;
 
 /// Where undeliverable events go.
 #[derive(Clone)]
@@ -46,14 +61,18 @@ struct Parking {
     dead_queue: String,
 }
 
-/// The delivery tasks; `drain` waits for them at shutdown.
+/// The delivery and parking tasks; `drain` waits for them at shutdown.
 pub struct WebhookWorker {
     task: tokio::task::JoinHandle<()>,
+    parking: tokio::task::JoinHandle<()>,
+    drain_deadline: Duration,
 }
 
 impl WebhookWorker {
     pub async fn drain(self) {
         let _ = self.task.await;
+        // The parking task ends once every queue handle (held by settlers) is gone.
+        let _ = tokio::time::timeout(self.drain_deadline, self.parking).await;
     }
 }
 
@@ -93,31 +112,63 @@ pub fn start(
     };
     let has_endpoints = !deliverer.endpoints.is_empty();
     let task = tokio::spawn(deliverer.run(rx, cancel, drain_deadline));
+    let (overflow, overflow_rx) = mpsc::channel(OVERFLOW_CAPACITY);
+    let parking_task = tokio::spawn(park_batches(overflow_rx, parking));
     let queue = WebhookQueue {
         tx: has_endpoints.then_some(tx),
-        parking,
+        overflow: has_endpoints.then_some(overflow),
+        per_job: (config.queue_capacity / 4).max(1),
     };
-    Ok((queue, WebhookWorker { task }))
+    let worker = WebhookWorker {
+        task,
+        parking: parking_task,
+        drain_deadline,
+    };
+    Ok((queue, worker))
 }
 
 impl WebhookQueue {
-    /// Hands an event over without waiting for delivery. A full queue parks the event on the dead
-    /// queue instead of making the job wait for a slow endpoint.
-    pub async fn offer(&self, event: CloudEvent) {
-        let Some(tx) = &self.tx else { return };
-        match tx.try_send(Arc::new(event)) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(event)) => {
+    /// Hands one job's events over without waiting for delivery or for the broker: what the
+    /// delivery queue does not take (full, or past the job's share) goes to the parking task,
+    /// which publishes to the webhook dead queue in batches, so a slow endpoint never slows jobs.
+    pub async fn offer_all(&self, events: Vec<CloudEvent>) {
+        let (Some(tx), Some(overflow)) = (&self.tx, &self.overflow) else {
+            return;
+        };
+        for (i, event) in events.into_iter().enumerate() {
+            let event = Arc::new(event);
+            let refused = if i >= self.per_job {
+                Some((event, "the job's share of the webhook queue is used up"))
+            } else {
+                match tx.try_send(event) {
+                    Ok(()) => None,
+                    Err(mpsc::error::TrySendError::Full(e)) => Some((e, "webhook queue full")),
+                    Err(mpsc::error::TrySendError::Closed(e)) => {
+                        Some((e, "webhook delivery stopped"))
+                    }
+                }
+            };
+            if let Some((event, reason)) = refused {
                 metrics::counter!("cxrel_webhook_deliveries_total", "outcome" => "queue_full")
                     .increment(1);
-                self.parking.park(&event, "", "webhook queue full", 0).await;
-            }
-            Err(mpsc::error::TrySendError::Closed(event)) => {
-                self.parking
-                    .park(&event, "", "webhook delivery stopped", 0)
-                    .await;
+                if overflow.send(Parked { event, reason }).await.is_err() {
+                    tracing::error!("webhook parking stopped; an undeliverable webhook is lost");
+                }
             }
         }
+    }
+}
+
+/// Publishes overflowing events to the webhook dead queue, up to [`PARK_BATCH`] at a time with
+/// their confirms awaited together.
+async fn park_batches(mut rx: mpsc::Receiver<Parked>, parking: Parking) {
+    let mut batch = Vec::with_capacity(PARK_BATCH);
+    while rx.recv_many(&mut batch, PARK_BATCH).await > 0 {
+        let parks = batch
+            .iter()
+            .map(|p| parking.park(&p.event, "", p.reason, 0));
+        futures::future::join_all(parks).await;
+        batch.clear();
     }
 }
 

@@ -17,10 +17,11 @@ pub fn default_job_id(properties: &BasicProperties, body: &[u8]) -> String {
         .as_ref()
         .map(|id| id.as_str().to_owned());
     let carried = || headers::get_str(&headers::table(properties), headers::JOB_ID);
+    // A job id is at most 128 characters (SPEC §1); a longer header is not ours to trust.
+    let usable = |id: &String| !id.is_empty() && id.chars().count() <= 128;
     message_id
-        .filter(|id| !id.is_empty())
-        .or_else(carried)
-        .filter(|id| !id.is_empty())
+        .filter(usable)
+        .or_else(|| carried().filter(usable))
         .unwrap_or_else(|| Uuid::new_v5(&BODY_NAMESPACE, body).to_string())
 }
 
@@ -50,6 +51,14 @@ mod tests {
         headers::set_str(&mut table, headers::JOB_ID, "j-7");
         let props = BasicProperties::default().with_headers(table);
         assert_eq!(default_job_id(&props, b"{}"), "j-7");
+    }
+
+    #[test]
+    fn an_oversized_carried_job_id_is_ignored() {
+        let mut table = FieldTable::default();
+        headers::set_str(&mut table, headers::JOB_ID, "x".repeat(4096));
+        let props = BasicProperties::default().with_headers(table);
+        assert_eq!(default_job_id(&props, b"{}").len(), 36);
     }
 
     #[test]

@@ -162,9 +162,7 @@ impl Settler {
     }
 
     async fn offer_webhooks(&self, events: Vec<CloudEvent>) {
-        for event in events {
-            self.webhooks.offer(event).await;
-        }
+        self.webhooks.offer_all(events).await;
     }
 
     async fn publish_events(&self, events: &[CloudEvent]) -> Result<(), AmqpError> {
