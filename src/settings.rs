@@ -30,6 +30,7 @@ pub struct Settings {
     pub emulator: EmulatorSettings,
     pub webhooks: Vec<WebhookSettings>,
     pub webhook_delivery: WebhookDeliverySettings,
+    pub console: ConsoleSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -209,6 +210,20 @@ pub struct WebhookDeliverySettings {
     pub timeout: Duration,
 }
 
+/// `cxrel console`, the dead-letter page and API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSettings {
+    pub listen: SocketAddr,
+    /// Empty = read-only console. Never logged.
+    pub token: Secret,
+    /// Highest replay rate (messages per second), also used when a request names none.
+    pub replay_rate: f64,
+    /// Longest a read of the dead queue is reused while its depth stays the same.
+    #[serde(with = "humantime_serde")]
+    pub rescan: Duration,
+}
+
 /// Why settings could not be loaded; the message names the file or key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -311,6 +326,10 @@ impl Settings {
                 "webhook_delivery",
                 "queue_capacity, concurrency and max_attempts must be ≥ 1",
             );
+        }
+        let rate = self.console.replay_rate;
+        if !rate.is_finite() || rate <= 0.0 {
+            return fail("console.replay_rate", "must be > 0");
         }
         if self.cxone.page_size == 0 {
             return fail("cxone.page_size", "must be ≥ 1");

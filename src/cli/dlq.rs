@@ -321,9 +321,9 @@ async fn export(
     filter: &Filter,
     output: Option<PathBuf>,
 ) -> anyhow::Result<i32> {
-    let mut out: Box<dyn Write> = match &output {
+    let mut out: Box<dyn Write + Send> = match &output {
         Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path)?)),
-        None => Box::new(std::io::stdout().lock()),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout())),
     };
     let entry = audit::Entry::new(&audit::cli_actor(), "export", filter, "");
     match dlq::export(connection, topology, filter, &mut out).await {

@@ -20,10 +20,10 @@ pub struct Filter {
     /// The body's `datastore_id`.
     pub datastore: Option<String>,
     /// Last failure at least this old ("10m", "2h").
-    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[serde(with = "human_opt", skip_serializing_if = "Option::is_none")]
     pub older_than: Option<Duration>,
     /// Last failure at most this old.
-    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[serde(with = "human_opt", skip_serializing_if = "Option::is_none")]
     pub newer_than: Option<Duration>,
     /// Only these messages (job ids or message ids): the console's "replay selected".
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -95,6 +95,31 @@ impl Filter {
     }
 }
 
+/// Optional human durations where an empty string (a blank form field) means none.
+mod human_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(text) if !text.trim().is_empty() => humantime::parse_duration(text.trim())
+                .map(Some)
+                .map_err(|e| {
+                    serde::de::Error::custom(format!("{text:?}: {e} (try \"10m\" or \"2h\")"))
+                }),
+            _ => Ok(None),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +185,9 @@ mod tests {
         let f: Filter = serde_json::from_str(r#"{"code":"timeout","older_than":"10m"}"#).unwrap();
         assert_eq!(f.older_than, Some(Duration::from_secs(600)));
         assert_eq!(f.describe(), "code=timeout older_than=10m");
+        let blank: Filter = serde_json::from_str(r#"{"older_than":""}"#).unwrap();
+        assert!(blank.is_empty());
+        let bad = serde_json::from_str::<Filter>(r#"{"older_than":"soon"}"#).unwrap_err();
+        assert!(bad.to_string().contains("10m"), "{bad}");
     }
 }

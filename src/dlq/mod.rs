@@ -162,7 +162,7 @@ pub async fn export(
     connection: &Connection,
     topology: &Topology,
     filter: &Filter,
-    out: &mut dyn Write,
+    out: &mut (dyn Write + Send),
 ) -> Result<u64, DlqError> {
     let now = SystemTime::now();
     let mut written = 0u64;

@@ -77,7 +77,9 @@ pub async fn scan(
         match decide(&letter) {
             Decision::Move { queue, properties } => {
                 wait_for_rate(pace.rate, started, moved).await;
-                publisher.to_queue(&queue, &letter.body, *properties).await?;
+                publisher
+                    .to_queue(&queue, &letter.body, *properties)
+                    .await?;
                 moved += 1;
                 report.acted += 1;
                 report.ids.push(letter.display_id());
