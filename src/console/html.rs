@@ -57,7 +57,7 @@ button.danger{background:#c0392b;border-color:#c0392b}button.plain{background:#f
 #confirm{background:#fff6d6;border:1px solid #e6c65c;padding:8px;border-radius:4px;margin-top:8px}
 .muted{color:#777}.err{color:#b00020}.ok{color:#16794c}
 pre{background:#f0f2f5;padding:8px;overflow:auto;max-height:420px}
-code{background:#eef0f3;padding:0 3px;border-radius:3px}
+code{background:#eef0f3;padding:0 3px;border-radius:3px}header code{background:#33405a}
 "#;
 
 /// Counts refresh every five seconds; write actions count first (a dry run) and act only after

@@ -86,7 +86,28 @@ pub async fn each(
     let result = read(&channel, queue, wanted, &mut seen, &mut visit).await;
     // Closing the channel returns every unacked message to the queue, in order.
     let _ = channel.close(200, "browsed".into()).await;
+    if seen.seen > 0 {
+        wait_until_back(connection, queue, seen.seen).await;
+    }
     result.map(|()| seen)
+}
+
+/// A quorum queue takes returned messages back asynchronously: until they are ready again, the
+/// next action would count and reach too few. Waits (briefly) until at least `held` are ready.
+async fn wait_until_back(connection: &Connection, queue: &str, held: u64) {
+    let Ok(channel) = connection.create_channel().await else {
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < deadline {
+        match depth(&channel, queue).await {
+            Ok(ready) if u64::from(ready) < held => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            _ => break,
+        }
+    }
+    let _ = channel.close(200, "depth".into()).await;
 }
 
 async fn read(
