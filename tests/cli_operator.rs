@@ -15,6 +15,8 @@ fn cxrel(prefix: &str, args: &[&str]) -> Output {
         .args(args)
         .env("CXREL__AMQP__PREFIX", prefix)
         .env("CXREL__LOG__LEVEL", "warn")
+        // Export ledgers (purge's check) stay out of the home directory.
+        .env("XDG_STATE_HOME", env!("CARGO_TARGET_TMPDIR"))
         .output()
         .expect("run cxrel")
 }
@@ -272,5 +274,76 @@ async fn dlq_export_writes_json_lines_and_purge_needs_yes() {
     let out = cxrel(topo.prefix(), &["dlq", "purge", "--yes"]);
     assert!(stdout(&out).contains("purged 4"), "{}", stdout(&out));
     assert_eq!(cxrel::dlq::depth(&channel, &topo.dead()).await.unwrap(), 0);
+    broker::teardown(&channel, &topo).await;
+}
+
+#[tokio::test]
+async fn dlq_export_fails_with_what_it_missed_and_purge_needs_a_covering_export() {
+    use futures::StreamExt;
+    use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+
+    let (topo, conn, channel) = seeded_dead_queue("dlq-export-all").await;
+    let state = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cxrel"))
+            .args(args)
+            .env("CXREL__AMQP__PREFIX", topo.prefix())
+            .env("CXREL__LOG__LEVEL", "warn")
+            .env("XDG_STATE_HOME", state.path())
+            .output()
+            .expect("run cxrel")
+    };
+    let file = state.path().join("dead.jsonl");
+    let file = file.to_str().unwrap();
+
+    // Another reader holds one dead letter unacked: export cannot see it and must fail.
+    let holder = conn.create_channel().await.unwrap();
+    holder
+        .basic_qos(1, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = holder
+        .basic_consume(
+            topo.dead().as_str().into(),
+            "holder".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let _held = consumer.next().await.unwrap().unwrap();
+    let out = run(&["dlq", "export", "-o", file]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("1 other reader"), "{err}");
+    holder.close(200, "done".into()).await.unwrap();
+
+    // No complete export yet: a purge is refused, and removes nothing.
+    let out = run(&["dlq", "purge", "--code", "cycle_detected", "--yes"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("export first"), "{err}");
+    assert_eq!(cxrel::dlq::depth(&channel, &topo.dead()).await.unwrap(), 4);
+
+    // A complete export of one code covers a purge of that code, not of everything.
+    let out = run(&["dlq", "export", "--code", "cycle_detected", "-o", file]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exported 2"));
+    let out = run(&["dlq", "purge", "--yes"]);
+    assert_eq!(out.status.code(), Some(1), "4 would go, 2 were exported");
+    let out = run(&["dlq", "purge", "--code", "cycle_detected", "--yes"]);
+    assert!(stdout(&out).contains("purged 2"), "{}", stdout(&out));
+    let out = run(&[
+        "dlq",
+        "purge",
+        "--code",
+        "nope",
+        "--yes",
+        "--without-export",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("matched nothing"), "{err}");
+    let out = run(&["dlq", "purge", "--yes", "--without-export"]);
+    assert!(stdout(&out).contains("purged 2"), "{}", stdout(&out));
     broker::teardown(&channel, &topo).await;
 }

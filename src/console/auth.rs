@@ -46,11 +46,9 @@ pub fn access(console: &Shared, headers: &HeaderMap, peer: SocketAddr) -> Access
     if bearer.is_some_and(|b| same(b.trim().as_bytes(), token.expose().as_bytes())) {
         return Access::Operator(format!("token@{}", peer.ip()));
     }
-    match session_id(headers) {
-        Some(id) if console.has_session(&id) => {
-            Access::Operator(format!("session:{}@{}", &id[..8.min(id.len())], peer.ip()))
-        }
-        _ => Access::Anonymous,
+    match session_id(headers).and_then(|id| console.session(&id)) {
+        Some(label) => Access::Operator(format!("session:{label}@{}", peer.ip())),
+        None => Access::Anonymous,
     }
 }
 
@@ -144,8 +142,8 @@ pub async fn login(
         return page::login(Some("wrong token"));
     }
     let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
-    console.add_session(id.clone());
-    tracing::info!(target: "cxrel::audit", peer = %peer.ip(), session = &id[..8], "console login");
+    let label = console.add_session(id.clone());
+    tracing::info!(target: "cxrel::audit", peer = %peer.ip(), session = %label, "console login");
     let cookie = format!(
         "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
         SESSION_TTL.as_secs()

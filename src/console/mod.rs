@@ -45,7 +45,9 @@ impl From<DlqError> for ApiError {
     fn from(error: DlqError) -> Self {
         let status = match &error {
             DlqError::NothingMatched(..) => StatusCode::NOT_FOUND,
-            DlqError::NotExported { .. } | DlqError::Incomplete { .. } => StatusCode::CONFLICT,
+            DlqError::NotExported { .. }
+            | DlqError::Incomplete { .. }
+            | DlqError::OtherReaders { .. } => StatusCode::CONFLICT,
             DlqError::NoQueue(..) => StatusCode::NOT_FOUND,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };

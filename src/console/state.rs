@@ -30,7 +30,8 @@ pub struct Console {
     cache: tokio::sync::Mutex<Option<Snapshot>>,
     /// Held by replay, purge and export so two never interleave on the dead queue.
     pub action: tokio::sync::Mutex<()>,
-    sessions: Mutex<HashMap<String, Instant>>,
+    /// Session id → (login time, a short label for audit lines that reveals nothing of the id).
+    sessions: Mutex<HashMap<String, (Instant, String)>>,
     recent: Mutex<VecDeque<audit::Entry>>,
 }
 
@@ -92,18 +93,21 @@ impl Console {
         *self.cache.lock().await = None;
     }
 
-    pub fn add_session(&self, id: String) {
+    /// Starts a session; returns its label.
+    pub fn add_session(&self, id: String) -> String {
+        let label = format!("{:08x}", rand::random::<u32>());
         if let Ok(mut sessions) = self.sessions.lock() {
-            sessions.retain(|_, at| at.elapsed() < SESSION_TTL);
-            sessions.insert(id, Instant::now());
+            sessions.retain(|_, (at, _)| at.elapsed() < SESSION_TTL);
+            sessions.insert(id, (Instant::now(), label.clone()));
         }
+        label
     }
 
-    pub fn has_session(&self, id: &str) -> bool {
-        self.sessions
-            .lock()
-            .map(|s| s.get(id).is_some_and(|at| at.elapsed() < SESSION_TTL))
-            .unwrap_or(false)
+    /// The label of a live session.
+    pub fn session(&self, id: &str) -> Option<String> {
+        let sessions = self.sessions.lock().ok()?;
+        let (at, label) = sessions.get(id)?;
+        (at.elapsed() < SESSION_TTL).then(|| label.clone())
     }
 
     pub fn end_session(&self, id: &str) {

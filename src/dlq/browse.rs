@@ -14,8 +14,14 @@ use super::{DeadLetter, DlqError};
 /// How long a browse waits for the next message before it counts the rest as missed.
 const GAP: Duration = Duration::from_secs(5);
 
-/// Messages currently in `queue` (a passive declare: no message is touched).
+/// Messages ready in `queue` (a passive declare: no message is touched). Messages another
+/// consumer holds unacked are not counted.
 pub async fn depth(channel: &Channel, queue: &str) -> Result<u32, DlqError> {
+    Ok(counts(channel, queue).await?.0)
+}
+
+/// Ready messages and attached consumers of `queue`.
+pub async fn counts(channel: &Channel, queue: &str) -> Result<(u32, u32), DlqError> {
     let options = QueueDeclareOptions {
         passive: true,
         ..QueueDeclareOptions::default()
@@ -24,7 +30,7 @@ pub async fn depth(channel: &Channel, queue: &str) -> Result<u32, DlqError> {
         .queue_declare(queue.into(), options, FieldTable::default())
         .await
         .map_err(|e| DlqError::NoQueue(queue.to_owned(), e))?;
-    Ok(queue.message_count())
+    Ok((queue.message_count(), queue.consumer_count()))
 }
 
 /// What one browse saw.
@@ -43,6 +49,8 @@ pub struct Snapshot {
 pub struct Seen {
     pub depth: u32,
     pub seen: u64,
+    /// Other consumers attached when the browse started: what they hold unacked is invisible.
+    pub other_readers: u32,
 }
 
 impl Seen {
@@ -80,9 +88,13 @@ pub async fn each(
     mut visit: impl FnMut(DeadLetter) -> Result<(), DlqError>,
 ) -> Result<Seen, DlqError> {
     let channel = connection.create_channel().await?;
-    let depth = depth(&channel, queue).await?;
+    let (depth, other_readers) = counts(&channel, queue).await?;
     let wanted = cap.map_or(u64::from(depth), |c| c.min(u64::from(depth)));
-    let mut seen = Seen { depth, seen: 0 };
+    let mut seen = Seen {
+        depth,
+        seen: 0,
+        other_readers,
+    };
     let result = read(&channel, queue, wanted, &mut seen, &mut visit).await;
     // Closing the channel returns every unacked message to the queue, in order.
     let _ = channel.close(200, "browsed".into()).await;
@@ -153,9 +165,17 @@ mod tests {
 
     #[test]
     fn missed_counts_what_was_present_but_not_seen() {
-        let s = Seen { depth: 5, seen: 3 };
+        let s = Seen {
+            depth: 5,
+            seen: 3,
+            other_readers: 0,
+        };
         assert_eq!(s.missed(), 2);
-        let more = Seen { depth: 1, seen: 3 };
+        let more = Seen {
+            depth: 1,
+            seen: 3,
+            other_readers: 0,
+        };
         assert_eq!(
             more.missed(),
             0,

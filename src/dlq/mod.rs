@@ -19,7 +19,7 @@ use std::time::SystemTime;
 
 use lapin::Connection;
 
-pub use browse::{Snapshot, depth, snapshot};
+pub use browse::{Snapshot, counts, depth, snapshot};
 pub use filter::Filter;
 pub use letter::DeadLetter;
 pub use scan::{Decision, Pace, ScanReport};
@@ -50,6 +50,12 @@ pub enum DlqError {
          (`--without-export`)"
     )]
     NotExported { matching: u64, exported: u64 },
+    #[error(
+        "export incomplete: {readers} other reader(s) are attached to {queue} and may hold dead \
+         letters unacked, which cannot be counted; stop them (other `cxrel dlq` or console \
+         reads, or a stray consumer) and export again"
+    )]
+    OtherReaders { queue: String, readers: u32 },
     #[error("cannot write the export ledger {0}: {1}; check that directory is writable")]
     Ledger(String, std::io::Error),
     #[error("cannot write the export: {0}")]
@@ -176,6 +182,12 @@ pub async fn export(
     })
     .await?;
     out.flush()?;
+    if seen.other_readers > 0 {
+        return Err(DlqError::OtherReaders {
+            queue: topology.dead(),
+            readers: seen.other_readers,
+        });
+    }
     if seen.missed() > 0 {
         return Err(DlqError::Incomplete {
             written,

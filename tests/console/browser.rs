@@ -39,7 +39,7 @@ impl Browser {
                 "--hide-scrollbars",
                 "--no-first-run",
                 "--remote-debugging-pipe",
-                "--window-size=1280,1000",
+                "--window-size=1280,1400",
             ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .stdin(Stdio::piped())
