@@ -53,7 +53,7 @@ form.inline{display:flex;gap:8px;flex-wrap:wrap;align-items:end}
 label{display:flex;flex-direction:column;font-size:12px;color:#555}
 input{font:inherit;padding:3px 6px;border:1px solid #c5cad3;border-radius:4px}
 button,.button{font:inherit;padding:4px 10px;border-radius:4px;border:1px solid #3a6fd8;background:#3a6fd8;color:#fff;cursor:pointer;text-decoration:none}
-button.danger{background:#c0392b;border-color:#c0392b}button.plain{background:#fff;color:#3a6fd8}
+button.danger{background:#c0392b;border-color:#c0392b}.plain{background:#fff;color:#3a6fd8}
 #confirm{background:#fff6d6;border:1px solid #e6c65c;padding:8px;border-radius:4px;margin-top:8px}
 .muted{color:#777}.err{color:#b00020}.ok{color:#16794c}
 pre{background:#f0f2f5;padding:8px;overflow:auto;max-height:420px}
