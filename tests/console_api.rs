@@ -282,6 +282,15 @@ async fn replay_publishes_confirmed_stamped_copies_and_removes_only_those() {
             .starts_with("token@127.0.0.1")
     );
     assert!(audit["at"].as_str().is_some());
+
+    // "Replay selected": only the listed ids move, whatever else matches.
+    let body = json!({"ids": ["j5", "j4"], "reason": "picked by hand"});
+    let (status, done) = post(&c, path, Some(TOKEN), body).await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    let mut moved: Vec<String> = serde_json::from_value(done["ids"].clone()).unwrap();
+    moved.sort();
+    assert_eq!(moved, vec!["j4", "j5"]);
+    assert_eq!(cxrel::dlq::depth(&channel, &topo.dead()).await.unwrap(), 1);
     broker::teardown(&channel, &topo).await;
 }
 

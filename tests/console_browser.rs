@@ -34,10 +34,29 @@ fn demo_prefix() -> String {
         .to_owned()
 }
 
+/// Deletes the demo's queues when the test ends, passed or not.
+struct Cleanup(cxrel::amqp::Topology);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let topo = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            runtime.block_on(async {
+                let connection = broker::connect().await;
+                let channel = connection.create_channel().await.unwrap();
+                broker::teardown(&channel, &topo).await;
+            });
+        })
+        .join();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_operator_logs_in_replays_one_code_and_sees_its_count_drop() {
     let prefix = demo_prefix();
     let topo = broker::topology(&prefix, &[500]);
+    let _cleanup = Cleanup(topo.clone());
     let connection = broker::connect().await;
     let channel = connection.create_channel().await.unwrap();
     let dead_before = cxrel::dlq::depth(&channel, &topo.dead()).await.unwrap();
@@ -65,7 +84,6 @@ async fn an_operator_logs_in_replays_one_code_and_sees_its_count_drop() {
     let log = console.log_text();
     assert!(log.contains("\"action\":\"replay\""), "{log}");
     assert!(!log.contains(TOKEN), "the token never reaches the log");
-    broker::teardown(&channel, &topo).await;
 }
 
 /// The browser part; returns the overview screenshot.
@@ -92,6 +110,19 @@ fn drive(base: &str) -> Vec<u8> {
         b.text("#mode")
     );
     let shot = b.screenshot();
+
+    // One message: headers, body, error and (empty) replay history.
+    b.open(&format!("{base}/letters/demo-05-cycle"));
+    let page = b.eval("document.body.innerText");
+    let page = page.as_str().unwrap_or("");
+    for expected in [
+        "x-cxrel-job-id",
+        "would create a cycle",
+        "never replayed",
+        "\"operations\"",
+    ] {
+        assert!(page.contains(expected), "{expected} missing:\n{page}");
+    }
 
     // Replay one code from its filtered view: the dry run's count is confirmed first.
     b.open(&format!("{base}/?code=cycle_detected"));

@@ -201,7 +201,7 @@ pub async fn replay(
     let entry = audit::Entry::new(&actor, "replay", &filter, reason);
     let connection = console.connection().await?;
     let result = dlq::replay(&connection, &console.topology, &request).await;
-    console.invalidate().await;
+    console.invalidate();
     let report = finish(&console, entry, result)?;
     Ok(Json(json!({
         "replayed": report.acted,
@@ -246,7 +246,7 @@ pub async fn purge(
     let entry = audit::Entry::new(&actor, "purge", &filter, "");
     let connection = console.connection().await?;
     let result = dlq::purge(&connection, &console.topology, &filter, guard).await;
-    console.invalidate().await;
+    console.invalidate();
     let report = finish(&console, entry, result)?;
     Ok(Json(json!({
         "purged": report.acted,

@@ -226,7 +226,7 @@ fn row(letter: &DeadLetter, now: SystemTime) -> String {
          {}</a></td><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
          <td>{}</td></tr>",
         esc(&link_id),
-        esc(&query_value(&link_id)),
+        esc(&query_value(&link_id).replace('+', "%20")),
         esc(&id),
         esc(&letter.code()),
         esc(&letter.stage()),
@@ -310,7 +310,11 @@ fn details(letter: &DeadLetter) -> String {
         .flatten()
         .map(|(k, v)| {
             let text = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
-            format!("<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(&text))
+            format!(
+                "<tr><td><code>{}</code></td><td>{}</td></tr>",
+                esc(k),
+                esc(&text)
+            )
         })
         .collect();
     let body = serde_json::to_string_pretty(&json["body"]).unwrap_or_default();
@@ -364,4 +368,42 @@ fn recent(console: &Shared) -> String {
          <th>who</th><th>action</th><th>filter</th><th>reason</th><th class=\"n\">count</th>\
          <th>outcome</th></tr>{rows}</table></section>"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dlq::letter::tests::letter;
+
+    #[test]
+    fn a_row_escapes_what_the_job_carried() {
+        let l = letter("<script>", "j<1>", 5);
+        let html = row(&l, SystemTime::now());
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(html.contains("&lt;script&gt;"), "{html}");
+        assert!(html.contains("href=\"/letters/j%3C1%3E\""), "{html}");
+    }
+
+    #[test]
+    fn pages_link_to_their_neighbours_keeping_the_filter() {
+        let f = Filter {
+            code: Some("timeout".into()),
+            ..Filter::default()
+        };
+        let html = pager(&f, 2, 3, 50);
+        assert!(
+            html.contains("code=timeout&amp;page=1&amp;per_page=50"),
+            "{html}"
+        );
+        assert!(html.contains("page=3"), "{html}");
+        assert_eq!(pager(&f, 1, 1, 50), "");
+    }
+
+    #[test]
+    fn only_an_operator_gets_the_action_buttons() {
+        let f = Filter::default();
+        assert!(actions(&f, &Access::Operator("token@x".into())).contains("replay-all"));
+        assert!(!actions(&f, &Access::Anonymous).contains("replay-all"));
+        assert!(actions(&Filter::default(), &Access::ReadOnly).contains("Read-only"));
+    }
 }

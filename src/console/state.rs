@@ -4,6 +4,7 @@
 //! entries for the page.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -28,6 +29,9 @@ pub struct Console {
     amqp_url: Secret,
     connection: tokio::sync::Mutex<Option<Arc<Connection>>>,
     cache: tokio::sync::Mutex<Option<Snapshot>>,
+    /// Set after an action changed the queue: the next read goes to the broker. A flag rather
+    /// than clearing `cache`, so an action never waits for a reader that waits for the action.
+    stale: AtomicBool,
     /// Held by replay, purge and export so two never interleave on the dead queue.
     pub action: tokio::sync::Mutex<()>,
     /// Session id → (login time, a short label for audit lines that reveals nothing of the id).
@@ -48,6 +52,7 @@ impl Console {
             amqp_url: settings.amqp.url.clone(),
             connection: tokio::sync::Mutex::new(None),
             cache: tokio::sync::Mutex::new(None),
+            stale: AtomicBool::new(false),
             action: tokio::sync::Mutex::new(()),
             sessions: Mutex::new(HashMap::new()),
             recent: Mutex::new(VecDeque::new()),
@@ -66,31 +71,50 @@ impl Console {
     }
 
     /// The dead queue as last read, read again when its depth changed or the read is older than
-    /// `[console].rescan`.
+    /// `[console].rescan`. While a replay or purge runs, the last read is served instead: a
+    /// browse would hold the messages the action is taking one by one.
     pub async fn snapshot(&self) -> Result<Snapshot, DlqError> {
         let connection = self.connection().await?;
         let mut cache = self.cache.lock().await;
-        if let Some(s) = cache.as_ref() {
-            let channel = connection.create_channel().await?;
-            let depth = dlq::depth(&channel, &self.topology.dead()).await;
-            let _ = channel.close(200, "depth".into()).await;
-            let young = s
-                .taken_at
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age < self.rescan);
-            if young && depth? == s.depth {
-                return Ok(s.clone());
-            }
+        let stale = self.stale.swap(false, Ordering::SeqCst);
+        if let Some(s) = cache.as_ref().filter(|_| !stale)
+            && self.still_fresh(&connection, s).await?
+        {
+            return Ok(s.clone());
         }
+        let _no_action_meanwhile = match self.action.try_lock() {
+            Ok(guard) => guard,
+            Err(_) if cache.is_some() => {
+                // Served as is; read again once the action is over.
+                self.stale.store(true, Ordering::SeqCst);
+                return Ok(cache.clone().unwrap_or_default());
+            }
+            Err(_) => self.action.lock().await,
+        };
         let fresh = dlq::snapshot(&connection, &self.topology.dead(), None).await?;
         super::metrics::record(&Summary::of(&fresh, SystemTime::now()));
         *cache = Some(fresh.clone());
         Ok(fresh)
     }
 
+    /// True while `s` is younger than `[console].rescan` and the depth has not changed.
+    async fn still_fresh(&self, connection: &Connection, s: &Snapshot) -> Result<bool, DlqError> {
+        let young = s
+            .taken_at
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < self.rescan);
+        if !young {
+            return Ok(false);
+        }
+        let channel = connection.create_channel().await?;
+        let depth = dlq::depth(&channel, &self.topology.dead()).await;
+        let _ = channel.close(200, "depth".into()).await;
+        Ok(depth? == s.depth)
+    }
+
     /// Forgets the last read, after an action changed the queue.
-    pub async fn invalidate(&self) {
-        *self.cache.lock().await = None;
+    pub fn invalidate(&self) {
+        self.stale.store(true, Ordering::SeqCst);
     }
 
     /// Starts a session; returns its label.

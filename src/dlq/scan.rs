@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use lapin::message::BasicGetMessage;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
-use lapin::{BasicProperties, Connection};
+use lapin::{BasicProperties, Channel, Connection};
 
 use super::{DeadLetter, DlqError, depth};
 use crate::amqp::Publisher;
@@ -62,10 +63,7 @@ pub async fn scan(
     let started = Instant::now();
     let mut moved = 0u64;
     while report.scanned < initial && report.acted < pace.limit {
-        let Some(message) = channel
-            .basic_get(dead.into(), BasicGetOptions::default())
-            .await?
-        else {
+        let Some(message) = next(&channel, dead).await? else {
             break;
         };
         report.scanned += 1;
@@ -100,6 +98,21 @@ pub async fn scan(
     let _ = channel.close(200, "scanned".into()).await;
     let _ = publisher.channel().close(200, "scanned".into()).await;
     Ok(report)
+}
+
+/// The next message, waiting up to 3 s when the queue looks empty: a browse elsewhere (the
+/// console, `cxrel dlq list`) may hold the messages for a moment before handing them back.
+async fn next(channel: &Channel, dead: &str) -> Result<Option<BasicGetMessage>, DlqError> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let got = channel
+            .basic_get(dead.into(), BasicGetOptions::default())
+            .await?;
+        if got.is_some() || Instant::now() >= deadline {
+            return Ok(got);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Sleeps until the `done`-th move is due at `rate` per second since `started`.
