@@ -217,7 +217,12 @@ async fn dlq_replay_dry_run_changes_nothing_and_filters_select_what_moves() {
         ],
     );
     assert!(stdout(&out).contains("replayed 1 of"), "{}", stdout(&out));
-    let out = cxrel(topo.prefix(), &["dlq", "replay", "--job-id", "j4"]);
+    let out = cxrel(
+        topo.prefix(),
+        &[
+            "dlq", "replay", "--job-id", "j4", "--reason", "j4 fixed", "--rate", "5",
+        ],
+    );
     assert!(stdout(&out).contains("replayed j4"), "{}", stdout(&out));
 
     let jobs = broker::take(&channel, &topo.jobs(), 3, Duration::from_secs(5)).await;
@@ -240,6 +245,16 @@ async fn dlq_replay_dry_run_changes_nothing_and_filters_select_what_moves() {
         "attempts reset"
     );
     assert!(t.contains_key(headers::REPLAYED), "replay history added");
+    let reason = |m: &lapin::message::BasicGetMessage| {
+        let t = headers::table(&m.delivery.properties);
+        headers::get_str(&t, "x-cxrel-replay-reason").unwrap_or_default()
+    };
+    assert_eq!(
+        reason(&jobs[0]),
+        "replayed with cxrel dlq",
+        "the default reason"
+    );
+    assert_eq!(reason(&jobs[1]), "j4 fixed");
     assert_eq!(cxrel::dlq::depth(&channel, &topo.dead()).await.unwrap(), 2);
 
     let out = cxrel(topo.prefix(), &["dlq", "replay", "--limit", "1"]);

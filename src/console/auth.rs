@@ -69,6 +69,39 @@ pub fn writer(console: &Shared, headers: &HeaderMap, peer: SocketAddr) -> Result
     }
 }
 
+/// On a loopback listener, only requests addressed to a loopback name are answered: a web page
+/// whose own name resolves to 127.0.0.1 (DNS rebinding) must not read the dead letters.
+pub async fn loopback_host_only(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if is_loopback_host(host) {
+        return next.run(request).await;
+    }
+    ApiError::new(
+        StatusCode::MISDIRECTED_REQUEST,
+        "this console listens on loopback and answers only http://127.0.0.1:PORT or \
+         http://localhost:PORT; to serve another name, listen on another address",
+    )
+    .into_response()
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Refuses requests another site made a browser send (CSRF). Clients that send neither header
 /// (curl, scripts) pass; browsers always send at least one of them with a POST.
 pub fn same_origin(headers: &HeaderMap) -> Result<(), ApiError> {
@@ -199,6 +232,27 @@ mod tests {
     fn the_session_cookie_is_found_among_others() {
         let h = headers(&[("cookie", "a=1; cxrel_console=abc; b=2")]);
         assert_eq!(session_id(&h).as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn only_loopback_names_pass_the_host_check() {
+        for ok in [
+            "127.0.0.1:8481",
+            "localhost:8481",
+            "[::1]:8481",
+            "127.0.0.2",
+            "LOCALHOST",
+        ] {
+            assert!(is_loopback_host(ok), "{ok}");
+        }
+        for refused in [
+            "evil.example:8481",
+            "10.0.0.1:8481",
+            "",
+            "localhost.evil.example",
+        ] {
+            assert!(!is_loopback_host(refused), "{refused}");
+        }
     }
 
     #[test]

@@ -61,9 +61,10 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Every route of the console.
-pub fn router(console: Shared) -> Router {
-    Router::new()
+/// Every route of the console. `loopback` = it listens on a loopback address (then only requests
+/// addressed to a loopback name are answered).
+pub fn router(console: Shared, loopback: bool) -> Router {
+    let router = Router::new()
         .route("/", get(page::overview))
         .route("/letters/{id}", get(page::message))
         .route("/login", get(page::login_form).post(auth::login))
@@ -77,7 +78,12 @@ pub fn router(console: Shared) -> Router {
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok" }))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(64 * 1024))
-        .with_state(console)
+        .with_state(console);
+    if loopback {
+        router.layer(axum::middleware::from_fn(auth::loopback_host_only))
+    } else {
+        router
+    }
 }
 
 async fn render_metrics() -> Response {
@@ -111,7 +117,8 @@ pub async fn serve(settings: &Settings, listen: Option<SocketAddr>) -> anyhow::R
     };
     println!("cxrel console listening on http://{bound}");
     tracing::info!(%bound, queue = %console.topology.dead(), mode, "console started");
-    let app = router(console).into_make_service_with_connect_info::<SocketAddr>();
+    let app = router(console, bound.ip().is_loopback())
+        .into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(crate::shutdown::signal())
         .await?;
