@@ -2,12 +2,13 @@
 //! the same engine as `cxrel dlq` (`crate::dlq`). Needs the broker only.
 //!
 //! Files: [`state`] what lives between requests, [`auth`] token, login and CSRF, [`api`] the JSON
-//! API, [`page`] the pages, [`html`] their markup, style and script, [`metrics`] dead-letter
-//! gauges.
+//! API, [`page`] the overview and login, [`message`] one message, [`html`] markup, style and
+//! script, [`metrics`] dead-letter gauges.
 
 pub mod api;
 pub mod auth;
 pub mod html;
+pub mod message;
 pub mod metrics;
 pub mod page;
 pub mod state;
@@ -66,7 +67,7 @@ impl IntoResponse for ApiError {
 pub fn router(console: Shared, loopback: bool) -> Router {
     let router = Router::new()
         .route("/", get(page::overview))
-        .route("/letters/{id}", get(page::message))
+        .route("/letters/{id}", get(message::message))
         .route("/login", get(page::login_form).post(auth::login))
         .route("/logout", post(auth::logout))
         .route("/api/dead-letters", get(api::list))

@@ -1,11 +1,11 @@
-//! The console's pages: the overview (groups by code and stage, the filtered list with paging, the
-//! action panel, recent actions), one message, and the login form. Rendered on the server from the
-//! same engine reads as the API.
+//! The console's overview page (groups by code and stage, the filtered list with paging, the
+//! action panel, recent actions) and the login form, with the header and action panel the message
+//! view shares. Rendered on the server from the same engine reads as the API.
 
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use serde_json::json;
@@ -49,42 +49,6 @@ pub async fn overview(
     Html(frame("cxrel dead letters", &body)).into_response()
 }
 
-/// GET /letters/{id}
-pub async fn message(
-    State(console): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    let access = auth::access(&console, &headers, peer);
-    let snapshot = match console.snapshot().await {
-        Ok(s) => s,
-        Err(error) => return unavailable(&error.to_string()),
-    };
-    let Some(letter) = snapshot.letters.iter().find(|l| l.has_id(&id)) else {
-        let body = format!(
-            "{}<main><section><p>No dead letter with id <code>{}</code>: it may have been \
-             replayed or purged. <a href=\"/\">Back to the overview</a></p></section></main>",
-            top(&console.topology.dead(), snapshot.depth, &access),
-            esc(&id)
-        );
-        return (StatusCode::NOT_FOUND, Html(frame("not found", &body))).into_response();
-    };
-    let only_this = Filter {
-        ids: vec![id.clone()],
-        ..Filter::default()
-    };
-    let body = [
-        top(&console.topology.dead(), snapshot.depth, &access),
-        "<main>".into(),
-        details(letter),
-        actions(&only_this, &access),
-        "</main>".into(),
-    ]
-    .concat();
-    Html(frame(&format!("dead letter {id}"), &body)).into_response()
-}
-
 /// GET /login
 pub async fn login_form() -> Response {
     login(None)
@@ -107,7 +71,7 @@ pub fn login(error: Option<&str>) -> Response {
     Html(frame("log in", &body)).into_response()
 }
 
-fn unavailable(error: &str) -> Response {
+pub(super) fn unavailable(error: &str) -> Response {
     let body = format!(
         "<main><section><h2>The dead queue cannot be read</h2><p class=\"err\">{}</p>\
          <p>Reload when the broker is back.</p></section></main>",
@@ -120,7 +84,7 @@ fn unavailable(error: &str) -> Response {
         .into_response()
 }
 
-fn top(queue: &str, depth: u32, access: &Access) -> String {
+pub(super) fn top(queue: &str, depth: u32, access: &Access) -> String {
     let who = match access {
         Access::ReadOnly => "<span class=\"muted\" id=\"mode\">read-only console</span>".into(),
         Access::Anonymous => "<a href=\"/login\" id=\"mode\">Log in to replay or purge</a>".into(),
@@ -270,7 +234,7 @@ fn filter_query(filter: &Filter) -> String {
     out
 }
 
-fn actions(filter: &Filter, access: &Access) -> String {
+pub(super) fn actions(filter: &Filter, access: &Access) -> String {
     let export = format!(
         "<a class=\"button plain\" id=\"export\" href=\"/api/dead-letters/export?{}\">Export matching \
          (JSON Lines)</a>",
@@ -301,46 +265,6 @@ const ACTION_CONTROLS: &str = "<form class=\"inline\" onsubmit=\"return false\">
 </form><div id=\"confirm\" hidden><span id=\"confirm-text\"></span> \
 <button id=\"confirm-yes\" onclick=\"go()\">Confirm</button> \
 <button class=\"plain\" onclick=\"cancel()\">Cancel</button></div><p id=\"result\"></p>";
-
-fn details(letter: &DeadLetter) -> String {
-    let json = letter.to_json();
-    let headers: String = json["headers"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| {
-            let text = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
-            format!(
-                "<tr><td><code>{}</code></td><td>{}</td></tr>",
-                esc(k),
-                esc(&text)
-            )
-        })
-        .collect();
-    let body = serde_json::to_string_pretty(&json["body"]).unwrap_or_default();
-    let history: String = letter
-        .replay_history()
-        .iter()
-        .map(|h| format!("<li>{}</li>", esc(h)))
-        .collect();
-    let history = if history.is_empty() {
-        "<p class=\"muted\">never replayed</p>".to_owned()
-    } else {
-        format!("<ol>{history}</ol>")
-    };
-    format!(
-        "<section><h2>Dead letter {}</h2><p><b>{}</b> at stage <b>{}</b> after {} attempts: \
-         <span class=\"err\">{}</span></p></section><section><h2>Replay history</h2>{history}\
-         </section><section><h2>Headers</h2><table>{headers}</table></section><section><h2>Body\
-         </h2><pre>{}</pre></section>",
-        esc(&letter.display_id()),
-        esc(&letter.code()),
-        esc(&letter.stage()),
-        letter.attempts(),
-        esc(&letter.error_message()),
-        esc(&body)
-    )
-}
 
 fn recent(console: &Shared) -> String {
     let rows: String = console
