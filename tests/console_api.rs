@@ -53,7 +53,7 @@ fn ids(list: &Value) -> Vec<String> {
 
 #[tokio::test]
 async fn the_summary_groups_by_code_and_stage_and_filters_select_the_list() {
-    let (topo, _conn, channel) = console::seeded("console-filters").await;
+    let (topo, conn, channel) = console::seeded("console-filters").await;
     let c = ConsoleProcess::spawn(topo.prefix(), "", &[]);
 
     let (status, summary) = get(&c, "/api/dead-letters/summary").await;

@@ -72,6 +72,7 @@ pub async fn list(
         "per_page": per_page,
         "depth": snapshot.depth,
         "missed": snapshot.missed,
+        "other_readers": snapshot.other_readers,
         "items": items,
     })))
 }

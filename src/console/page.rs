@@ -15,7 +15,7 @@ use super::api::{Paging, matching};
 use super::auth::{self, Access};
 use super::html::{esc, frame, query_value, script_json};
 use crate::dlq::summary::{Group, human_age};
-use crate::dlq::{DeadLetter, Filter, Summary};
+use crate::dlq::{DeadLetter, Filter, Snapshot, Summary};
 
 /// GET /
 pub async fn overview(
@@ -40,7 +40,7 @@ pub async fn overview(
             groups("By error code", "code", &summary.by_code),
             groups("By stage", "stage", &summary.by_stage)
         ),
-        list(&filter, &all, &paging, snapshot.missed),
+        list(&filter, &all, &paging, &snapshot),
         actions(&filter, &access),
         recent(&console),
         "</main>".into(),
@@ -152,7 +152,7 @@ fn filter_form(filter: &Filter) -> String {
     .concat()
 }
 
-fn list(filter: &Filter, all: &[&DeadLetter], paging: &Paging, missed: u64) -> String {
+fn list(filter: &Filter, all: &[&DeadLetter], paging: &Paging, snapshot: &Snapshot) -> String {
     let per_page = paging.per_page.clamp(1, 500);
     let pages = all.len().div_ceil(per_page).max(1);
     let page = paging.page.clamp(1, pages);
@@ -163,17 +163,12 @@ fn list(filter: &Filter, all: &[&DeadLetter], paging: &Paging, missed: u64) -> S
         .take(per_page)
         .map(|l| row(l, now))
         .collect();
-    let missed = if missed > 0 {
-        format!(
-            "<p class=\"err\">{missed} more dead letters are held by another reader and not shown.</p>"
-        )
-    } else {
-        String::new()
-    };
+    let missed = incomplete(snapshot);
     format!(
         "<section><h2>Dead letters</h2>{}<p><b id=\"matching\">{}</b> matching <code>{}</code>\
          </p>{missed}<table id=\"letters\"><tr><th></th><th>job id</th><th>code</th><th>stage</th>\
-         <th>data store</th><th class=\"n\">attempts</th><th class=\"n\">age</th><th>error</th></tr>\
+         <th>data store</th><th class=\"n\">attempts</th><th class=\"n\">replays</th><th class=\"n\">age</th>\
+         <th>error</th></tr>\
          {rows}</table>{}</section>",
         filter_form(filter),
         all.len(),
@@ -182,13 +177,32 @@ fn list(filter: &Filter, all: &[&DeadLetter], paging: &Paging, missed: u64) -> S
     )
 }
 
+/// A warning when the read could not see everything.
+fn incomplete(snapshot: &Snapshot) -> String {
+    let mut out = String::new();
+    if snapshot.missed > 0 {
+        out.push_str(&format!(
+            "<p class=\"err\" id=\"missed\">{} more dead letters were present but not read.</p>",
+            snapshot.missed
+        ));
+    }
+    if snapshot.other_readers > 0 {
+        out.push_str(&format!(
+            "<p class=\"err\" id=\"readers\">{} other reader(s) are attached to the dead queue: \
+             the messages they hold are not shown or counted.</p>",
+            snapshot.other_readers
+        ));
+    }
+    out
+}
+
 fn row(letter: &DeadLetter, now: SystemTime) -> String {
     let id = letter.display_id();
     let link_id = letter.message_id().unwrap_or_else(|| id.clone());
     format!(
         "<tr><td><input type=\"checkbox\" class=\"pick\" value=\"{}\"></td><td><a href=\"/letters/{}\">\
          {}</a></td><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
-         <td>{}</td></tr>",
+         <td class=\"n\">{}</td><td>{}</td></tr>",
         esc(&link_id),
         esc(&query_value(&link_id).replace('+', "%20")),
         esc(&id),
@@ -196,6 +210,7 @@ fn row(letter: &DeadLetter, now: SystemTime) -> String {
         esc(&letter.stage()),
         esc(&letter.datastore().unwrap_or_default()),
         letter.attempts(),
+        letter.replay_count(),
         human_age(letter.age(now).map(|a| a.as_secs())),
         esc(&letter.error_message())
     )

@@ -41,6 +41,8 @@ pub struct Snapshot {
     pub depth: u32,
     /// Messages present at the start that the browse did not see.
     pub missed: u64,
+    /// Other consumers attached at the start: messages they hold are neither seen nor counted.
+    pub other_readers: u32,
     pub taken_at: Option<SystemTime>,
 }
 
@@ -75,6 +77,7 @@ pub async fn snapshot(
         letters,
         depth: seen.depth,
         missed: seen.missed(),
+        other_readers: seen.other_readers,
         taken_at: Some(SystemTime::now()),
     })
 }

@@ -26,6 +26,8 @@ pub struct Summary {
     pub total: u64,
     /// Messages present but not read (held by another reader): counts may be low by this much.
     pub missed: u64,
+    /// Other consumers attached to the dead queue: what they hold is not counted at all.
+    pub other_readers: u32,
     pub by_code: Vec<Group>,
     pub by_stage: Vec<Group>,
     pub oldest_age_seconds: Option<u64>,
@@ -38,6 +40,7 @@ impl Summary {
             depth: snapshot.depth,
             total: letters.len() as u64,
             missed: snapshot.missed,
+            other_readers: snapshot.other_readers,
             by_code: group(letters, now, DeadLetter::code),
             by_stage: group(letters, now, DeadLetter::stage),
             oldest_age_seconds: letters
