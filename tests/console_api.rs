@@ -113,6 +113,36 @@ async fn the_summary_groups_by_code_and_stage_and_filters_select_the_list() {
         5,
         "reads remove nothing"
     );
+
+    // Another consumer holding a dead letter: the console says its counts are incomplete.
+    use futures::StreamExt;
+    let holder = conn.create_channel().await.unwrap();
+    holder.basic_qos(1, Default::default()).await.unwrap();
+    let mut consumer = holder
+        .basic_consume(
+            topo.dead().as_str().into(),
+            "holder".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let _held = consumer.next().await.unwrap().unwrap();
+    let (_, summary) = get(&c, "/api/dead-letters/summary").await;
+    assert_eq!(
+        (summary["depth"].as_u64(), summary["other_readers"].as_u64()),
+        (Some(4), Some(1))
+    );
+    let page = client()
+        .get(c.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("1 other reader(s) are attached"), "{page}");
+    holder.close(200, "done".into()).await.unwrap();
     broker::teardown(&channel, &topo).await;
 }
 
