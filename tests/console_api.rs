@@ -321,6 +321,26 @@ async fn replay_publishes_confirmed_stamped_copies_and_removes_only_those() {
     moved.sort();
     assert_eq!(moved, vec!["j4", "j5"]);
     assert_eq!(cxrel::dlq::depth(&channel, &topo.dead()).await.unwrap(), 1);
+
+    // The jobs queue is gone: the publish is refused, and the dead copy stays, ready at once.
+    channel
+        .queue_delete(topo.jobs().as_str().into(), Default::default())
+        .await
+        .unwrap();
+    let (status, error) = post(&c, path, Some(TOKEN), json!({"reason": "no target"})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{error}");
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .contains("topology declare"),
+        "{error}"
+    );
+    assert_eq!(
+        cxrel::dlq::depth(&channel, &topo.dead()).await.unwrap(),
+        1,
+        "nothing lost"
+    );
     broker::teardown(&channel, &topo).await;
 }
 

@@ -310,7 +310,7 @@ async fn purge(
 }
 
 fn failed(entry: audit::Entry, error: dlq::DlqError) -> i32 {
-    entry.finish(0, Err(error.to_string()));
+    entry.finish(error.done(), Err(error.to_string()));
     eprintln!("cxrel: {error}");
     1
 }

@@ -263,7 +263,7 @@ fn finish(
     entry: audit::Entry,
     result: Result<dlq::ScanReport, dlq::DlqError>,
 ) -> Result<dlq::ScanReport, ApiError> {
-    let count = result.as_ref().map_or(0, |r| r.acted);
+    let count = result.as_ref().map_or_else(|e| e.done(), |r| r.acted);
     let outcome = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
     console.remember(entry.finish(count, outcome));
     Ok(result?)

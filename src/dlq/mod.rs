@@ -62,6 +62,21 @@ pub enum DlqError {
     Write(#[from] std::io::Error),
     #[error("{0} matched nothing: no dead letter has {1}")]
     NothingMatched(&'static str, String),
+    #[error(
+        "stopped after {done} messages ({source}); the rest are still in the dead queue: run the \
+         same command again once the cause is fixed"
+    )]
+    Stopped { done: u64, source: Box<DlqError> },
+}
+
+impl DlqError {
+    /// Messages moved or removed before the action failed (for the audit line).
+    pub fn done(&self) -> u64 {
+        match self {
+            DlqError::Stopped { done, .. } => *done,
+            _ => 0,
+        }
+    }
 }
 
 impl From<lapin::Error> for DlqError {
@@ -138,16 +153,19 @@ pub async fn purge(
         limit: u64::MAX,
         rate: None,
     };
-    let report = scan::scan(connection, &topology.dead(), pace, |letter| {
+    let result = scan::scan(connection, &topology.dead(), pace, |letter| {
         if filter.matches(letter, now) {
             Decision::Remove
         } else {
             Decision::Keep
         }
     })
-    .await?;
+    .await;
+    // What went is off the ledger even when the purge stopped half-way.
+    let removed = result.as_ref().map_or_else(|e| e.done(), |r| r.acted);
+    ledger::purged(topology.prefix(), removed)?;
+    let report = result?;
     nothing_matched("purge", filter, &report)?;
-    ledger::purged(topology.prefix(), report.acted)?;
     Ok(report)
 }
 

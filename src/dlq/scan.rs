@@ -58,12 +58,35 @@ pub async fn scan(
 ) -> Result<ScanReport, DlqError> {
     let channel = connection.create_channel().await?;
     let publisher = Publisher::open(connection).await?;
-    let initial = u64::from(depth(&channel, dead).await?);
     let mut report = ScanReport::default();
+    let result = take_each(&channel, &publisher, dead, pace, &mut decide, &mut report).await;
+    // Closed on every path: a message taken but not acked goes back to the dead queue now, not
+    // when the (maybe long-lived) connection closes.
+    let _ = channel.close(200, "scanned".into()).await;
+    let _ = publisher.channel().close(200, "scanned".into()).await;
+    match result {
+        Ok(()) => Ok(report),
+        Err(error) if report.acted > 0 => Err(DlqError::Stopped {
+            done: report.acted,
+            source: Box::new(error),
+        }),
+        Err(error) => Err(error),
+    }
+}
+
+async fn take_each(
+    channel: &Channel,
+    publisher: &Publisher,
+    dead: &str,
+    pace: Pace,
+    decide: &mut impl FnMut(&DeadLetter) -> Decision,
+    report: &mut ScanReport,
+) -> Result<(), DlqError> {
+    let initial = u64::from(depth(channel, dead).await?);
     let started = Instant::now();
     let mut moved = 0u64;
     while report.scanned < initial && report.acted < pace.limit {
-        let Some(message) = next(&channel, dead).await? else {
+        let Some(message) = next(channel, dead).await? else {
             break;
         };
         report.scanned += 1;
@@ -95,9 +118,7 @@ pub async fn scan(
         delivery.acker.ack(BasicAckOptions::default()).await?;
     }
     report.unreached = initial.saturating_sub(report.scanned);
-    let _ = channel.close(200, "scanned".into()).await;
-    let _ = publisher.channel().close(200, "scanned".into()).await;
-    Ok(report)
+    Ok(())
 }
 
 /// The next message, waiting up to 3 s when the queue looks empty: a browse elsewhere (the
