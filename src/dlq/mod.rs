@@ -60,6 +60,11 @@ pub enum DlqError {
     Ledger(String, std::io::Error),
     #[error("cannot write the export: {0}")]
     Write(#[from] std::io::Error),
+    #[error(
+        "the broker did not confirm a publish within {0:?} (a memory or disk alarm blocks \
+         publishers: check `rabbitmqctl status`); the message stays in the dead queue"
+    )]
+    NoConfirm(std::time::Duration),
     #[error("{0} matched nothing: no dead letter has {1}")]
     NothingMatched(&'static str, String),
     #[error(

@@ -98,9 +98,7 @@ async fn take_each(
         match decide(&letter) {
             Decision::Move { queue, properties } => {
                 wait_for_rate(pace.rate, started, moved).await;
-                publisher
-                    .to_queue(&queue, &letter.body, *properties)
-                    .await?;
+                confirmed(publisher.to_queue(&queue, &letter.body, *properties)).await?;
                 moved += 1;
                 report.acted += 1;
                 report.ids.push(letter.display_id());
@@ -110,8 +108,7 @@ async fn take_each(
                 report.ids.push(letter.display_id());
             }
             Decision::Keep => {
-                publisher
-                    .to_queue(dead, &letter.body, letter.properties.clone())
+                confirmed(publisher.to_queue(dead, &letter.body, letter.properties.clone()))
                     .await?;
             }
         }
@@ -119,6 +116,20 @@ async fn take_each(
     }
     report.unreached = initial.saturating_sub(report.scanned);
     Ok(())
+}
+
+/// How long a publish may wait for the broker's confirm.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A publish whose confirm must come within `CONFIRM_TIMEOUT`: a broker under a memory or disk
+/// alarm blocks publishers, and an action must end with an error rather than hang.
+async fn confirmed(
+    publish: impl Future<Output = Result<(), crate::amqp::AmqpError>>,
+) -> Result<(), DlqError> {
+    match tokio::time::timeout(CONFIRM_TIMEOUT, publish).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(DlqError::NoConfirm(CONFIRM_TIMEOUT)),
+    }
 }
 
 /// The next message, waiting up to 3 s when the queue looks empty: a browse elsewhere (the
