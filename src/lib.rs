@@ -18,7 +18,8 @@
 //! - [`bench`]: throughput measurements, including the raw broker ceiling.
 //! - [`harness`]: a local installation (emulator, worker processes, event tap) for demo and bench.
 //! - [`store`]: the data-store client (auth, adaptive rate budget, retries, records API).
-//! - [`dlq`]: dead-letter browsing, replay (confirm before ack) and purge for operators.
+//! - [`dlq`]: the dead-letter engine: browse, summary, replay (confirm before ack), purge, export.
+//! - [`console`]: `cxrel console`, the dead-letter page and JSON API on the `dlq` engine.
 //! - [`pipeline`]: one job through parse → validate → plan → apply → publish.
 //! - [`webhooks`]: Standard Webhooks signing and delivery.
 //! - [`worker`]: the consume loop, per-parent locks, outcome settlement (ack / retry / dead letter).
@@ -26,6 +27,7 @@
 pub mod amqp;
 pub mod bench;
 pub mod cli;
+pub mod console;
 pub mod contracts;
 pub mod dlq;
 pub mod emulator;

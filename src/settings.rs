@@ -30,6 +30,7 @@ pub struct Settings {
     pub emulator: EmulatorSettings,
     pub webhooks: Vec<WebhookSettings>,
     pub webhook_delivery: WebhookDeliverySettings,
+    pub console: ConsoleSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -228,6 +229,20 @@ pub struct WebhookDeliverySettings {
     pub timeout: Duration,
 }
 
+/// `cxrel console`, the dead-letter page and API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSettings {
+    pub listen: SocketAddr,
+    /// Empty = read-only console. Never logged.
+    pub token: Secret,
+    /// Highest replay rate (messages per second), also used when a request names none.
+    pub replay_rate: f64,
+    /// Longest a read of the dead queue is reused while its depth stays the same.
+    #[serde(with = "humantime_serde")]
+    pub rescan: Duration,
+}
+
 /// Why settings could not be loaded; the message names the file or key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -334,6 +349,10 @@ impl Settings {
         }
         if self.cxone.max_response_bytes == 0 {
             return fail("cxone.max_response_bytes", "must be ≥ 1");
+        }
+        let rate = self.console.replay_rate;
+        if !rate.is_finite() || rate <= 0.0 {
+            return fail("console.replay_rate", "must be > 0");
         }
         if self.cxone.page_size == 0 {
             return fail("cxone.page_size", "must be ≥ 1");

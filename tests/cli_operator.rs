@@ -15,6 +15,8 @@ fn cxrel(prefix: &str, args: &[&str]) -> Output {
         .args(args)
         .env("CXREL__AMQP__PREFIX", prefix)
         .env("CXREL__LOG__LEVEL", "warn")
+        // Export ledgers (purge's check) stay out of the home directory.
+        .env("XDG_STATE_HOME", env!("CARGO_TARGET_TMPDIR"))
         .output()
         .expect("run cxrel")
 }
@@ -168,7 +170,7 @@ async fn dlq_list_counts_by_code_and_show_prints_headers_and_body() {
     assert!(text.contains("4 dead letters"), "{text}");
     assert!(
         text.lines()
-            .any(|l| l.starts_with("cycle_detected") && l.trim_end().ends_with('2')),
+            .any(|l| l.starts_with("cycle_detected") && l.split_whitespace().nth(1) == Some("2")),
         "{text}"
     );
     assert!(text.contains("j2 code=cycle_detected"), "{text}");
@@ -215,7 +217,12 @@ async fn dlq_replay_dry_run_changes_nothing_and_filters_select_what_moves() {
         ],
     );
     assert!(stdout(&out).contains("replayed 1 of"), "{}", stdout(&out));
-    let out = cxrel(topo.prefix(), &["dlq", "replay", "--job-id", "j4"]);
+    let out = cxrel(
+        topo.prefix(),
+        &[
+            "dlq", "replay", "--job-id", "j4", "--reason", "j4 fixed", "--rate", "5",
+        ],
+    );
     assert!(stdout(&out).contains("replayed j4"), "{}", stdout(&out));
 
     let jobs = broker::take(&channel, &topo.jobs(), 3, Duration::from_secs(5)).await;
@@ -238,6 +245,16 @@ async fn dlq_replay_dry_run_changes_nothing_and_filters_select_what_moves() {
         "attempts reset"
     );
     assert!(t.contains_key(headers::REPLAYED), "replay history added");
+    let reason = |m: &lapin::message::BasicGetMessage| {
+        let t = headers::table(&m.delivery.properties);
+        headers::get_str(&t, "x-cxrel-replay-reason").unwrap_or_default()
+    };
+    assert_eq!(
+        reason(&jobs[0]),
+        "replayed with cxrel dlq",
+        "the default reason"
+    );
+    assert_eq!(reason(&jobs[1]), "j4 fixed");
     assert_eq!(cxrel::dlq::depth(&channel, &topo.dead()).await.unwrap(), 2);
 
     let out = cxrel(topo.prefix(), &["dlq", "replay", "--limit", "1"]);
@@ -272,5 +289,76 @@ async fn dlq_export_writes_json_lines_and_purge_needs_yes() {
     let out = cxrel(topo.prefix(), &["dlq", "purge", "--yes"]);
     assert!(stdout(&out).contains("purged 4"), "{}", stdout(&out));
     assert_eq!(cxrel::dlq::depth(&channel, &topo.dead()).await.unwrap(), 0);
+    broker::teardown(&channel, &topo).await;
+}
+
+#[tokio::test]
+async fn dlq_export_fails_with_what_it_missed_and_purge_needs_a_covering_export() {
+    use futures::StreamExt;
+    use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+
+    let (topo, conn, channel) = seeded_dead_queue("dlq-export-all").await;
+    let state = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cxrel"))
+            .args(args)
+            .env("CXREL__AMQP__PREFIX", topo.prefix())
+            .env("CXREL__LOG__LEVEL", "warn")
+            .env("XDG_STATE_HOME", state.path())
+            .output()
+            .expect("run cxrel")
+    };
+    let file = state.path().join("dead.jsonl");
+    let file = file.to_str().unwrap();
+
+    // Another reader holds one dead letter unacked: export cannot see it and must fail.
+    let holder = conn.create_channel().await.unwrap();
+    holder
+        .basic_qos(1, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = holder
+        .basic_consume(
+            topo.dead().as_str().into(),
+            "holder".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let _held = consumer.next().await.unwrap().unwrap();
+    let out = run(&["dlq", "export", "-o", file]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("1 other reader"), "{err}");
+    holder.close(200, "done".into()).await.unwrap();
+
+    // No complete export yet: a purge is refused, and removes nothing.
+    let out = run(&["dlq", "purge", "--code", "cycle_detected", "--yes"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("export first"), "{err}");
+    assert_eq!(cxrel::dlq::depth(&channel, &topo.dead()).await.unwrap(), 4);
+
+    // A complete export of one code covers a purge of that code, not of everything.
+    let out = run(&["dlq", "export", "--code", "cycle_detected", "-o", file]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exported 2"));
+    let out = run(&["dlq", "purge", "--yes"]);
+    assert_eq!(out.status.code(), Some(1), "4 would go, 2 were exported");
+    let out = run(&["dlq", "purge", "--code", "cycle_detected", "--yes"]);
+    assert!(stdout(&out).contains("purged 2"), "{}", stdout(&out));
+    let out = run(&[
+        "dlq",
+        "purge",
+        "--code",
+        "nope",
+        "--yes",
+        "--without-export",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("matched nothing"), "{err}");
+    let out = run(&["dlq", "purge", "--yes", "--without-export"]);
+    assert!(stdout(&out).contains("purged 2"), "{}", stdout(&out));
     broker::teardown(&channel, &topo).await;
 }

@@ -1,6 +1,6 @@
-//! `cxrel dlq list|show|replay|purge|export`: inspect and replay dead letters.
+//! `cxrel dlq list|show|replay|purge|export`: the dead-letter engine (`crate::dlq`) from a
+//! terminal. Every action that changes the queue writes an audit line.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -8,21 +8,23 @@ use std::time::{Duration, SystemTime};
 use clap::{Args, Subcommand};
 
 use crate::amqp::{self, Topology};
-use crate::dlq::{self, DeadLetter, Filter};
+use crate::dlq::summary::{Group, human_age};
+use crate::dlq::{self, DeadLetter, Filter, Pace, PurgeGuard, ReplayRequest, Summary, audit};
 use crate::settings::Settings;
 
 #[derive(Debug, Args)]
 pub struct DlqArgs {
     #[command(subcommand)]
     pub action: DlqAction,
-    /// Most messages read by list, show, export and replay --dry-run (browsing holds them unacked).
-    #[arg(long, global = true, default_value_t = 10_000)]
-    pub scan: u16,
+    /// Most messages read by list, show and replay --dry-run (default: all; browsing holds them
+    /// unacked). Export always reads all.
+    #[arg(long, global = true)]
+    pub scan: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum DlqAction {
-    /// Counts by error code and the newest entries.
+    /// Counts by error code and by stage (with oldest and newest age), and the newest entries.
     List {
         /// Entries shown.
         #[arg(long, default_value_t = 10)]
@@ -30,25 +32,39 @@ pub enum DlqAction {
     },
     /// One message with headers and body, by job id or message id.
     Show { id: String },
-    /// Move dead letters back to the jobs queue (attempts reset, replay history added).
+    /// Move dead letters back to the jobs queue (attempts reset, replay stamped).
     Replay {
         #[command(flatten)]
         filter: FilterArgs,
         /// Most messages replayed (default: all that match).
         #[arg(long)]
         limit: Option<u64>,
+        /// Most messages replayed per second (default: as fast as the broker confirms).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Why: stamped in x-cxrel-replay-reason and the audit line.
+        #[arg(long, default_value = "replayed with cxrel dlq")]
+        reason: String,
         /// Print what would be replayed; change nothing.
         #[arg(long)]
         dry_run: bool,
     },
-    /// Delete every dead letter.
+    /// Delete matching dead letters (all when no filter is given).
     Purge {
+        #[command(flatten)]
+        filter: FilterArgs,
         /// Required: purging cannot be undone.
         #[arg(long)]
         yes: bool,
+        /// Purge even if more would go than the last complete export counted.
+        #[arg(long)]
+        without_export: bool,
     },
-    /// Write dead letters as JSON Lines (headers, properties, body); nothing is removed.
+    /// Write matching dead letters as JSON Lines; nothing is removed. Fails (exit 1) when any
+    /// message could not be read.
     Export {
+        #[command(flatten)]
+        filter: FilterArgs,
         /// Output file; standard output when absent.
         #[arg(long, short)]
         output: Option<PathBuf>,
@@ -60,9 +76,15 @@ pub struct FilterArgs {
     /// Only this error code (x-cxrel-error-code).
     #[arg(long)]
     pub code: Option<String>,
+    /// Only this stage (x-cxrel-stage: parse, validate, apply, compensate).
+    #[arg(long)]
+    pub stage: Option<String>,
     /// Only this job id (x-cxrel-job-id or message id).
     #[arg(long)]
     pub job_id: Option<String>,
+    /// Only jobs for this data store (the body's datastore_id).
+    #[arg(long)]
+    pub datastore: Option<String>,
     /// Only messages whose last failure is at least this old, e.g. "10m", "2h".
     #[arg(long, value_parser = humantime::parse_duration)]
     pub older_than: Option<Duration>,
@@ -72,8 +94,11 @@ impl From<&FilterArgs> for Filter {
     fn from(args: &FilterArgs) -> Self {
         Filter {
             code: args.code.clone(),
+            stage: args.stage.clone(),
             job_id: args.job_id.clone(),
+            datastore: args.datastore.clone(),
             older_than: args.older_than,
+            ..Filter::default()
         }
     }
 }
@@ -81,76 +106,76 @@ impl From<&FilterArgs> for Filter {
 pub async fn run(args: DlqArgs, settings: Settings) -> anyhow::Result<i32> {
     let topology = Topology::from_settings(&settings.amqp);
     let connection = amqp::connect(&settings.amqp.url, "cxrel dlq").await?;
+    let code = act(args, &connection, &topology).await;
+    let _ = connection.close(200, "done".into()).await;
+    code
+}
+
+async fn act(
+    args: DlqArgs,
+    connection: &lapin::Connection,
+    topology: &Topology,
+) -> anyhow::Result<i32> {
     let dead = topology.dead();
-    let code = match args.action {
+    let read = || dlq::snapshot(connection, &dead, args.scan);
+    Ok(match args.action {
         DlqAction::List { newest } => {
-            list(&dlq::browse(&connection, &dead, args.scan).await?, newest);
+            list(&read().await?, newest);
             0
         }
-        DlqAction::Show { id } => show(&dlq::browse(&connection, &dead, args.scan).await?, &id),
+        DlqAction::Show { id } => show(&read().await?.letters, &id),
         DlqAction::Replay {
             filter,
             limit,
             dry_run: true,
+            ..
         } => {
-            let letters = dlq::browse(&connection, &dead, args.scan).await?;
-            let filter = Filter::from(&filter);
-            let now = SystemTime::now();
-            let chosen: Vec<_> = letters
-                .iter()
-                .filter(|l| filter.matches(l, now))
-                .take(limit.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX)))
-                .collect();
-            for letter in &chosen {
-                println!("would replay {}", describe(letter));
-            }
-            println!(
-                "dry run: {} of {} dead letters would be replayed",
-                chosen.len(),
-                letters.len()
-            );
+            dry_run(&read().await?, &Filter::from(&filter), limit);
             0
         }
-        DlqAction::Replay { filter, limit, .. } => {
-            let limit = limit.unwrap_or(u64::MAX);
-            let report = dlq::replay(&connection, &topology, &Filter::from(&filter), limit).await?;
-            for id in &report.job_ids {
-                println!("replayed {id}");
-            }
-            println!(
-                "replayed {} of {} dead letters scanned to {}",
-                report.replayed,
-                report.scanned,
-                topology.jobs()
-            );
-            0
+        DlqAction::Replay {
+            filter,
+            limit,
+            rate,
+            reason,
+            ..
+        } => {
+            let request = ReplayRequest {
+                filter: Filter::from(&filter),
+                reason,
+                pace: Pace {
+                    limit: limit.unwrap_or(u64::MAX),
+                    rate,
+                },
+            };
+            replay(connection, topology, &request).await
         }
-        DlqAction::Purge { yes: false } => {
-            eprintln!("cxrel: purge deletes every dead letter in {dead}; add --yes to do it");
+        DlqAction::Purge { yes: false, .. } => {
+            eprintln!("cxrel: purge deletes dead letters from {dead}; add --yes to do it");
             2
         }
-        DlqAction::Purge { yes: true } => {
-            let count = dlq::purge(&connection, &dead).await?;
-            println!("purged {count} dead letters from {dead}");
-            0
+        DlqAction::Purge {
+            filter,
+            without_export,
+            ..
+        } => {
+            let guard = if without_export {
+                PurgeGuard::WithoutExport
+            } else {
+                PurgeGuard::RequireExport
+            };
+            purge(connection, topology, &Filter::from(&filter), guard).await
         }
-        DlqAction::Export { output } => {
-            let letters = dlq::browse(&connection, &dead, args.scan).await?;
-            export(&letters, output)?;
-            0
+        DlqAction::Export { filter, output } => {
+            export(connection, topology, &Filter::from(&filter), output).await?
         }
-    };
-    let _ = connection.close(200, "done".into()).await;
-    Ok(code)
+    })
 }
 
 fn describe(letter: &DeadLetter) -> String {
     format!(
         "{} code={} stage={} attempts={} last_failed_at={}: {}",
-        letter
-            .job_id()
-            .or(letter.message_id())
-            .unwrap_or_else(|| "-".into()),
+        letter.display_id(),
         letter.code(),
         letter.stage(),
         letter.attempts(),
@@ -162,17 +187,35 @@ fn describe(letter: &DeadLetter) -> String {
     )
 }
 
-fn list(letters: &[DeadLetter], newest: usize) {
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for letter in letters {
-        *counts.entry(letter.code()).or_default() += 1;
+fn print_groups(title: &str, groups: &[Group]) {
+    println!(
+        "{:<28} {:>8} {:>10} {:>10}",
+        title, "COUNT", "OLDEST", "NEWEST"
+    );
+    for g in groups {
+        println!(
+            "{:<28} {:>8} {:>10} {:>10}",
+            g.key,
+            g.count,
+            human_age(g.oldest_age_seconds),
+            human_age(g.newest_age_seconds)
+        );
     }
-    println!("{} dead letters", letters.len());
-    println!("{:<28} {:>8}", "CODE", "COUNT");
-    for (code, count) in &counts {
-        println!("{code:<28} {count:>8}");
+}
+
+fn list(snapshot: &dlq::Snapshot, newest: usize) {
+    let summary = Summary::of(snapshot, SystemTime::now());
+    println!("{} dead letters", summary.total);
+    if summary.missed > 0 {
+        println!(
+            "({} more present but not read: held by another reader or beyond --scan)",
+            summary.missed
+        );
     }
-    let mut sorted: Vec<_> = letters.iter().collect();
+    print_groups("CODE", &summary.by_code);
+    println!();
+    print_groups("STAGE", &summary.by_stage);
+    let mut sorted: Vec<_> = snapshot.letters.iter().collect();
     sorted.sort_by_key(|l| std::cmp::Reverse(l.last_failed_at()));
     if !sorted.is_empty() {
         println!("\nnewest:");
@@ -183,10 +226,7 @@ fn list(letters: &[DeadLetter], newest: usize) {
 }
 
 fn show(letters: &[DeadLetter], id: &str) -> i32 {
-    let found = letters
-        .iter()
-        .find(|l| l.job_id().as_deref() == Some(id) || l.message_id().as_deref() == Some(id));
-    match found {
+    match letters.iter().find(|l| l.has_id(id)) {
         Some(letter) => {
             let pretty = serde_json::to_string_pretty(&letter.to_json()).unwrap_or_default();
             println!("{pretty}");
@@ -199,22 +239,100 @@ fn show(letters: &[DeadLetter], id: &str) -> i32 {
     }
 }
 
-fn export(letters: &[DeadLetter], output: Option<PathBuf>) -> anyhow::Result<()> {
-    let mut out: Box<dyn Write> = match &output {
+fn dry_run(snapshot: &dlq::Snapshot, filter: &Filter, limit: Option<u64>) {
+    let now = SystemTime::now();
+    let limit = limit.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
+    let chosen: Vec<_> = snapshot
+        .letters
+        .iter()
+        .filter(|l| filter.matches(l, now))
+        .take(limit)
+        .collect();
+    for letter in &chosen {
+        println!("would replay {}", describe(letter));
+    }
+    println!(
+        "dry run: {} of {} dead letters would be replayed",
+        chosen.len(),
+        snapshot.letters.len()
+    );
+}
+
+async fn replay(
+    connection: &lapin::Connection,
+    topology: &Topology,
+    request: &ReplayRequest,
+) -> i32 {
+    let entry = audit::Entry::new(
+        &audit::cli_actor(),
+        "replay",
+        &request.filter,
+        &request.reason,
+    );
+    match dlq::replay(connection, topology, request).await {
+        Ok(report) => {
+            entry.finish(report.acted, Ok(()));
+            for id in &report.ids {
+                println!("replayed {id}");
+            }
+            println!(
+                "replayed {} of {} dead letters scanned to {}",
+                report.acted,
+                report.scanned,
+                topology.jobs()
+            );
+            0
+        }
+        Err(error) => failed(entry, error),
+    }
+}
+
+async fn purge(
+    connection: &lapin::Connection,
+    topology: &Topology,
+    filter: &Filter,
+    guard: PurgeGuard,
+) -> i32 {
+    let entry = audit::Entry::new(&audit::cli_actor(), "purge", filter, "");
+    match dlq::purge(connection, topology, filter, guard).await {
+        Ok(report) => {
+            entry.finish(report.acted, Ok(()));
+            println!(
+                "purged {} dead letters from {} ({})",
+                report.acted,
+                topology.dead(),
+                filter.describe()
+            );
+            0
+        }
+        Err(error) => failed(entry, error),
+    }
+}
+
+fn failed(entry: audit::Entry, error: dlq::DlqError) -> i32 {
+    entry.finish(error.done(), Err(error.to_string()));
+    eprintln!("cxrel: {error}");
+    1
+}
+
+async fn export(
+    connection: &lapin::Connection,
+    topology: &Topology,
+    filter: &Filter,
+    output: Option<PathBuf>,
+) -> anyhow::Result<i32> {
+    let mut out: Box<dyn Write + Send> = match &output {
         Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path)?)),
-        None => Box::new(std::io::stdout().lock()),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout())),
     };
-    for letter in letters {
-        serde_json::to_writer(&mut out, &letter.to_json())?;
-        out.write_all(b"\n")?;
+    let entry = audit::Entry::new(&audit::cli_actor(), "export", filter, "");
+    match dlq::export(connection, topology, filter, &mut out).await {
+        Ok(count) => {
+            entry.finish(count, Ok(()));
+            let to = output.map_or("standard output".into(), |p| p.display().to_string());
+            eprintln!("exported {count} dead letters to {to}");
+            Ok(0)
+        }
+        Err(error) => Ok(failed(entry, error)),
     }
-    out.flush()?;
-    if let Some(path) = output {
-        eprintln!(
-            "exported {} dead letters to {}",
-            letters.len(),
-            path.display()
-        );
-    }
-    Ok(())
 }

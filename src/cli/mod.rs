@@ -1,6 +1,7 @@
 //! The command line (SPEC §9): global options, one subcommand per file in this folder.
 
 mod bench;
+mod console;
 mod demo;
 mod dlq;
 mod emulator;
@@ -41,6 +42,8 @@ pub enum Command {
     Validate(validate::ValidateArgs),
     /// Inspect, replay, purge or export dead letters.
     Dlq(dlq::DlqArgs),
+    /// Serve the dead-letter console (page and JSON API) on [console].listen.
+    Console(console::ConsoleArgs),
     /// Manage the broker topology (queues and exchanges named from [amqp].prefix).
     Topology(topology::TopologyArgs),
     /// Run the bundled data-store emulator (auth, records API, faults, webhook receiver).
@@ -72,6 +75,7 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
         Command::Emulator(args) => emulator::run(args, settings).await,
         Command::Enqueue(args) => enqueue::run(args, settings).await,
         Command::Dlq(args) => dlq::run(args, settings).await,
+        Command::Console(args) => console::run(args, settings).await,
         Command::Topology(args) => topology::run(args, settings).await,
         Command::Demo(args) => demo::run(args, settings).await,
         Command::Bench(args) => bench::run(args, settings).await,

@@ -1,0 +1,277 @@
+//! One dead letter: typed reads of its `x-cxrel-*` headers, its JSON form (show, export, the
+//! console's message view) and the properties it is replayed with.
+
+use std::time::{Duration, SystemTime};
+
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
+use serde_json::{Value, json};
+
+use crate::amqp::headers;
+use crate::events::now_rfc3339;
+
+/// When the message was last replayed (RFC 3339).
+pub const REPLAYED_AT: &str = "x-cxrel-replayed-at";
+/// Why the operator replayed it, as typed.
+pub const REPLAY_REASON: &str = "x-cxrel-replay-reason";
+/// How many times it has been replayed in all.
+pub const REPLAY_COUNT: &str = "x-cxrel-replay-count";
+
+/// One dead-lettered message.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub properties: BasicProperties,
+    pub body: Vec<u8>,
+}
+
+impl DeadLetter {
+    fn header(&self, key: &str) -> Option<String> {
+        headers::get_str(&headers::table(&self.properties), key)
+    }
+
+    pub fn code(&self) -> String {
+        self.header(headers::ERROR_CODE)
+            .unwrap_or_else(|| "unknown".to_owned())
+    }
+
+    pub fn job_id(&self) -> Option<String> {
+        self.header(headers::JOB_ID)
+    }
+
+    pub fn message_id(&self) -> Option<String> {
+        self.properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str().to_owned())
+    }
+
+    /// The id operators see: job id, else message id, else "-".
+    pub fn display_id(&self) -> String {
+        self.job_id()
+            .or(self.message_id())
+            .unwrap_or_else(|| "-".into())
+    }
+
+    /// True when `id` is this message's job id or message id.
+    pub fn has_id(&self, id: &str) -> bool {
+        self.job_id().as_deref() == Some(id) || self.message_id().as_deref() == Some(id)
+    }
+
+    pub fn attempts(&self) -> u64 {
+        headers::get_u64(&headers::table(&self.properties), headers::ATTEMPTS).unwrap_or(0)
+    }
+
+    pub fn last_failed_at(&self) -> Option<SystemTime> {
+        humantime::parse_rfc3339_weak(&self.header(headers::LAST_FAILED_AT)?).ok()
+    }
+
+    /// Time since the last failure; `None` when the header is missing or in the future.
+    pub fn age(&self, now: SystemTime) -> Option<Duration> {
+        now.duration_since(self.last_failed_at()?).ok()
+    }
+
+    pub fn error_message(&self) -> String {
+        self.header(headers::ERROR_MESSAGE).unwrap_or_default()
+    }
+
+    pub fn stage(&self) -> String {
+        self.header(headers::STAGE)
+            .unwrap_or_else(|| "unknown".to_owned())
+    }
+
+    /// The job body's `datastore_id`, when the body is a JSON object that names one.
+    pub fn datastore(&self) -> Option<String> {
+        let body: Value = serde_json::from_slice(&self.body).ok()?;
+        body.get("datastore_id")?.as_str().map(str::to_owned)
+    }
+
+    pub fn replay_count(&self) -> u64 {
+        headers::get_u64(&headers::table(&self.properties), REPLAY_COUNT).unwrap_or(0)
+    }
+
+    /// Earlier replays, oldest first (`x-cxrel-replayed` entries).
+    pub fn replay_history(&self) -> Vec<String> {
+        match headers::table(&self.properties)
+            .inner()
+            .get(headers::REPLAYED)
+        {
+            Some(AMQPValue::FieldArray(items)) => items
+                .as_slice()
+                .iter()
+                .filter_map(|v| match v {
+                    AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Headers, properties and body as one JSON object (for `show` and `export`). A body that is
+    /// not JSON is kept as a string.
+    pub fn to_json(&self) -> Value {
+        let body = serde_json::from_slice::<Value>(&self.body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&self.body).into_owned()));
+        json!({
+            "message_id": self.message_id(),
+            "content_type": self.properties.content_type().as_ref().map(|c| c.as_str()),
+            "headers": table_to_json(&headers::table(&self.properties)),
+            "body": body,
+        })
+    }
+
+    /// The short form the console lists: ids, code, stage, attempts, age, error and replays.
+    pub fn to_row(&self, now: SystemTime) -> Value {
+        json!({
+            "id": self.display_id(),
+            "message_id": self.message_id(),
+            "job_id": self.job_id(),
+            "code": self.code(),
+            "stage": self.stage(),
+            "datastore_id": self.datastore(),
+            "attempts": self.attempts(),
+            "age_seconds": self.age(now).map(|a| a.as_secs()),
+            "last_failed_at": self.header(headers::LAST_FAILED_AT),
+            "error": self.error_message(),
+            "replay_count": self.replay_count(),
+        })
+    }
+
+    /// The properties a replay publishes with: every header kept (the job id above all) except the
+    /// attempt count, which is reset so the job gets its whole retry budget again, and the
+    /// broker's own death/delivery bookkeeping; plus the replay stamps and one history entry
+    /// ("{time} {code} after {n} attempts: {reason}").
+    pub fn replay_properties(&self, reason: &str) -> BasicProperties {
+        let now = now_rfc3339();
+        let entry = format!(
+            "{now} {} after {} attempts: {reason}",
+            self.code(),
+            self.attempts()
+        );
+        let old = headers::table(&self.properties);
+        let mut history = match old.inner().get(headers::REPLAYED) {
+            Some(AMQPValue::FieldArray(items)) => items.clone(),
+            _ => FieldArray::default(),
+        };
+        history.push(AMQPValue::LongString(LongString::from(entry)));
+        let mut kept = FieldTable::default();
+        for (key, value) in old.inner() {
+            if !is_reset_on_replay(key.as_str()) {
+                kept.insert(key.clone(), value.clone());
+            }
+        }
+        kept.insert(headers::REPLAYED.into(), AMQPValue::FieldArray(history));
+        headers::set_str(&mut kept, REPLAYED_AT, now);
+        headers::set_str(&mut kept, REPLAY_REASON, reason);
+        headers::set_u64(&mut kept, REPLAY_COUNT, self.replay_count() + 1);
+        self.properties.clone().with_headers(kept)
+    }
+}
+
+/// Headers a replay drops: the attempt count (a replay starts the retry budget afresh) and what
+/// the broker adds when it dead-letters or redelivers (it would count old deaths as new ones).
+fn is_reset_on_replay(key: &str) -> bool {
+    key == headers::ATTEMPTS
+        || key == "x-delivery-count"
+        || key.starts_with("x-death")
+        || key.starts_with("x-first-death")
+        || key.starts_with("x-last-death")
+}
+
+pub(crate) fn table_to_json(table: &FieldTable) -> Value {
+    Value::Object(
+        table
+            .inner()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), value_to_json(v)))
+            .collect(),
+    )
+}
+
+fn value_to_json(value: &AMQPValue) -> Value {
+    match value {
+        AMQPValue::Boolean(b) => json!(b),
+        AMQPValue::ShortShortInt(v) => json!(v),
+        AMQPValue::ShortShortUInt(v) => json!(v),
+        AMQPValue::ShortInt(v) => json!(v),
+        AMQPValue::ShortUInt(v) => json!(v),
+        AMQPValue::LongInt(v) => json!(v),
+        AMQPValue::LongUInt(v) => json!(v),
+        AMQPValue::LongLongInt(v) => json!(v),
+        AMQPValue::Float(v) => json!(v),
+        AMQPValue::Double(v) => json!(v),
+        AMQPValue::ShortString(s) => json!(s.as_str()),
+        AMQPValue::LongString(s) => json!(String::from_utf8_lossy(s.as_bytes())),
+        AMQPValue::FieldArray(items) => {
+            Value::Array(items.as_slice().iter().map(value_to_json).collect())
+        }
+        AMQPValue::FieldTable(t) => table_to_json(t),
+        AMQPValue::Timestamp(t) => json!(t),
+        other => json!(format!("{other:?}")),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A dead letter as the worker writes it, failed `failed_secs_ago` seconds ago.
+    pub(crate) fn letter(code: &str, job: &str, failed_secs_ago: u64) -> DeadLetter {
+        let mut t = FieldTable::default();
+        headers::set_str(&mut t, headers::ERROR_CODE, code);
+        headers::set_str(&mut t, headers::JOB_ID, job);
+        headers::set_str(&mut t, headers::STAGE, "validate");
+        headers::set_u64(&mut t, headers::ATTEMPTS, 3);
+        headers::set_str(&mut t, "x-custom", "kept");
+        let at = SystemTime::now() - Duration::from_secs(failed_secs_ago);
+        headers::set_str(
+            &mut t,
+            headers::LAST_FAILED_AT,
+            humantime::format_rfc3339_millis(at).to_string(),
+        );
+        DeadLetter {
+            properties: BasicProperties::default().with_headers(t),
+            body: br#"{"datastore_id":"ds1"}"#.to_vec(),
+        }
+    }
+
+    #[test]
+    fn replay_resets_attempts_keeps_other_headers_and_stamps_the_reason() {
+        let props = letter("server_error", "j1", 5).replay_properties("store is back");
+        let t = headers::table(&props);
+        assert_eq!(headers::get_u64(&t, headers::ATTEMPTS), None);
+        assert_eq!(headers::get_str(&t, headers::JOB_ID).as_deref(), Some("j1"));
+        assert_eq!(headers::get_str(&t, "x-custom").as_deref(), Some("kept"));
+        assert_eq!(
+            headers::get_str(&t, REPLAY_REASON).as_deref(),
+            Some("store is back")
+        );
+        assert_eq!(headers::get_u64(&t, REPLAY_COUNT), Some(1));
+        assert!(headers::get_str(&t, REPLAYED_AT).is_some());
+        let history = table_to_json(&t)[headers::REPLAYED].clone();
+        let entry = history[0].as_str().unwrap();
+        assert!(
+            entry.contains("server_error after 3 attempts: store is back"),
+            "{entry}"
+        );
+    }
+
+    #[test]
+    fn a_second_replay_counts_two_and_keeps_the_first_history_entry() {
+        let once = DeadLetter {
+            properties: letter("timeout", "j1", 5).replay_properties("first"),
+            body: Vec::new(),
+        };
+        let twice = DeadLetter {
+            properties: once.replay_properties("second"),
+            body: Vec::new(),
+        };
+        assert_eq!(twice.replay_count(), 2);
+        assert_eq!(twice.replay_history().len(), 2);
+    }
+
+    #[test]
+    fn the_data_store_comes_from_the_body() {
+        assert_eq!(letter("x", "j", 1).datastore().as_deref(), Some("ds1"));
+    }
+}
