@@ -2,48 +2,56 @@
 //! data store's schema and live graph, applies them with version-checked PATCHes under one rate
 //! limit, publishes CloudEvents, delivers signed webhooks and dead-letters what fails.
 //!
-//! Module map (a job flows top to bottom):
-//! - [`settings`], [`secret`], [`telemetry`], [`shutdown`]: start-up plumbing.
-//! - [`cli`]: the `cxrel` subcommands (SPEC §9), one file each.
-//! - [`contracts`]: JSON Schemas and the AsyncAPI document generated from the wire types (`cxrel schema`).
-//! - [`emulator`]: the bundled data-store emulator (auth, records API, faults, webhook receiver).
-//! - [`error`]: the Permanent / Transient class shared by every stage's errors.
-//! - [`schema`]: a data store's schema, wire JSON and effective relationship constraints.
-//! - [`job`]: job messages parsed at the boundary into domain types (SPEC §1).
-//! - [`graph`]: per-data-store relationship graph, validation of SPEC §2 and the PATCH planner.
+//! Module map, in the order a job flows (each depends only on those above it or beside it):
+//! - [`worker`]: consume (single active consumer, bounded in-flight), then settle the outcome:
+//!   events, retry copy or dead letter, confirmed before the ack.
+//! - [`job`]: parse the message into domain types (SPEC §1); [`trace`]: its W3C trace context.
+//! - [`pipeline`]: one job through check-and-reserve → confirm → apply → compensate, against each
+//!   data store's live graph (`pipeline::datastore`).
+//! - [`graph`]: the relationship graph, the rules of SPEC §2, reservations and the PATCH planner
+//!   (pure, no I/O); [`schema`]: a data store's schema and constraints.
+//! - [`store`]: the data-store client (auth, adaptive rate budget, retries, bounded answers).
+//! - [`events`]: CloudEvents result events with ids stable across redelivery (SPEC §6);
+//!   [`webhooks`]: Standard Webhooks signing and delivery.
 //! - [`amqp`]: broker connection, topology (SPEC §5), confirmed publishing, `x-cxrel-*` headers.
-//! - [`events`]: CloudEvents result events with ids stable across redelivery (SPEC §6).
-//! - [`jobfile`]: streamed reading of job files (JSON array, JSON Lines, object stream).
-//! - [`http`]: `/healthz`, `/readyz`, `/metrics` of the worker.
-//! - [`bench`]: throughput measurements, including the raw broker ceiling.
-//! - [`harness`]: a local installation (emulator, worker processes, event tap) for demo and bench.
-//! - [`store`]: the data-store client (auth, adaptive rate budget, retries, records API).
-//! - [`dlq`]: the dead-letter engine: browse, summary, replay (confirm before ack), purge, export.
-//! - [`console`]: `cxrel console`, the dead-letter page and JSON API on the `dlq` engine.
-//! - [`pipeline`]: one job through parse → validate → plan → apply → publish.
-//! - [`webhooks`]: Standard Webhooks signing and delivery.
-//! - [`worker`]: the consume loop, per-parent locks, outcome settlement (ack / retry / dead letter).
+//! - Plumbing: [`settings`], [`secret`], [`telemetry`], [`shutdown`], [`error`] (the Permanent /
+//!   Transient class), [`http`] (`/healthz`, `/readyz`, `/metrics`).
+//!
+//! Operator and integration tools:
+//! - [`cli`]: the `cxrel` subcommands (SPEC §9), one file each; [`jobfile`]: streamed job files.
+//! - [`dlq`]: the dead-letter engine; [`console`]: its web page and JSON API.
+//! - [`contracts`]: JSON Schemas and AsyncAPI generated from the wire types (`cxrel schema`).
+//! - [`emulator`], [`harness`], [`bench`]: the bundled data-store emulator, a local installation
+//!   for demo and bench, and throughput measurements.
+
+pub mod worker;
+
+pub mod job;
+pub mod pipeline;
+pub mod trace;
+
+pub mod graph;
+pub mod schema;
+pub mod store;
+
+pub mod events;
+pub mod webhooks;
 
 pub mod amqp;
-pub mod bench;
+
+pub mod error;
+pub mod http;
+pub mod secret;
+pub mod settings;
+pub mod shutdown;
+pub mod telemetry;
+
 pub mod cli;
 pub mod console;
 pub mod contracts;
 pub mod dlq;
-pub mod emulator;
-pub mod error;
-pub mod events;
-pub mod graph;
-pub mod harness;
-pub mod http;
-pub mod job;
 pub mod jobfile;
-pub mod pipeline;
-pub mod schema;
-pub mod secret;
-pub mod settings;
-pub mod shutdown;
-pub mod store;
-pub mod telemetry;
-pub mod webhooks;
-pub mod worker;
+
+pub mod bench;
+pub mod emulator;
+pub mod harness;

@@ -137,7 +137,7 @@ fn constrain_data(defs: &mut Defs) -> Result<(), ContractError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::worker::outcome::Stage;
+    use crate::pipeline::Stage;
 
     #[test]
     fn every_worker_stage_is_a_documented_stage() {

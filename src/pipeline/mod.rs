@@ -5,9 +5,12 @@
 pub mod apply;
 pub mod datastore;
 pub mod datastores;
+pub mod locks;
+pub mod outcome;
 pub mod report;
 
-use std::future::Future;
+pub use outcome::{Failure, IncomingJob, Outcome, Stage};
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,8 +25,7 @@ use crate::events::EventContext;
 use crate::graph::{JobOutcome, OpVerdict, Plan, Verdict};
 use crate::job::{Job, ParseContext};
 use crate::store::{StoreClient, StoreError};
-use crate::worker::locks::KeyLocks;
-use crate::worker::{Failure, IncomingJob, JobHandler, Outcome, Stage};
+use locks::KeyLocks;
 
 /// Rounds of validate → apply after 412 answers before the job is retried later.
 const CONFLICT_ROUNDS: usize = 3;
@@ -34,6 +36,9 @@ const WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Graph reloads one delivery may trigger.
 const MAX_RELOADS: usize = 3;
 
+/// One job's way from message to outcome: parse, check and reserve against the data store's live
+/// state, confirm rejections, apply, compensate. Holds the per-parent locks and every data store's
+/// [`LiveDataStore`]; the worker's consumer drives it and settles what it returns.
 pub struct Pipeline {
     parse: ParseContext,
     store: StoreClient,
@@ -62,7 +67,13 @@ impl Pipeline {
         }
     }
 
-    async fn handle_job(&self, incoming: IncomingJob) -> Outcome {
+    /// Forgets every data store's graph (the worker (re)gained the jobs queue).
+    pub async fn forget_graphs(&self) {
+        self.datastores.forget_all().await;
+    }
+
+    /// Runs one job message through every stage to its outcome.
+    pub async fn handle_job(&self, incoming: IncomingJob) -> Outcome {
         let started = Instant::now();
         let attempt = incoming.previous_attempts + 1;
         let traceparent = Some(incoming.trace.header());
@@ -269,29 +280,18 @@ impl Pipeline {
     }
 }
 
-impl JobHandler for Pipeline {
-    fn handle(&self, job: IncomingJob) -> impl Future<Output = Outcome> + Send {
-        self.handle_job(job)
-    }
-
-    fn session_started(&self) -> impl Future<Output = ()> + Send {
-        self.datastores.forget_all()
-    }
-}
-
-impl<T: JobHandler> JobHandler for Arc<T> {
-    fn handle(&self, job: IncomingJob) -> impl Future<Output = Outcome> + Send {
-        self.as_ref().handle(job)
-    }
-
-    fn session_started(&self) -> impl Future<Output = ()> + Send {
-        self.as_ref().session_started()
-    }
-}
-
 /// A job id for a body that did not parse: its own `job_id` if readable, else the default.
 fn unparsed_job_id(incoming: &IncomingJob) -> String {
-    crate::worker::identity::declared_or(&incoming.body, &incoming.default_job_id)
+    job_id_of_unparsed(&incoming.body, &incoming.default_job_id)
+}
+
+/// The `job_id` a body that did not parse declares (≤ 128 characters), else `default`.
+pub fn job_id_of_unparsed(body: &[u8], default: &str) -> String {
+    std::str::from_utf8(body)
+        .ok()
+        .and_then(crate::jobfile::declared_job_id)
+        .filter(|id| id.chars().count() <= 128)
+        .unwrap_or_else(|| default.to_owned())
 }
 
 /// One lock key per parent the job may write.
@@ -457,5 +457,18 @@ impl Rounds {
                 ErrorClass::Transient,
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unparsed_body_keeps_the_job_id_it_declares() {
+        assert_eq!(job_id_of_unparsed(br#"{"job_id":"own","x":1}"#, "d"), "own");
+        assert_eq!(job_id_of_unparsed(b"not json", "d"), "d");
+        let long = format!(r#"{{"job_id":"{}"}}"#, "x".repeat(200));
+        assert_eq!(job_id_of_unparsed(long.as_bytes(), "d"), "d");
     }
 }

@@ -17,33 +17,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::identity;
-use super::outcome::{Failure, Outcome, Stage};
 use super::settle::{Settler, previous_attempts};
-use super::trace::TraceParent;
 use crate::amqp::{self, AmqpError, Publisher, PublisherSlot, Topology, headers};
 use crate::error::ErrorClass;
 use crate::events::EventContext;
 use crate::http::Readiness;
+use crate::pipeline::{Failure, IncomingJob, Outcome, Stage};
 use crate::secret::Secret;
+use crate::trace::TraceParent;
 use crate::webhooks::WebhookQueue;
 
-/// One job message as the pipeline sees it.
-#[derive(Debug, Clone)]
-pub struct IncomingJob {
-    pub body: Vec<u8>,
-    /// The job id unless the body names one: fixed at first sight (see [`identity`]).
-    pub default_job_id: String,
-    /// Attempts made before this one (from `x-cxrel-attempts`).
-    pub previous_attempts: u64,
-    pub redelivered: bool,
-    /// This job's span in the caller's trace (or a new trace).
-    pub trace: TraceParent,
-    /// Cancelled when this worker's consume session ends (it may have lost the single-active
-    /// consumer slot to another replica): no new write may start after that.
-    pub lease: CancellationToken,
-}
-
-/// The pipeline, from the consumer's point of view.
+/// The pipeline, from the consumer's point of view (tests plug in their own).
 pub trait JobHandler: Send + Sync + 'static {
     fn handle(&self, job: IncomingJob) -> impl Future<Output = Outcome> + Send;
 
@@ -51,6 +35,26 @@ pub trait JobHandler: Send + Sync + 'static {
     /// written while this one was not consuming.
     fn session_started(&self) -> impl Future<Output = ()> + Send {
         async {}
+    }
+}
+
+impl JobHandler for crate::pipeline::Pipeline {
+    fn handle(&self, job: IncomingJob) -> impl Future<Output = Outcome> + Send {
+        self.handle_job(job)
+    }
+
+    fn session_started(&self) -> impl Future<Output = ()> + Send {
+        self.forget_graphs()
+    }
+}
+
+impl<T: JobHandler> JobHandler for Arc<T> {
+    fn handle(&self, job: IncomingJob) -> impl Future<Output = Outcome> + Send {
+        self.as_ref().handle(job)
+    }
+
+    fn session_started(&self) -> impl Future<Output = ()> + Send {
+        self.as_ref().session_started()
     }
 }
 
@@ -271,13 +275,14 @@ async fn process<H: JobHandler>(
         job_id = tracing::field::Empty,
         attempt = job.previous_attempts + 1,
     );
+    let previous = job.previous_attempts;
     async move {
         let outcome = match unsettled_deliveries(&table, settler.topology.delivery_limit()) {
             Some(failure) => Outcome::failed(job_context(&settler, &job), failure),
             None => handler.handle(job).await,
         };
         tracing::Span::current().record("job_id", outcome.context.job_id.as_str());
-        settle_with_backoff(&settler, &delivery, &outcome).await;
+        settle_with_backoff(&settler, &delivery, previous, &outcome).await;
     }
     .instrument(span)
     .await;
@@ -286,11 +291,16 @@ async fn process<H: JobHandler>(
 /// Settles, retrying with backoff while the broker refuses; then dead-letters the job with code
 /// `settle_failed`; if even that fails, hands it back to the broker, whose delivery count ends the
 /// loop (see [`unsettled_deliveries`]).
-async fn settle_with_backoff(settler: &Settler, delivery: &Delivery, outcome: &Outcome) {
+async fn settle_with_backoff(
+    settler: &Settler,
+    delivery: &Delivery,
+    previous: u64,
+    outcome: &Outcome,
+) {
     let mut delay = Duration::from_millis(200);
     let mut last = None;
     for _ in 0..SETTLE_ATTEMPTS {
-        match settler.settle(delivery, outcome).await {
+        match settler.settle(delivery, previous, outcome).await {
             Ok(_) => return,
             Err(error) => {
                 tracing::warn!(%error, retry_in = ?delay, "could not settle the job; trying again");
@@ -307,7 +317,10 @@ async fn settle_with_backoff(settler: &Settler, delivery: &Delivery, outcome: &O
         Stage::Settle,
         ErrorClass::Permanent,
     );
-    if let Err(error) = settler.dead_letter_only(delivery, outcome, &failure).await {
+    if let Err(error) = settler
+        .dead_letter_only(delivery, previous, outcome, &failure)
+        .await
+    {
         tracing::error!(%error, "could not dead-letter the job either; handing it back to the broker");
         settler.requeue(delivery).await;
     }
@@ -336,7 +349,7 @@ fn unsettled_deliveries(table: &lapin::types::FieldTable, limit: u32) -> Option<
 fn job_context(settler: &Settler, job: &IncomingJob) -> EventContext {
     EventContext {
         source: settler.source.clone(),
-        job_id: identity::declared_or(&job.body, &job.default_job_id),
+        job_id: crate::pipeline::job_id_of_unparsed(&job.body, &job.default_job_id),
         datastore_id: String::new(),
         traceparent: Some(job.trace.header()),
     }

@@ -25,15 +25,6 @@ pub fn default_job_id(properties: &BasicProperties, body: &[u8]) -> String {
         .unwrap_or_else(|| Uuid::new_v5(&BODY_NAMESPACE, body).to_string())
 }
 
-/// The body's own `job_id` when it has a usable one, else `default` (for jobs not parsed).
-pub fn declared_or(body: &[u8], default: &str) -> String {
-    std::str::from_utf8(body)
-        .ok()
-        .and_then(crate::jobfile::declared_job_id)
-        .filter(|id| id.chars().count() <= 128)
-        .unwrap_or_else(|| default.to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,11 +60,5 @@ mod tests {
         let c = default_job_id(&props, br#"{"parentId":"q"}"#);
         assert_eq!(a, b);
         assert_ne!(a, c);
-    }
-
-    #[test]
-    fn a_declared_job_id_wins_over_the_default() {
-        assert_eq!(declared_or(br#"{"job_id":"own"}"#, "d"), "own");
-        assert_eq!(declared_or(b"not json", "d"), "d");
     }
 }

@@ -3,11 +3,7 @@
 
 pub mod consumer;
 pub mod identity;
-pub mod locks;
-pub mod outcome;
 pub mod run;
 pub mod settle;
-pub mod trace;
 
-pub use consumer::{Consumer, ConsumerConfig, IncomingJob, JobHandler};
-pub use outcome::{Failure, Outcome, Stage};
+pub use consumer::{Consumer, ConsumerConfig, JobHandler};

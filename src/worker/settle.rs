@@ -14,10 +14,10 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::FieldTable;
 
-use super::outcome::{Failure, Outcome};
 use crate::amqp::{AmqpError, Publisher, Topology, headers};
 use crate::error::ErrorClass;
 use crate::events::{CloudEvent, now_rfc3339};
+use crate::pipeline::{Failure, Outcome};
 use crate::webhooks::WebhookQueue;
 
 /// What settling did, for metrics and tests.
@@ -54,9 +54,9 @@ impl Settler {
     pub async fn settle(
         &self,
         delivery: &Delivery,
+        previous: u64,
         outcome: &Outcome,
     ) -> Result<Settled, AmqpError> {
-        let previous = previous_attempts(delivery);
         let settled = match &outcome.failure {
             None => {
                 let mut events = outcome.events.clone();
@@ -80,10 +80,11 @@ impl Settler {
     pub async fn dead_letter_only(
         &self,
         delivery: &Delivery,
+        previous: u64,
         outcome: &Outcome,
         failure: &Failure,
     ) -> Result<(), AmqpError> {
-        let attempts = previous_attempts(delivery) + 1;
+        let attempts = previous + 1;
         let properties = failure_properties(delivery, outcome, failure, attempts);
         self.publisher
             .to_queue(&self.topology.dead(), &delivery.data, properties)

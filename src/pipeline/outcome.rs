@@ -1,8 +1,28 @@
-//! What became of one job: the events it produced and, if it failed, how (code, stage, class).
-//! The pipeline decides the outcome; `settle` alone turns it into broker actions.
+//! What goes into the pipeline (one job message) and what comes out: the events it produced and,
+//! if it failed, how (code, stage, class). The pipeline decides the outcome; the worker's `settle`
+//! alone turns it into broker actions.
+
+use tokio_util::sync::CancellationToken;
 
 use crate::error::ErrorClass;
 use crate::events::{CloudEvent, EventContext};
+use crate::trace::TraceParent;
+
+/// One job message as the pipeline sees it.
+#[derive(Debug, Clone)]
+pub struct IncomingJob {
+    pub body: Vec<u8>,
+    /// The job id unless the body names one: fixed at first sight (see [`identity`]).
+    pub default_job_id: String,
+    /// Attempts made before this one (from `x-cxrel-attempts`).
+    pub previous_attempts: u64,
+    pub redelivered: bool,
+    /// This job's span in the caller's trace (or a new trace).
+    pub trace: TraceParent,
+    /// Cancelled when this worker's consume session ends (it may have lost the single-active
+    /// consumer slot to another replica): no new write may start after that.
+    pub lease: CancellationToken,
+}
 
 /// Where in the pipeline a job failed (the `x-cxrel-stage` header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
