@@ -87,18 +87,30 @@ impl PropertyTap {
             else {
                 return false;
             };
-            delivery
-                .acker
-                .ack(BasicAckOptions::default())
-                .await
-                .unwrap();
-            self.events.push(Tapped {
-                routing_key: delivery.routing_key.as_str().to_owned(),
-                properties: delivery.properties.clone(),
-                body: serde_json::from_slice(&delivery.data).expect("events are JSON"),
-            });
+            self.keep(delivery).await;
         }
         true
+    }
+
+    /// Keeps collecting until no event came for `quiet` (a job's events are published together, in
+    /// no fixed order, so its last one may follow the one that marked it settled).
+    async fn drain_quiet(&mut self, quiet: Duration) {
+        while let Ok(Some(Ok(delivery))) = tokio::time::timeout(quiet, self.consumer.next()).await {
+            self.keep(delivery).await;
+        }
+    }
+
+    async fn keep(&mut self, delivery: lapin::message::Delivery) {
+        delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .unwrap();
+        self.events.push(Tapped {
+            routing_key: delivery.routing_key.as_str().to_owned(),
+            properties: delivery.properties.clone(),
+            body: serde_json::from_slice(&delivery.data).expect("events are JSON"),
+        });
     }
 
     fn settled(&self, jobs: &[&str]) -> bool {
@@ -248,6 +260,7 @@ async fn every_event_dead_letter_and_webhook_of_a_real_worker_matches_the_commit
         tap.types()
     );
 
+    tap.drain_quiet(Duration::from_millis(500)).await;
     check_events(&tap.events);
     check_dead_letters(&channel, &topology.dead()).await;
     check_webhooks(&emu, tap.events.len()).await;
