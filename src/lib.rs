@@ -21,8 +21,8 @@
 //! - [`cli`]: the `cxrel` subcommands (SPEC §9), one file each; [`jobfile`]: streamed job files.
 //! - [`dlq`]: the dead-letter engine; [`console`]: its web page and JSON API.
 //! - [`contracts`]: JSON Schemas and AsyncAPI generated from the wire types (`cxrel schema`).
-//! - [`emulator`], [`harness`], [`bench`]: the bundled data-store emulator, a local installation
-//!   for demo and bench, and throughput measurements.
+//! - `emulator`, `harness`, `bench` (the `tools` feature, on by default): the bundled data-store
+//!   emulator, a local installation for demo and bench, and throughput measurements.
 
 pub mod worker;
 
@@ -52,6 +52,9 @@ pub mod contracts;
 pub mod dlq;
 pub mod jobfile;
 
+#[cfg(feature = "tools")]
 pub mod bench;
+#[cfg(feature = "tools")]
 pub mod emulator;
+#[cfg(feature = "tools")]
 pub mod harness;

@@ -1,9 +1,12 @@
 //! The command line (SPEC §9): global options, one subcommand per file in this folder.
 
+#[cfg(feature = "tools")]
 mod bench;
 mod console;
+#[cfg(feature = "tools")]
 mod demo;
 mod dlq;
+#[cfg(feature = "tools")]
 mod emulator;
 mod enqueue;
 mod schema;
@@ -46,10 +49,13 @@ pub enum Command {
     Console(console::ConsoleArgs),
     /// Manage the broker topology (queues and exchanges named from [amqp].prefix).
     Topology(topology::TopologyArgs),
+    #[cfg(feature = "tools")]
     /// Run the bundled data-store emulator (auth, records API, faults, webhook receiver).
     Emulator(emulator::EmulatorArgs),
+    #[cfg(feature = "tools")]
     /// Run emulator, worker and a sample batch on this machine and print what happened.
     Demo(demo::DemoArgs),
+    #[cfg(feature = "tools")]
     /// Throughput run: emulator, worker processes and enqueue; jobs/s, latency, memory, broker ceiling.
     Bench(bench::BenchArgs),
     /// Print a contract generated from the code: job, event or dead-letter JSON Schema, or AsyncAPI.
@@ -72,12 +78,15 @@ impl Cli {
 pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
     match cli.command {
         Command::Worker => worker::run(settings).await,
+        #[cfg(feature = "tools")]
         Command::Emulator(args) => emulator::run(args, settings).await,
         Command::Enqueue(args) => enqueue::run(args, settings).await,
         Command::Dlq(args) => dlq::run(args, settings).await,
         Command::Console(args) => console::run(args, settings).await,
         Command::Topology(args) => topology::run(args, settings).await,
+        #[cfg(feature = "tools")]
         Command::Demo(args) => demo::run(args, settings).await,
+        #[cfg(feature = "tools")]
         Command::Bench(args) => bench::run(args, settings).await,
         Command::Validate(args) => validate::run(args, settings).await,
         Command::Schema(args) => schema::run(args, settings).await,
