@@ -238,3 +238,72 @@ async fn a_job_whose_worker_dies_before_settling_ends_coded_in_the_dead_queue() 
     drop(worker);
     broker::teardown(&channel, &topology).await;
 }
+
+#[tokio::test]
+async fn a_broker_that_keeps_refusing_the_events_ends_the_job_coded_in_the_dead_queue_once() {
+    let emu = emulator_with(2).await;
+    let prefix = broker::unique_prefix("refused");
+    let topology = broker::topology(&prefix, &[200]);
+    let conn = broker::connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    cxrel::amqp::topology::declare(&channel, &topology)
+        .await
+        .unwrap();
+    // A full queue that rejects publishes, bound to every event: each event publish is nacked.
+    let mut args = lapin::types::FieldTable::default();
+    args.insert(
+        "x-max-length".into(),
+        lapin::types::AMQPValue::LongLongInt(0),
+    );
+    args.insert(
+        "x-overflow".into(),
+        lapin::types::AMQPValue::LongString("reject-publish".into()),
+    );
+    let refusing = format!("{prefix}.refusing");
+    channel
+        .queue_declare(
+            refusing.as_str().into(),
+            lapin::options::QueueDeclareOptions::default(),
+            args,
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            refusing.as_str().into(),
+            topology.events().into(),
+            "#".into(),
+            lapin::options::QueueBindOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let publisher = Publisher::open(&conn).await.unwrap();
+    let worker = WorkerProcess::spawn(&worker_config(&emu.base, &prefix, ""));
+    publish_jobs(&publisher, &topology, &pair_jobs("refused", 1)).await;
+
+    let dead = broker::take(&channel, &topology.dead(), 2, Duration::from_secs(30)).await;
+    assert_eq!(
+        dead.len(),
+        1,
+        "dead-lettered once, not looping or duplicated"
+    );
+    let t = headers::table(&dead[0].delivery.properties);
+    assert_eq!(
+        headers::get_str(&t, headers::ERROR_CODE).as_deref(),
+        Some("settle_failed")
+    );
+    assert_eq!(
+        headers::get_str(&t, headers::STAGE).as_deref(),
+        Some("settle")
+    );
+    let stats = emu.stats().await;
+    assert_eq!(stats["patch_count"], 1, "handled once: {stats}");
+    let jobs = broker::take(&channel, &topology.jobs(), 1, Duration::from_millis(500)).await;
+    assert!(jobs.is_empty(), "nothing left to loop on");
+    drop(worker);
+    let _ = channel
+        .queue_delete(refusing.as_str().into(), Default::default())
+        .await;
+    broker::teardown(&channel, &topology).await;
+}

@@ -192,9 +192,20 @@ impl<H: JobHandler> Consumer<H> {
             format!("consuming {}", self.topology.jobs()),
         );
         tracing::info!(queue = %self.topology.jobs(), prefetch = self.config.prefetch, "consuming");
+        let mut health = tokio::time::interval(Duration::from_secs(1));
         loop {
             let next = tokio::select! {
                 next = deliveries.next() => next,
+                _ = health.tick() => {
+                    // A publisher channel the broker closed (e.g. a publish to a deleted exchange)
+                    // would fail every settle: start a new session instead.
+                    if !settler.publisher.channel().status().connected() {
+                        // Closed, so the broker hands this session's jobs to the next consumer.
+                        let _ = connection.close(320, "publisher channel lost".into()).await;
+                        return Err((AmqpError::NotConnected, true));
+                    }
+                    continue;
+                }
                 () = cancel.cancelled() => {
                     let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
                     return Ok(connection);
