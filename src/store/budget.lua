@@ -9,13 +9,13 @@
 -- ARGV[1] = op: "acquire" | "throttle"
 -- ARGV[2] = max_rate (0 = not configured: slow start), ARGV[3] = burst, ARGV[4] = ttl_ms,
 -- ARGV[5] = successes to add (non-429 answers since this client's last call),
--- ARGV[6..14] = beta, recover_us, min_rate, estimate_successes, escalate_after, cool_min_us,
---               cool_max_us, start_rate, doubling_us
--- throttle: ARGV[15] = age_us (how long ago the throttled request was sent),
---           ARGV[16] = retry_after_us (-1 = none)
+-- ARGV[6..15] = beta, recover_us, min_rate, estimate_successes, escalate_after, cool_min_us,
+--               cool_max_us, start_rate, doubling_us, horizon_us
+-- throttle: ARGV[16] = age_us (how long ago the throttled request was sent),
+--           ARGV[17] = retry_after_us (-1 = none)
 --
--- Replies are integers (Lua numbers are truncated): {wait_us, rate_milli, generation} for
--- acquire; {cut 0|1, rate_milli, w_max_milli, pause_left_us (-1 = none), generation} for throttle.
+-- Replies are integers (Lua numbers are truncated): {wait_us, rate_milli, generation, reserved 0|1}
+-- for acquire (not reserved: ask again after wait_us); {cut 0|1, rate_milli, w_max_milli, pause_left_us (-1 = none), generation} for throttle.
 local key = KEYS[1]
 local op = ARGV[1]
 local max_rate = tonumber(ARGV[2])
@@ -31,6 +31,7 @@ local cool_min = tonumber(ARGV[11])
 local cool_max = tonumber(ARGV[12])
 local start_rate = tonumber(ARGV[13])
 local doubling = tonumber(ARGV[14])
+local horizon = tonumber(ARGV[15])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
@@ -69,16 +70,23 @@ end
 if op == 'acquire' then
   local rate = rate_at(now)
   local interval = 1000000 / rate
+  local allowance = burst * interval
   local start = math.max(now, s.pause_until)
+  -- Reservations reach at most the horizon ahead (see pacer.rs): beyond it, come back later.
+  local reach = now + horizon + allowance
+  if s.tat + interval > reach then
+    save()
+    return {math.floor(s.tat + interval - reach), milli(rate), s.generation, 0}
+  end
   s.tat = math.max(s.tat, start) + interval
-  local allow_at = math.max(s.tat - burst * interval, start)
+  local allow_at = math.max(s.tat - allowance, start)
   save()
-  return {math.floor(allow_at - now), milli(rate), s.generation}
+  return {math.floor(allow_at - now), milli(rate), s.generation, 1}
 end
 
 if op == 'throttle' then
-  local sent = now - tonumber(ARGV[15])
-  local retry_after = tonumber(ARGV[16])
+  local sent = now - tonumber(ARGV[16])
+  local retry_after = tonumber(ARGV[17])
   if s.cut_at > 0 and sent < s.cut_at then
     -- Sent before the last cut (by any replica): part of a signal already taken.
     save()

@@ -26,7 +26,10 @@ use futures::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::cubic::CubicParams;
-use super::limiter::{LocalBudget, RateBudget, describe_rate, log_cut, params_for, set_rate_gauge};
+use super::limiter::{
+    LocalBudget, RateBudget, come_back_jitter, describe_rate, log_cut, params_for, set_rate_gauge,
+};
+use super::pacer::HORIZON;
 use crate::secret::{Secret, redact_url};
 
 /// How often a process in fallback tries to reach Redis again.
@@ -164,7 +167,8 @@ impl RedisBudget {
     async fn acquire_inner(&self) {
         let s = &self.shared;
         // Bounded: each cut seen while waiting costs one more reservation.
-        for _ in 0..8 {
+        let mut cuts = 0;
+        while cuts < 8 {
             let Some((generation, mut conn)) = s.connection() else {
                 if !s.probing.load(Ordering::Relaxed) {
                     start_probe(s);
@@ -178,10 +182,14 @@ impl RedisBudget {
             }
             let reply =
                 tokio::time::timeout(CALL_TIMEOUT, call.invoke_async::<Vec<i64>>(&mut conn));
-            let (wait, slot) = match flatten(reply.await) {
-                Ok(reply) if reply.len() == 3 => {
+            let (wait, slot, reserved) = match flatten(reply.await) {
+                Ok(reply) if reply.len() == 4 => {
                     s.seen(reply[1], reply[2]);
-                    (u64::try_from(reply[0]).unwrap_or(0), reply[2])
+                    (
+                        u64::try_from(reply[0]).unwrap_or(0),
+                        reply[2],
+                        reply[3] == 1,
+                    )
                 }
                 Ok(reply) => {
                     s.fall_back(generation, &format!("unexpected script reply {reply:?}"));
@@ -192,12 +200,18 @@ impl RedisBudget {
                     return s.fallback.acquire().await;
                 }
             };
-            if wait > 0 {
-                tokio::time::sleep(Duration::from_micros(wait)).await;
+            let wait = Duration::from_micros(wait);
+            if !reserved {
+                tokio::time::sleep(wait + come_back_jitter()).await;
+                continue;
+            }
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
             }
             if s.view().generation <= slot {
                 return;
             }
+            cuts += 1;
         }
     }
 }
@@ -304,6 +318,7 @@ impl Shared {
             p.cool_down_max.as_micros().to_string(),
             p.start_rate.to_string(),
             p.doubling.as_micros().to_string(),
+            HORIZON.as_micros().to_string(),
         ]
     }
 }
