@@ -4,15 +4,16 @@
 -- only durations measured by one client (the age of a throttled request) are passed in.
 --
 -- Fields: tat, pause_until, generation (bumped by every cut), cut_at (0 = no 429 yet), w_max, k
--- (seconds), traffic_start, successes, ep_start, ep_successes, ep_signals.
+-- (seconds), traffic_start, successes, refused, ep_start, ep_successes, ep_refused, ep_signals.
 --
 -- ARGV[1] = op: "acquire" | "throttle"
 -- ARGV[2] = max_rate (0 = not configured: slow start), ARGV[3] = burst, ARGV[4] = ttl_ms,
 -- ARGV[5] = successes to add (non-429 answers since this client's last call),
--- ARGV[6..15] = beta, recover_us, min_rate, estimate_successes, escalate_after, cool_min_us,
---               cool_max_us, start_rate, doubling_us, horizon_us
--- throttle: ARGV[16] = age_us (how long ago the throttled request was sent),
---           ARGV[17] = retry_after_us (-1 = none)
+-- ARGV[6] = 429s to add (since this client's last call, including this one for throttle),
+-- ARGV[7..17] = beta, recover_us, min_rate, estimate_successes, estimate_refused, escalate_after,
+--               cool_min_us, cool_max_us, start_rate, doubling_us, horizon_us
+-- throttle: ARGV[18] = age_us (how long ago the throttled request was sent),
+--           ARGV[19] = retry_after_us (-1 = none)
 --
 -- Replies are integers (Lua numbers are truncated): {wait_us, rate_milli, generation, reserved 0|1}
 -- for acquire (not reserved: ask again after wait_us); {cut 0|1, rate_milli, w_max_milli, pause_left_us (-1 = none), generation} for throttle.
@@ -22,25 +23,28 @@ local max_rate = tonumber(ARGV[2])
 local burst = tonumber(ARGV[3])
 local ttl = tonumber(ARGV[4])
 local added = tonumber(ARGV[5])
-local beta = tonumber(ARGV[6])
-local recover = tonumber(ARGV[7]) / 1000000
-local min_rate = tonumber(ARGV[8])
-local estimate_successes = tonumber(ARGV[9])
-local escalate_after = tonumber(ARGV[10])
-local cool_min = tonumber(ARGV[11])
-local cool_max = tonumber(ARGV[12])
-local start_rate = tonumber(ARGV[13])
-local doubling = tonumber(ARGV[14])
-local horizon = tonumber(ARGV[15])
+local added_refused = tonumber(ARGV[6])
+local beta = tonumber(ARGV[7])
+local recover = tonumber(ARGV[8]) / 1000000
+local min_rate = tonumber(ARGV[9])
+local estimate_successes = tonumber(ARGV[10])
+local estimate_refused = tonumber(ARGV[11])
+local escalate_after = tonumber(ARGV[12])
+local cool_min = tonumber(ARGV[13])
+local cool_max = tonumber(ARGV[14])
+local start_rate = tonumber(ARGV[15])
+local doubling = tonumber(ARGV[16])
+local horizon = tonumber(ARGV[17])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
 local names = {'tat', 'pause_until', 'generation', 'cut_at', 'w_max', 'k', 'traffic_start',
-  'successes', 'ep_start', 'ep_successes', 'ep_signals'}
+  'successes', 'refused', 'ep_start', 'ep_successes', 'ep_refused', 'ep_signals'}
 local raw = redis.call('HMGET', key, unpack(names))
 local s = {}
 for i, name in ipairs(names) do s[name] = tonumber(raw[i]) or 0 end
 s.successes = s.successes + added
+s.refused = s.refused + added_refused
 if s.traffic_start == 0 then s.traffic_start = now end
 
 local scale = (1 - beta) / math.max(recover, 0.001) ^ 3
@@ -85,8 +89,8 @@ if op == 'acquire' then
 end
 
 if op == 'throttle' then
-  local sent = now - tonumber(ARGV[16])
-  local retry_after = tonumber(ARGV[17])
+  local sent = now - tonumber(ARGV[18])
+  local retry_after = tonumber(ARGV[19])
   if s.cut_at > 0 and sent < s.cut_at then
     -- Sent before the last cut (by any replica): part of a signal already taken.
     save()
@@ -98,14 +102,18 @@ if op == 'throttle' then
   else
     s.ep_start = now
     s.ep_successes = s.successes
+    s.ep_refused = s.refused
     s.ep_signals = 1
   end
   local w_max = current
   local n = math.min(s.ep_signals, 32)
   local span = now - s.ep_start
   local admitted = s.successes - s.ep_successes
-  if s.ep_signals >= 2 and admitted >= estimate_successes and span >= 1000 then
-    -- The bucket was empty at the episode's first 429: what it admitted since is its rate.
+  local refused = s.refused - s.ep_refused
+  if s.ep_signals >= 2 and admitted >= estimate_successes and span >= 1000
+      and refused >= estimate_refused * admitted then
+    -- The bucket was empty at the episode's first 429 and kept refusing since: what it admitted
+    -- since then is its rate.
     local estimate = (admitted + 1) / (span / 1000000)
     if estimate < current then
       w_max = estimate

@@ -12,7 +12,10 @@
 //!   came back fine, `w_max` is capped by the successes per second since the episode began: the
 //!   server's bucket was empty at the first 429, so what it admitted since then is its real rate,
 //!   without burst. Counting successes rather than waiting a fixed time keeps the estimate's
-//!   noise (about one in `estimate_successes`) the same at 10 and at 10,000 requests/s.
+//!   noise (about one in `estimate_successes`) the same at 10 and at 10,000 requests/s. It is
+//!   trusted only when the server refused at least `estimate_refused` of what it admitted: with
+//!   fewer 429s the client was not sending faster than the server admits (the 429s came from
+//!   bunching, or the client had less to send), so its successes say nothing about the limit.
 //! - **A pause** (every request waits) happens only when cutting no longer helps: at the rate
 //!   floor or from the `escalate_after`-th signal of an episode. Then Retry-After is honoured
 //!   (capped at `cool_down_max`), else an own cool-down doubling from `cool_down_min`. Stores send
@@ -42,8 +45,10 @@ pub struct CubicParams {
     pub recover: Duration,
     /// The rate never drops below this.
     pub min_rate: f64,
-    /// Successes in an episode before their rate is trusted as the server's rate.
+    /// Successes in an episode before their rate is trusted as the server's rate…
     pub estimate_successes: u64,
+    /// …and the least share of 429s per success that shows the server was the bottleneck.
+    pub estimate_refused: f64,
     /// Signals in one episode before requests also pause.
     pub escalate_after: u32,
     /// First own pause when a 429 carries no Retry-After; doubles per further escalated signal.
@@ -65,6 +70,7 @@ impl CubicParams {
             recover: Duration::from_secs(2),
             min_rate: max_rate.map_or(1.0, |m| m.min(1.0)),
             estimate_successes: 10,
+            estimate_refused: 0.1,
             escalate_after: 8,
             cool_down_min: Duration::from_millis(250),
             cool_down_max: Duration::from_secs(10),
@@ -107,10 +113,12 @@ pub struct Cubic {
     cut: Option<Cut>,
     /// The first request (the slow start's time zero).
     traffic_start: Option<Instant>,
-    /// Non-429 answers so far (the success meter of the episode estimate).
+    /// Non-429 answers and 429s so far (the meters of the episode estimate).
     successes: u64,
+    refused: u64,
     episode_start: Instant,
     episode_successes: u64,
+    episode_refused: u64,
     episode_signals: u32,
     pause_until: Instant,
 }
@@ -122,8 +130,10 @@ impl Cubic {
             cut: None,
             traffic_start: None,
             successes: 0,
+            refused: 0,
             episode_start: now,
             episode_successes: 0,
+            episode_refused: 0,
             episode_signals: 0,
             pause_until: now,
         }
@@ -191,6 +201,7 @@ impl Cubic {
         sent: Instant,
         retry_after: Option<Duration>,
     ) -> Signal {
+        self.refused += 1;
         if self.cut.is_some_and(|c| sent < c.at) {
             return Signal::Ignored;
         }
@@ -229,6 +240,7 @@ impl Cubic {
         } else {
             self.episode_start = now;
             self.episode_successes = self.successes;
+            self.episode_refused = self.refused;
             self.episode_signals = 1;
         }
     }
@@ -237,8 +249,11 @@ impl Cubic {
     fn limit_estimate(&self, now: Instant) -> Option<f64> {
         let span = now.saturating_duration_since(self.episode_start);
         let admitted = self.successes - self.episode_successes;
+        let refused = self.refused - self.episode_refused;
+        let p = &self.params;
         if self.episode_signals < 2
-            || admitted < self.params.estimate_successes
+            || admitted < p.estimate_successes
+            || (refused as f64) < p.estimate_refused * admitted as f64
             || span < Duration::from_millis(1)
         {
             return None;
@@ -338,18 +353,38 @@ mod tests {
     fn in_an_episode_the_admitted_rate_caps_w_max() {
         let t0 = Instant::now();
         let mut c = Cubic::new(CubicParams::new(Some(1000.0)), t0);
-        let first = cut_rate(c.on_throttled(t0, t0, None));
+        let first = cut_rate(c.on_throttled(t0 + ms(10), t0 + ms(10), None));
         assert!((first - 900.0).abs() < 1e-9);
-        // 200 ms later, 20 answers were successes: the server admits 100/s.
+        // 200 ms later, 20 answers were successes and 3 more were 429s (for requests sent before
+        // the cut): the server admits 100/s.
         for _ in 0..20 {
             c.on_success();
         }
-        let t1 = t0 + ms(200);
+        for _ in 0..3 {
+            assert_eq!(c.on_throttled(t0 + ms(100), t0, None), Signal::Ignored);
+        }
+        let t1 = t0 + ms(210);
         match c.on_throttled(t1, t1, None) {
             Signal::Cut { w_max, rate, .. } => {
                 assert!((w_max - 105.0).abs() < 1e-9, "{w_max}");
                 assert!((rate - 0.9 * 105.0).abs() < 1e-9, "{rate}");
             }
+            Signal::Ignored => panic!("a new signal"),
+        }
+    }
+
+    #[test]
+    fn without_enough_429s_the_successes_are_not_taken_for_the_limit() {
+        let t0 = Instant::now();
+        let mut c = Cubic::new(CubicParams::new(Some(100.0)), t0);
+        c.on_throttled(t0, t0, None);
+        // A second stray 429 a second later, after 70 successes: the client was sending 70/s.
+        for _ in 0..70 {
+            c.on_success();
+        }
+        let t1 = t0 + ms(1000);
+        match c.on_throttled(t1, t1, None) {
+            Signal::Cut { w_max, .. } => assert!(w_max > 95.0, "{w_max}"),
             Signal::Ignored => panic!("a new signal"),
         }
     }

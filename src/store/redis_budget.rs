@@ -85,8 +85,9 @@ struct Shared {
     max_rate: u32,
     burst: u32,
     params: CubicParams,
-    /// Non-429 answers not yet passed to the script.
+    /// Non-429 answers and 429s not yet passed to the script.
     unreported: AtomicU64,
+    unreported_refused: AtomicU64,
     script: redis::Script,
     fallback: LocalBudget,
     fallback_rps: u32,
@@ -132,6 +133,7 @@ impl RedisBudget {
             max_rate: config.requests_per_second,
             burst: config.burst.max(1),
             unreported: AtomicU64::new(0),
+            unreported_refused: AtomicU64::new(0),
             script: redis::Script::new(SCRIPT),
             fallback: LocalBudget::new(fallback_rps, config.burst),
             fallback_rps,
@@ -303,16 +305,19 @@ impl Shared {
     fn common_args(&self, op: &str) -> Vec<String> {
         let p = &self.params;
         let successes = self.unreported.swap(0, Ordering::Relaxed);
+        let refused = self.unreported_refused.swap(0, Ordering::Relaxed);
         vec![
             op.to_owned(),
             self.max_rate.to_string(),
             self.burst.to_string(),
             KEY_TTL_MS.to_string(),
             successes.to_string(),
+            refused.to_string(),
             p.beta.to_string(),
             p.recover.as_micros().to_string(),
             p.min_rate.to_string(),
             p.estimate_successes.to_string(),
+            p.estimate_refused.to_string(),
             p.escalate_after.to_string(),
             p.cool_down_min.as_micros().to_string(),
             p.cool_down_max.as_micros().to_string(),
@@ -445,6 +450,7 @@ impl RateBudget for RedisBudget {
             return s.fallback.on_throttled(sent, retry_after);
         }
         metrics::counter!("cxrel_store_throttled_total").increment(1);
+        s.unreported_refused.fetch_add(1, Ordering::Relaxed);
         // Sent before a cut this process already saw: no need to ask (the script would agree).
         if s.view().cut_seen.is_some_and(|seen| sent < seen) {
             return;
