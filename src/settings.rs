@@ -124,6 +124,7 @@ pub enum RateLimitBackend {
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSettings {
     pub backend: RateLimitBackend,
+    /// Ceiling of the adaptive budget; 0 = not configured (discover the limit).
     pub requests_per_second: u32,
     pub burst: u32,
     pub redis_url: Secret,

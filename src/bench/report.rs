@@ -4,12 +4,20 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::emulator::Algorithm;
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub jobs: usize,
     pub ops_per_job: usize,
-    /// Data-store rate limit (emulator and worker budget) in requests/s; 0 = none.
+    /// The emulator's rate limit in requests/s; 0 = none.
     pub rate: u32,
+    pub emulator_limiter: Algorithm,
+    /// Emulator latency per record-API request: this plus uniform 0..=`latency_jitter_ms`.
+    pub latency_ms: u64,
+    pub latency_jitter_ms: u64,
+    /// What the workers budget together; 0 = not configured (they discover the limit).
+    pub worker_rate: u32,
     pub workers: usize,
     pub rate_backend: String,
     pub elapsed_seconds: f64,
@@ -50,7 +58,15 @@ impl Report {
         let rate = if self.rate == 0 {
             "unlimited".to_owned()
         } else {
-            format!("{} req/s", self.rate)
+            let limiter = match self.emulator_limiter {
+                Algorithm::Gcra => "GCRA",
+                Algorithm::TokenBucket => "token bucket",
+            };
+            format!("{} req/s ({limiter})", self.rate)
+        };
+        let worker_rate = match self.worker_rate {
+            0 => "not configured (discover)".to_owned(),
+            r => format!("{r} req/s"),
         };
         let rss: Vec<String> = self
             .worker_peak_rss_mib
@@ -63,6 +79,15 @@ impl Report {
                 format!("{} × {}", self.jobs, self.ops_per_job),
             ),
             ("data-store rate limit", rate),
+            (
+                "latency",
+                format!(
+                    "{}–{} ms",
+                    self.latency_ms,
+                    self.latency_ms + self.latency_jitter_ms
+                ),
+            ),
+            ("worker budget", worker_rate),
             (
                 "workers (rate backend)",
                 format!("{} ({})", self.workers, self.rate_backend),

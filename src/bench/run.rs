@@ -12,6 +12,7 @@ use serde_json::json;
 use super::report::{Report, millis, quantile};
 use super::scenario::{self, Shape};
 use crate::amqp::{self, Publisher, Topology};
+use crate::emulator::Algorithm;
 use crate::harness::emulator::{LocalEmulator, Stats};
 use crate::harness::tap::{Settlement, Tap};
 use crate::harness::workers::{WorkerChild, WorkerSpec, worker_env};
@@ -22,10 +23,18 @@ use crate::settings::{RateLimitBackend, Settings};
 #[derive(Debug, Clone)]
 pub struct Params {
     pub shape: Shape,
-    /// Requests/s the emulator allows and the workers budget for together; 0 = no limit.
+    /// Requests/s the emulator allows; 0 = no limit.
     pub rate: u32,
     /// Emulator bucket size when `rate` > 0.
     pub emulator_burst: u32,
+    /// How the emulator enforces `rate`.
+    pub limiter: Algorithm,
+    /// Emulator latency per record-API request: `latency_ms` + uniform 0..=`jitter_ms`.
+    pub latency_ms: u64,
+    pub jitter_ms: u64,
+    /// What the workers budget together (`[rate_limit].requests_per_second`); 0 = not
+    /// configured, each worker discovers the limit.
+    pub worker_rate: u32,
     pub workers: usize,
     pub backend: RateLimitBackend,
     /// Confirms outstanding while enqueuing.
@@ -94,12 +103,19 @@ async fn measure_worker(
     emulator
         .create_datastore(&scenario::datastore(params.shape))
         .await?;
+    let mut faults = json!({
+        "retry_after": true,
+        "latency_ms": params.latency_ms,
+        "latency_jitter_ms": params.jitter_ms,
+    });
     if params.rate > 0 {
-        let limit = json!({"requests_per_second": params.rate, "burst": params.emulator_burst});
-        emulator
-            .set_faults(&json!({"rate_limit": limit, "retry_after": true}))
-            .await?;
+        faults["rate_limit"] = json!({
+            "requests_per_second": params.rate,
+            "burst": params.emulator_burst,
+            "algorithm": params.limiter,
+        });
     }
+    emulator.set_faults(&faults).await?;
     let tap = Tap::start(connection, topology, false).await?;
     let workers = start_workers(params, settings, emulator.base(), topology.prefix()).await?;
     let published = enqueue(connection, topology, params).await?;
@@ -125,16 +141,16 @@ async fn measure_worker(
     Ok((published, settled, stats, peak_rss))
 }
 
-/// Worker processes sharing the run's budget: with Redis one shared budget of `rate`, locally an
-/// equal static share each.
+/// Worker processes sharing the run's budget: with Redis one shared budget of `worker_rate`,
+/// locally an equal static share each; 0 stays 0 (each discovers the limit).
 async fn start_workers(
     params: &Params,
     settings: &Settings,
     emulator: &str,
     prefix: &str,
 ) -> anyhow::Result<Vec<WorkerChild>> {
-    let (rps, burst) = match params.rate {
-        0 => (1_000_000, 1_000),
+    let (rps, burst) = match params.worker_rate {
+        0 => (0, 1),
         r if params.backend == RateLimitBackend::Local => {
             ((r / params.workers.max(1) as u32).max(1), 1)
         }
@@ -253,6 +269,10 @@ fn report(
         jobs: params.shape.jobs,
         ops_per_job: params.shape.ops_per_job,
         rate: params.rate,
+        emulator_limiter: params.limiter,
+        latency_ms: params.latency_ms,
+        latency_jitter_ms: params.jitter_ms,
+        worker_rate: params.worker_rate,
         workers: params.workers,
         rate_backend: format!("{:?}", params.backend).to_lowercase(),
         elapsed_seconds: (elapsed * 100.0).round() / 100.0,

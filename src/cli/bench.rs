@@ -7,6 +7,7 @@ use clap::{Args, ValueEnum};
 
 use crate::bench::run::{self, Params};
 use crate::bench::scenario::Shape;
+use crate::emulator::Algorithm;
 use crate::settings::{RateLimitBackend, Settings};
 
 #[derive(Debug, Args)]
@@ -24,6 +25,19 @@ pub struct BenchArgs {
     /// Emulator burst (bucket size) when --rate is set.
     #[arg(long, default_value_t = 10)]
     pub burst: u32,
+    /// How the emulator enforces --rate: gcra (as the worker paces) or an independent token bucket.
+    #[arg(long, value_enum, default_value_t = Limiter::Gcra)]
+    pub limiter: Limiter,
+    /// What the workers budget together ([rate_limit].requests_per_second); default --rate;
+    /// 0 = not configured: the workers discover the limit.
+    #[arg(long)]
+    pub worker_rate: Option<u32>,
+    /// Emulator latency per record-API request, in ms…
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// …plus a uniform jitter of up to this many ms (half of it before the rate limit).
+    #[arg(long, default_value_t = 0)]
+    pub jitter_ms: u64,
     /// Worker processes.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
@@ -42,6 +56,12 @@ pub struct BenchArgs {
 pub enum Backend {
     Local,
     Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Limiter {
+    Gcra,
+    TokenBucket,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -78,6 +98,16 @@ pub async fn run(args: BenchArgs, settings: Settings) -> anyhow::Result<i32> {
         shape,
         rate: args.rate,
         emulator_burst: args.burst.max(1),
+        limiter: match args.limiter {
+            Limiter::Gcra => Algorithm::Gcra,
+            Limiter::TokenBucket => Algorithm::TokenBucket,
+        },
+        latency_ms: args.latency_ms,
+        jitter_ms: args.jitter_ms,
+        // With no limit and no budget asked for, the workers run unpaced (no slow start).
+        worker_rate: args
+            .worker_rate
+            .unwrap_or(if args.rate == 0 { 1_000_000 } else { args.rate }),
         workers: args.workers,
         backend,
         publish_window: 256,

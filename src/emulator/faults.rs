@@ -1,7 +1,7 @@
 //! Injected faults on the record API (rate limit with or without Retry-After, random 5xx,
-//! added latency) plus the run-time token lifetime, and the middleware that applies them.
+//! added latency with jitter) plus the run-time token lifetime, and the middleware that applies
+//! them.
 
-use std::num::NonZeroU32;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -10,22 +10,24 @@ use axum::http::header::RETRY_AFTER;
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::bucket::{Algorithm, Limiter};
 use super::error::ApiError;
 use super::state::{Shared, read, write};
 
 const MAX_TOKEN_TTL_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
 
-/// A token bucket: `requests_per_second` steady rate, `burst` requests at once (bucket size).
+/// A rate limit: `requests_per_second` steady rate, `burst` requests at once (bucket size),
+/// enforced by `algorithm` (default GCRA).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitFault {
     pub requests_per_second: f64,
     #[serde(default = "one")]
     pub burst: u32,
+    #[serde(default)]
+    pub algorithm: Algorithm,
 }
 
 fn one() -> u32 {
@@ -39,6 +41,9 @@ pub struct Faults {
     pub retry_after: bool,
     pub error_ratio: f64,
     pub latency_ms: u64,
+    /// Each request's latency is `latency_ms` plus a uniform 0..=this; half of it passes before
+    /// the rate limit sees the request (its way in), so arrivals bunch as on a real network.
+    pub latency_jitter_ms: u64,
     pub token_ttl_ms: u64,
 }
 
@@ -51,6 +56,7 @@ pub struct FaultsUpdate {
     pub retry_after: Option<bool>,
     pub error_ratio: Option<f64>,
     pub latency_ms: Option<u64>,
+    pub latency_jitter_ms: Option<u64>,
     pub token_ttl_ms: Option<u64>,
 }
 
@@ -64,7 +70,7 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 /// The faults in force plus the limiter built from them; swapped whole on every change.
 struct Active {
     faults: Faults,
-    limiter: Option<Arc<DefaultDirectRateLimiter>>,
+    limiter: Option<Arc<Limiter>>,
 }
 
 pub struct FaultState {
@@ -100,11 +106,12 @@ impl FaultState {
         faults.retry_after = update.retry_after.unwrap_or(faults.retry_after);
         faults.error_ratio = update.error_ratio.unwrap_or(faults.error_ratio);
         faults.latency_ms = update.latency_ms.unwrap_or(faults.latency_ms);
+        faults.latency_jitter_ms = update.latency_jitter_ms.unwrap_or(faults.latency_jitter_ms);
         faults.token_ttl_ms = update.token_ttl_ms.unwrap_or(faults.token_ttl_ms);
         check(&faults)?;
         // An unchanged limit keeps its limiter, so the bucket level carries over.
         let limiter = if limit_changed {
-            faults.rate_limit.map(|l| Arc::new(build_limiter(l)))
+            faults.rate_limit.map(|l| Arc::new(build_limiter(l))) as Option<Arc<Limiter>>
         } else {
             guard.limiter.clone()
         };
@@ -133,6 +140,7 @@ fn defaults(token_ttl: Duration) -> Faults {
         retry_after: true,
         error_ratio: 0.0,
         latency_ms: 0,
+        latency_jitter_ms: 0,
         token_ttl_ms: u64::try_from(token_ttl.as_millis()).unwrap_or(u64::MAX),
     }
 }
@@ -151,36 +159,45 @@ fn check(f: &Faults) -> Result<(), ApiError> {
     if f.token_ttl_ms > MAX_TOKEN_TTL_MS {
         return bad("token_ttl_ms must be ≤ 10 years");
     }
-    if f.latency_ms > 60_000 {
-        return bad("latency_ms must be ≤ 60000");
+    if f.latency_ms > 60_000 || f.latency_jitter_ms > 60_000 {
+        return bad("latency_ms and latency_jitter_ms must be ≤ 60000");
     }
     Ok(())
 }
 
-fn build_limiter(limit: RateLimitFault) -> DefaultDirectRateLimiter {
-    let period =
-        Duration::from_secs_f64(1.0 / limit.requests_per_second).max(Duration::from_nanos(1));
-    let burst = NonZeroU32::new(limit.burst).unwrap_or(NonZeroU32::MIN);
-    let quota = Quota::with_period(period)
-        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
-        .allow_burst(burst);
-    RateLimiter::direct(quota)
+fn build_limiter(limit: RateLimitFault) -> Limiter {
+    Limiter::new(limit.algorithm, limit.requests_per_second, limit.burst)
 }
 
-/// Middleware on the record API routes: count the request for the 1-second window, then rate
-/// limit, latency and 5xx injection, all before the handler so a refused request changes nothing.
+/// This request's latency: `latency_ms` plus uniform jitter, split into the way in (before the
+/// rate limit) and the way out.
+fn latency(faults: &Faults) -> (Duration, Duration) {
+    let jitter = match faults.latency_jitter_ms {
+        0 => 0,
+        j => rand::random_range(0..=j * 1000),
+    };
+    let total = Duration::from_micros(faults.latency_ms * 1000 + jitter);
+    let way_in = total / 2;
+    (way_in, total - way_in)
+}
+
+/// Middleware on the record API routes: the way in (half the latency), count the request for the
+/// 1-second window, rate limit, the way out, 5xx injection, all before the handler so a refused
+/// request changes nothing.
 pub async fn api_faults(State(state): State<Shared>, req: Request, next: Next) -> Response {
-    state.stats.api_request_arrived();
     let active = state.faults.snapshot();
-    if let Some(limiter) = &active.limiter
-        && let Err(not_until) = limiter.check()
-    {
-        state.stats.throttled();
-        let wait = not_until.wait_time_from(DefaultClock::default().now());
-        return throttled(active.faults.retry_after, wait);
+    let (way_in, way_out) = latency(&active.faults);
+    if !way_in.is_zero() {
+        tokio::time::sleep(way_in).await;
     }
-    if active.faults.latency_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(active.faults.latency_ms)).await;
+    state.stats.api_request_arrived();
+    let admitted = active.limiter.as_ref().map_or(Ok(()), |l| l.check());
+    if !way_out.is_zero() {
+        tokio::time::sleep(way_out).await;
+    }
+    if let Err(wait) = admitted {
+        state.stats.throttled();
+        return throttled(active.faults.retry_after, wait);
     }
     if active.faults.error_ratio > 0.0 && rand::random::<f64>() < active.faults.error_ratio {
         state.stats.error_injected();
@@ -252,13 +269,30 @@ mod tests {
     }
 
     #[test]
-    fn the_bucket_allows_burst_requests_then_refuses() {
-        let l = build_limiter(RateLimitFault {
-            requests_per_second: 1.0,
-            burst: 3,
-        });
-        assert!((0..3).all(|_| l.check().is_ok()));
-        assert!(l.check().is_err());
+    fn the_limiter_follows_the_chosen_algorithm_and_keeps_the_burst() {
+        let state = FaultState::new(Duration::from_secs(60));
+        let f = state
+            .update(update(serde_json::json!({"rate_limit": {
+                "requests_per_second": 1.0, "burst": 3, "algorithm": "token_bucket"}})))
+            .unwrap();
+        assert_eq!(f.rate_limit.unwrap().algorithm, Algorithm::TokenBucket);
+        let limiter = state.snapshot().limiter.clone().unwrap();
+        assert!(matches!(*limiter, Limiter::TokenBucket(_)));
+        assert!((0..3).all(|_| limiter.check().is_ok()));
+        assert!(limiter.check().is_err());
+    }
+
+    #[test]
+    fn jitter_adds_up_to_its_bound_and_half_is_spent_on_the_way_in() {
+        let mut faults = defaults(Duration::from_secs(60));
+        faults.latency_ms = 2;
+        faults.latency_jitter_ms = 18;
+        for _ in 0..200 {
+            let (way_in, way_out) = latency(&faults);
+            let total = way_in + way_out;
+            assert!(total >= Duration::from_millis(2) && total <= Duration::from_millis(20));
+            assert!(way_out >= way_in && way_out - way_in <= Duration::from_micros(1));
+        }
     }
 
     #[test]

@@ -4,9 +4,10 @@
 //! Files: [`state`] shared state, [`model`] schema/records/field checks, [`auth`] discovery and
 //! tokens, [`records`] the record API, [`faults`] injected faults, [`stats`] request statistics,
 //! [`control`] the `/_emulator/` API, [`webhooks`] the webhook receiver, [`seed`] data-store JSON,
-//! [`error`] the JSON error shape, [`limit`] the body size limit.
+//! [`error`] the JSON error shape, [`limit`] the body size limit, [`bucket`] the rate limiters.
 
 mod auth;
+mod bucket;
 mod control;
 mod error;
 mod faults;
@@ -29,6 +30,7 @@ use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 
 use crate::settings::EmulatorSettings;
+pub use bucket::Algorithm;
 pub use records::RECORDS_PATH;
 use state::{EmulatorState, Shared};
 pub use webhooks::MAX_RECEIVERS as MAX_WEBHOOK_RECEIVERS;

@@ -2,7 +2,7 @@
 //!
 //! [`StoreClient`] is cheap to clone and shared by every task. Each call:
 //! 1. gets a bearer token from the single-flight cache ([`auth`]);
-//! 2. waits for the tenant-wide rate budget ([`limiter`]: governor + AIMD + shared cool-down);
+//! 2. waits for the tenant-wide rate budget ([`limiter`]: GCRA pacing at a CUBIC-adapted rate);
 //! 3. sends with `Accept: application/json` and a fresh `X-Correlation-Id` (UUIDv7, one per call,
 //!    kept across its retries), records metrics ([`metrics`]);
 //! 4. on 401 refreshes the token once and retries once (a second 401 is `unauthorized`);
@@ -14,9 +14,13 @@
 
 pub mod auth;
 mod body;
+pub mod cubic;
 pub mod error;
 pub mod limiter;
 pub mod metrics;
+pub mod pacer;
+#[cfg(test)]
+mod rate_sim;
 pub mod redis_budget;
 pub mod retry;
 pub mod wire;
@@ -30,8 +34,9 @@ use reqwest::header::{ACCEPT, HeaderMap, IF_MATCH, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde_json::{Map, Value};
 
+pub use cubic::CubicParams;
 pub use error::{ErrorBody, StoreError};
-pub use limiter::{AimdParams, LocalBudget, RateBudget};
+pub use limiter::{LocalBudget, RateBudget};
 pub use redis_budget::{RedisBudget, RedisBudgetConfig};
 pub use retry::RetryPolicy;
 pub use wire::{Record, RecordPage, RelationshipValue};
@@ -432,9 +437,11 @@ impl StoreClient {
         let elapsed = started.elapsed();
         metrics::record(route, metrics::status_label(status.as_u16()), elapsed);
         if status == StatusCode::TOO_MANY_REQUESTS {
-            self.inner.budget.on_throttled(parse_retry_after(&headers));
+            self.inner
+                .budget
+                .on_throttled(started, parse_retry_after(&headers));
         } else if !status.is_server_error() {
-            self.inner.budget.on_success();
+            self.inner.budget.on_success(started);
         }
         tracing::debug!(
             route = route.as_str(),

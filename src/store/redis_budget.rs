@@ -2,30 +2,34 @@
 //! fallback while Redis cannot be reached.
 //!
 //! One Lua script (`budget.lua`, run with EVALSHA) holds the whole algorithm so every decision is
-//! atomic on the server and timed by the server's clock:
-//! - `acquire`: GCRA with reservations. The script advances the theoretical arrival time (TAT) by
-//!   `1/rate` and answers how long the caller must sleep before sending (burst as in
-//!   [`LocalBudget`]); no cell is handed out before the shared cool-down ends.
-//! - `throttle`: a 429 seen by any replica extends the shared cool-down and, once per window,
-//!   multiplies the shared rate by 0.7, so all replicas slow down together.
-//! - `increase`: after the cool-down, +2% of the maximum per interval, shared (`last_change` lives
-//!   in the hash, so N replicas recover at the same speed as one).
+//! atomic on the server and timed by the server's clock; it is the arithmetic of
+//! [`Cubic`](super::cubic::Cubic) and [`Pacer`](super::pacer::Pacer) on shared state:
+//! - `acquire`: a GCRA reservation at the shared rate of that moment (the CUBIC curve is a function
+//!   of time, so there is no separate increase call); the reply says how long to sleep. It also
+//!   carries this process's success count since its last call, for the episode estimate.
+//! - `throttle`: a 429 seen by any replica, with the age of its request. A request sent before the
+//!   last cut (by any replica) is part of a signal already taken; otherwise the shared rate is cut
+//!   for every replica at once and the reservations at the old rate are void.
 //!
-//! Round trips: one per request (`acquire`); a 429 costs one more at most once per local window;
-//! a process asks for an increase at most once per increase interval.
+//! Round trips: one per request (`acquire`), plus one per 429 that is not obviously part of a
+//! signal this process has already seen cut.
 //!
 //! When Redis does not answer (at start or on any call), requests go through a [`LocalBudget`] of
 //! `requests_per_second / replicas_hint` (at least 1); a warning is logged once per transition and
 //! a background task reconnects every [`PROBE_INTERVAL`], switching back once Redis answers.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::limiter::{AimdParams, LocalBudget, RateBudget};
+use super::cubic::CubicParams;
+use super::limiter::{
+    LocalBudget, RateBudget, come_back_jitter, describe_rate, log_cut, params_for, set_rate_gauge,
+};
+use super::pacer::HORIZON;
 use crate::secret::{Secret, redact_url};
 
 /// How often a process in fallback tries to reach Redis again.
@@ -67,19 +71,23 @@ struct Link {
 /// This process's copy of the shared state, refreshed by every script reply.
 struct View {
     rate: f64,
-    cool_until: Instant,
-    /// 429s before this instant were already reported to Redis.
-    window_until: Instant,
-    last_increase_ask: Instant,
+    /// The newest cut generation seen: a reservation of an older one is void.
+    generation: i64,
+    /// When this process learned of the newest cut: requests sent before it need no report.
+    cut_seen: Option<Instant>,
 }
 
 struct Shared {
     client: redis::Client,
     redacted_url: String,
     key: String,
-    max_rate: f64,
+    /// 0 = not configured (the script's slow start).
+    max_rate: u32,
     burst: u32,
-    params: AimdParams,
+    params: CubicParams,
+    /// Non-429 answers and 429s not yet passed to the script.
+    unreported: AtomicU64,
+    unreported_refused: AtomicU64,
     script: redis::Script,
     fallback: LocalBudget,
     fallback_rps: u32,
@@ -93,9 +101,13 @@ pub struct RedisBudget {
     shared: Arc<Shared>,
 }
 
-/// Each replica's share when the budget cannot be shared: `rps / replicas`, at least 1.
+/// Each replica's share when the budget cannot be shared: `rps / replicas`, at least 1; 0 (not
+/// configured) stays 0: each replica discovers the limit on its own.
 pub fn fallback_share(requests_per_second: u32, replicas_hint: u32) -> u32 {
-    (requests_per_second / replicas_hint.max(1)).max(1)
+    match requests_per_second {
+        0 => 0,
+        rps => (rps / replicas_hint.max(1)).max(1),
+    }
 }
 
 /// The default budget key: the queue prefix (one deployment) and the data-store API it talks to,
@@ -112,16 +124,16 @@ impl RedisBudget {
         let redacted_url = redact_url(config.url.expose());
         let client = redis::Client::open(config.url.expose())
             .map_err(|_| format!("rate_limit.redis_url: not a valid Redis URL ({redacted_url})"))?;
-        let max_rate = f64::from(config.requests_per_second.max(1));
+        let params = params_for(config.requests_per_second);
         let fallback_rps = fallback_share(config.requests_per_second, config.replicas_hint);
-        let now = Instant::now();
         let shared = Arc::new(Shared {
             client,
             redacted_url,
             key: config.key,
-            max_rate,
+            max_rate: config.requests_per_second,
             burst: config.burst.max(1),
-            params: AimdParams::for_max_rate(max_rate),
+            unreported: AtomicU64::new(0),
+            unreported_refused: AtomicU64::new(0),
             script: redis::Script::new(SCRIPT),
             fallback: LocalBudget::new(fallback_rps, config.burst),
             fallback_rps,
@@ -131,11 +143,11 @@ impl RedisBudget {
                 generation: 0,
             }),
             view: Mutex::new(View {
-                rate: max_rate,
-                cool_until: now,
-                window_until: now,
-                last_increase_ask: now,
+                rate: params.max_rate.unwrap_or(params.start_rate),
+                generation: 0,
+                cut_seen: None,
             }),
+            params,
             probing: AtomicBool::new(false),
         });
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -156,39 +168,52 @@ impl RedisBudget {
 
     async fn acquire_inner(&self) {
         let s = &self.shared;
-        let local_cool = s.view().cool_until;
-        if local_cool > Instant::now() {
-            tokio::time::sleep_until(local_cool.into()).await;
-        }
-        let Some((generation, mut conn)) = s.connection() else {
-            if !s.probing.load(Ordering::Relaxed) {
-                start_probe(s);
-            }
-            return s.fallback.acquire().await;
-        };
-        let mut call = s.script.prepare_invoke();
-        call.key(&s.key)
-            .arg("acquire")
-            .arg(s.max_rate)
-            .arg(s.burst)
-            .arg(KEY_TTL_MS);
-        let reply = tokio::time::timeout(CALL_TIMEOUT, call.invoke_async::<Vec<i64>>(&mut conn));
-        match flatten(reply.await) {
-            Ok(reply) if reply.len() == 2 => {
-                s.set_rate(reply[1] as f64 / 1000.0);
-                let wait = Duration::from_micros(u64::try_from(reply[0]).unwrap_or(0));
-                if !wait.is_zero() {
-                    tokio::time::sleep(wait).await;
+        // Bounded: each cut seen while waiting costs one more reservation.
+        let mut cuts = 0;
+        while cuts < 8 {
+            let Some((generation, mut conn)) = s.connection() else {
+                if !s.probing.load(Ordering::Relaxed) {
+                    start_probe(s);
                 }
+                return s.fallback.acquire().await;
+            };
+            let mut call = s.script.prepare_invoke();
+            call.key(&s.key);
+            for arg in s.common_args("acquire") {
+                call.arg(arg);
             }
-            Ok(reply) => {
-                s.fall_back(generation, &format!("unexpected script reply {reply:?}"));
-                s.fallback.acquire().await;
+            let reply =
+                tokio::time::timeout(CALL_TIMEOUT, call.invoke_async::<Vec<i64>>(&mut conn));
+            let (wait, slot, reserved) = match flatten(reply.await) {
+                Ok(reply) if reply.len() == 4 => {
+                    s.seen(reply[1], reply[2]);
+                    (
+                        u64::try_from(reply[0]).unwrap_or(0),
+                        reply[2],
+                        reply[3] == 1,
+                    )
+                }
+                Ok(reply) => {
+                    s.fall_back(generation, &format!("unexpected script reply {reply:?}"));
+                    return s.fallback.acquire().await;
+                }
+                Err(error) => {
+                    s.fall_back(generation, &error);
+                    return s.fallback.acquire().await;
+                }
+            };
+            let wait = Duration::from_micros(wait);
+            if !reserved {
+                tokio::time::sleep(wait + come_back_jitter()).await;
+                continue;
             }
-            Err(error) => {
-                s.fall_back(generation, &error);
-                s.fallback.acquire().await;
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
             }
+            if s.view().generation <= slot {
+                return;
+            }
+            cuts += 1;
         }
     }
 }
@@ -210,11 +235,17 @@ impl Shared {
         }
     }
 
-    fn set_rate(&self, rate: f64) {
+    /// A script reply's shared rate and cut generation.
+    fn seen(&self, rate_milli: i64, generation: i64) {
+        let rate = rate_milli as f64 / 1000.0;
         let mut view = self.view();
-        if (view.rate - rate).abs() > 1e-9 {
+        if generation > view.generation {
+            view.generation = generation;
+            view.cut_seen = Some(Instant::now());
+        }
+        if (view.rate - rate).abs() > 0.5 {
             view.rate = rate;
-            metrics::gauge!("cxrel_store_rate_limit_rps").set(rate);
+            set_rate_gauge(rate);
         }
     }
 
@@ -238,7 +269,7 @@ impl Shared {
                 );
             }
         }
-        metrics::gauge!("cxrel_store_rate_limit_rps").set(self.fallback.effective_rate());
+        set_rate_gauge(self.fallback.effective_rate());
         start_probe(self);
     }
 
@@ -270,12 +301,29 @@ impl Shared {
         });
     }
 
+    /// The arguments every call passes: op, limits, unreported successes, adaptation parameters.
     fn common_args(&self, op: &str) -> Vec<String> {
+        let p = &self.params;
+        let successes = self.unreported.swap(0, Ordering::Relaxed);
+        let refused = self.unreported_refused.swap(0, Ordering::Relaxed);
         vec![
             op.to_owned(),
             self.max_rate.to_string(),
             self.burst.to_string(),
             KEY_TTL_MS.to_string(),
+            successes.to_string(),
+            refused.to_string(),
+            p.beta.to_string(),
+            p.recover.as_micros().to_string(),
+            p.min_rate.to_string(),
+            p.estimate_successes.to_string(),
+            p.estimate_refused.to_string(),
+            p.escalate_after.to_string(),
+            p.cool_down_min.as_micros().to_string(),
+            p.cool_down_max.as_micros().to_string(),
+            p.start_rate.to_string(),
+            p.doubling.as_micros().to_string(),
+            HORIZON.as_micros().to_string(),
         ]
     }
 }
@@ -308,7 +356,7 @@ async fn probe(weak: Weak<Shared>) {
                     was
                 };
                 shared.probing.store(false, Ordering::Release);
-                metrics::gauge!("cxrel_store_rate_limit_rps").set(shared.view().rate);
+                set_rate_gauge(shared.view().rate);
                 if was == Mode::Fallback {
                     tracing::info!(
                         redis = %shared.redacted_url,
@@ -380,10 +428,14 @@ fn flatten<T>(
 
 /// The `/readyz` detail for a mode.
 fn describe_mode(mode: Mode, key: &str, shared_rate: f64, fallback_rps: u32) -> String {
+    let fallback = match fallback_rps {
+        0 => "discovering".to_owned(),
+        rps => format!("{rps} rps"),
+    };
     match mode {
-        Mode::Redis => format!("redis shared budget {key}: {shared_rate:.0} rps"),
-        Mode::Connecting => format!("connecting to redis; local fallback {fallback_rps} rps"),
-        Mode::Fallback => format!("redis unreachable; local fallback {fallback_rps} rps"),
+        Mode::Redis => format!("redis shared budget {key}: {}", describe_rate(shared_rate)),
+        Mode::Connecting => format!("connecting to redis; local fallback {fallback}"),
+        Mode::Fallback => format!("redis unreachable; local fallback {fallback}"),
     }
 }
 
@@ -392,89 +444,43 @@ impl RateBudget for RedisBudget {
         Box::pin(self.acquire_inner())
     }
 
-    fn on_throttled(&self, retry_after: Option<Duration>) {
+    fn on_throttled(&self, sent: Instant, retry_after: Option<Duration>) {
         let s = &self.shared;
         if s.connection().is_none() {
-            return s.fallback.on_throttled(retry_after);
+            return s.fallback.on_throttled(sent, retry_after);
         }
         metrics::counter!("cxrel_store_throttled_total").increment(1);
-        let now = Instant::now();
-        let p = &s.params;
-        {
-            // Pause this process at once; the script's answer sets the shared cool-down.
-            let mut view = s.view();
-            let pause = retry_after.unwrap_or(p.cool_down_min).min(p.cool_down_max);
-            view.cool_until = view.cool_until.max(now + pause);
-            if now < view.window_until {
-                return;
-            }
-            view.window_until = now + p.cool_down_min;
+        s.unreported_refused.fetch_add(1, Ordering::Relaxed);
+        // Sent before a cut this process already saw: no need to ask (the script would agree).
+        if s.view().cut_seen.is_some_and(|seen| sent < seen) {
+            return;
         }
+        let age = i64::try_from(sent.elapsed().as_micros()).unwrap_or(i64::MAX);
         let retry_us = retry_after.map_or(-1, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
         let mut args = s.common_args("throttle");
-        args.extend([
-            retry_us.to_string(),
-            p.decrease_factor.to_string(),
-            p.min_rate.to_string(),
-            p.cool_down_min.as_micros().to_string(),
-            p.cool_down_max.as_micros().to_string(),
-        ]);
+        args.extend([age.to_string(), retry_us.to_string()]);
         s.spawn_call(args, move |shared, reply| {
-            let [decreased, rate_milli, cool_left] = reply[..] else {
+            let [cut, rate_milli, w_max_milli, pause_left, generation] = reply[..] else {
                 return;
             };
-            let rate = rate_milli as f64 / 1000.0;
-            let cool_left = Duration::from_micros(u64::try_from(cool_left).unwrap_or(0));
-            let old = {
-                let mut view = shared.view();
-                let now = Instant::now();
-                view.cool_until = view.cool_until.max(now + cool_left);
-                view.window_until = view.window_until.max(now + cool_left);
-                view.rate
-            };
-            shared.set_rate(rate);
-            if decreased == 1 {
-                tracing::warn!(
-                    from_rps = format_args!("{old:.1}"),
-                    to_rps = format_args!("{rate:.1}"),
-                    cool_down_ms = cool_left.as_millis() as u64,
-                    retry_after_s = retry_after.map(|d| d.as_secs_f64()),
-                    "data store throttled (429): cooling down and lowering the shared request rate"
-                );
+            let old = shared.view().rate;
+            shared.seen(rate_milli, generation);
+            if cut == 1 {
+                let pause = u64::try_from(pause_left)
+                    .ok()
+                    .map(|us| Instant::now() + Duration::from_micros(us));
+                let (w_max, rate) = (w_max_milli as f64 / 1000.0, rate_milli as f64 / 1000.0);
+                log_cut(old, w_max, rate, pause, retry_after);
             }
         });
     }
 
-    fn on_success(&self) {
+    fn on_success(&self, sent: Instant) {
         let s = &self.shared;
         if s.connection().is_none() {
-            return s.fallback.on_success();
+            return s.fallback.on_success(sent);
         }
-        let now = Instant::now();
-        {
-            let mut view = s.view();
-            if view.rate >= s.max_rate
-                || now < view.cool_until
-                || now.saturating_duration_since(view.last_increase_ask)
-                    < s.params.increase_interval
-            {
-                return;
-            }
-            view.last_increase_ask = now;
-        }
-        let p = &s.params;
-        let step = p.increase_per_second * p.increase_interval.as_secs_f64();
-        let mut args = s.common_args("increase");
-        args.extend([
-            step.to_string(),
-            p.increase_interval.as_micros().to_string(),
-            p.cool_down_max.as_micros().to_string(),
-        ]);
-        s.spawn_call(args, |shared, reply| {
-            if let [rate_milli] = reply[..] {
-                shared.set_rate(rate_milli as f64 / 1000.0);
-            }
-        });
+        s.unreported.fetch_add(1, Ordering::Relaxed);
     }
 
     fn effective_rate(&self) -> f64 {
@@ -502,6 +508,7 @@ mod tests {
         assert_eq!(fallback_share(100, 1), 100);
         assert_eq!(fallback_share(2, 5), 1);
         assert_eq!(fallback_share(100, 0), 100);
+        assert_eq!(fallback_share(0, 3), 0);
     }
 
     #[test]

@@ -3,8 +3,11 @@
 //! Transient = 429, 5xx, timeouts, connection errors; everything else returns at once. Attempts are
 //! capped at `max_attempts` (the first included) and at `max_elapsed` of wall time; delays between
 //! attempts come from backon's exponential backoff (`min_backoff` doubling to `max_backoff`, with
-//! jitter). A 429 does not sleep here: the rate budget's shared cool-down holds the next attempt
-//! (and every other request), so there is no storm of immediate retries and no double wait.
+//! jitter). A 429 waits the same backoff: the rate budget lowers the rate for every request but
+//! pauses them all only when cutting stops helping (see `cubic`), so without this wait a
+//! throttled request would come back within milliseconds and draw 429 after 429 from a store
+//! far below the configured rate. Retry-After is not waited out per request: stores send it in
+//! whole seconds, which for a bucket overstates the wait; the budget honours it when 429s persist.
 //! The 401 refresh-and-retry-once rule is separate (it lives in the request executor).
 
 use std::future::Future;
@@ -67,13 +70,7 @@ impl RetryPolicy {
             if n >= self.max_attempts {
                 return Err(error.with_attempts(n));
             }
-            let delay = match &error {
-                // The rate budget's cool-down is the wait; count it against the time budget.
-                StoreError::RateLimited { retry_after, .. } => {
-                    Some(retry_after.unwrap_or_default())
-                }
-                _ => backoff.next(),
-            };
+            let delay = backoff.next();
             let Some(delay) = delay else {
                 return Err(error.with_attempts(n));
             };
@@ -87,9 +84,7 @@ impl RetryPolicy {
                 delay_ms = delay.as_millis() as u64,
                 "data-store request failed transiently; retrying"
             );
-            if !matches!(error, StoreError::RateLimited { .. }) {
-                tokio::time::sleep(delay).await;
-            }
+            tokio::time::sleep(delay).await;
             n += 1;
         }
     }

@@ -1,0 +1,416 @@
+//! The rate adaptation behind every rate budget: CUBIC-style recovery toward the rate at which
+//! 429s appeared, free of clocks and I/O so it can be driven step by step (the Redis script
+//! `budget.lua` runs the same arithmetic on the server).
+//!
+//! - **A signal** is a 429 for a request sent *after* the last cut: answers of requests already
+//!   in flight when the rate was cut describe the old rate, so a burst of 429s counts once.
+//! - **A cut** remembers `w_max`, the rate the 429 appeared at, and drops to `beta × w_max`
+//!   (0.9: a little). From there the rate follows `w_max × (1 + c·(t − K)³)`: concave and fast
+//!   back to just below `w_max` (in `recover`, K), flat around it, then convex probing above it.
+//! - **An episode** is a run of signals each within `recover` of the previous cut (the cut did not
+//!   get the rate below the limit). From its second signal on, once `estimate_successes` answers
+//!   came back fine, `w_max` is capped by the successes per second since the episode began: the
+//!   server's bucket was empty at the first 429, so what it admitted since then is its real rate,
+//!   without burst. Counting successes rather than waiting a fixed time keeps the estimate's
+//!   noise (about one in `estimate_successes`) the same at 10 and at 10,000 requests/s. It is
+//!   trusted only when the server refused at least `estimate_refused` of what it admitted: with
+//!   fewer 429s the client was not sending faster than the server admits (the 429s came from
+//!   bunching, or the client had less to send), so its successes say nothing about the limit.
+//! - **A pause** (every request waits) happens only when cutting no longer helps: at the rate
+//!   floor or from the `escalate_after`-th signal of an episode. Then Retry-After is honoured
+//!   (capped at `cool_down_max`), else an own cool-down doubling from `cool_down_min`. Stores send
+//!   Retry-After in whole seconds, which for a bucket refilling every few milliseconds overstates
+//!   the wait a hundredfold; pausing on every 429 would cost a second of traffic each time.
+//! - Further signals of an episode cut deeper (`beta^n` for the n-th) until the estimate is there,
+//!   so a rate far above the limit comes down in a few round trips.
+//! - With no configured maximum (`max_rate: None`) the rate starts at `start_rate` when traffic
+//!   begins and doubles every `doubling` until the first signal (TCP's slow start): the overshoot
+//!   is at most about twice the limit, and the episode estimate corrects it. A configured maximum
+//!   is the start rate instead and caps the rate at every step.
+
+use std::time::{Duration, Instant};
+
+/// Parameters of the adaptation; [`CubicParams::new`] gives the defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CubicParams {
+    /// Configured ceiling in requests/s; `None` = not configured, discover the limit.
+    pub max_rate: Option<f64>,
+    /// On a signal the rate drops to this share of `w_max` (`beta^n` for an episode's n-th).
+    pub beta: f64,
+    /// Without a configured maximum: the rate when traffic begins…
+    pub start_rate: f64,
+    /// …doubling this often until the first signal.
+    pub doubling: Duration,
+    /// Time to climb from `beta × w_max` back to `w_max` (CUBIC's K).
+    pub recover: Duration,
+    /// The rate never drops below this.
+    pub min_rate: f64,
+    /// Successes in an episode before their rate is trusted as the server's rate…
+    pub estimate_successes: u64,
+    /// …and the least share of 429s per success that shows the server was the bottleneck.
+    pub estimate_refused: f64,
+    /// Signals in one episode before requests also pause.
+    pub escalate_after: u32,
+    /// First own pause when a 429 carries no Retry-After; doubles per further escalated signal.
+    pub cool_down_min: Duration,
+    /// Longest pause, and the cap on a server's Retry-After.
+    pub cool_down_max: Duration,
+}
+
+impl CubicParams {
+    /// Defaults for a configured maximum (`None` = discover): cut to 90%, back in 2 s, floor
+    /// 1 rps (or the maximum if lower), estimate from 10 successes, pause from the 8th signal; without
+    /// a maximum start at 10 rps doubling every 100 ms.
+    pub fn new(max_rate: Option<f64>) -> Self {
+        Self {
+            max_rate,
+            beta: 0.9,
+            start_rate: 10.0,
+            doubling: Duration::from_millis(100),
+            recover: Duration::from_secs(2),
+            min_rate: max_rate.map_or(1.0, |m| m.min(1.0)),
+            estimate_successes: 10,
+            estimate_refused: 0.1,
+            escalate_after: 8,
+            cool_down_min: Duration::from_millis(250),
+            cool_down_max: Duration::from_secs(10),
+        }
+    }
+
+    /// The cubic's scale relative to `w_max`: `beta × w_max` at t = 0, `w_max` at t = K.
+    fn scale(&self) -> f64 {
+        (1.0 - self.beta) / self.recover.as_secs_f64().max(1e-3).powi(3)
+    }
+}
+
+/// The last cut: where 429s appeared and when the rate dropped.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Cut {
+    at: Instant,
+    w_max: f64,
+    /// Seconds from `at` until the curve is back at `w_max` (K, longer after a deeper cut).
+    k: f64,
+}
+
+/// What a 429 did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Signal {
+    /// The request was sent before the last cut: part of a signal already taken.
+    Ignored,
+    /// A new signal: the rate dropped to `rate` after 429s at `w_max`; requests wait until
+    /// `pause_until` when cutting alone no longer helps.
+    Cut {
+        w_max: f64,
+        rate: f64,
+        pause_until: Option<Instant>,
+    },
+}
+
+/// The adaptation state; see the module docs.
+#[derive(Debug, Clone)]
+pub struct Cubic {
+    params: CubicParams,
+    cut: Option<Cut>,
+    /// The first request (the slow start's time zero).
+    traffic_start: Option<Instant>,
+    /// Non-429 answers and 429s so far (the meters of the episode estimate).
+    successes: u64,
+    refused: u64,
+    episode_start: Instant,
+    episode_successes: u64,
+    episode_refused: u64,
+    episode_signals: u32,
+    pause_until: Instant,
+}
+
+impl Cubic {
+    pub fn new(params: CubicParams, now: Instant) -> Self {
+        Self {
+            params,
+            cut: None,
+            traffic_start: None,
+            successes: 0,
+            refused: 0,
+            episode_start: now,
+            episode_successes: 0,
+            episode_refused: 0,
+            episode_signals: 0,
+            pause_until: now,
+        }
+    }
+
+    pub fn params(&self) -> &CubicParams {
+        &self.params
+    }
+
+    /// The rate at `now` in requests/s (infinite while no limit is configured or found).
+    pub fn rate(&self, now: Instant) -> f64 {
+        let p = &self.params;
+        let ceiling = p.max_rate.unwrap_or(f64::INFINITY);
+        let Some(cut) = self.cut else {
+            return self.slow_start(now).unwrap_or(ceiling);
+        };
+        let t = now.saturating_duration_since(cut.at).as_secs_f64();
+        let curve = cut.w_max * (1.0 + p.scale() * (t - cut.k).powi(3));
+        curve.clamp(p.min_rate, ceiling.max(p.min_rate))
+    }
+
+    /// Without a configured maximum and before any signal: the doubling start rate.
+    fn slow_start(&self, now: Instant) -> Option<f64> {
+        let p = &self.params;
+        if p.max_rate.is_some() {
+            return None;
+        }
+        let Some(start) = self.traffic_start else {
+            return Some(p.start_rate);
+        };
+        let doublings =
+            now.saturating_duration_since(start).as_secs_f64() / p.doubling.as_secs_f64().max(1e-3);
+        Some(p.start_rate * 2f64.powf(doublings.min(60.0)))
+    }
+
+    /// A request is about to be scheduled: starts the slow start's clock on the first one.
+    pub fn on_request(&mut self, now: Instant) {
+        self.traffic_start.get_or_insert(now);
+    }
+
+    /// When the last cut happened (requests sent before it belong to the old rate).
+    pub fn last_cut(&self) -> Option<Instant> {
+        self.cut.map(|c| c.at)
+    }
+
+    /// Requests wait until then (a pause from an escalated signal).
+    pub fn pause_until(&self) -> Instant {
+        self.pause_until
+    }
+
+    /// The rate 429s last appeared at, once one did.
+    pub fn w_max(&self) -> Option<f64> {
+        self.cut.map(|c| c.w_max)
+    }
+
+    /// A non-429 answer.
+    pub fn on_success(&mut self) {
+        self.successes += 1;
+    }
+
+    /// A 429 at `now` for a request sent at `sent`; `retry_after` from the answer.
+    pub fn on_throttled(
+        &mut self,
+        now: Instant,
+        sent: Instant,
+        retry_after: Option<Duration>,
+    ) -> Signal {
+        self.refused += 1;
+        if self.cut.is_some_and(|c| sent < c.at) {
+            return Signal::Ignored;
+        }
+        let current = self.rate(now);
+        self.track_episode(now);
+        let estimate = self.limit_estimate(now).filter(|e| *e < current);
+        let p = &self.params;
+        let w_max = estimate.unwrap_or(current).max(p.min_rate);
+        // Below the estimate by beta; without one, deeper with every signal of the episode.
+        let n = if estimate.is_some() {
+            1
+        } else {
+            self.episode_signals.min(32)
+        };
+        let depth = p.beta.powi(n as i32);
+        let rate = (w_max * depth).max(p.min_rate);
+        // K of the curve through (0, rate) and (K, w_max): longer when the cut went deeper.
+        let k = ((1.0 - rate / w_max).max(0.0) / p.scale()).cbrt();
+        self.cut = Some(Cut { at: now, w_max, k });
+        let pause_until = self.escalated(now, rate, retry_after);
+        Signal::Cut {
+            w_max,
+            rate,
+            pause_until,
+        }
+    }
+
+    /// Counts this signal into the running episode, or starts a new one.
+    fn track_episode(&mut self, now: Instant) {
+        let recover = self.params.recover;
+        let within = self
+            .cut
+            .is_some_and(|c| now.saturating_duration_since(c.at) < recover);
+        if within {
+            self.episode_signals += 1;
+        } else {
+            self.episode_start = now;
+            self.episode_successes = self.successes;
+            self.episode_refused = self.refused;
+            self.episode_signals = 1;
+        }
+    }
+
+    /// Successes per second since the episode's first signal, once the episode is long enough.
+    fn limit_estimate(&self, now: Instant) -> Option<f64> {
+        let span = now.saturating_duration_since(self.episode_start);
+        let admitted = self.successes - self.episode_successes;
+        let refused = self.refused - self.episode_refused;
+        let p = &self.params;
+        if self.episode_signals < 2
+            || admitted < p.estimate_successes
+            || (refused as f64) < p.estimate_refused * admitted as f64
+            || span < Duration::from_millis(1)
+        {
+            return None;
+        }
+        // One more than counted: a slight overestimate corrects itself with the next signal, an
+        // underestimate would leave the rate probing up from too low.
+        Some((admitted + 1) as f64 / span.as_secs_f64())
+    }
+
+    /// The pause when cutting no longer helps (see the module docs), else `None`.
+    fn escalated(
+        &mut self,
+        now: Instant,
+        rate: f64,
+        retry_after: Option<Duration>,
+    ) -> Option<Instant> {
+        let p = &self.params;
+        let at_floor = rate <= p.min_rate;
+        if self.episode_signals < p.escalate_after && !at_floor {
+            return None;
+        }
+        let extra = self
+            .episode_signals
+            .saturating_sub(p.escalate_after)
+            .min(16);
+        let own = p.cool_down_min.saturating_mul(1 << extra);
+        let pause = retry_after.unwrap_or(own).min(p.cool_down_max);
+        self.pause_until = self.pause_until.max(now + pause);
+        Some(self.pause_until)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn cut_rate(signal: Signal) -> f64 {
+        match signal {
+            Signal::Cut { rate, .. } => rate,
+            Signal::Ignored => panic!("expected a cut"),
+        }
+    }
+
+    #[test]
+    fn an_isolated_429_cuts_a_little_and_the_rate_is_back_below_w_max_within_k() {
+        let t0 = Instant::now();
+        let mut c = Cubic::new(CubicParams::new(Some(100.0)), t0);
+        assert_eq!(c.rate(t0), 100.0);
+        let rate = cut_rate(c.on_throttled(t0, t0, Some(Duration::from_secs(1))));
+        assert!((rate - 90.0).abs() < 1e-9, "{rate}");
+        // Concave: most of the way back after half of K, at w_max after K.
+        assert!(c.rate(t0 + ms(1000)) > 98.0, "{}", c.rate(t0 + ms(1000)));
+        assert!((c.rate(t0 + ms(2000)) - 100.0).abs() < 1e-9);
+        // No pause for an isolated 429, whatever Retry-After says.
+        assert_eq!(c.pause_until(), t0);
+    }
+
+    #[test]
+    fn answers_of_requests_sent_before_the_cut_are_the_same_signal() {
+        let t0 = Instant::now();
+        let mut c = Cubic::new(CubicParams::new(Some(100.0)), t0);
+        c.on_throttled(t0 + ms(10), t0, None);
+        let again = c.on_throttled(t0 + ms(30), t0 + ms(5), None);
+        assert_eq!(again, Signal::Ignored);
+        assert!((c.rate(t0 + ms(30)) - 90.0).abs() < 0.5);
+        // A request sent after the cut and throttled again is a new signal.
+        let rate = cut_rate(c.on_throttled(t0 + ms(40), t0 + ms(20), None));
+        assert!((rate - 0.81 * c.w_max().unwrap()).abs() < 1e-9, "{rate}");
+        assert!(rate < 80.0, "{rate}");
+    }
+
+    #[test]
+    fn after_reaching_w_max_the_rate_probes_above_it_slowly_then_faster() {
+        let t0 = Instant::now();
+        let mut c = Cubic::new(CubicParams::new(None), t0);
+        c.on_request(t0);
+        let at_429 = c.rate(t0 + ms(400));
+        assert!((at_429 - 160.0).abs() < 1e-6, "slow start: {at_429}");
+        c.on_throttled(t0 + ms(400), t0 + ms(400), None);
+        assert_eq!(c.w_max(), Some(at_429));
+        c.cut = Some(Cut {
+            at: t0,
+            w_max: 100.0,
+            k: 2.0,
+        });
+        let plateau = c.rate(t0 + ms(2500)) - 100.0;
+        let probe = c.rate(t0 + ms(4000)) - 100.0;
+        assert!(plateau > 0.0 && plateau < 0.5, "{plateau}");
+        assert!(probe > 5.0, "{probe}");
+    }
+
+    #[test]
+    fn in_an_episode_the_admitted_rate_caps_w_max() {
+        let t0 = Instant::now();
+        let mut c = Cubic::new(CubicParams::new(Some(1000.0)), t0);
+        let first = cut_rate(c.on_throttled(t0 + ms(10), t0 + ms(10), None));
+        assert!((first - 900.0).abs() < 1e-9);
+        // 200 ms later, 20 answers were successes and 3 more were 429s (for requests sent before
+        // the cut): the server admits 100/s.
+        for _ in 0..20 {
+            c.on_success();
+        }
+        for _ in 0..3 {
+            assert_eq!(c.on_throttled(t0 + ms(100), t0, None), Signal::Ignored);
+        }
+        let t1 = t0 + ms(210);
+        match c.on_throttled(t1, t1, None) {
+            Signal::Cut { w_max, rate, .. } => {
+                assert!((w_max - 105.0).abs() < 1e-9, "{w_max}");
+                assert!((rate - 0.9 * 105.0).abs() < 1e-9, "{rate}");
+            }
+            Signal::Ignored => panic!("a new signal"),
+        }
+    }
+
+    #[test]
+    fn without_enough_429s_the_successes_are_not_taken_for_the_limit() {
+        let t0 = Instant::now();
+        let mut c = Cubic::new(CubicParams::new(Some(100.0)), t0);
+        c.on_throttled(t0, t0, None);
+        // A second stray 429 a second later, after 70 successes: the client was sending 70/s.
+        for _ in 0..70 {
+            c.on_success();
+        }
+        let t1 = t0 + ms(1000);
+        match c.on_throttled(t1, t1, None) {
+            Signal::Cut { w_max, .. } => assert!(w_max > 95.0, "{w_max}"),
+            Signal::Ignored => panic!("a new signal"),
+        }
+    }
+
+    #[test]
+    fn a_persistent_run_of_signals_pauses_for_retry_after_and_the_floor_holds() {
+        let t0 = Instant::now();
+        let mut c = Cubic::new(CubicParams::new(Some(100.0)), t0);
+        let mut t = t0;
+        let mut paused = None;
+        for _ in 0..8 {
+            t += ms(20);
+            if let Signal::Cut { pause_until, .. } = c.on_throttled(t, t, Some(ms(3000))) {
+                paused = pause_until;
+            }
+        }
+        // No successes at all: the estimate drives the rate down and requests pause.
+        assert_eq!(paused, Some(t + ms(3000)));
+        assert!(c.rate(t) < 10.0, "{}", c.rate(t));
+    }
+
+    #[test]
+    fn a_configured_maximum_caps_the_probe() {
+        let t0 = Instant::now();
+        let mut c = Cubic::new(CubicParams::new(Some(100.0)), t0);
+        c.on_throttled(t0, t0, None);
+        assert_eq!(c.rate(t0 + Duration::from_secs(60)), 100.0);
+    }
+}
