@@ -39,6 +39,8 @@ pub struct WorkerOptions {
     pub replicas_hint: u32,
     /// `[amqp].delivery_limit` (the test's `Topology` must declare the same).
     pub delivery_limit: u32,
+    /// `[amqp].confirm_timeout`.
+    pub confirm_timeout: &'static str,
     /// Appended TOML: extra tables such as `[[webhooks]]`.
     pub extra: String,
 }
@@ -57,6 +59,7 @@ impl Default for WorkerOptions {
             redis_url: "redis://127.0.0.1:6379",
             replicas_hint: 1,
             delivery_limit: cxrel::amqp::topology::DEFAULT_DELIVERY_LIMIT,
+            confirm_timeout: "30s",
             extra: String::new(),
         }
     }
@@ -82,6 +85,7 @@ pub fn worker_config_with(emulator: &str, prefix: &str, o: &WorkerOptions) -> St
 prefix = "{prefix}"
 retry_delays = [{delays}]
 delivery_limit = {delivery_limit}
+confirm_timeout = "{confirm_timeout}"
 
 [cxone]
 api_base = "{emulator}"
@@ -114,6 +118,7 @@ max_elapsed = "{elapsed}"
 "#,
         delays = o.retry_delays,
         delivery_limit = o.delivery_limit,
+        confirm_timeout = o.confirm_timeout,
         parallel = o.parallel_patches,
         rps = o.requests_per_second,
         burst = o.burst,
