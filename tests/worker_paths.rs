@@ -348,3 +348,36 @@ async fn one_large_job_takes_only_its_share_of_the_webhook_queue_and_parks_the_r
     assert_eq!(deliveries.len(), 2, "the job's share was delivered");
     broker::teardown(&q.channel, &q.topology).await;
 }
+
+#[tokio::test]
+async fn a_patch_whose_answer_is_lost_is_read_back_and_counted_applied_at_once() {
+    let emu = emulator_with(2).await;
+    let mut q = queues("readback", &[200]).await;
+    // One attempt in the client: the lost answer is not hidden by an in-client retry's 412.
+    let options = WorkerOptions {
+        client_attempts: 1,
+        ..WorkerOptions::default()
+    };
+    let worker = WorkerProcess::spawn(&worker_config_with(
+        &emu.base,
+        q.topology.prefix(),
+        &options,
+    ));
+    worker.wait_ready(Duration::from_secs(30)).await;
+    emu.set_faults(json!({"lose_patch_answers": true})).await;
+    publish_jobs(&q.publisher, &q.topology, &pair_jobs("lost", 1)).await;
+    assert!(
+        q.tap
+            .until(Duration::from_secs(30), |e| completed(e).len() == 1)
+            .await
+    );
+    let applied: Vec<_> = q.tap.of_type("cxrel.relationship.applied").collect();
+    assert_eq!(applied.len(), 1, "reported applied");
+    assert_pairs_stored(&emu, 1).await;
+    let stats = emu.stats().await;
+    assert_eq!(stats["patch_count"], 1, "written once: {stats}");
+    assert_eq!(counter(&worker, RETRIED).await, 0.0, "no hold-queue round");
+    assert!(counter(&worker, "cxrel_patch_read_backs_total").await >= 1.0);
+    broker::assert_no_dead_letters(&q.channel, &q.topology).await;
+    broker::teardown(&q.channel, &q.topology).await;
+}

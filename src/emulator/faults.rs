@@ -45,6 +45,9 @@ pub struct Faults {
     /// the rate limit sees the request (its way in), so arrivals bunch as on a real network.
     pub latency_jitter_ms: u64,
     pub token_ttl_ms: u64,
+    /// PATCHes are applied, then answered 502 (a proxy lost the answer): the write's outcome is
+    /// unknown to the client.
+    pub lose_patch_answers: bool,
 }
 
 /// A change to the faults: absent keys keep their value; `"rate_limit": null` removes the limit.
@@ -58,6 +61,7 @@ pub struct FaultsUpdate {
     pub latency_ms: Option<u64>,
     pub latency_jitter_ms: Option<u64>,
     pub token_ttl_ms: Option<u64>,
+    pub lose_patch_answers: Option<bool>,
 }
 
 /// Distinguishes `"key": null` (Some(None)) from an absent key (None).
@@ -108,6 +112,9 @@ impl FaultState {
         faults.latency_ms = update.latency_ms.unwrap_or(faults.latency_ms);
         faults.latency_jitter_ms = update.latency_jitter_ms.unwrap_or(faults.latency_jitter_ms);
         faults.token_ttl_ms = update.token_ttl_ms.unwrap_or(faults.token_ttl_ms);
+        faults.lose_patch_answers = update
+            .lose_patch_answers
+            .unwrap_or(faults.lose_patch_answers);
         check(&faults)?;
         // An unchanged limit keeps its limiter, so the bucket level carries over.
         let limiter = if limit_changed {
@@ -142,6 +149,7 @@ fn defaults(token_ttl: Duration) -> Faults {
         latency_ms: 0,
         latency_jitter_ms: 0,
         token_ttl_ms: u64::try_from(token_ttl.as_millis()).unwrap_or(u64::MAX),
+        lose_patch_answers: false,
     }
 }
 
@@ -203,7 +211,18 @@ pub async fn api_faults(State(state): State<Shared>, req: Request, next: Next) -
         state.stats.error_injected();
         return injected_error();
     }
-    next.run(req).await
+    let lose_answer = active.faults.lose_patch_answers && req.method() == axum::http::Method::PATCH;
+    let response = next.run(req).await;
+    if lose_answer && response.status().is_success() {
+        state.stats.error_injected();
+        return ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "answer_lost",
+            "the write was applied; its answer was lost",
+        )
+        .into_response();
+    }
+    response
 }
 
 /// 429, with `Retry-After` in whole seconds (rounded up, at least 1) when enabled.
