@@ -160,37 +160,19 @@ async fn dead_letters(s: &Setup, at_least: usize) -> HashMap<String, String> {
 async fn stored_graph(
     emu: &EmulatorProcess,
 ) -> HashMap<String, HashMap<String, (Vec<String>, String)>> {
-    let token = emu.token().await;
-    let client = common::client();
     let mut fields: HashMap<String, HashMap<String, (Vec<String>, String)>> = HashMap::new();
-    let mut page: Option<String> = None;
-    loop {
-        let mut request = client
-            .get(emu.records_url(DS))
-            .bearer_auth(&token)
-            .query(&[("page_size", "1000")]);
-        if let Some(t) = &page {
-            request = request.query(&[("page_token", t)]);
-        }
-        let body: Value = request.send().await.unwrap().json().await.unwrap();
-        for record in body["records"].as_array().unwrap() {
-            let id = record["id"].as_str().unwrap().to_owned();
-            for field in [LINK, OWNER] {
-                let value = &record["fields"][field];
-                let ids = workers::stored_ids(record, field);
-                let cascade = value["cascade_action"]
-                    .as_str()
-                    .unwrap_or("none")
-                    .to_owned();
-                fields
-                    .entry(field.to_owned())
-                    .or_default()
-                    .insert(id.clone(), (ids, cascade));
-            }
-        }
-        match body["next_page_token"].as_str() {
-            Some(t) => page = Some(t.to_owned()),
-            None => break,
+    for record in workers::pairs::list_records(emu, DS).await {
+        let id = record["id"].as_str().unwrap().to_owned();
+        for field in [LINK, OWNER] {
+            let ids = workers::stored_ids(&record, field);
+            let cascade = record["fields"][field]["cascade_action"]
+                .as_str()
+                .unwrap_or("none")
+                .to_owned();
+            fields
+                .entry(field.to_owned())
+                .or_default()
+                .insert(id.clone(), (ids, cascade));
         }
     }
     fields

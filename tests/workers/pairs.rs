@@ -45,16 +45,16 @@ pub async fn emulator_with(records: usize) -> EmulatorProcess {
     emu
 }
 
-/// Every parent holds exactly its one child: each job applied, none twice or lost. Reads the
-/// record list with one token (a GET per record with a fresh token each is far slower).
-pub async fn assert_pairs_stored(emu: &EmulatorProcess, n: usize) {
+/// Every record of data store `ds`, read page by page with one token (a GET per record with a
+/// fresh token each is far slower).
+pub async fn list_records(emu: &EmulatorProcess, ds: &str) -> Vec<Value> {
     let client = common::client();
     let token = emu.token().await;
-    let mut stored = HashMap::new();
+    let mut records = Vec::new();
     let mut page_token: Option<String> = None;
     loop {
         let mut request = client
-            .get(emu.records_url("accounts"))
+            .get(emu.records_url(ds))
             .bearer_auth(&token)
             .query(&[("page_size", "1000")]);
         if let Some(t) = &page_token {
@@ -67,15 +67,25 @@ pub async fn assert_pairs_stored(emu: &EmulatorProcess, n: usize) {
             .json()
             .await
             .expect("records JSON");
-        for record in page["records"].as_array().expect("records") {
-            let id = record["id"].as_str().unwrap_or_default().to_owned();
-            stored.insert(id, stored_ids(record, FIELD));
-        }
+        records.extend(page["records"].as_array().cloned().unwrap_or_default());
         match page["next_page_token"].as_str() {
             Some(t) => page_token = Some(t.to_owned()),
             None => break,
         }
     }
+    records
+}
+
+/// Every parent holds exactly its one child: each job applied, none twice or lost.
+pub async fn assert_pairs_stored(emu: &EmulatorProcess, n: usize) {
+    let stored: HashMap<String, Vec<String>> = list_records(emu, "accounts")
+        .await
+        .iter()
+        .map(|r| {
+            let id = r["id"].as_str().unwrap_or_default().to_owned();
+            (id, stored_ids(r, FIELD))
+        })
+        .collect();
     for i in 0..n {
         assert_eq!(
             stored.get(&rid("r", 2 * i)),
