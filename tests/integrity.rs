@@ -12,9 +12,9 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::{EmulatorProcess, named_record};
-use cxrel::amqp::{Publisher, Topology, headers};
+use cxrel::amqp::headers;
 use serde_json::{Value, json};
-use workers::{EventTap, WorkerProcess, job, publish_jobs, rid, worker_config};
+use workers::{WorkerProcess, job, publish_jobs, rid, worker_config};
 
 const LINK: &str = "parent_child_link";
 const OWNER: &str = "owner_link";
@@ -99,11 +99,7 @@ fn workload() -> (Vec<Value>, Vec<Conflict>, usize) {
 
 struct Setup {
     emu: EmulatorProcess,
-    topology: Topology,
-    channel: lapin::Channel,
-    publisher: Publisher,
-    tap: EventTap,
-    _conn: lapin::Connection,
+    q: workers::Queues,
 }
 
 async fn setup(test: &str, records: usize, extra_fields: &[Value]) -> Setup {
@@ -113,19 +109,8 @@ async fn setup(test: &str, records: usize, extra_fields: &[Value]) -> Setup {
         .collect();
     emu.create_datastore(DS, schema(extra_fields), Value::Array(list))
         .await;
-    let topology = broker::topology(&broker::unique_prefix(test), &[200, 400, 800]);
-    let conn = broker::connect().await;
-    let channel = conn.create_channel().await.unwrap();
-    let tap = EventTap::bind(&channel, &topology).await;
-    let publisher = Publisher::open(&conn).await.unwrap();
-    Setup {
-        emu,
-        topology,
-        channel,
-        publisher,
-        tap,
-        _conn: conn,
-    }
+    let q = workers::queues(test, &[200, 400, 800]).await;
+    Setup { emu, q }
 }
 
 fn completed(events: &[Value]) -> HashSet<String> {
@@ -141,8 +126,8 @@ fn completed(events: &[Value]) -> HashSet<String> {
 async fn dead_letters(s: &Setup, at_least: usize) -> HashMap<String, String> {
     let mut out = HashMap::new();
     let taken = broker::take(
-        &s.channel,
-        &s.topology.dead(),
+        &s.q.channel,
+        &s.q.topology.dead(),
         at_least + 50,
         Duration::from_secs(5),
     )
@@ -272,14 +257,14 @@ fn longest(edges: &HashMap<&str, Vec<&str>>, from: &str) -> usize {
 async fn run_workload(test: &str, worker_count: usize) {
     let (jobs, conflicts, records) = workload();
     let mut s = setup(test, records, &[]).await;
-    let config = worker_config(&s.emu.base, s.topology.prefix(), "");
+    let config = worker_config(&s.emu.base, s.q.topology.prefix(), "");
     let mut procs: Vec<WorkerProcess> = (0..worker_count)
         .map(|_| WorkerProcess::spawn(&config))
         .collect();
     for w in &procs {
         w.wait_ready(Duration::from_secs(30)).await;
     }
-    publish_jobs(&s.publisher, &s.topology, &jobs).await;
+    publish_jobs(&s.q.publisher, &s.q.topology, &jobs).await;
     let all: HashSet<String> = jobs
         .iter()
         .map(|j| j["job_id"].as_str().unwrap().to_owned())
@@ -287,7 +272,7 @@ async fn run_workload(test: &str, worker_count: usize) {
     if worker_count > 1 {
         let third = all.len() / 3;
         assert!(
-            s.tap
+            s.q.tap
                 .until(Duration::from_secs(120), |e| completed(e).len() >= third)
                 .await
         );
@@ -301,11 +286,11 @@ async fn run_workload(test: &str, worker_count: usize) {
         procs[active].signal("KILL");
         procs.remove(active);
     }
-    let done = s
-        .tap
-        .until(Duration::from_secs(300), |e| completed(e).is_superset(&all))
-        .await;
-    let missing = all.difference(&completed(&s.tap.events)).count();
+    let done =
+        s.q.tap
+            .until(Duration::from_secs(300), |e| completed(e).is_superset(&all))
+            .await;
+    let missing = all.difference(&completed(&s.q.tap.events)).count();
     assert!(done, "{missing} of {} jobs never completed", all.len());
 
     let losers = conflicts
@@ -330,7 +315,7 @@ async fn run_workload(test: &str, worker_count: usize) {
     assert_eq!(dead.len(), losers, "no other job was dead-lettered");
     assert_rules_hold(&stored_graph(&s.emu).await);
     drop(procs);
-    broker::teardown(&s.channel, &s.topology).await;
+    broker::teardown(&s.q.channel, &s.q.topology).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -358,7 +343,7 @@ async fn create_records(emu: &EmulatorProcess, ids: &[String]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_and_a_field_created_behind_a_running_worker_are_linked_at_once() {
     let mut s = setup("integrity-late", 4, &[]).await;
-    let worker = WorkerProcess::spawn(&worker_config(&s.emu.base, s.topology.prefix(), ""));
+    let worker = WorkerProcess::spawn(&worker_config(&s.emu.base, s.q.topology.prefix(), ""));
     // Warm-up: the worker reads the graph (4 records).
     let warm = job(
         "warm",
@@ -366,9 +351,9 @@ async fn records_and_a_field_created_behind_a_running_worker_are_linked_at_once(
         true,
         vec![link(&rid("g", 1), LINK, &[&rid("g", 2)], "none")],
     );
-    publish_jobs(&s.publisher, &s.topology, &[warm]).await;
+    publish_jobs(&s.q.publisher, &s.q.topology, &[warm]).await;
     assert!(
-        s.tap
+        s.q.tap
             .until(Duration::from_secs(30), |e| completed(e).contains("warm"))
             .await
     );
@@ -386,7 +371,7 @@ async fn records_and_a_field_created_behind_a_running_worker_are_linked_at_once(
             )
         })
         .collect();
-    publish_jobs(&s.publisher, &s.topology, &jobs).await;
+    publish_jobs(&s.q.publisher, &s.q.topology, &jobs).await;
 
     // A relationship field added behind the worker, then 5 jobs using it.
     let team =
@@ -408,7 +393,7 @@ async fn records_and_a_field_created_behind_a_running_worker_are_linked_at_once(
             )
         })
         .collect();
-    publish_jobs(&s.publisher, &s.topology, &team_jobs).await;
+    publish_jobs(&s.q.publisher, &s.q.topology, &team_jobs).await;
 
     let ids: HashSet<String> = jobs
         .iter()
@@ -416,11 +401,11 @@ async fn records_and_a_field_created_behind_a_running_worker_are_linked_at_once(
         .map(|j| j["job_id"].as_str().unwrap().to_owned())
         .collect();
     assert!(
-        s.tap
+        s.q.tap
             .until(Duration::from_secs(60), |e| completed(e).is_superset(&ids))
             .await
     );
-    broker::assert_no_dead_letters(&s.channel, &s.topology).await;
+    broker::assert_no_dead_letters(&s.q.channel, &s.q.topology).await;
     for i in 0..20 {
         let (_, record) = s.emu.get_record(DS, &late[2 * i]).await;
         assert_eq!(
@@ -434,19 +419,19 @@ async fn records_and_a_field_created_behind_a_running_worker_are_linked_at_once(
         vec![late[39].clone()]
     );
     drop(worker);
-    broker::teardown(&s.channel, &s.topology).await;
+    broker::teardown(&s.q.channel, &s.q.topology).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deletion_is_reported_only_after_the_store_confirmed_it_and_a_stale_violation_is_not() {
     let mut s = setup("integrity-confirm", 6, &[]).await;
-    let worker = WorkerProcess::spawn(&worker_config(&s.emu.base, s.topology.prefix(), ""));
+    let worker = WorkerProcess::spawn(&worker_config(&s.emu.base, s.q.topology.prefix(), ""));
     let (a, b, c, d) = (rid("g", 1), rid("g", 2), rid("g", 3), rid("g", 4));
     // The worker's graph gets a → b.
     let warm = job("warm", DS, true, vec![link(&a, LINK, &[&b], "none")]);
-    publish_jobs(&s.publisher, &s.topology, &[warm]).await;
+    publish_jobs(&s.q.publisher, &s.q.topology, &[warm]).await;
     assert!(
-        s.tap
+        s.q.tap
             .until(Duration::from_secs(30), |e| completed(e).contains("warm"))
             .await
     );
@@ -473,10 +458,10 @@ async fn a_deletion_is_reported_only_after_the_store_confirmed_it_and_a_stale_vi
         job("stale-cycle", DS, true, vec![link(&b, LINK, &[&a], "none")]),
         job("gone", DS, true, vec![link(&d, LINK, &[&c], "none")]),
     ];
-    publish_jobs(&s.publisher, &s.topology, &jobs).await;
+    publish_jobs(&s.q.publisher, &s.q.topology, &jobs).await;
     let ids: HashSet<String> = ["stale-cycle".to_owned(), "gone".to_owned()].into();
     assert!(
-        s.tap
+        s.q.tap
             .until(Duration::from_secs(30), |e| completed(e).is_superset(&ids))
             .await
     );
@@ -508,5 +493,5 @@ async fn a_deletion_is_reported_only_after_the_store_confirmed_it_and_a_stale_vi
     let metrics = worker.metrics().await;
     assert!(metrics.contains("cxrel_confirm_reads_total"), "{metrics}");
     drop(worker);
-    broker::teardown(&s.channel, &s.topology).await;
+    broker::teardown(&s.q.channel, &s.q.topology).await;
 }

@@ -22,11 +22,7 @@ const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 struct Setup {
     emu: EmulatorProcess,
-    topology: cxrel::amqp::Topology,
-    channel: lapin::Channel,
-    publisher: Publisher,
-    tap: EventTap,
-    _conn: lapin::Connection,
+    q: workers::Queues,
 }
 
 /// An emulator with data store `ds` holding `records` ids of set "r", a declared topology with an
@@ -37,20 +33,8 @@ async fn setup(test: &str, ds: &str, records: usize) -> Setup {
         .map(|n| named_record(&rid("r", n), &format!("r{n}")))
         .collect();
     emu.create_test_datastore(ds, Value::Array(list)).await;
-    let prefix = broker::unique_prefix(test);
-    let topology = broker::topology(&prefix, &[200, 400, 800]);
-    let conn = broker::connect().await;
-    let channel = conn.create_channel().await.unwrap();
-    let tap = EventTap::bind(&channel, &topology).await;
-    let publisher = Publisher::open(&conn).await.unwrap();
-    Setup {
-        emu,
-        topology,
-        channel,
-        publisher,
-        tap,
-        _conn: conn,
-    }
+    let q = workers::queues(test, &[200, 400, 800]).await;
+    Setup { emu, q }
 }
 
 fn completed_jobs(events: &[Value]) -> HashSet<String> {
@@ -73,7 +57,7 @@ async fn many_jobs_apply_exactly_with_one_event_per_operation_and_signed_webhook
         .unwrap();
     assert_eq!(response.status(), 200);
     let extra = format!("[[webhooks]]\nurl = \"{hook}\"\nsecret = \"{SECRET}\"\nevents = []\n");
-    let worker = WorkerProcess::spawn(&worker_config(&s.emu.base, s.topology.prefix(), &extra));
+    let worker = WorkerProcess::spawn(&worker_config(&s.emu.base, s.q.topology.prefix(), &extra));
 
     // 50 jobs × 2 operations: parent 2k gets child 2k+1 in both fields → 100 PATCHes.
     let jobs: Vec<Value> = (0..50)
@@ -88,35 +72,35 @@ async fn many_jobs_apply_exactly_with_one_event_per_operation_and_signed_webhook
             )
         })
         .collect();
-    publish_jobs(&s.publisher, &s.topology, &jobs).await;
-    let all_done = s
-        .tap
-        .until(Duration::from_secs(60), |e| completed_jobs(e).len() == 50)
-        .await;
+    publish_jobs(&s.q.publisher, &s.q.topology, &jobs).await;
+    let all_done =
+        s.q.tap
+            .until(Duration::from_secs(60), |e| completed_jobs(e).len() == 50)
+            .await;
     assert!(
         all_done,
         "only {} of 50 jobs completed",
-        completed_jobs(&s.tap.events).len()
+        completed_jobs(&s.q.tap.events).len()
     );
 
     assert_eq!(
-        s.tap.count("cxrel.relationship.applied"),
+        s.q.tap.count("cxrel.relationship.applied"),
         100,
         "one applied event per operation"
     );
-    assert_eq!(s.tap.count("cxrel.job.completed"), 50);
+    assert_eq!(s.q.tap.count("cxrel.job.completed"), 50);
     for j in 0..50 {
         let (_, record) = s.emu.get_record("accounts", &rid("r", 4 * j)).await;
         assert_eq!(stored_ids(&record, FIELD), vec![rid("r", 4 * j + 1)]);
         let (_, record) = s.emu.get_record("accounts", &rid("r", 4 * j + 2)).await;
         assert_eq!(stored_ids(&record, OWNER), vec![rid("r", 4 * j + 3)]);
     }
-    let applied = s
-        .tap
-        .of_type("cxrel.relationship.applied")
-        .next()
-        .unwrap()
-        .clone();
+    let applied =
+        s.q.tap
+            .of_type("cxrel.relationship.applied")
+            .next()
+            .unwrap()
+            .clone();
     assert_eq!(applied["specversion"], "1.0");
     assert!(applied["data"]["version"].as_u64().is_some());
     assert!(
@@ -149,7 +133,7 @@ async fn many_jobs_apply_exactly_with_one_event_per_operation_and_signed_webhook
     );
     assert_operator_endpoints(&worker).await;
     drop(worker);
-    broker::teardown(&s.channel, &s.topology).await;
+    broker::teardown(&s.q.channel, &s.q.topology).await;
 }
 
 /// What an operator's probes and Prometheus see after the happy path.
@@ -378,14 +362,14 @@ async fn an_atomic_job_failing_part_way_restores_the_earlier_parents_with_rolled
     };
     let worker = WorkerProcess::spawn(&worker_config_with(
         &s.emu.base,
-        s.topology.prefix(),
+        s.q.topology.prefix(),
         &options,
     ));
     let (a, b, c) = (rid("r", 0), rid("r", 1), rid("r", 2));
     // Load the worker's graph first, then delete a parent behind its back: its PATCH answers 404.
     publish_jobs(
-        &s.publisher,
-        &s.topology,
+        &s.q.publisher,
+        &s.q.topology,
         &[job(
             "warm-up",
             "accounts",
@@ -395,7 +379,7 @@ async fn an_atomic_job_failing_part_way_restores_the_earlier_parents_with_rolled
     )
     .await;
     assert!(
-        s.tap
+        s.q.tap
             .until(Duration::from_secs(30), |e| completed_jobs(e)
                 .contains("warm-up"))
             .await
@@ -410,8 +394,8 @@ async fn an_atomic_job_failing_part_way_restores_the_earlier_parents_with_rolled
     assert_eq!(deleted.status(), 204);
 
     publish_jobs(
-        &s.publisher,
-        &s.topology,
+        &s.q.publisher,
+        &s.q.topology,
         &[job(
             "atomic-fail",
             "accounts",
@@ -421,7 +405,7 @@ async fn an_atomic_job_failing_part_way_restores_the_earlier_parents_with_rolled
     )
     .await;
     assert!(
-        s.tap
+        s.q.tap
             .until(Duration::from_secs(30), |e| completed_jobs(e)
                 .contains("atomic-fail"))
             .await
@@ -432,43 +416,49 @@ async fn an_atomic_job_failing_part_way_restores_the_earlier_parents_with_rolled
         stored_ids(&record, FIELD).is_empty(),
         "the first parent is restored: {record}"
     );
-    let rolled: Vec<_> = s.tap.of_type("cxrel.relationship.rolled_back").collect();
+    let rolled: Vec<_> = s.q.tap.of_type("cxrel.relationship.rolled_back").collect();
     assert_eq!(rolled.len(), 1);
     assert_eq!(rolled[0]["data"]["parent_id"], a.as_str());
     assert_eq!(rolled[0]["data"]["code"], "record_not_found");
-    let failed: Vec<_> = s.tap.of_type("cxrel.relationship.failed").collect();
+    let failed: Vec<_> = s.q.tap.of_type("cxrel.relationship.failed").collect();
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0]["data"]["parent_id"], b.as_str());
-    let dead = broker::take(&s.channel, &s.topology.dead(), 1, Duration::from_secs(10)).await;
+    let dead = broker::take(
+        &s.q.channel,
+        &s.q.topology.dead(),
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
     let t = headers::table(&dead[0].delivery.properties);
     assert_eq!(
         headers::get_str(&t, headers::STAGE).as_deref(),
         Some("apply")
     );
     drop(worker);
-    broker::teardown(&s.channel, &s.topology).await;
+    broker::teardown(&s.q.channel, &s.q.topology).await;
 }
 
 #[tokio::test]
 async fn a_job_delivered_twice_reaches_the_same_state_with_the_same_event_ids() {
     let mut s = setup("redeliver", "accounts", 10).await;
-    let worker = WorkerProcess::spawn(&worker_config(&s.emu.base, s.topology.prefix(), ""));
+    let worker = WorkerProcess::spawn(&worker_config(&s.emu.base, s.q.topology.prefix(), ""));
     let j = job(
         "twice",
         "accounts",
         true,
         vec![op(&rid("r", 0), FIELD, &[&rid("r", 1), &rid("r", 2)])],
     );
-    publish_jobs(&s.publisher, &s.topology, std::slice::from_ref(&j)).await;
+    publish_jobs(&s.q.publisher, &s.q.topology, std::slice::from_ref(&j)).await;
     assert!(
-        s.tap
+        s.q.tap
             .until(Duration::from_secs(30), |e| completed_jobs(e)
                 .contains("twice"))
             .await
     );
-    publish_jobs(&s.publisher, &s.topology, &[j]).await;
+    publish_jobs(&s.q.publisher, &s.q.topology, &[j]).await;
     assert!(
-        s.tap
+        s.q.tap
             .until(Duration::from_secs(30), |e| e
                 .iter()
                 .filter(|e| e["type"] == "cxrel.job.completed")
@@ -479,12 +469,12 @@ async fn a_job_delivered_twice_reaches_the_same_state_with_the_same_event_ids() 
 
     let (_, record) = s.emu.get_record("accounts", &rid("r", 0)).await;
     assert_eq!(stored_ids(&record, FIELD), vec![rid("r", 1), rid("r", 2)]);
-    let ids: Vec<_> = s
-        .tap
-        .events
-        .iter()
-        .map(|e| (e["type"].clone(), e["id"].clone()))
-        .collect();
+    let ids: Vec<_> =
+        s.q.tap
+            .events
+            .iter()
+            .map(|e| (e["type"].clone(), e["id"].clone()))
+            .collect();
     assert_eq!(ids.len(), 4, "applied + completed, twice: {ids:?}");
     assert_eq!(ids[0], ids[2]);
     assert_eq!(ids[1], ids[3]);
@@ -494,5 +484,5 @@ async fn a_job_delivered_twice_reaches_the_same_state_with_the_same_event_ids() 
         "the second delivery found the value stored"
     );
     drop(worker);
-    broker::teardown(&s.channel, &s.topology).await;
+    broker::teardown(&s.q.channel, &s.q.topology).await;
 }

@@ -9,39 +9,16 @@ mod workers;
 
 use std::time::{Duration, Instant};
 
-use cxrel::amqp::{Publisher, Topology, headers};
+use cxrel::amqp::headers;
 use lapin::BasicProperties;
 use lapin::types::FieldTable;
 use serde_json::{Value, json};
 use workers::pairs::{FIELD, assert_pairs_stored, completed, emulator_with, pair_jobs};
 use workers::{
-    EventTap, WorkerOptions, WorkerProcess, job, op, publish_jobs, rid, worker_config_with,
+    WorkerOptions, WorkerProcess, job, op, publish_jobs, queues, rid, worker_config_with,
 };
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-struct Bench {
-    topology: Topology,
-    channel: lapin::Channel,
-    publisher: Publisher,
-    tap: EventTap,
-    _conn: lapin::Connection,
-}
-
-async fn queues(test: &str, delays_ms: &[u64]) -> Bench {
-    let topology = broker::topology(&broker::unique_prefix(test), delays_ms);
-    let conn = broker::connect().await;
-    let channel = conn.create_channel().await.unwrap();
-    let tap = EventTap::bind(&channel, &topology).await;
-    let publisher = Publisher::open(&conn).await.unwrap();
-    Bench {
-        topology,
-        channel,
-        publisher,
-        tap,
-        _conn: conn,
-    }
-}
 
 /// A counter's value in the worker's /metrics text (0 when absent).
 async fn counter(worker: &WorkerProcess, series: &str) -> f64 {
@@ -74,7 +51,7 @@ const HOLD_DELAYS_MS: [u64; 5] = [300, 600, 1200, 2400, 4800];
 /// A worker on `q`'s prefix with the hold delays of `HOLD_DELAYS_MS`, ready to consume.
 async fn ready_worker(
     emu: &common::EmulatorProcess,
-    q: &Bench,
+    q: &workers::Queues,
     client_attempts: u32,
 ) -> WorkerProcess {
     let options = WorkerOptions {

@@ -309,6 +309,33 @@ impl EventTap {
     }
 }
 
+/// A test's own queues (fresh prefix), an event tap on them and a publisher.
+pub struct Queues {
+    pub topology: cxrel::amqp::Topology,
+    pub channel: lapin::Channel,
+    pub publisher: cxrel::amqp::Publisher,
+    pub tap: EventTap,
+    _conn: lapin::Connection,
+}
+
+/// Declares a topology under a prefix of `test`'s own with hold delays `delays_ms`, binds a tap.
+pub async fn queues(test: &str, delays_ms: &[u64]) -> Queues {
+    let topology = crate::broker::topology(&crate::broker::unique_prefix(test), delays_ms);
+    let conn = crate::broker::connect().await;
+    let channel = conn.create_channel().await.expect("channel");
+    let tap = EventTap::bind(&channel, &topology).await;
+    let publisher = cxrel::amqp::Publisher::open(&conn)
+        .await
+        .expect("publisher");
+    Queues {
+        topology,
+        channel,
+        publisher,
+        tap,
+        _conn: conn,
+    }
+}
+
 /// A deterministic record id for test record `n` of a set named `set`.
 pub fn rid(set: &str, n: usize) -> String {
     uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("{set}-{n}").as_bytes()).to_string()
