@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::datastore::LiveDataStore;
 use crate::graph::{FieldValue, PatchPlan, Plan};
+use crate::job::CascadeAction;
 use crate::store::{Record, RelationshipValue, StoreClient, StoreError};
 
 /// What became of one PATCH of the plan.
@@ -220,14 +221,19 @@ async fn read_back(
 fn holds(record: &Record, values: &[FieldValue]) -> bool {
     values.iter().all(|value| {
         let stored = record.relationship(value.field.as_str());
-        stored.cascade == value.cascade
-            && stored.ids.len() == value.ids.len()
-            && stored
-                .ids
-                .iter()
-                .zip(&value.ids)
-                .all(|(a, b)| a == b.as_str())
+        is_value(&stored.ids, stored.cascade, value)
     })
+}
+
+/// True when `ids` (in order) and `cascade` are exactly `value`: the read-back and the
+/// already-stored check compare the same way.
+fn is_value<S: AsRef<str>>(ids: &[S], cascade: CascadeAction, value: &FieldValue) -> bool {
+    cascade == value.cascade
+        && ids.len() == value.ids.len()
+        && ids
+            .iter()
+            .zip(&value.ids)
+            .all(|(a, b)| a.as_ref() == b.as_str())
 }
 
 /// Records a landed PATCH in the graph.
@@ -246,11 +252,7 @@ fn already_stored(live: &LiveDataStore, parent: &str, values: &[FieldValue]) -> 
         let same = values.iter().all(|value| {
             graph
                 .children(parent, value.field.as_str())
-                .is_some_and(|(ids, cascade)| {
-                    cascade == value.cascade
-                        && ids.len() == value.ids.len()
-                        && ids.iter().zip(&value.ids).all(|(a, b)| *a == b.as_str())
-                })
+                .is_some_and(|(ids, cascade)| is_value(&ids, cascade, value))
         });
         if same { graph.version(parent) } else { None }
     })

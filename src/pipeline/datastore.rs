@@ -196,12 +196,6 @@ pub struct Reservation {
     id: ReservationId,
 }
 
-impl Reservation {
-    pub fn live(&self) -> &Arc<LiveDataStore> {
-        &self.live
-    }
-}
-
 impl Drop for Reservation {
     fn drop(&mut self) {
         self.live.release(self.id);
