@@ -3,17 +3,16 @@
 //! once the alarm clears. Alone in its own test binary: the alarm blocks every publisher of the
 //! broker, and cargo runs test binaries one after another.
 
-mod broker;
-mod common;
-mod workers;
+mod helpers;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cxrel::amqp::Publisher;
+use helpers::broker;
+use helpers::workers::pairs::{completed, emulator_with, pair_jobs};
+use helpers::workers::{EventTap, WorkerOptions, WorkerProcess, publish_jobs, worker_config_with};
 use serde_json::{Value, json};
-use workers::pairs::{completed, emulator_with, pair_jobs};
-use workers::{EventTap, WorkerOptions, WorkerProcess, publish_jobs, worker_config_with};
 
 /// Raises the broker's memory alarm; lowers it again when dropped, whatever the test did.
 struct MemoryAlarm;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates configmap.yaml from config/default.toml (tests/deploy_manifests.rs checks they match).
+# Regenerates configmap.yaml from config/default.toml (tests/contracts/deploy_manifests.rs checks they match).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 {

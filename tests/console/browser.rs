@@ -1,198 +1,146 @@
-//! A headless Chromium (Debian's `chromium`) driven over the DevTools protocol on a pipe
-//! (`--remote-debugging-pipe`: requests on its fd 3, answers on fd 4, NUL-separated JSON), so the
-//! test needs no WebSocket client and no browser download.
+//! The console page in a real headless Chromium, against a dead queue filled by `cxrel demo
+//! --keep`: the counts shown match the queue, logging in unlocks the actions, replaying one code
+//! (reason, dry-run count, confirm) makes its count drop on the open page. Leaves a screenshot of
+//! the overview in `$CARGO_TARGET_TMPDIR/console.png` (the README's image is one of these).
 
-use std::io::{Read, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use serde_json::{Value, json};
+use cxrel::amqp::headers;
 
-pub struct Browser {
-    child: Child,
-    input: ChildStdin,
-    answers: mpsc::Receiver<Value>,
-    next_id: u64,
-    session: String,
-    _profile: tempfile::TempDir,
+use crate::chromium::Browser;
+use crate::helpers::broker;
+use crate::support::ConsoleProcess;
+
+const TOKEN: &str = "browser-test-token-51c0";
+
+/// Runs the demo with `--keep`; returns the prefix of the queues it left.
+fn demo_prefix() -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_cxrel"))
+        .args(["demo", "--keep"])
+        .current_dir(env!("CARGO_TARGET_TMPDIR"))
+        .env_remove("CXREL_ENV")
+        .env("CXREL__LOG__LEVEL", "warn")
+        .output()
+        .expect("run cxrel demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    stdout
+        .split("CXREL__AMQP__PREFIX=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("the demo names its kept prefix: {stdout}"))
+        .to_owned()
 }
 
-/// The browser binary: `$CHROMIUM`, else `chromium` on the PATH.
-fn binary() -> String {
-    std::env::var("CHROMIUM").unwrap_or_else(|_| "chromium".into())
-}
+/// Deletes the demo's queues when the test ends, passed or not.
+struct Cleanup(cxrel::amqp::Topology);
 
-impl Browser {
-    /// Starts the browser with one blank tab attached.
-    pub fn launch() -> Self {
-        let profile = tempfile::tempdir().unwrap();
-        // The shell moves our stdin/stdout pipes to the fds the protocol uses.
-        let script = r#"exec "$0" "$@" 3<&0 4>&1 0</dev/null 1>/dev/null"#;
-        let mut child = Command::new("sh")
-            .args(["-c", script, &binary()])
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--hide-scrollbars",
-                "--no-first-run",
-                "--remote-debugging-pipe",
-                "--window-size=1280,1400",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromium (apt-get install chromium; .ci/run does it)");
-        let input = child.stdin.take().unwrap();
-        let mut output = child.stdout.take().unwrap();
-        let (tx, answers) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 65536];
-            while let Ok(n) = output.read(&mut chunk) {
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                while let Some(end) = buf.iter().position(|b| *b == 0) {
-                    let message: Vec<u8> = buf.drain(..=end).collect();
-                    if let Ok(value) = serde_json::from_slice(&message[..end]) {
-                        let _ = tx.send(value);
-                    }
-                }
-            }
-        });
-        let mut browser = Browser {
-            child,
-            input,
-            answers,
-            next_id: 0,
-            session: String::new(),
-            _profile: profile,
-        };
-        let target = browser.browser_call("Target.createTarget", json!({"url": "about:blank"}));
-        let attached = browser.browser_call(
-            "Target.attachToTarget",
-            json!({"targetId": target["targetId"], "flatten": true}),
-        );
-        browser.session = attached["sessionId"].as_str().unwrap().to_owned();
-        browser.call("Page.enable", json!({}));
-        browser
-    }
-
-    fn send(&mut self, method: &str, params: Value, session: Option<&str>) -> Value {
-        self.next_id += 1;
-        let id = self.next_id;
-        let mut message = json!({"id": id, "method": method, "params": params});
-        if let Some(session) = session {
-            message["sessionId"] = json!(session);
-        }
-        let mut bytes = serde_json::to_vec(&message).unwrap();
-        bytes.push(0);
-        self.input.write_all(&bytes).unwrap();
-        self.input.flush().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let answer = self
-                .answers
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("chromium did not answer {method}"));
-            if answer["id"] == id {
-                assert!(answer.get("error").is_none(), "{method}: {answer}");
-                return answer["result"].clone();
-            }
-        }
-    }
-
-    fn browser_call(&mut self, method: &str, params: Value) -> Value {
-        self.send(method, params, None)
-    }
-
-    /// A protocol call in the tab.
-    pub fn call(&mut self, method: &str, params: Value) -> Value {
-        let session = self.session.clone();
-        self.send(method, params, Some(&session))
-    }
-
-    /// Opens `url` and waits until the document has loaded.
-    pub fn open(&mut self, url: &str) {
-        self.call("Page.navigate", json!({"url": url}));
-        self.wait_for(&format!(
-            "document.readyState === 'complete' && location.href.startsWith({})",
-            json!(url)
-        ));
-    }
-
-    /// Evaluates `expression` in the page (promises awaited) and returns its value.
-    pub fn eval(&mut self, expression: &str) -> Value {
-        let result = self.call(
-            "Runtime.evaluate",
-            json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
-        );
-        assert!(
-            result.get("exceptionDetails").is_none(),
-            "{expression}: {result}"
-        );
-        result["result"]["value"].clone()
-    }
-
-    /// Waits up to 15 s for `expression` to be true; panics with the page text otherwise.
-    pub fn wait_for(&mut self, expression: &str) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if self.eval(&format!("!!({expression})")) == json!(true) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let text = self.eval("document.body ? document.body.innerText : ''");
-        panic!("waited 15 s for {expression}; the page says:\n{text}");
-    }
-
-    /// The text of the first element matching a CSS selector ("" when none).
-    pub fn text(&mut self, selector: &str) -> String {
-        let expression = format!(
-            "(document.querySelector({}) || {{}}).textContent || ''",
-            json!(selector)
-        );
-        self.eval(&expression)
-            .as_str()
-            .unwrap_or("")
-            .trim()
-            .to_owned()
-    }
-
-    /// A PNG of the viewport.
-    pub fn screenshot(&mut self) -> Vec<u8> {
-        use base64::Engine;
-        let shot = self.call("Page.captureScreenshot", json!({"format": "png"}));
-        base64::engine::general_purpose::STANDARD
-            .decode(shot["data"].as_str().unwrap())
-            .unwrap()
-    }
-}
-
-impl Drop for Browser {
-    /// Asks the browser to close (so its helper processes go too), then makes sure it did.
+impl Drop for Cleanup {
     fn drop(&mut self) {
-        let close = json!({"id": 0, "method": "Browser.close"});
-        let mut bytes = serde_json::to_vec(&close).unwrap_or_default();
-        bytes.push(0);
-        let _ = self.input.write_all(&bytes);
-        let _ = self.input.flush();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let topo = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            runtime.block_on(async {
+                let connection = broker::connect().await;
+                let channel = connection.create_channel().await.unwrap();
+                broker::teardown(&channel, &topo).await;
+            });
+        })
+        .join();
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_logs_in_replays_one_code_and_sees_its_count_drop() {
+    let prefix = demo_prefix();
+    let topo = broker::topology(&prefix, &[500]);
+    let _cleanup = Cleanup(topo.clone());
+    let connection = broker::connect().await;
+    let channel = connection.create_channel().await.unwrap();
+    let dead_before = cxrel::dlq::depth(&channel, &topo.dead()).await.unwrap();
+    assert_eq!(dead_before, 7, "the demo dead-letters seven jobs");
+    let console = ConsoleProcess::spawn(&prefix, TOKEN, &[]);
+
+    let base = console.base.clone();
+    let shot = tokio::task::spawn_blocking(move || drive(&base))
+        .await
+        .expect("the browser session");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console.png");
+    std::fs::write(&path, shot).unwrap();
+
+    // The two cycle_detected jobs went back to the jobs queue, stamped with the page's reason.
+    let jobs = broker::take(&channel, &topo.jobs(), 3, Duration::from_secs(5)).await;
+    assert_eq!(jobs.len(), 2);
+    for job in &jobs {
+        let t = headers::table(&job.delivery.properties);
+        assert_eq!(
+            headers::get_str(&t, "x-cxrel-replay-reason").as_deref(),
+            Some("cycle fixed upstream")
+        );
+    }
+    assert_eq!(cxrel::dlq::depth(&channel, &topo.dead()).await.unwrap(), 5);
+    let log = console.log_text();
+    assert!(log.contains("\"action\":\"replay\""), "{log}");
+    assert!(!log.contains(TOKEN), "the token never reaches the log");
+}
+
+/// The browser part; returns the overview screenshot.
+fn drive(base: &str) -> Vec<u8> {
+    let mut b = Browser::launch();
+    let cycle = "[data-count-code=\"cycle_detected\"]";
+
+    // Read-only until logged in: counts shown, no action buttons.
+    b.open(&format!("{base}/"));
+    assert_eq!(b.text("#depth"), "7");
+    assert_eq!(b.text(cycle), "2");
+    assert_eq!(b.text("[data-count-stage=\"validate\"]"), "6");
+    assert_eq!(b.eval("!!document.getElementById('replay-all')"), false);
+
+    b.open(&format!("{base}/login"));
+    b.eval(&format!(
+        "document.getElementById('token').value = {}; document.querySelector('form').submit(); 1",
+        serde_json::json!(TOKEN)
+    ));
+    b.wait_for("location.pathname === '/' && document.readyState === 'complete'");
+    assert!(
+        b.text("#mode").starts_with("operator session:"),
+        "{}",
+        b.text("#mode")
+    );
+    let shot = b.screenshot();
+
+    // One message: headers, body, error and (empty) replay history.
+    b.open(&format!("{base}/letters/demo-05-cycle"));
+    let page = b.eval("document.body.innerText");
+    let page = page.as_str().unwrap_or("");
+    for expected in [
+        "x-cxrel-job-id",
+        "would create a cycle",
+        "never replayed",
+        "\"operations\"",
+    ] {
+        assert!(page.contains(expected), "{expected} missing:\n{page}");
+    }
+
+    // Replay one code from its filtered view: the dry run's count is confirmed first.
+    b.open(&format!("{base}/?code=cycle_detected"));
+    assert_eq!(b.text("#matching"), "2");
+    b.eval("document.getElementById('reason').value = 'cycle fixed upstream'; 1");
+    b.eval("document.getElementById('replay-all').click(); 1");
+    b.wait_for("!document.getElementById('confirm').hidden");
+    let question = b.text("#confirm-text");
+    assert!(
+        question.starts_with("Replay 2 dead letter(s) matching code=cycle_detected"),
+        "{question}"
+    );
+    b.eval("document.getElementById('confirm-yes').click(); 1");
+    b.wait_for("document.getElementById('result').textContent.includes('replayed 2')");
+
+    // The open page's counts drop without a reload.
+    b.wait_for(&format!(
+        "document.querySelector('{cycle}').textContent === '0'"
+    ));
+    assert_eq!(b.text("#depth"), "5");
+    shot
 }

@@ -1,0 +1,208 @@
+//! The data-store client under the emulator's faults: a server rate limit below the configured
+//! one (with and without Retry-After), random and total 5xx, and timeouts.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cxrel::error::ErrorClass;
+use cxrel::store::{StoreClient, StoreError};
+use serde_json::json;
+
+use crate::helpers::emulator::EmulatorProcess;
+use crate::support;
+use crate::support::{client_for, create_store, ids, name_fields, route_count};
+
+/// Acceptance: emulator limit 100 rps, client set to 150 rps, 2,000 PATCHes from 50 tasks:
+/// all succeed and 429s stay ≤ 2% of the requests.
+async fn patches_settle_below_the_server_limit(retry_after: bool) {
+    let _measurement = crate::helpers::measurement("store::faults").await;
+    let emu = EmulatorProcess::spawn();
+    let ds = format!("faults-limit-{retry_after}");
+    let records = ids(200);
+    create_store(&emu, &ds, &records).await;
+    emu.set_faults(json!({
+        "rate_limit": {"requests_per_second": 100.0, "burst": 10},
+        "retry_after": retry_after,
+    }))
+    .await;
+    let client = client_for(&emu, |s| {
+        s.rate_limit.requests_per_second = 150;
+        s.rate_limit.burst = 10;
+    });
+    // The token endpoint is not rate limited; take the token before the clock starts.
+    client.tenant_id().await.unwrap();
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let records = Arc::new(records);
+    for task in 0..50 {
+        let client = client.clone();
+        let records = records.clone();
+        let ds = ds.clone();
+        tasks.spawn(async move {
+            // Each task owns 4 records and chains If-Match through the returned versions.
+            let mine: Vec<String> = records[task * 4..task * 4 + 4].to_vec();
+            let mut versions = [1u64; 4];
+            for i in 0..40 {
+                let slot = i % 4;
+                let fields = name_fields(&format!("t{task}-{i}"));
+                let record = client
+                    .patch_record(&ds, &mine[slot], &fields, Some(versions[slot]))
+                    .await
+                    .unwrap_or_else(|e| panic!("PATCH failed: {e} ({})", e.code()));
+                versions[slot] = record.version;
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let took = started.elapsed();
+    let stats = emu.stats().await;
+    let patches = route_count(&stats, "PATCH", "/records/", None);
+    let ok = route_count(&stats, "PATCH", "/records/", Some(200));
+    let throttled = stats["throttled_count"].as_u64().unwrap();
+    let ratio = throttled as f64 / patches as f64;
+    eprintln!(
+        "rate limit (retry_after={retry_after}): 2000 PATCHes in {took:?} ({:.1}/s), {patches} requests, \
+         {throttled} 429s ({:.2}%), max {} requests in 1 s, final client rate {:.1} rps",
+        2000.0 / took.as_secs_f64(),
+        ratio * 100.0,
+        stats["max_requests_in_1s"],
+        client.budget().effective_rate()
+    );
+    assert_eq!(ok, 2000);
+    assert_eq!(stats["patch_count"], 2000);
+    assert!(ratio <= 0.02, "{throttled} 429s of {patches} requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn patches_at_150_rps_settle_below_a_100_rps_server_limit_with_retry_after() {
+    patches_settle_below_the_server_limit(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn patches_at_150_rps_settle_below_a_100_rps_server_limit_without_retry_after() {
+    patches_settle_below_the_server_limit(false).await;
+}
+
+fn fast_retries(emu: &EmulatorProcess, max_attempts: u32) -> StoreClient {
+    client_for(emu, |s| {
+        s.rate_limit.requests_per_second = 100_000;
+        s.rate_limit.burst = 1000;
+        s.retry.max_attempts = max_attempts;
+        s.retry.min_backoff = Duration::from_millis(5);
+        s.retry.max_backoff = Duration::from_millis(50);
+        s.retry.max_elapsed = Duration::from_secs(10);
+    })
+}
+
+/// Acceptance: with 20% injected 5xx every call succeeds within the retry budget. A call fails
+/// only if all its attempts draw a 5xx: 0.2^n. With the default 5 attempts that is 3.2e-4 per
+/// call (27% that one of these 1,000 calls fails, and then the worker's hold queue retries it);
+/// with 8 attempts 2.6e-6 per call (0.3% for the whole test), so the test uses 8.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_percent_server_errors_are_absorbed_by_retries() {
+    let emu = EmulatorProcess::spawn();
+    let records = ids(50);
+    create_store(&emu, "faults-5xx", &records).await;
+    emu.set_faults(json!({"error_ratio": 0.2})).await;
+    let client = fast_retries(&emu, 8);
+    let mut tasks = tokio::task::JoinSet::new();
+    for id in records {
+        let client = client.clone();
+        tasks.spawn(async move {
+            for i in 0..10 {
+                let r = client.get_record("faults-5xx", &id).await.expect("get");
+                client
+                    .patch_record(
+                        "faults-5xx",
+                        &id,
+                        &name_fields(&format!("n{i}")),
+                        Some(r.version),
+                    )
+                    .await
+                    .expect("patch");
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let stats = emu.stats().await;
+    let injected = stats["injected_error_count"].as_u64().unwrap();
+    let api = route_count(&stats, "GET", "/records/", None)
+        + route_count(&stats, "PATCH", "/records/", None);
+    eprintln!("20% 5xx: 1000 calls succeeded in {api} requests, {injected} injected 5xx retried");
+    assert_eq!(stats["patch_count"], 500);
+    assert!(injected > 100, "faults were injected: {injected}");
+}
+
+/// Acceptance: with 100% 5xx a call fails with a Transient error after `max_attempts`.
+#[tokio::test]
+async fn persistent_server_errors_fail_transient_after_the_configured_attempts() {
+    let emu = EmulatorProcess::spawn();
+    let records = ids(1);
+    create_store(&emu, "faults-down", &records).await;
+    emu.set_faults(json!({"error_ratio": 1.0})).await;
+    let client = fast_retries(&emu, 5);
+    let started = Instant::now();
+    let err = client
+        .get_record("faults-down", &records[0])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Server { attempts: 5, .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        (err.code(), err.class()),
+        ("server_error", ErrorClass::Transient)
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let stats = emu.stats().await;
+    assert_eq!(route_count(&stats, "GET", "/records/", None), 5);
+}
+
+#[tokio::test]
+async fn slow_answers_time_out_as_transient_errors_after_the_configured_attempts() {
+    let emu = EmulatorProcess::spawn();
+    let records = ids(1);
+    create_store(&emu, "faults-slow", &records).await;
+    emu.set_faults(json!({"latency_ms": 1000})).await;
+    let client = client_for(&emu, |s| {
+        s.cxone.request_timeout = Duration::from_millis(100);
+        s.retry.max_attempts = 3;
+        s.retry.min_backoff = Duration::from_millis(5);
+        s.retry.max_backoff = Duration::from_millis(10);
+    });
+    let err = client
+        .get_record("faults-slow", &records[0])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Timeout { attempts: 3 }),
+        "{err:?}"
+    );
+    assert_eq!(err.class(), ErrorClass::Transient);
+}
+
+#[tokio::test]
+async fn an_unreachable_store_is_a_transient_connection_error() {
+    // A port nothing listens on (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut s = support::default_settings();
+    s.cxone.api_base = format!("http://127.0.0.1:{port}");
+    s.cxone.auth.issuer = s.cxone.api_base.clone();
+    s.retry.max_attempts = 2;
+    s.retry.min_backoff = Duration::from_millis(5);
+    let client = StoreClient::from_settings(&s).unwrap();
+    let err = client.schema("x").await.unwrap_err();
+    assert_eq!(
+        (err.code(), err.class()),
+        ("connection", ErrorClass::Transient)
+    );
+}

@@ -1,0 +1,221 @@
+//! The shared rate budget's script against the real Redis at 127.0.0.1:6379: two budgets on one
+//! key share the rate, a 429 on one slows the other, and an unreachable Redis falls back locally.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use cxrel::secret::Secret;
+use cxrel::store::{RateBudget, RedisBudget, RedisBudgetConfig};
+
+const REDIS: &str = "redis://127.0.0.1:6379";
+
+fn unique_key(test: &str) -> String {
+    format!("cxrel-test:{test}:{}", uuid::Uuid::new_v4())
+}
+
+fn budget(url: &str, key: &str, rps: u32, burst: u32, replicas: u32) -> Arc<RedisBudget> {
+    Arc::new(
+        RedisBudget::new(RedisBudgetConfig {
+            url: Secret::new(url),
+            key: key.to_owned(),
+            requests_per_second: rps,
+            burst,
+            replicas_hint: replicas,
+        })
+        .expect("valid url"),
+    )
+}
+
+/// Waits until the budget is on Redis (the connection is made in the background).
+async fn until_shared(b: &RedisBudget) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !b.is_shared() {
+        assert!(Instant::now() < deadline, "redis budget never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Grants `budget` hands out to `tasks` concurrent callers until `until`.
+fn drive(budget: Arc<RedisBudget>, tasks: usize, until: Instant) -> Arc<AtomicU32> {
+    let grants = Arc::new(AtomicU32::new(0));
+    for _ in 0..tasks {
+        let (b, g) = (budget.clone(), grants.clone());
+        tokio::spawn(async move {
+            loop {
+                b.acquire().await;
+                if Instant::now() >= until {
+                    return;
+                }
+                g.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    grants
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_budgets_on_one_key_grant_the_rate_together() {
+    let _measurement = crate::helpers::measurement("store::redis_budget").await;
+    let key = unique_key("share");
+    let (a, b) = (budget(REDIS, &key, 50, 5, 2), budget(REDIS, &key, 50, 5, 2));
+    until_shared(&a).await;
+    until_shared(&b).await;
+    let until = Instant::now() + Duration::from_secs(2);
+    let (ga, gb) = (drive(a.clone(), 8, until), drive(b.clone(), 8, until));
+    tokio::time::sleep_until((until + Duration::from_millis(300)).into()).await;
+    let (na, nb) = (ga.load(Ordering::Relaxed), gb.load(Ordering::Relaxed));
+    eprintln!("granted in 2 s: {na} + {nb}");
+    // 2 s at 50 rps plus a burst of 5 is 105; two separate budgets would grant about 210.
+    let total = na + nb;
+    assert!((70..=135).contains(&total), "granted {na} + {nb} = {total}");
+    assert!(na >= 15 && nb >= 15, "both share: {na} / {nb}");
+    assert!(a.is_shared() && b.is_shared(), "no fallback happened");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttle_on_one_budget_lowers_the_rate_of_the_other_once_per_signal() {
+    let _measurement = crate::helpers::measurement("store::redis_budget").await;
+    let key = unique_key("throttle");
+    let (a, b) = (budget(REDIS, &key, 50, 5, 2), budget(REDIS, &key, 50, 5, 2));
+    until_shared(&a).await;
+    until_shared(&b).await;
+    b.acquire().await;
+    assert_eq!(b.effective_rate(), 50.0);
+    let sent_before = Instant::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    a.on_throttled(Instant::now(), Some(Duration::from_secs(1)));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // b's 429 for a request sent before a's cut is the same signal: no second cut.
+    b.on_throttled(sent_before, Some(Duration::from_secs(1)));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // An isolated 429 cuts a little (×0.9) and does not pause for Retry-After.
+    let start = Instant::now();
+    b.acquire().await;
+    assert!(
+        start.elapsed() < Duration::from_millis(500),
+        "waited {:?}",
+        start.elapsed()
+    );
+    let rate = b.effective_rate();
+    assert!((44.0..=46.5).contains(&rate), "{rate}");
+    a.acquire().await;
+    let rate = a.effective_rate();
+    assert!((44.0..=46.5).contains(&rate), "{rate}");
+    assert!(
+        b.describe().contains("redis shared budget"),
+        "{}",
+        b.describe()
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_falls_back_to_the_replicas_share() {
+    let b = budget("redis://127.0.0.1:1", &unique_key("down"), 100, 1, 3);
+    b.acquire().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.describe().starts_with("connecting") {
+        assert!(Instant::now() < deadline, "{}", b.describe());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(b.describe(), "redis unreachable; local fallback 33 rps");
+    assert_eq!(b.effective_rate(), 33.0);
+    assert!(!b.is_shared());
+    // Grants at the fallback rate: 11 more at 33 rps take about 300 ms.
+    let start = Instant::now();
+    for _ in 0..11 {
+        b.acquire().await;
+    }
+    assert!(
+        start.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_key_holding_something_else_keeps_the_local_fallback_instead_of_flapping() {
+    let key = unique_key("wrongtype");
+    let set = std::process::Command::new("redis-cli")
+        .args(["-u", REDIS, "SET", &key, "not a hash"])
+        .output()
+        .expect("redis-cli");
+    assert!(set.status.success());
+    let b = budget(REDIS, &key, 100, 1, 4);
+    for _ in 0..5 {
+        b.acquire().await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!b.is_shared(), "{}", b.describe());
+    assert_eq!(b.effective_rate(), 25.0);
+    let _ = std::process::Command::new("redis-cli")
+        .args(["-u", REDIS, "DEL", &key])
+        .output();
+}
+
+/// A private redis-server on `port`, killed on drop.
+struct OwnRedis(std::process::Child);
+
+impl OwnRedis {
+    fn start(port: u16) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        Self(child)
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_falls_back_and_the_budget_is_shared_again_once_redis_answers() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let server = OwnRedis::start(port);
+    let b = budget(&url, &unique_key("outage"), 100, 5, 4);
+    until_shared(&b).await;
+
+    drop(server);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.is_shared() {
+        assert!(
+            Instant::now() < deadline,
+            "never fell back: {}",
+            b.describe()
+        );
+        b.acquire().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(b.describe(), "redis unreachable; local fallback 25 rps");
+    assert_eq!(b.effective_rate(), 25.0);
+
+    let _server = OwnRedis::start(port);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !b.is_shared() {
+        assert!(
+            Instant::now() < deadline,
+            "never back on redis: {}",
+            b.describe()
+        );
+        b.acquire().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    b.acquire().await;
+    assert_eq!(b.effective_rate(), 100.0);
+    assert!(
+        b.describe().starts_with("redis shared budget"),
+        "{}",
+        b.describe()
+    );
+}

@@ -1,0 +1,495 @@
+//! The relationship rules under concurrency and change (issue 10, SPEC §10): conflicting jobs
+//! published back to back to 1 or 3 real worker processes (the active one killed mid-run), records
+//! and a relationship field created behind a running worker, a deletion confirmed before it is
+//! reported, and a cached violation the store no longer has. The final store is checked against
+//! every rule of SPEC §2.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use cxrel::amqp::headers;
+use serde_json::{Value, json};
+
+use crate::helpers::emulator::{EmulatorProcess, named_record};
+use crate::helpers::workers::{WorkerProcess, job, publish_jobs, rid, worker_config};
+use crate::helpers::{broker, emulator, workers};
+
+const LINK: &str = "parent_child_link";
+const OWNER: &str = "owner_link";
+const DS: &str = "graph";
+const LINK_DEPTH: usize = 3;
+
+/// Two relationship fields: `parent_child_link` (acyclic, max_depth 3) and `owner_link` (acyclic,
+/// unique_parent, max_depth 5).
+fn schema(extra: &[Value]) -> Value {
+    let mut fields = vec![
+        json!({"name": "name", "type": "string"}),
+        json!({"name": LINK, "type": "relationship",
+               "constraints": {"max_depth": LINK_DEPTH, "acyclic": true}}),
+        json!({"name": OWNER, "type": "relationship",
+               "constraints": {"max_depth": 5, "unique_parent": true, "acyclic": true}}),
+    ];
+    fields.extend_from_slice(extra);
+    Value::Array(fields)
+}
+
+fn link(parent: &str, field: &str, children: &[&str], cascade: &str) -> Value {
+    json!({"parent_id": parent, "relationship_field": field, "child_ids": children,
+           "cascade_action": cascade})
+}
+
+/// Two jobs that cannot both apply, and the code the loser must be rejected with.
+struct Conflict {
+    jobs: Vec<String>,
+    code: &'static str,
+}
+
+/// The workload: 200 cycle pairs, 40 depth chains of 4 links, 40 second-parent pairs and 40
+/// ownership pairs, interleaved so conflicting jobs are published back to back.
+fn workload() -> (Vec<Value>, Vec<Conflict>, usize) {
+    let mut jobs = Vec::new();
+    let mut conflicts = Vec::new();
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        rid("g", n)
+    };
+    let mut add = |code: &'static str, ops: Vec<Value>, jobs: &mut Vec<Value>| {
+        let ids: Vec<String> = (0..ops.len())
+            .map(|k| format!("{code}-{}-{k}", jobs.len()))
+            .collect();
+        for (id, op) in ids.iter().zip(ops) {
+            jobs.push(job(id, DS, true, vec![op]));
+        }
+        conflicts.push(Conflict { jobs: ids, code });
+    };
+    for _ in 0..200 {
+        let (a, b) = (next(), next());
+        let ops = vec![link(&a, LINK, &[&b], "none"), link(&b, LINK, &[&a], "none")];
+        add("cycle_detected", ops, &mut jobs);
+    }
+    for _ in 0..40 {
+        let chain: Vec<String> = (0..5).map(|_| next()).collect();
+        let ops = chain
+            .windows(2)
+            .map(|w| link(&w[0], LINK, &[&w[1]], "none"))
+            .collect();
+        add("max_depth_exceeded", ops, &mut jobs);
+    }
+    for _ in 0..40 {
+        let (p, q, c) = (next(), next(), next());
+        let ops = vec![
+            link(&p, OWNER, &[&c], "none"),
+            link(&q, OWNER, &[&c], "none"),
+        ];
+        add("parent_conflict", ops, &mut jobs);
+    }
+    for _ in 0..40 {
+        let (p, q, c) = (next(), next(), next());
+        let ops = vec![
+            link(&p, LINK, &[&c], "delete"),
+            link(&q, OWNER, &[&c], "none"),
+        ];
+        add("ownership_conflict", ops, &mut jobs);
+    }
+    (jobs, conflicts, n)
+}
+
+struct Setup {
+    emu: EmulatorProcess,
+    q: workers::Queues,
+}
+
+async fn setup(test: &str, records: usize, extra_fields: &[Value]) -> Setup {
+    let emu = EmulatorProcess::spawn();
+    let list: Vec<Value> = (1..=records)
+        .map(|n| named_record(&rid("g", n), &format!("g{n}")))
+        .collect();
+    emu.create_datastore(DS, schema(extra_fields), Value::Array(list))
+        .await;
+    let q = workers::queues(test, &[200, 400, 800]).await;
+    Setup { emu, q }
+}
+
+fn completed(events: &[Value]) -> HashSet<String> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "cxrel.job.completed")
+        .filter_map(|e| e["data"]["job_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Job id → error code of every dead letter (a job dead-lettered twice, e.g. redelivered after a
+/// kill, counts once).
+async fn dead_letters(s: &Setup, at_least: usize) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let taken = broker::take(
+        &s.q.channel,
+        &s.q.topology.dead(),
+        at_least + 50,
+        Duration::from_secs(5),
+    )
+    .await;
+    for message in taken {
+        let table = headers::table(&message.delivery.properties);
+        let id = headers::get_str(&table, headers::JOB_ID).unwrap_or_default();
+        let code = headers::get_str(&table, headers::ERROR_CODE).unwrap_or_default();
+        out.insert(id, code);
+    }
+    out
+}
+
+/// Each field's children per parent, read from the store's record list.
+async fn stored_graph(
+    emu: &EmulatorProcess,
+) -> HashMap<String, HashMap<String, (Vec<String>, String)>> {
+    let mut fields: HashMap<String, HashMap<String, (Vec<String>, String)>> = HashMap::new();
+    for record in workers::pairs::list_records(emu, DS).await {
+        let id = record["id"].as_str().unwrap().to_owned();
+        for field in [LINK, OWNER] {
+            let ids = workers::stored_ids(&record, field);
+            let cascade = record["fields"][field]["cascade_action"]
+                .as_str()
+                .unwrap_or("none")
+                .to_owned();
+            fields
+                .entry(field.to_owned())
+                .or_default()
+                .insert(id.clone(), (ids, cascade));
+        }
+    }
+    fields
+}
+
+/// Every rule of SPEC §2 on the stored graph: no cycle across both (acyclic) fields, depth within
+/// each field's max, one parent in the unique_parent field, a child held under cascade delete has
+/// no other parent.
+fn assert_rules_hold(graph: &HashMap<String, HashMap<String, (Vec<String>, String)>>) {
+    let mut union: HashMap<&str, Vec<&str>> = HashMap::new();
+    let mut parents: HashMap<&str, HashSet<&str>> = HashMap::new();
+    for (field, records) in graph {
+        for (parent, (children, cascade)) in records {
+            for c in children {
+                union.entry(parent).or_default().push(c);
+                parents.entry(c).or_default().insert(parent);
+                if field == OWNER {
+                    let owners = records
+                        .values()
+                        .filter(|(kids, _)| kids.contains(c))
+                        .count();
+                    assert!(owners <= 1, "{c} has {owners} parents in {OWNER}");
+                }
+                if cascade == "delete" {
+                    let all = parents_of(graph, c);
+                    assert_eq!(
+                        all, 1,
+                        "{c} is held under cascade delete by {parent} but has {all} parents"
+                    );
+                }
+            }
+        }
+    }
+    for start in union.keys() {
+        assert!(
+            !reaches(&union, start, start, &mut HashSet::new()),
+            "cycle through {start}"
+        );
+    }
+    for (field, max) in [(LINK, LINK_DEPTH), (OWNER, 5)] {
+        let edges: HashMap<&str, Vec<&str>> = graph[field]
+            .iter()
+            .map(|(p, (kids, _))| (p.as_str(), kids.iter().map(String::as_str).collect()))
+            .collect();
+        for start in edges.keys() {
+            let depth = longest(&edges, start);
+            assert!(depth <= max, "{field}: depth {depth} from {start} > {max}");
+        }
+    }
+}
+
+fn parents_of(
+    graph: &HashMap<String, HashMap<String, (Vec<String>, String)>>,
+    child: &str,
+) -> usize {
+    graph
+        .values()
+        .flat_map(|records| records.iter())
+        .filter(|(_, (kids, _))| kids.iter().any(|k| k == child))
+        .map(|(p, _)| p.as_str())
+        .collect::<HashSet<_>>()
+        .len()
+}
+
+fn reaches<'a>(
+    edges: &HashMap<&'a str, Vec<&'a str>>,
+    from: &'a str,
+    target: &str,
+    seen: &mut HashSet<&'a str>,
+) -> bool {
+    for &next in edges.get(from).map(Vec::as_slice).unwrap_or_default() {
+        if next == target {
+            return true;
+        }
+        if seen.insert(next) && reaches(edges, next, target, seen) {
+            return true;
+        }
+    }
+    false
+}
+
+fn longest(edges: &HashMap<&str, Vec<&str>>, from: &str) -> usize {
+    edges
+        .get(from)
+        .map(|kids| {
+            kids.iter()
+                .map(|k| 1 + longest(edges, k))
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+/// Publishes the workload to `workers`, killing the active one (SIGKILL) a third of the way when
+/// there are several; then checks that every job settled, each conflict has exactly one loser
+/// with its code, and the store breaks no rule.
+async fn run_workload(test: &str, worker_count: usize) {
+    let (jobs, conflicts, records) = workload();
+    let mut s = setup(test, records, &[]).await;
+    let config = worker_config(&s.emu.base, s.q.topology.prefix(), "");
+    let mut procs: Vec<WorkerProcess> = (0..worker_count)
+        .map(|_| WorkerProcess::spawn(&config))
+        .collect();
+    for w in &procs {
+        w.wait_ready(Duration::from_secs(30)).await;
+    }
+    publish_jobs(&s.q.publisher, &s.q.topology, &jobs).await;
+    let all: HashSet<String> = jobs
+        .iter()
+        .map(|j| j["job_id"].as_str().unwrap().to_owned())
+        .collect();
+    if worker_count > 1 {
+        let third = all.len() / 3;
+        assert!(
+            s.q.tap
+                .until(Duration::from_secs(120), |e| completed(e).len() >= third)
+                .await
+        );
+        let mut active = None;
+        for (i, w) in procs.iter().enumerate() {
+            if w.metrics().await.contains("cxrel_jobs_total{") {
+                active = Some(i);
+            }
+        }
+        let active = active.expect("one worker consumed");
+        procs[active].signal("KILL");
+        procs.remove(active);
+    }
+    let done =
+        s.q.tap
+            .until(Duration::from_secs(300), |e| completed(e).is_superset(&all))
+            .await;
+    let missing = all.difference(&completed(&s.q.tap.events)).count();
+    assert!(done, "{missing} of {} jobs never completed", all.len());
+
+    let losers = conflicts
+        .iter()
+        .map(|c| c.jobs.len() - if c.code == "max_depth_exceeded" { 3 } else { 1 })
+        .sum();
+    let dead = dead_letters(&s, losers).await;
+    for conflict in &conflicts {
+        let rejected: Vec<&String> = conflict
+            .jobs
+            .iter()
+            .filter(|j| dead.contains_key(*j))
+            .collect();
+        assert_eq!(
+            rejected.len(),
+            1,
+            "exactly one loser among {:?} (dead: {rejected:?})",
+            conflict.jobs
+        );
+        assert_eq!(dead[rejected[0]], conflict.code, "{}", rejected[0]);
+    }
+    assert_eq!(dead.len(), losers, "no other job was dead-lettered");
+    assert_rules_hold(&stored_graph(&s.emu).await);
+    drop(procs);
+    broker::teardown(&s.q.channel, &s.q.topology).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_jobs_back_to_back_on_one_worker_leave_a_store_that_breaks_no_rule() {
+    run_workload("integrity-1", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_jobs_on_three_workers_with_the_active_one_killed_break_no_rule() {
+    run_workload("integrity-3", 3).await;
+}
+
+/// Loads records through the control API, as another writer of the store would create them.
+async fn create_records(emu: &EmulatorProcess, ids: &[String]) {
+    let records: Vec<Value> = ids.iter().map(|id| named_record(id, "late")).collect();
+    let response = emu
+        .control_post(
+            &format!("/_emulator/datastores/{DS}/records"),
+            &json!({"records": records}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_and_a_field_created_behind_a_running_worker_are_linked_at_once() {
+    let mut s = setup("integrity-late", 4, &[]).await;
+    let worker = WorkerProcess::spawn(&worker_config(&s.emu.base, s.q.topology.prefix(), ""));
+    // Warm-up: the worker reads the graph (4 records).
+    let warm = job(
+        "warm",
+        DS,
+        true,
+        vec![link(&rid("g", 1), LINK, &[&rid("g", 2)], "none")],
+    );
+    publish_jobs(&s.q.publisher, &s.q.topology, &[warm]).await;
+    assert!(
+        s.q.tap
+            .until(Duration::from_secs(30), |e| completed(e).contains("warm"))
+            .await
+    );
+
+    // 40 records created behind the worker, then 20 jobs linking them.
+    let late: Vec<String> = (0..40).map(|n| rid("late", n)).collect();
+    create_records(&s.emu, &late).await;
+    let jobs: Vec<Value> = (0..20)
+        .map(|i| {
+            job(
+                &format!("late-{i}"),
+                DS,
+                true,
+                vec![link(&late[2 * i], LINK, &[&late[2 * i + 1]], "none")],
+            )
+        })
+        .collect();
+    publish_jobs(&s.q.publisher, &s.q.topology, &jobs).await;
+
+    // A relationship field added behind the worker, then 5 jobs using it.
+    let team =
+        json!({"name": "team_link", "type": "relationship", "constraints": {"acyclic": true}});
+    let response = emulator::client()
+        .put(s.emu.url(&format!("/_emulator/datastores/{DS}/schema")))
+        .json(&json!({"fields": schema(&[team])}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let team_jobs: Vec<Value> = (0..5)
+        .map(|i| {
+            job(
+                &format!("team-{i}"),
+                DS,
+                true,
+                vec![link(&late[i], "team_link", &[&late[39 - i]], "none")],
+            )
+        })
+        .collect();
+    publish_jobs(&s.q.publisher, &s.q.topology, &team_jobs).await;
+
+    let ids: HashSet<String> = jobs
+        .iter()
+        .chain(&team_jobs)
+        .map(|j| j["job_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        s.q.tap
+            .until(Duration::from_secs(60), |e| completed(e).is_superset(&ids))
+            .await
+    );
+    broker::assert_no_dead_letters(&s.q.channel, &s.q.topology).await;
+    for i in 0..20 {
+        let (_, record) = s.emu.get_record(DS, &late[2 * i]).await;
+        assert_eq!(
+            workers::stored_ids(&record, LINK),
+            vec![late[2 * i + 1].clone()]
+        );
+    }
+    let (_, record) = s.emu.get_record(DS, &late[0]).await;
+    assert_eq!(
+        workers::stored_ids(&record, "team_link"),
+        vec![late[39].clone()]
+    );
+    drop(worker);
+    broker::teardown(&s.q.channel, &s.q.topology).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_is_reported_only_after_the_store_confirmed_it_and_a_stale_violation_is_not() {
+    let mut s = setup("integrity-confirm", 6, &[]).await;
+    let worker = WorkerProcess::spawn(&worker_config(&s.emu.base, s.q.topology.prefix(), ""));
+    let (a, b, c, d) = (rid("g", 1), rid("g", 2), rid("g", 3), rid("g", 4));
+    // The worker's graph gets a → b.
+    let warm = job("warm", DS, true, vec![link(&a, LINK, &[&b], "none")]);
+    publish_jobs(&s.q.publisher, &s.q.topology, &[warm]).await;
+    assert!(
+        s.q.tap
+            .until(Duration::from_secs(30), |e| completed(e).contains("warm"))
+            .await
+    );
+
+    // Behind the worker: a's link removed, d deleted.
+    let token = s.emu.token().await;
+    let reset = json!({"records": [{"id": a, "fields": {"name": "a", LINK: {"ids": [], "cascade_action": "none"}}, "_version": 50}]});
+    let response = s
+        .emu
+        .control_post(&format!("/_emulator/datastores/{DS}/records"), &reset)
+        .await;
+    assert_eq!(response.status(), 200);
+    let deleted = emulator::client()
+        .delete(s.emu.record_url(DS, &d))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let before = s.emu.stats().await;
+
+    // b → a is a cycle only in the cached graph; d → c writes a record that is gone.
+    let jobs = vec![
+        job("stale-cycle", DS, true, vec![link(&b, LINK, &[&a], "none")]),
+        job("gone", DS, true, vec![link(&d, LINK, &[&c], "none")]),
+    ];
+    publish_jobs(&s.q.publisher, &s.q.topology, &jobs).await;
+    let ids: HashSet<String> = ["stale-cycle".to_owned(), "gone".to_owned()].into();
+    assert!(
+        s.q.tap
+            .until(Duration::from_secs(30), |e| completed(e).is_superset(&ids))
+            .await
+    );
+
+    let dead = dead_letters(&s, 1).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(
+        dead.get("gone").map(String::as_str),
+        Some("record_not_found")
+    );
+    let (_, record) = s.emu.get_record(DS, &b).await;
+    assert_eq!(
+        workers::stored_ids(&record, LINK),
+        vec![a.clone()],
+        "the stale cycle was re-read and applied"
+    );
+    // The cycle was confirmed by reading a back; d's 404 came from the store itself.
+    let after = s.emu.stats().await;
+    let gets = |stats: &Value| -> u64 {
+        stats["requests"]["GET /api/v2/datastores/{ds}/records/{id}"]
+            .as_object()
+            .map(|by_status| by_status.values().filter_map(Value::as_u64).sum())
+            .unwrap_or(0)
+    };
+    assert!(
+        gets(&after) >= gets(&before) + 2,
+        "confirming GETs: {before} → {after}"
+    );
+    let metrics = worker.metrics().await;
+    assert!(metrics.contains("cxrel_confirm_reads_total"), "{metrics}");
+    drop(worker);
+    broker::teardown(&s.q.channel, &s.q.topology).await;
+}

@@ -1,0 +1,360 @@
+//! The worker's less travelled paths, each forced deterministically: a job waiting in the hold
+//! queues while the store fails, a locked record (409), a record changed behind the worker's cached
+//! graph (412 → re-read, revalidate, apply), webhooks that keep failing (webhook dead queue), and
+//! the W3C trace context carried from a job to its events and webhooks.
+
+use std::time::{Duration, Instant};
+
+use cxrel::amqp::headers;
+use lapin::BasicProperties;
+use lapin::types::FieldTable;
+use serde_json::{Value, json};
+
+use crate::helpers::workers::pairs::{
+    FIELD, assert_pairs_stored, completed, emulator_with, pair_jobs,
+};
+use crate::helpers::workers::{
+    WorkerOptions, WorkerProcess, job, op, publish_jobs, queues, rid, worker_config_with,
+};
+use crate::helpers::{broker, emulator, workers};
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// A counter's value in the worker's /metrics text (0 when absent).
+async fn counter(worker: &WorkerProcess, series: &str) -> f64 {
+    let text = worker.metrics().await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Polls `counter` until it reaches `at_least`; false after `timeout`.
+async fn counter_reaches(
+    worker: &WorkerProcess,
+    series: &str,
+    at_least: f64,
+    timeout: Duration,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if counter(worker, series).await >= at_least {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Hold-queue delays of the retry tests: long enough in total to outlast the faults they inject.
+const HOLD_DELAYS_MS: [u64; 5] = [300, 600, 1200, 2400, 4800];
+
+/// A worker on `q`'s prefix with the hold delays of `HOLD_DELAYS_MS`, ready to consume.
+async fn ready_worker(
+    emu: &emulator::EmulatorProcess,
+    q: &workers::Queues,
+    client_attempts: u32,
+) -> WorkerProcess {
+    let options = WorkerOptions {
+        // The same delays as the test's topology (leaked once per test: a test process is short).
+        retry_delays: HOLD_DELAYS_MS
+            .map(|ms| format!("\"{ms}ms\""))
+            .join(", ")
+            .leak(),
+        client_attempts,
+        ..WorkerOptions::default()
+    };
+    let worker = WorkerProcess::spawn(&worker_config_with(
+        &emu.base,
+        q.topology.prefix(),
+        &options,
+    ));
+    worker.wait_ready(Duration::from_secs(30)).await;
+    worker
+}
+
+const RETRIED: &str = "cxrel_jobs_total{outcome=\"retried\"}";
+
+#[tokio::test]
+async fn jobs_wait_in_the_hold_queues_while_the_store_fails_and_complete_when_it_recovers() {
+    let emu = emulator_with(20).await;
+    let mut q = queues("hold", &HOLD_DELAYS_MS).await;
+    let worker = ready_worker(&emu, &q, 1).await;
+    emu.set_faults(json!({"error_ratio": 1.0})).await;
+    publish_jobs(&q.publisher, &q.topology, &pair_jobs("held", 10)).await;
+    // Every job fails its first attempt and goes to a hold queue, not to the dead letters.
+    assert!(counter_reaches(&worker, RETRIED, 10.0, Duration::from_secs(20)).await);
+    emu.set_faults(json!({"error_ratio": 0.0})).await;
+    let done = q
+        .tap
+        .until(Duration::from_secs(30), |e| completed(e).len() == 10)
+        .await;
+    assert!(done, "{} of 10 completed", completed(&q.tap.events).len());
+    assert_pairs_stored(&emu, 10).await;
+    broker::assert_no_dead_letters(&q.channel, &q.topology).await;
+    broker::teardown(&q.channel, &q.topology).await;
+}
+
+#[tokio::test]
+async fn a_locked_parent_sends_the_job_to_a_hold_queue_until_it_is_unlocked() {
+    let emu = emulator_with(4).await;
+    let mut q = queues("locked", &HOLD_DELAYS_MS).await;
+    let worker = ready_worker(&emu, &q, WorkerOptions::default().client_attempts).await;
+    emu.lock_record("accounts", &rid("r", 0)).await;
+    publish_jobs(&q.publisher, &q.topology, &pair_jobs("lock", 1)).await;
+    assert!(counter_reaches(&worker, RETRIED, 1.0, Duration::from_secs(20)).await);
+    emu.unlock_record("accounts", &rid("r", 0)).await;
+    assert!(
+        q.tap
+            .until(Duration::from_secs(30), |e| completed(e).len() == 1)
+            .await
+    );
+    assert_pairs_stored(&emu, 1).await;
+    let stats = emu.stats().await;
+    let patches = &stats["requests"]["PATCH /api/v2/datastores/{ds}/records/{id}"];
+    assert!(patches["409"].as_u64() >= Some(1), "{stats}");
+    broker::teardown(&q.channel, &q.topology).await;
+}
+
+#[tokio::test]
+async fn a_record_changed_behind_the_cached_graph_is_re_read_revalidated_and_applied() {
+    let emu = emulator_with(4).await;
+    let mut q = queues("stale", &[60_000]).await;
+    let worker = WorkerProcess::spawn(&worker_config_with(
+        &emu.base,
+        q.topology.prefix(),
+        &WorkerOptions::default(),
+    ));
+    // Warm the worker's graph with job 0, then change parent r2 behind its back.
+    publish_jobs(&q.publisher, &q.topology, &pair_jobs("warm", 1)).await;
+    assert!(
+        q.tap
+            .until(Duration::from_secs(30), |e| completed(e).len() == 1)
+            .await
+    );
+    let rename = emulator::client()
+        .patch(emu.record_url("accounts", &rid("r", 2)))
+        .bearer_auth(emu.token().await)
+        .json(&json!({"fields": {"name": "renamed elsewhere"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rename.status(), 200);
+
+    let j = job(
+        "stale-1",
+        "accounts",
+        true,
+        vec![op(&rid("r", 2), FIELD, &[&rid("r", 3)])],
+    );
+    publish_jobs(&q.publisher, &q.topology, &[j]).await;
+    assert!(
+        q.tap
+            .until(Duration::from_secs(30), |e| completed(e).len() == 2)
+            .await
+    );
+    let (_, record) = emu.get_record("accounts", &rid("r", 2)).await;
+    assert_eq!(
+        record["fields"]["name"], "renamed elsewhere",
+        "the other write survives"
+    );
+    assert_eq!(workers::stored_ids(&record, FIELD), vec![rid("r", 3)]);
+    let stats = emu.stats().await;
+    let patches = &stats["requests"]["PATCH /api/v2/datastores/{ds}/records/{id}"];
+    assert_eq!(
+        patches["412"], 1,
+        "one stale If-Match, then re-read: {stats}"
+    );
+    assert_eq!(
+        counter(&worker, RETRIED).await,
+        0.0,
+        "settled within the same delivery"
+    );
+    broker::teardown(&q.channel, &q.topology).await;
+}
+
+#[tokio::test]
+async fn webhooks_that_keep_failing_are_parked_and_never_change_the_job_outcome() {
+    let emu = emulator_with(2).await;
+    let mut q = queues("hookdead", &[200]).await;
+    let hook = emu.url("/_emulator/webhooks/down");
+    let response = emulator::client()
+        .put(&hook)
+        .json(&json!({"secret": SECRET, "status": 503}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let options = WorkerOptions {
+        extra: format!(
+            "[webhook_delivery]\nmax_attempts = 2\nmin_backoff = \"50ms\"\nmax_backoff = \"100ms\"\n\n\
+             [[webhooks]]\nurl = \"{hook}\"\nsecret = \"{SECRET}\"\n"
+        ),
+        ..WorkerOptions::default()
+    };
+    let worker = WorkerProcess::spawn(&worker_config_with(
+        &emu.base,
+        q.topology.prefix(),
+        &options,
+    ));
+    publish_jobs(&q.publisher, &q.topology, &pair_jobs("hooked", 1)).await;
+    assert!(
+        q.tap
+            .until(Duration::from_secs(30), |e| completed(e).len() == 1)
+            .await
+    );
+    assert_pairs_stored(&emu, 1).await;
+    // Two events (applied, job.completed), each tried twice, then parked.
+    let parked = broker::take(
+        &q.channel,
+        &q.topology.webhooks_dead(),
+        2,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(parked.len(), 2);
+    let deliveries = emu.webhook_deliveries("down").await;
+    assert_eq!(deliveries.len(), 4, "2 events × 2 attempts");
+    let dead = "cxrel_webhook_deliveries_total{outcome=\"dead\"}";
+    assert!(counter_reaches(&worker, dead, 2.0, Duration::from_secs(5)).await);
+    broker::teardown(&q.channel, &q.topology).await;
+}
+
+#[tokio::test]
+async fn the_trace_context_of_a_job_continues_into_its_events_and_webhooks() {
+    let emu = emulator_with(2).await;
+    let mut q = queues("trace", &[200]).await;
+    let hook = emu.webhook_receiver("traced", SECRET).await;
+    let options = WorkerOptions {
+        extra: format!("[[webhooks]]\nurl = \"{hook}\"\nsecret = \"{SECRET}\"\n"),
+        ..WorkerOptions::default()
+    };
+    let _worker = WorkerProcess::spawn(&worker_config_with(
+        &emu.base,
+        q.topology.prefix(),
+        &options,
+    ));
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut table = FieldTable::default();
+    headers::set_str(
+        &mut table,
+        headers::TRACEPARENT,
+        format!("00-{trace_id}-00f067aa0ba902b7-01"),
+    );
+    let body = pair_jobs("traced", 1)[0].to_string();
+    let props = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_message_id("traced-0".into())
+        .with_headers(table);
+    q.publisher
+        .to_queue(&q.topology.jobs(), body.as_bytes(), props)
+        .await
+        .unwrap();
+    assert!(
+        q.tap
+            .until(Duration::from_secs(30), |e| completed(e).len() == 1)
+            .await
+    );
+    for event in &q.tap.events {
+        let tp = event["traceparent"].as_str().unwrap_or_default();
+        assert!(tp.starts_with(&format!("00-{trace_id}-")), "{event}");
+        assert!(!tp.contains("00f067aa0ba902b7"), "a new span id: {tp}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut deliveries: Vec<Value> = Vec::new();
+    while deliveries.len() < 2 && Instant::now() < deadline {
+        deliveries = emu.webhook_deliveries("traced").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(deliveries.len(), 2);
+    for d in &deliveries {
+        let tp = d["headers"]["traceparent"].as_str().unwrap_or_default();
+        assert!(tp.starts_with(&format!("00-{trace_id}-")), "{d}");
+    }
+    broker::teardown(&q.channel, &q.topology).await;
+}
+
+#[tokio::test]
+async fn one_large_job_takes_only_its_share_of_the_webhook_queue_and_parks_the_rest() {
+    let emu = emulator_with(22).await;
+    let mut q = queues("hookshare", &[200]).await;
+    let hook = emu.webhook_receiver("share", SECRET).await;
+    // Capacity 8: one job may queue 2 of its events; the other 9 of 11 are parked at once.
+    let options = WorkerOptions {
+        extra: format!(
+            "[webhook_delivery]\nqueue_capacity = 8\n\n\
+             [[webhooks]]\nurl = \"{hook}\"\nsecret = \"{SECRET}\"\n"
+        ),
+        ..WorkerOptions::default()
+    };
+    let _worker = WorkerProcess::spawn(&worker_config_with(
+        &emu.base,
+        q.topology.prefix(),
+        &options,
+    ));
+    let ops = (0..10)
+        .map(|i| op(&rid("r", 2 * i), FIELD, &[&rid("r", 2 * i + 1)]))
+        .collect();
+    publish_jobs(
+        &q.publisher,
+        &q.topology,
+        &[job("big", "accounts", true, ops)],
+    )
+    .await;
+    assert!(
+        q.tap
+            .until(Duration::from_secs(30), |e| completed(e).len() == 1)
+            .await
+    );
+    let parked = broker::take(
+        &q.channel,
+        &q.topology.webhooks_dead(),
+        20,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(parked.len(), 9, "10 applied + 1 completed, 2 queued");
+    let t = headers::table(&parked[0].delivery.properties);
+    let why = headers::get_str(&t, headers::ERROR_MESSAGE).unwrap_or_default();
+    assert!(why.contains("share"), "{why}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut deliveries = Vec::new();
+    while deliveries.len() < 2 && Instant::now() < deadline {
+        deliveries = emu.webhook_deliveries("share").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(deliveries.len(), 2, "the job's share was delivered");
+    broker::teardown(&q.channel, &q.topology).await;
+}
+
+#[tokio::test]
+async fn a_patch_whose_answer_is_lost_is_read_back_and_counted_applied_at_once() {
+    let emu = emulator_with(2).await;
+    let mut q = queues("readback", &[200]).await;
+    // One attempt in the client: the lost answer is not hidden by an in-client retry's 412.
+    let options = WorkerOptions {
+        client_attempts: 1,
+        ..WorkerOptions::default()
+    };
+    let worker = WorkerProcess::spawn(&worker_config_with(
+        &emu.base,
+        q.topology.prefix(),
+        &options,
+    ));
+    worker.wait_ready(Duration::from_secs(30)).await;
+    emu.set_faults(json!({"lose_patch_answers": true})).await;
+    publish_jobs(&q.publisher, &q.topology, &pair_jobs("lost", 1)).await;
+    assert!(
+        q.tap
+            .until(Duration::from_secs(30), |e| completed(e).len() == 1)
+            .await
+    );
+    let applied: Vec<_> = q.tap.of_type("cxrel.relationship.applied").collect();
+    assert_eq!(applied.len(), 1, "reported applied");
+    assert_pairs_stored(&emu, 1).await;
+    let stats = emu.stats().await;
+    assert_eq!(stats["patch_count"], 1, "written once: {stats}");
+    assert_eq!(counter(&worker, RETRIED).await, 0.0, "no hold-queue round");
+    assert!(counter(&worker, "cxrel_patch_read_backs_total").await >= 1.0);
+    broker::assert_no_dead_letters(&q.channel, &q.topology).await;
+    broker::teardown(&q.channel, &q.topology).await;
+}
