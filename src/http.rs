@@ -91,6 +91,21 @@ async fn render_metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// Prints `cxrel {server} listening on http://{addr}` on stdout once a server is bound, so the
+/// scripts, the harness and the tests that asked for port 0 learn its address; [`listening_url`]
+/// reads the line back. The worker, the console and the emulator announce themselves this way.
+pub fn announce_listening(server: &str, addr: SocketAddr) {
+    println!("cxrel {server} listening on http://{addr}");
+}
+
+/// The `http://ADDR` that `server`'s [`announce_listening`] line names; None for any other line.
+pub fn listening_url<'a>(server: &str, line: &'a str) -> Option<&'a str> {
+    line.strip_prefix("cxrel ")?
+        .strip_prefix(server)?
+        .strip_prefix(" listening on ")
+        .map(str::trim)
+}
+
 /// Serves the endpoints on `addr` until `cancel`; returns the bound address.
 pub async fn serve(
     addr: SocketAddr,
@@ -114,6 +129,17 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listening_line_is_read_back_for_its_server_only() {
+        let line = "cxrel worker listening on http://127.0.0.1:41234";
+        assert_eq!(
+            listening_url("worker", line),
+            Some("http://127.0.0.1:41234")
+        );
+        assert_eq!(listening_url("console", line), None);
+        assert_eq!(listening_url("worker", "cxrel: something else"), None);
+    }
 
     #[test]
     fn readiness_needs_every_check_to_pass() {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use cxrel::amqp::Publisher;
 use helpers::broker;
 use helpers::workers::pairs::{completed, emulator_with, pair_jobs};
-use helpers::workers::{EventTap, WorkerOptions, WorkerProcess, publish_jobs, worker_config_with};
+use helpers::workers::{EventTap, WorkerProcess, millis, publish_jobs, test_config};
 use serde_json::{Value, json};
 
 /// Raises the broker's memory alarm; lowers it again when dropped, whatever the test did.
@@ -55,12 +55,10 @@ async fn confirms_time_out_under_a_memory_alarm_and_the_job_completes_after_it()
     let channel = conn.create_channel().await.unwrap();
     let mut tap = EventTap::bind(&channel, &topology).await;
     let publisher = Publisher::open(&conn).await.unwrap();
-    let options = WorkerOptions {
-        retry_delays: r#""200ms""#,
-        confirm_timeout: "1s",
-        ..WorkerOptions::default()
-    };
-    let worker = WorkerProcess::spawn(&worker_config_with(&emu.base, &prefix, &options));
+    let config = test_config(&emu.base, &prefix)
+        .retry_delays(&millis(&[200]))
+        .confirm_timeout(Duration::from_secs(1));
+    let worker = WorkerProcess::spawn(&config);
     worker.wait_ready(Duration::from_secs(30)).await;
     // The store answers after 2 s, so the job is in the worker's hands when the alarm starts.
     emu.set_faults(json!({"latency_ms": 2000})).await;

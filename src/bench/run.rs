@@ -13,6 +13,7 @@ use super::report::{Report, millis, quantile};
 use super::scenario::{self, Shape};
 use crate::amqp::{self, Publisher, Topology};
 use crate::emulator::Algorithm;
+use crate::harness::config::WorkerConfig;
 use crate::harness::emulator::{LocalEmulator, Stats};
 use crate::harness::tap::{Settlement, Tap};
 use crate::harness::workers::{WorkerChild, WorkerSpec, worker_env};
@@ -156,43 +157,21 @@ async fn start_workers(
         }
         r => (r, 1),
     };
-    let backend = match params.backend {
-        RateLimitBackend::Local => "local",
-        RateLimitBackend::Redis => "redis",
-    };
-    let config = format!(
-        r#"
-[log]
-level = "warn"
-
-[amqp]
-prefix = "{prefix}"
-retry_delays = ["1s", "5s"]
-
-[cxone]
-api_base = "{emulator}"
-
-[cxone.auth]
-issuer = "{emulator}"
-
-[http]
-listen = "127.0.0.1:0"
-
-[rate_limit]
-backend = "{backend}"
-requests_per_second = {rps}
-burst = {burst}
-replicas_hint = {workers}
-"#,
-        workers = params.workers
-    );
+    let config = WorkerConfig::new(prefix, emulator)
+        .log_level("warn")
+        .retry_delays(&[Duration::from_secs(1), Duration::from_secs(5)])
+        .rate(rps, burst)
+        .rate_backend(
+            params.backend,
+            u32::try_from(params.workers).unwrap_or(u32::MAX),
+        );
     let mut env = worker_env(settings);
     env.push((
         "CXREL__RATE_LIMIT__REDIS_URL".to_owned(),
         settings.rate_limit.redis_url.expose().to_owned(),
     ));
     let spec = WorkerSpec {
-        config_toml: &config,
+        config: &config,
         env,
         name: prefix,
     };

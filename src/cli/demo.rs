@@ -13,6 +13,7 @@ use lapin::BasicProperties;
 use serde_json::Value;
 
 use crate::amqp::{self, Publisher, Topology};
+use crate::harness::config::{WebhookTarget, WorkerConfig};
 use crate::harness::emulator::LocalEmulator;
 use crate::harness::sample::{self, Expect, SampleJob};
 use crate::harness::tap::{Settlement, Tap};
@@ -91,9 +92,14 @@ async fn run_batch(
     let secret = webhook_secret();
     let hook = emulator.webhook_receiver(RECEIVER, &secret).await?;
     let tap = Tap::start(connection, topology, true).await?;
-    let config = worker_toml(emulator.base(), topology.prefix(), &hook, &secret);
+    // The emulator as data store and issuer, the demo's prefix, a webhook.
+    let config = WorkerConfig::new(topology.prefix(), emulator.base())
+        .log_level("info")
+        .retry_delays(&[Duration::from_millis(500)])
+        .shutdown_timeout(Duration::from_secs(10))
+        .webhook(WebhookTarget::all_events(&hook, &secret));
     let spec = WorkerSpec {
-        config_toml: &config,
+        config: &config,
         env: worker_env(settings),
         name: topology.prefix(),
     };
@@ -134,36 +140,6 @@ async fn run_batch(
         say!("\nnot every job settled within {:?}", args.timeout);
     }
     Ok(if ok && all_settled { 0 } else { 1 })
-}
-
-/// The worker's settings: the emulator as data store and issuer, the demo's prefix, a webhook.
-fn worker_toml(base: &str, prefix: &str, hook: &str, secret: &str) -> String {
-    format!(
-        r#"
-[log]
-level = "info"
-
-[amqp]
-prefix = "{prefix}"
-retry_delays = ["500ms"]
-
-[cxone]
-api_base = "{base}"
-
-[cxone.auth]
-issuer = "{base}"
-
-[http]
-listen = "127.0.0.1:0"
-
-[worker]
-shutdown_timeout = "10s"
-
-[[webhooks]]
-url = "{hook}"
-secret = "{secret}"
-"#
-    )
 }
 
 /// A fresh Standard Webhooks secret for this run.

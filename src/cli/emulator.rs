@@ -32,8 +32,7 @@ pub async fn run(args: EmulatorArgs, settings: Settings) -> anyhow::Result<i32> 
         tracing::info!(path = %path.display(), records = count, "seed loaded");
     }
     let server = emulator::serve(emulator, config.listen).await?;
-    // The bound address on stdout lets scripts and tests that asked for port 0 find it.
-    println!("cxrel emulator listening on http://{}", server.local_addr());
+    crate::http::announce_listening("emulator", server.local_addr());
     crate::shutdown::signal().await;
     server.shutdown().await;
     Ok(0)

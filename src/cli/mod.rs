@@ -69,6 +69,7 @@ impl Cli {
             env_name: std::env::var("CXREL_ENV").ok(),
             config_dir: None,
             file: self.config.clone(),
+            text: None,
         };
         Settings::load(&sources)
     }

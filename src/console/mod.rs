@@ -116,7 +116,7 @@ pub async fn serve(settings: &Settings, listen: Option<SocketAddr>) -> anyhow::R
     } else {
         "read-only: no [console].token"
     };
-    println!("cxrel console listening on http://{bound}");
+    crate::http::announce_listening("console", bound);
     tracing::info!(%bound, queue = %console.topology.dead(), mode, "console started");
     let app = router(console, bound.ip().is_loopback())
         .into_make_service_with_connect_info::<SocketAddr>();

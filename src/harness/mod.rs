@@ -2,9 +2,11 @@
 //! this process, workers as child processes (so their memory is their own), and an event tap that
 //! tells when each job has settled.
 //!
-//! Files: [`emulator`] the in-process emulator and its control API, [`workers`] worker child
-//! processes, [`tap`] the result-event listener.
+//! Files: [`config`] the typed settings of a worker it starts (the integration tests' workers
+//! use them too), [`emulator`] the in-process emulator and its control API, [`workers`] worker
+//! child processes, [`tap`] the result-event listener.
 
+pub mod config;
 pub mod emulator;
 pub mod sample;
 pub mod tap;

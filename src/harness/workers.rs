@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use super::config::WorkerConfig;
 use crate::settings::Settings;
 
 /// A running worker process.
@@ -23,8 +24,9 @@ pub struct WorkerChild {
 
 /// What every worker of one run gets.
 pub struct WorkerSpec<'a> {
-    /// TOML layered over the defaults; written readable by the owner only, removed on drop.
-    pub config_toml: &'a str,
+    /// Their settings over the defaults; written as a TOML file readable by the owner only,
+    /// removed on drop.
+    pub config: &'a WorkerConfig,
     /// Extra environment (`CXREL__…` secrets such as the AMQP URL).
     pub env: Vec<(String, String)>,
     /// Base name of the config and log files in the temp directory.
@@ -37,7 +39,7 @@ impl WorkerChild {
         let dir = std::env::temp_dir();
         let config = dir.join(format!("{}-{n}.toml", spec.name));
         let log = dir.join(format!("{}-{n}.log", spec.name));
-        write_private(&config, spec.config_toml).context("write worker settings")?;
+        write_private(&config, &spec.config.to_toml()).context("write worker settings")?;
         let log_file = std::fs::File::create(&log).context("create worker log")?;
         let exe = std::env::current_exe().context("locate the cxrel binary")?;
         let mut command = Command::new(exe);
@@ -181,13 +183,13 @@ fn send_signal(pid: u32, signal: &str) {
         .status();
 }
 
-/// Reads the worker's stdout up to `cxrel worker listening on URL`, then keeps draining it in the
-/// background so the pipe never fills.
+/// Reads the worker's stdout up to its `cxrel worker listening on URL` line, then keeps draining
+/// it in the background so the pipe never fills.
 async fn read_address(stdout: tokio::process::ChildStdout) -> anyhow::Result<String> {
     let mut lines = BufReader::new(stdout).lines();
     while let Some(line) = lines.next_line().await? {
-        if let Some(url) = line.strip_prefix("cxrel worker listening on ") {
-            let url = url.trim().to_owned();
+        if let Some(url) = crate::http::listening_url("worker", &line) {
+            let url = url.to_owned();
             tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
             return Ok(url);
         }

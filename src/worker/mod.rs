@@ -7,3 +7,4 @@ pub mod run;
 pub mod settle;
 
 pub use consumer::{Consumer, ConsumerConfig, JobHandler};
+pub use run::{Application, build};

@@ -1,10 +1,16 @@
 //! Wiring of `cxrel worker`: health/metrics server, data-store client, graph cache, pipeline,
 //! webhook delivery and the consumer, all stopped by one cancellation token on SIGTERM/SIGINT.
+//!
+//! [`build`] wires a worker and binds its HTTP endpoints ([`Application`], zero2prod's
+//! `Application::build`); [`Application::run_until_stopped`] consumes until the token fires and
+//! drains. [`run`] is the two for the `cxrel worker` command; tests run a worker in their own
+//! process through them as well.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::consumer::{Consumer, ConsumerConfig};
 use crate::amqp::{PublisherSlot, Topology};
@@ -15,28 +21,46 @@ use crate::pipeline::datastores::DataStores;
 use crate::settings::Settings;
 use crate::store::{RateBudget, StoreClient};
 use crate::webhooks;
+use crate::webhooks::delivery::WebhookWorker;
 
 /// Runs the worker until `cancel`; returns after in-flight jobs drained (or the timeout passed).
+/// Prints the `cxrel worker listening on` line once its HTTP endpoints are bound.
 pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Result<()> {
+    let app = build(settings).await?;
+    http::announce_listening("worker", app.http_addr());
+    app.run_until_stopped(cancel).await
+}
+
+/// A wired worker, its HTTP endpoints already serving, not consuming yet.
+pub struct Application {
+    http_addr: SocketAddr,
+    instance: String,
+    consumer: Consumer<Pipeline>,
+    webhook_worker: WebhookWorker,
+    /// What everything built here stops with; fired by the caller's token in
+    /// `run_until_stopped`, or when the application is dropped unrun.
+    stop: CancellationToken,
+    _stop_on_drop: DropGuard,
+}
+
+/// Wires a worker from `settings`: binds `[http].listen` (`/healthz`, `/readyz`, `/metrics`),
+/// starts the readiness watchers and webhook delivery, and builds the pipeline and the consumer.
+pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+    let stop = CancellationToken::new();
+    let stop_on_drop = stop.clone().drop_guard();
     let instance = instance_name(&settings);
     let readiness = Readiness::default();
     readiness.set("broker", false, "not connected yet");
     readiness.set("broker_publishing", true, "publishing");
     readiness.set("token", false, "no token yet");
-    let http_addr = http::serve(settings.http.listen, readiness.clone(), cancel.clone()).await?;
-    // On stdout so scripts and tests that asked for port 0 can find it.
-    println!("cxrel worker listening on http://{http_addr}");
+    let http_addr = http::serve(settings.http.listen, readiness.clone(), stop.clone()).await?;
 
     let store = StoreClient::from_settings(&settings)?;
-    tokio::spawn(watch_token(
-        store.clone(),
-        readiness.clone(),
-        cancel.clone(),
-    ));
+    tokio::spawn(watch_token(store.clone(), readiness.clone(), stop.clone()));
     tokio::spawn(watch_budget(
         store.budget().clone(),
         readiness.clone(),
-        cancel.clone(),
+        stop.clone(),
     ));
     let topology = Arc::new(Topology::from_settings(&settings.amqp));
     let slot = PublisherSlot::default();
@@ -45,7 +69,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
         &settings.webhooks,
         slot.clone(),
         topology.webhooks_dead(),
-        cancel.clone(),
+        stop.clone(),
         settings.worker.shutdown_timeout,
     )?;
     let pipeline = Pipeline::new(
@@ -71,11 +95,37 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
         webhooks: webhook_queue,
         source: format!("cxrel://{instance}"),
     };
-    tracing::info!(instance, "worker starting");
-    consumer.run(cancel).await;
-    webhook_worker.drain().await;
-    tracing::info!("worker stopped");
-    Ok(())
+    Ok(Application {
+        http_addr,
+        instance,
+        consumer,
+        webhook_worker,
+        stop,
+        _stop_on_drop: stop_on_drop,
+    })
+}
+
+impl Application {
+    /// Where `/healthz`, `/readyz` and `/metrics` answer (the port bound when 0 was asked for).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Consumes jobs until `cancel`; returns after in-flight jobs drained (or the timeout passed)
+    /// and webhook delivery finished its drain.
+    pub async fn run_until_stopped(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let stop = self.stop.clone();
+        let forward = tokio::spawn(async move {
+            cancel.cancelled().await;
+            stop.cancel();
+        });
+        tracing::info!(instance = self.instance, "worker starting");
+        self.consumer.run(self.stop.clone()).await;
+        self.webhook_worker.drain().await;
+        forward.abort();
+        tracing::info!("worker stopped");
+        Ok(())
+    }
 }
 
 /// `[worker].instance`, else the host name, else "cxrel".

@@ -2,10 +2,8 @@
 //! test's own queue prefix, with its log captured (for audit lines and the token check), and
 //! dead letters published the way the worker writes them.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use cxrel::amqp::{Publisher, Topology, headers};
@@ -42,25 +40,12 @@ impl ConsoleProcess {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawn the cxrel binary");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            for line in lines.by_ref().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("cxrel console listening on ") {
-                    let _ = tx.send(addr.trim().to_owned());
-                }
-            }
-        });
-        let base = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(base) => base,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "cxrel console did not print its address within 30s: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
+        let Some(base) = crate::helpers::listening_url(&mut child, "console") else {
+            let _ = child.kill();
+            panic!(
+                "cxrel console did not print its address within 30s: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
         };
         ConsoleProcess {
             child,

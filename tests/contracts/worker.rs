@@ -17,9 +17,9 @@ use lapin::types::FieldTable;
 use serde_json::{Value, json};
 
 use crate::helpers::emulator::{EmulatorProcess, named_record};
-use crate::helpers::workers::{
-    WorkerOptions, WorkerProcess, job, op, publish_jobs, rid, worker_config_with,
-};
+use cxrel::harness::config::WebhookTarget;
+
+use crate::helpers::workers::{WorkerProcess, job, op, publish_jobs, rid, test_config};
 use crate::helpers::{broker, emulator};
 use crate::support::{assert_valid, committed, validator};
 
@@ -166,13 +166,11 @@ async fn every_event_dead_letter_and_webhook_of_a_real_worker_matches_the_commit
     let mut tap = PropertyTap::bind(&channel, &topology.events()).await;
     let publisher = Publisher::open(&conn).await.unwrap();
     let hook = emu.webhook_receiver("contracts", SECRET).await;
-    let options = WorkerOptions {
+    let config = test_config(&emu.base, topology.prefix())
         // PATCHes in job order, so the atomic job writes its first parent before the second fails.
-        parallel_patches: 1,
-        extra: format!("[[webhooks]]\nurl = \"{hook}\"\nsecret = \"{SECRET}\"\nevents = []\n"),
-        ..WorkerOptions::default()
-    };
-    let worker = WorkerProcess::spawn(&worker_config_with(&emu.base, topology.prefix(), &options));
+        .parallel_patches(1)
+        .webhook(WebhookTarget::all_events(&hook, SECRET));
+    let worker = WorkerProcess::spawn(&config);
     let r = |n| rid("r", n);
 
     // Load the worker's graph, then delete a parent behind its back: its PATCH answers 404.

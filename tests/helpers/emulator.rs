@@ -1,9 +1,7 @@
 //! A real `cxrel emulator` process on a free port, plus small reqwest helpers for its auth
 //! endpoints and control API.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -55,25 +53,9 @@ impl EmulatorProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn the cxrel binary");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        // Reads the address line, then keeps draining stdout so the child never blocks on it.
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            for line in lines.by_ref().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("cxrel emulator listening on ") {
-                    let _ = tx.send(addr.trim().to_owned());
-                    break;
-                }
-            }
-            for _ in lines {}
-        });
-        let base = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(base) => base,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("cxrel emulator did not print its address within 30s");
-            }
+        let Some(base) = super::listening_url(&mut child, "emulator") else {
+            let _ = child.kill();
+            panic!("cxrel emulator did not print its address within 30s");
         };
         Self { child, base }
     }

@@ -2,23 +2,46 @@
 //! (`#[path = "../helpers/mod.rs"] mod helpers;` in `tests/*/main.rs`, `mod helpers;` in
 //! `tests/broker_alarm.rs`).
 //!
-//! - [`emulator`]: a real `cxrel emulator` process and reqwest helpers for its API.
+//! - [`emulator`]: a real `cxrel emulator` process and reqwest helpers for its API;
+//!   [`listening_url`] finds any server process's address.
 //! - [`broker`]: unique queue prefixes, reading queues and tearing a topology down on the local
 //!   RabbitMQ.
-//! - [`workers`]: real `cxrel worker` processes, an events tap, job builders; [`workers::pairs`] the
-//!   pair workload several worker suites share.
+//! - [`workers`]: the test workers' settings, workers as processes or in this process, an events
+//!   tap, job builders; [`workers::pairs`] the pair workload several worker suites share.
 //!
 //! Every crate compiles the whole tree but uses only its own subset, so unused helpers are allowed
 //! here, once, rather than in each crate.
 #![allow(dead_code)]
 
-use std::sync::{Mutex, PoisonError};
+use std::io::{BufRead, BufReader};
+use std::process::Child;
+use std::sync::{Mutex, PoisonError, mpsc};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
 pub mod broker;
 pub mod emulator;
 pub mod workers;
+
+/// The URL in `server`'s `cxrel {server} listening on …` line on the piped stdout of `child`
+/// (the worker, the console and the emulator print it once bound), waiting up to 30 s; stdout is
+/// drained afterwards so the child never blocks on it. None when the child exited or kept silent.
+pub fn listening_url(child: &mut Child, server: &'static str) -> Option<String> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        for line in lines.by_ref().map_while(Result::ok) {
+            if let Some(url) = cxrel::http::listening_url(server, &line) {
+                let _ = tx.send(url.to_owned());
+                break;
+            }
+        }
+        for _ in lines {}
+    });
+    rx.recv_timeout(Duration::from_secs(30)).ok()
+}
 
 /// Held for its whole run by each test that asserts a rate or a timing-dependent count (429 shares,
 /// token refreshes per expiry, a rate shared across clients). Two measurements of different kinds

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::helpers::broker;
 use crate::helpers::emulator::{EmulatorProcess, named_record};
-use crate::helpers::workers::{WorkerProcess, job, op, rid, stored_ids, worker_config};
+use crate::helpers::workers::{WorkerProcess, job, op, rid, stored_ids, test_config};
 
 const FIELD: &str = "parent_child_link";
 
@@ -42,7 +42,7 @@ async fn bench(test: &str) -> Bench {
         .await
         .unwrap();
     let publisher = Publisher::open(&conn).await.unwrap();
-    let worker = WorkerProcess::spawn(&worker_config(&emu.base, &prefix, ""));
+    let worker = WorkerProcess::spawn(&test_config(&emu.base, &prefix));
     worker.wait_ready(Duration::from_secs(30)).await;
     Bench {
         emu,

@@ -1,5 +1,6 @@
-//! `cxrel worker` end to end: a real worker process, the emulator over HTTP and the local RabbitMQ.
-//! Jobs go in through the jobs queue; the tests read events, dead letters, webhooks and the store.
+//! `cxrel worker` end to end: a real worker (a process, or built in the test's process where the
+//! test needs no process of its own), the emulator over HTTP and the local RabbitMQ. Jobs go in
+//! through the jobs queue; the tests read events, dead letters, webhooks and the store.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -9,10 +10,10 @@ use serde_json::{Value, json};
 
 use crate::helpers::emulator::{EmulatorProcess, named_record};
 use crate::helpers::workers::{
-    EventTap, WorkerOptions, WorkerProcess, job, op, publish_jobs, rid, stored_ids, worker_config,
-    worker_config_with,
+    EventTap, InProcessWorker, WorkerProcess, job, op, publish_jobs, rid, stored_ids, test_config,
 };
 use crate::helpers::{broker, emulator, workers};
+use cxrel::harness::config::WebhookTarget;
 
 const FIELD: &str = "parent_child_link";
 const OWNER: &str = "owner_link";
@@ -54,8 +55,9 @@ async fn many_jobs_apply_exactly_with_one_event_per_operation_and_signed_webhook
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let extra = format!("[[webhooks]]\nurl = \"{hook}\"\nsecret = \"{SECRET}\"\nevents = []\n");
-    let worker = WorkerProcess::spawn(&worker_config(&s.emu.base, s.q.topology.prefix(), &extra));
+    let config = test_config(&s.emu.base, s.q.topology.prefix())
+        .webhook(WebhookTarget::all_events(&hook, SECRET));
+    let worker = WorkerProcess::spawn(&config);
 
     // 50 jobs × 2 operations: parent 2k gets child 2k+1 in both fields → 100 PATCHes.
     let jobs: Vec<Value> = (0..50)
@@ -273,7 +275,7 @@ fn rejection_cases() -> Vec<(&'static str, Value)> {
     ]
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rejection_code_ends_as_a_coded_dead_letter_and_rejected_events_with_nothing_written()
 {
     let emu = EmulatorProcess::spawn();
@@ -290,7 +292,7 @@ async fn every_rejection_code_ends_as_a_coded_dead_letter_and_rejected_events_wi
     let channel = conn.create_channel().await.unwrap();
     let mut tap = EventTap::bind(&channel, &topology).await;
     let publisher = Publisher::open(&conn).await.unwrap();
-    let worker = WorkerProcess::spawn(&worker_config(&emu.base, &prefix, ""));
+    let worker = InProcessWorker::start(&test_config(&emu.base, &prefix)).await;
 
     let cases = rejection_cases();
     let jobs: Vec<Value> = cases.iter().map(|(_, j)| j.clone()).collect();
@@ -346,23 +348,16 @@ async fn every_rejection_code_ends_as_a_coded_dead_letter_and_rejected_events_wi
         0,
         "nothing written for atomic jobs"
     );
-    drop(worker);
+    worker.stop().await;
     broker::teardown(&channel, &topology).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_atomic_job_failing_part_way_restores_the_earlier_parents_with_rolled_back_events() {
     let mut s = setup("rollback", "accounts", 10).await;
     // parallel_patches = 1 sends the PATCHes in job order, so the first parent is written first.
-    let options = WorkerOptions {
-        parallel_patches: 1,
-        ..WorkerOptions::default()
-    };
-    let worker = WorkerProcess::spawn(&worker_config_with(
-        &s.emu.base,
-        s.q.topology.prefix(),
-        &options,
-    ));
+    let config = test_config(&s.emu.base, s.q.topology.prefix()).parallel_patches(1);
+    let worker = InProcessWorker::start(&config).await;
     let (a, b, c) = (rid("r", 0), rid("r", 1), rid("r", 2));
     // Load the worker's graph first, then delete a parent behind its back: its PATCH answers 404.
     publish_jobs(
@@ -433,14 +428,14 @@ async fn an_atomic_job_failing_part_way_restores_the_earlier_parents_with_rolled
         headers::get_str(&t, headers::STAGE).as_deref(),
         Some("apply")
     );
-    drop(worker);
+    worker.stop().await;
     broker::teardown(&s.q.channel, &s.q.topology).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_delivered_twice_reaches_the_same_state_with_the_same_event_ids() {
     let mut s = setup("redeliver", "accounts", 10).await;
-    let worker = WorkerProcess::spawn(&worker_config(&s.emu.base, s.q.topology.prefix(), ""));
+    let worker = InProcessWorker::start(&test_config(&s.emu.base, s.q.topology.prefix())).await;
     let j = job(
         "twice",
         "accounts",
@@ -481,6 +476,6 @@ async fn a_job_delivered_twice_reaches_the_same_state_with_the_same_event_ids() 
         1,
         "the second delivery found the value stored"
     );
-    drop(worker);
+    worker.stop().await;
     broker::teardown(&s.q.channel, &s.q.topology).await;
 }

@@ -11,7 +11,9 @@ use cxrel::amqp::headers;
 use serde_json::{Value, json};
 
 use crate::helpers::emulator::{EmulatorProcess, named_record};
-use crate::helpers::workers::{WorkerProcess, job, publish_jobs, rid, worker_config};
+use crate::helpers::workers::{
+    InProcessWorker, WorkerProcess, job, publish_jobs, rid, test_config,
+};
 use crate::helpers::{broker, emulator, workers};
 
 const LINK: &str = "parent_child_link";
@@ -255,7 +257,7 @@ fn longest(edges: &HashMap<&str, Vec<&str>>, from: &str) -> usize {
 async fn run_workload(test: &str, worker_count: usize) {
     let (jobs, conflicts, records) = workload();
     let mut s = setup(test, records, &[]).await;
-    let config = worker_config(&s.emu.base, s.q.topology.prefix(), "");
+    let config = test_config(&s.emu.base, s.q.topology.prefix());
     let mut procs: Vec<WorkerProcess> = (0..worker_count)
         .map(|_| WorkerProcess::spawn(&config))
         .collect();
@@ -341,7 +343,7 @@ async fn create_records(emu: &EmulatorProcess, ids: &[String]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_and_a_field_created_behind_a_running_worker_are_linked_at_once() {
     let mut s = setup("integrity-late", 4, &[]).await;
-    let worker = WorkerProcess::spawn(&worker_config(&s.emu.base, s.q.topology.prefix(), ""));
+    let worker = InProcessWorker::start(&test_config(&s.emu.base, s.q.topology.prefix())).await;
     // Warm-up: the worker reads the graph (4 records).
     let warm = job(
         "warm",
@@ -416,14 +418,14 @@ async fn records_and_a_field_created_behind_a_running_worker_are_linked_at_once(
         workers::stored_ids(&record, "team_link"),
         vec![late[39].clone()]
     );
-    drop(worker);
+    worker.stop().await;
     broker::teardown(&s.q.channel, &s.q.topology).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deletion_is_reported_only_after_the_store_confirmed_it_and_a_stale_violation_is_not() {
     let mut s = setup("integrity-confirm", 6, &[]).await;
-    let worker = WorkerProcess::spawn(&worker_config(&s.emu.base, s.q.topology.prefix(), ""));
+    let worker = WorkerProcess::spawn(&test_config(&s.emu.base, s.q.topology.prefix()));
     let (a, b, c, d) = (rid("g", 1), rid("g", 2), rid("g", 3), rid("g", 4));
     // The worker's graph gets a → b.
     let warm = job("warm", DS, true, vec![link(&a, LINK, &[&b], "none")]);

@@ -14,9 +14,11 @@ use crate::helpers::workers::pairs::{
     FIELD, assert_pairs_stored, completed, emulator_with, pair_jobs,
 };
 use crate::helpers::workers::{
-    WorkerOptions, WorkerProcess, job, op, publish_jobs, queues, rid, worker_config_with,
+    InProcessWorker, QUICK_BACKOFF, WorkerProcess, job, millis, op, publish_jobs, queues, rid,
+    test_config,
 };
 use crate::helpers::{broker, emulator, workers};
+use cxrel::harness::config::WebhookTarget;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -54,20 +56,11 @@ async fn ready_worker(
     q: &workers::Queues,
     client_attempts: u32,
 ) -> WorkerProcess {
-    let options = WorkerOptions {
-        // The same delays as the test's topology (leaked once per test: a test process is short).
-        retry_delays: HOLD_DELAYS_MS
-            .map(|ms| format!("\"{ms}ms\""))
-            .join(", ")
-            .leak(),
-        client_attempts,
-        ..WorkerOptions::default()
-    };
-    let worker = WorkerProcess::spawn(&worker_config_with(
-        &emu.base,
-        q.topology.prefix(),
-        &options,
-    ));
+    // The same delays as the test's topology.
+    let config = test_config(&emu.base, q.topology.prefix())
+        .retry_delays(&millis(&HOLD_DELAYS_MS))
+        .store_retry(client_attempts, QUICK_BACKOFF, Duration::from_secs(5));
+    let worker = WorkerProcess::spawn(&config);
     worker.wait_ready(Duration::from_secs(30)).await;
     worker
 }
@@ -98,7 +91,7 @@ async fn jobs_wait_in_the_hold_queues_while_the_store_fails_and_complete_when_it
 async fn a_locked_parent_sends_the_job_to_a_hold_queue_until_it_is_unlocked() {
     let emu = emulator_with(4).await;
     let mut q = queues("locked", &HOLD_DELAYS_MS).await;
-    let worker = ready_worker(&emu, &q, WorkerOptions::default().client_attempts).await;
+    let worker = ready_worker(&emu, &q, 3).await;
     emu.lock_record("accounts", &rid("r", 0)).await;
     publish_jobs(&q.publisher, &q.topology, &pair_jobs("lock", 1)).await;
     assert!(counter_reaches(&worker, RETRIED, 1.0, Duration::from_secs(20)).await);
@@ -119,11 +112,7 @@ async fn a_locked_parent_sends_the_job_to_a_hold_queue_until_it_is_unlocked() {
 async fn a_record_changed_behind_the_cached_graph_is_re_read_revalidated_and_applied() {
     let emu = emulator_with(4).await;
     let mut q = queues("stale", &[60_000]).await;
-    let worker = WorkerProcess::spawn(&worker_config_with(
-        &emu.base,
-        q.topology.prefix(),
-        &WorkerOptions::default(),
-    ));
+    let worker = WorkerProcess::spawn(&test_config(&emu.base, q.topology.prefix()));
     // Warm the worker's graph with job 0, then change parent r2 behind its back.
     publish_jobs(&q.publisher, &q.topology, &pair_jobs("warm", 1)).await;
     assert!(
@@ -184,18 +173,10 @@ async fn webhooks_that_keep_failing_are_parked_and_never_change_the_job_outcome(
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let options = WorkerOptions {
-        extra: format!(
-            "[webhook_delivery]\nmax_attempts = 2\nmin_backoff = \"50ms\"\nmax_backoff = \"100ms\"\n\n\
-             [[webhooks]]\nurl = \"{hook}\"\nsecret = \"{SECRET}\"\n"
-        ),
-        ..WorkerOptions::default()
-    };
-    let worker = WorkerProcess::spawn(&worker_config_with(
-        &emu.base,
-        q.topology.prefix(),
-        &options,
-    ));
+    let config = test_config(&emu.base, q.topology.prefix())
+        .webhook_retries(2, Duration::from_millis(50)..=Duration::from_millis(100))
+        .webhook(WebhookTarget::all_events(&hook, SECRET));
+    let worker = WorkerProcess::spawn(&config);
     publish_jobs(&q.publisher, &q.topology, &pair_jobs("hooked", 1)).await;
     assert!(
         q.tap
@@ -219,20 +200,14 @@ async fn webhooks_that_keep_failing_are_parked_and_never_change_the_job_outcome(
     broker::teardown(&q.channel, &q.topology).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_trace_context_of_a_job_continues_into_its_events_and_webhooks() {
     let emu = emulator_with(2).await;
     let mut q = queues("trace", &[200]).await;
     let hook = emu.webhook_receiver("traced", SECRET).await;
-    let options = WorkerOptions {
-        extra: format!("[[webhooks]]\nurl = \"{hook}\"\nsecret = \"{SECRET}\"\n"),
-        ..WorkerOptions::default()
-    };
-    let _worker = WorkerProcess::spawn(&worker_config_with(
-        &emu.base,
-        q.topology.prefix(),
-        &options,
-    ));
+    let config = test_config(&emu.base, q.topology.prefix())
+        .webhook(WebhookTarget::all_events(&hook, SECRET));
+    let _worker = InProcessWorker::start(&config).await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let mut table = FieldTable::default();
     headers::set_str(
@@ -273,24 +248,16 @@ async fn the_trace_context_of_a_job_continues_into_its_events_and_webhooks() {
     broker::teardown(&q.channel, &q.topology).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_large_job_takes_only_its_share_of_the_webhook_queue_and_parks_the_rest() {
     let emu = emulator_with(22).await;
     let mut q = queues("hookshare", &[200]).await;
     let hook = emu.webhook_receiver("share", SECRET).await;
     // Capacity 8: one job may queue 2 of its events; the other 9 of 11 are parked at once.
-    let options = WorkerOptions {
-        extra: format!(
-            "[webhook_delivery]\nqueue_capacity = 8\n\n\
-             [[webhooks]]\nurl = \"{hook}\"\nsecret = \"{SECRET}\"\n"
-        ),
-        ..WorkerOptions::default()
-    };
-    let _worker = WorkerProcess::spawn(&worker_config_with(
-        &emu.base,
-        q.topology.prefix(),
-        &options,
-    ));
+    let config = test_config(&emu.base, q.topology.prefix())
+        .webhook_queue_capacity(8)
+        .webhook(WebhookTarget::all_events(&hook, SECRET));
+    let _worker = InProcessWorker::start(&config).await;
     let ops = (0..10)
         .map(|i| op(&rid("r", 2 * i), FIELD, &[&rid("r", 2 * i + 1)]))
         .collect();
@@ -331,15 +298,12 @@ async fn a_patch_whose_answer_is_lost_is_read_back_and_counted_applied_at_once()
     let emu = emulator_with(2).await;
     let mut q = queues("readback", &[200]).await;
     // One attempt in the client: the lost answer is not hidden by an in-client retry's 412.
-    let options = WorkerOptions {
-        client_attempts: 1,
-        ..WorkerOptions::default()
-    };
-    let worker = WorkerProcess::spawn(&worker_config_with(
-        &emu.base,
-        q.topology.prefix(),
-        &options,
-    ));
+    let config = test_config(&emu.base, q.topology.prefix()).store_retry(
+        1,
+        QUICK_BACKOFF,
+        Duration::from_secs(5),
+    );
+    let worker = WorkerProcess::spawn(&config);
     worker.wait_ready(Duration::from_secs(30)).await;
     emu.set_faults(json!({"lose_patch_answers": true})).await;
     publish_jobs(&q.publisher, &q.topology, &pair_jobs("lost", 1)).await;

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::helpers::workers::pairs::{assert_pairs_stored, completed, emulator_with, pair_jobs};
 use crate::helpers::workers::{
-    EventTap, WorkerOptions, WorkerProcess, publish_jobs, worker_config, worker_config_with,
+    EventTap, QUICK_BACKOFF, WorkerProcess, millis, publish_jobs, test_config,
 };
 use crate::helpers::{broker, workers};
 
@@ -22,15 +22,11 @@ async fn injected_5xx_and_429_are_retried_until_every_job_completes() {
     let mut tap = EventTap::bind(&channel, &topology).await;
     let publisher = Publisher::open(&conn).await.unwrap();
     // The client's limit is set above the store's real one, as an operator might.
-    let options = WorkerOptions {
-        retry_delays: r#""500ms", "1s", "2s", "4s""#,
-        requests_per_second: 60,
-        burst: 5,
-        client_attempts: 4,
-        client_max_elapsed: "10s",
-        ..WorkerOptions::default()
-    };
-    let worker = WorkerProcess::spawn(&worker_config_with(&emu.base, &prefix, &options));
+    let config = test_config(&emu.base, &prefix)
+        .retry_delays(&millis(&[500, 1000, 2000, 4000]))
+        .rate(60, 5)
+        .store_retry(4, QUICK_BACKOFF, Duration::from_secs(10));
+    let worker = WorkerProcess::spawn(&config);
     emu.set_faults(json!({"error_ratio": 0.3, "rate_limit": {"requests_per_second": 40, "burst": 5}, "retry_after": false})).await;
     let jobs = pair_jobs("faulty", 40);
     publish_jobs(&publisher, &topology, &jobs).await;
@@ -66,7 +62,7 @@ async fn with_every_request_failing_a_job_is_dead_lettered_after_the_configured_
     let mut tap = EventTap::bind(&channel, &topology).await;
     let publisher = Publisher::open(&conn).await.unwrap();
     emu.set_faults(json!({"error_ratio": 1.0})).await;
-    let worker = WorkerProcess::spawn(&worker_config(&emu.base, &prefix, ""));
+    let worker = WorkerProcess::spawn(&test_config(&emu.base, &prefix));
     publish_jobs(&publisher, &topology, &pair_jobs("doomed", 1)).await;
 
     let dead = broker::take(&channel, &topology.dead(), 1, Duration::from_secs(60)).await;
@@ -101,7 +97,7 @@ async fn sigterm_during_a_drain_exits_zero_in_time_and_loses_no_job() {
     let mut tap = EventTap::bind(&channel, &topology).await;
     let publisher = Publisher::open(&conn).await.unwrap();
     emu.set_faults(json!({"latency_ms": 30})).await;
-    let config = worker_config(&emu.base, &prefix, "");
+    let config = test_config(&emu.base, &prefix);
     let mut worker = WorkerProcess::spawn(&config);
     publish_jobs(&publisher, &topology, &pair_jobs("drain", 200)).await;
     assert!(
@@ -152,7 +148,7 @@ async fn a_broker_connection_closed_mid_drain_is_recovered_and_every_job_complet
     let mut tap = EventTap::bind(&channel, &topology).await;
     let publisher = Publisher::open(&conn).await.unwrap();
     emu.set_faults(json!({"latency_ms": 20})).await;
-    let worker = WorkerProcess::spawn(&worker_config(&emu.base, &prefix, ""));
+    let worker = WorkerProcess::spawn(&test_config(&emu.base, &prefix));
     publish_jobs(&publisher, &topology, &pair_jobs("recover", 200)).await;
     assert!(
         tap.until(Duration::from_secs(30), |e| completed(e).len() >= 20)
@@ -188,12 +184,9 @@ async fn a_job_whose_worker_dies_before_settling_ends_coded_in_the_dead_queue() 
     let channel = conn.create_channel().await.unwrap();
     let mut tap = EventTap::bind(&channel, &topology).await;
     let publisher = Publisher::open(&conn).await.unwrap();
-    let options = WorkerOptions {
-        retry_delays: r#""200ms""#,
-        delivery_limit: 2,
-        ..WorkerOptions::default()
-    };
-    let config = worker_config_with(&emu.base, &prefix, &options);
+    let config = test_config(&emu.base, &prefix)
+        .retry_delays(&millis(&[200]))
+        .delivery_limit(2);
     // Every store answer takes 5 s, so each worker is killed with the job in its hands.
     emu.set_faults(json!({"latency_ms": 5000})).await;
     publish_jobs(&publisher, &topology, &pair_jobs("poison", 1)).await;
@@ -277,7 +270,7 @@ async fn a_broker_that_keeps_refusing_the_events_ends_the_job_coded_in_the_dead_
         .await
         .unwrap();
     let publisher = Publisher::open(&conn).await.unwrap();
-    let worker = WorkerProcess::spawn(&worker_config(&emu.base, &prefix, ""));
+    let worker = WorkerProcess::spawn(&test_config(&emu.base, &prefix));
     publish_jobs(&publisher, &topology, &pair_jobs("refused", 1)).await;
 
     let dead = broker::take(&channel, &topology.dead(), 2, Duration::from_secs(30)).await;

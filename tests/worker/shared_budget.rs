@@ -5,14 +5,13 @@
 use std::time::{Duration, Instant};
 
 use cxrel::amqp::Publisher;
+use cxrel::settings::RateLimitBackend;
 use serde_json::{Value, json};
 
 use crate::helpers::broker;
 use crate::helpers::emulator::EmulatorProcess;
 use crate::helpers::workers::pairs::{assert_pairs_stored, completed, emulator_with, pair_jobs};
-use crate::helpers::workers::{
-    EventTap, WorkerOptions, WorkerProcess, publish_jobs, worker_config_with,
-};
+use crate::helpers::workers::{EventTap, QUICK_BACKOFF, WorkerProcess, publish_jobs, test_config};
 
 /// One worker per prefix of `prefixes` (three), all sharing the Redis budget at `key`.
 fn spawn_three(
@@ -22,19 +21,16 @@ fn spawn_three(
     rps: u32,
     burst: u32,
 ) -> Vec<WorkerProcess> {
-    let options = WorkerOptions {
-        requests_per_second: rps,
-        burst,
-        rate_limit_backend: "redis",
-        redis_key: key.to_owned(),
-        replicas_hint: 3,
-        client_attempts: 5,
-        client_max_elapsed: "20s",
-        ..WorkerOptions::default()
-    };
     prefixes
         .iter()
-        .map(|prefix| WorkerProcess::spawn(&worker_config_with(&emu.base, prefix, &options)))
+        .map(|prefix| {
+            let config = test_config(&emu.base, prefix)
+                .rate(rps, burst)
+                .rate_backend(RateLimitBackend::Redis, 3)
+                .redis_key(key)
+                .store_retry(5, QUICK_BACKOFF, Duration::from_secs(20));
+            WorkerProcess::spawn(&config)
+        })
         .collect()
 }
 
@@ -205,16 +201,12 @@ async fn with_redis_unreachable_a_worker_stays_ready_on_its_share_and_applies_jo
     let channel = conn.create_channel().await.unwrap();
     let mut tap = EventTap::bind(&channel, &topology).await;
     let publisher = Publisher::open(&conn).await.unwrap();
-    let options = WorkerOptions {
-        requests_per_second: 100,
-        burst: 5,
-        rate_limit_backend: "redis",
-        redis_key: budget_key("fallback"),
-        redis_url: "redis://127.0.0.1:1",
-        replicas_hint: 3,
-        ..WorkerOptions::default()
-    };
-    let worker = WorkerProcess::spawn(&worker_config_with(&emu.base, &prefix, &options));
+    let config = test_config(&emu.base, &prefix)
+        .rate(100, 5)
+        .rate_backend(RateLimitBackend::Redis, 3)
+        .redis_key(&budget_key("fallback"))
+        .redis_url("redis://127.0.0.1:1");
+    let worker = WorkerProcess::spawn(&config);
     wait_budget(
         std::slice::from_ref(&worker),
         "redis unreachable; local fallback 33 rps",

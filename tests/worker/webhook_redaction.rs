@@ -3,55 +3,18 @@
 //! A real worker process (log captured), the emulator's receiver answering 503, an endpoint that
 //! refuses connections, and the local RabbitMQ.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use cxrel::amqp::{Publisher, headers};
 use serde_json::json;
 
 use crate::helpers::emulator::{EmulatorProcess, named_record};
-use crate::helpers::workers::{WorkerOptions, job, op, publish_jobs, rid, worker_config_with};
+use crate::helpers::workers::{WorkerProcess, job, op, publish_jobs, rid, test_config};
 use crate::helpers::{broker, emulator};
+use cxrel::harness::config::WebhookTarget;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const TOKEN: &str = "T0KEN-in-the-url";
-
-/// A `cxrel worker` whose stderr (the log, JSON lines) goes to `log`; killed on drop.
-struct LoggedWorker(std::process::Child);
-
-impl LoggedWorker {
-    fn spawn(config: &std::path::Path, log: &std::path::Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cxrel"))
-            .arg("--config")
-            .arg(config)
-            .arg("worker")
-            .env_remove("CXREL_ENV")
-            .env_remove("RUST_LOG")
-            .env("CXREL__LOG__LEVEL", "debug")
-            .env("CXREL__LOG__FORMAT", "json")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .expect("spawn cxrel worker");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let listening = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .any(|l| l.starts_with("cxrel worker listening on "));
-        assert!(listening, "the worker started");
-        std::thread::spawn(move || for _ in lines {});
-        Self(child)
-    }
-}
-
-impl Drop for LoggedWorker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test]
 async fn parked_webhooks_logs_and_errors_never_show_the_webhook_url_token() {
@@ -81,23 +44,18 @@ async fn parked_webhooks_logs_and_errors_never_show_the_webhook_url_token() {
         .await
         .unwrap();
     let publisher = Publisher::open(&conn).await.unwrap();
-    let options = WorkerOptions {
-        extra: format!(
-            "[webhook_delivery]\nmax_attempts = 2\nmin_backoff = \"20ms\"\nmax_backoff = \"50ms\"\n\n\
-             [[webhooks]]\nurl = \"{failing}?token={TOKEN}\"\nsecret = \"{SECRET}\"\n\
-             events = [\"cxrel.job.completed\"]\n\n\
-             [[webhooks]]\nurl = \"http://127.0.0.1:1/hooks/{TOKEN}\"\nsecret = \"{SECRET}\"\n\
-             events = [\"cxrel.job.completed\"]\n"
-        ),
-        ..WorkerOptions::default()
+    let completed_only = |url: String| WebhookTarget {
+        url,
+        secret: SECRET.to_owned(),
+        events: vec!["cxrel.job.completed".to_owned()],
     };
+    let config = test_config(&emu.base, &prefix)
+        .webhook_retries(2, Duration::from_millis(20)..=Duration::from_millis(50))
+        .webhook(completed_only(format!("{failing}?token={TOKEN}")))
+        .webhook(completed_only(format!("http://127.0.0.1:1/hooks/{TOKEN}")));
     let dir = tempfile::tempdir().unwrap();
-    let (config, log) = (
-        dir.path().join("worker.toml"),
-        dir.path().join("worker.log"),
-    );
-    std::fs::write(&config, worker_config_with(&emu.base, &prefix, &options)).unwrap();
-    let worker = LoggedWorker::spawn(&config, &log);
+    let log = dir.path().join("worker.log");
+    let worker = WorkerProcess::spawn_logged(&config, &log);
 
     let (p, c) = (rid("r", 0), rid("r", 1));
     publish_jobs(

@@ -1,17 +1,49 @@
-//! Test support for worker suites: a real `cxrel worker` process configured by a settings file,
-//! talking to a test's emulator and its own queue prefix, plus an events tap on the events exchange.
+//! Test support for worker suites: a `cxrel worker` configured by a typed
+//! [`WorkerConfig`](cxrel::harness::config::WorkerConfig), talking to a test's emulator and its own
+//! queue prefix, either as a real process ([`WorkerProcess`]: signals, kills, drains, metrics,
+//! several workers) or built in the test's own process ([`InProcessWorker`]); plus an events tap on
+//! the events exchange, job builders and queue helpers.
 
 pub mod pairs;
 
-use std::io::{BufRead, BufReader};
+use std::collections::HashMap;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use cxrel::harness::config::WorkerConfig;
+use cxrel::settings::RateLimitBackend;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// Settings every test worker starts from: the emulator as data store and issuer, the test's
+/// prefix (also its instance name), hold delays of 200/400/800 ms, a fast drain, a generous local
+/// rate budget and quick in-client retries. Tests change what they exercise on top.
+pub fn test_config(emulator: &str, prefix: &str) -> WorkerConfig {
+    WorkerConfig::new(prefix, emulator)
+        .retry_delays(&millis(&[200, 400, 800]))
+        .delivery_limit(cxrel::amqp::topology::DEFAULT_DELIVERY_LIMIT)
+        .confirm_timeout(Duration::from_secs(30))
+        .shutdown_timeout(Duration::from_secs(10))
+        .instance(prefix)
+        .parallel_patches(8)
+        .rate(2000, 200)
+        .rate_backend(RateLimitBackend::Local, 1)
+        .redis_url("redis://127.0.0.1:6379")
+        .store_retry(3, QUICK_BACKOFF, Duration::from_secs(5))
+}
+
+/// The in-client backoff of [`test_config`], for tests that change the attempts.
+pub const QUICK_BACKOFF: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(20)..=Duration::from_millis(500);
+
+/// Durations from milliseconds.
+pub fn millis(ms: &[u64]) -> Vec<Duration> {
+    ms.iter().map(|ms| Duration::from_millis(*ms)).collect()
+}
 
 /// A `cxrel worker` child process; killed on drop unless already stopped.
 pub struct WorkerProcess {
@@ -21,149 +53,41 @@ pub struct WorkerProcess {
     _config: tempfile::NamedTempFile,
 }
 
-/// What a test may change in a worker's settings.
-#[derive(Debug, Clone)]
-pub struct WorkerOptions {
-    pub retry_delays: &'static str,
-    pub requests_per_second: u32,
-    pub burst: u32,
-    pub client_attempts: u32,
-    pub client_max_elapsed: &'static str,
-    pub parallel_patches: usize,
-    /// `[rate_limit].backend`: "local" or "redis".
-    pub rate_limit_backend: &'static str,
-    /// `[rate_limit].redis_key` (empty = derived from the prefix); each test its own.
-    pub redis_key: String,
-    pub redis_url: &'static str,
-    pub replicas_hint: u32,
-    /// `[amqp].delivery_limit` (the test's `Topology` must declare the same).
-    pub delivery_limit: u32,
-    /// `[amqp].confirm_timeout`.
-    pub confirm_timeout: &'static str,
-    /// Appended TOML: extra tables such as `[[webhooks]]`.
-    pub extra: String,
-}
-
-impl Default for WorkerOptions {
-    fn default() -> Self {
-        Self {
-            retry_delays: r#""200ms", "400ms", "800ms""#,
-            requests_per_second: 2000,
-            burst: 200,
-            client_attempts: 3,
-            client_max_elapsed: "5s",
-            parallel_patches: 8,
-            rate_limit_backend: "local",
-            redis_key: String::new(),
-            redis_url: "redis://127.0.0.1:6379",
-            replicas_hint: 1,
-            delivery_limit: cxrel::amqp::topology::DEFAULT_DELIVERY_LIMIT,
-            confirm_timeout: "30s",
-            extra: String::new(),
-        }
-    }
-}
-
-/// Settings every test worker gets: the emulator as data store and issuer, the test's prefix, short
-/// retry delays and a fast drain.
-pub fn worker_config(emulator: &str, prefix: &str, extra: &str) -> String {
-    worker_config_with(
-        emulator,
-        prefix,
-        &WorkerOptions {
-            extra: extra.to_owned(),
-            ..WorkerOptions::default()
-        },
-    )
-}
-
-pub fn worker_config_with(emulator: &str, prefix: &str, o: &WorkerOptions) -> String {
-    format!(
-        r#"
-[amqp]
-prefix = "{prefix}"
-retry_delays = [{delays}]
-delivery_limit = {delivery_limit}
-confirm_timeout = "{confirm_timeout}"
-
-[cxone]
-api_base = "{emulator}"
-
-[cxone.auth]
-issuer = "{emulator}"
-
-[http]
-listen = "127.0.0.1:0"
-
-[worker]
-shutdown_timeout = "10s"
-instance = "{prefix}"
-parallel_patches = {parallel}
-
-[rate_limit]
-requests_per_second = {rps}
-burst = {burst}
-backend = "{backend}"
-redis_key = "{redis_key}"
-redis_url = "{redis_url}"
-replicas_hint = {replicas}
-
-[retry]
-max_attempts = {attempts}
-min_backoff = "20ms"
-max_backoff = "500ms"
-max_elapsed = "{elapsed}"
-{extra}
-"#,
-        delays = o.retry_delays,
-        delivery_limit = o.delivery_limit,
-        confirm_timeout = o.confirm_timeout,
-        parallel = o.parallel_patches,
-        rps = o.requests_per_second,
-        burst = o.burst,
-        backend = o.rate_limit_backend,
-        redis_key = o.redis_key,
-        redis_url = o.redis_url,
-        replicas = o.replicas_hint,
-        attempts = o.client_attempts,
-        elapsed = o.client_max_elapsed,
-        extra = o.extra,
-    )
-}
-
 impl WorkerProcess {
-    pub fn spawn(config: &str) -> Self {
+    /// A worker logging warnings and errors to the test's stderr.
+    pub fn spawn(config: &WorkerConfig) -> Self {
+        Self::start(config, None)
+    }
+
+    /// A worker logging JSON lines down to debug into the file `log`.
+    pub fn spawn_logged(config: &WorkerConfig, log: &Path) -> Self {
+        Self::start(config, Some(log))
+    }
+
+    fn start(config: &WorkerConfig, log: Option<&Path>) -> Self {
         let mut file = tempfile::NamedTempFile::new().expect("temp config");
-        std::io::Write::write_all(&mut file, config.as_bytes()).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cxrel"))
+        std::io::Write::write_all(&mut file, config.to_toml().as_bytes()).expect("write config");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cxrel"));
+        command
             .arg("--config")
             .arg(file.path())
             .arg("worker")
             .env_remove("CXREL_ENV")
-            .env("CXREL__LOG__LEVEL", "warn")
             .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn cxrel worker");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            for line in lines.by_ref().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("cxrel worker listening on ") {
-                    let _ = tx.send(addr.trim().to_owned());
-                    break;
-                }
-            }
-            for _ in lines {}
-        });
-        let http = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("cxrel worker did not print its address within 30s");
-            }
+            .stdout(Stdio::piped());
+        match log {
+            None => command
+                .env("CXREL__LOG__LEVEL", "warn")
+                .stderr(Stdio::inherit()),
+            Some(log) => command
+                .env("CXREL__LOG__LEVEL", "debug")
+                .env("CXREL__LOG__FORMAT", "json")
+                .stderr(std::fs::File::create(log).expect("worker log file")),
+        };
+        let mut child = command.spawn().expect("spawn cxrel worker");
+        let Some(http) = super::listening_url(&mut child, "worker") else {
+            let _ = child.kill();
+            panic!("cxrel worker did not print its address within 30s");
         };
         Self {
             child,
@@ -199,17 +123,7 @@ impl WorkerProcess {
 
     /// Waits until /readyz answers 200.
     pub async fn wait_ready(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        let client = reqwest::Client::new();
-        while Instant::now() < deadline {
-            if let Ok(r) = client.get(format!("{}/readyz", self.http)).send().await
-                && r.status() == 200
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("worker not ready within {timeout:?}");
+        wait_ready(&self.http, timeout).await;
     }
 
     pub async fn metrics(&self) -> String {
@@ -219,6 +133,74 @@ impl WorkerProcess {
             .text()
             .await
             .expect("metrics text")
+    }
+}
+
+/// Waits until `{http}/readyz` answers 200.
+async fn wait_ready(http: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let client = reqwest::Client::new();
+    while Instant::now() < deadline {
+        if let Ok(r) = client.get(format!("{http}/readyz")).send().await
+            && r.status() == 200
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("worker not ready within {timeout:?}");
+}
+
+/// A worker built and run inside the test's process ([`cxrel::worker::build`], zero2prod's
+/// `spawn_app`), for tests that need no real signal, kill or process drain, no process-wide
+/// metrics and one worker only. Needs a multi-thread test runtime, as the binary has. Stopped by
+/// [`stop`](Self::stop); cancelled when dropped.
+pub struct InProcessWorker {
+    /// `http://127.0.0.1:PORT` of /healthz, /readyz, /metrics.
+    pub http: String,
+    cancel: CancellationToken,
+    run: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl InProcessWorker {
+    /// Builds the worker of `config` (credentials: the defaults, which the emulator accepts) and
+    /// starts consuming.
+    pub async fn start(config: &WorkerConfig) -> Self {
+        let settings = config
+            .settings(HashMap::new())
+            .expect("the test worker's settings load");
+        let app = cxrel::worker::build(settings)
+            .await
+            .expect("the test worker builds");
+        let http = format!("http://{}", app.http_addr());
+        let cancel = CancellationToken::new();
+        let run = tokio::spawn(app.run_until_stopped(cancel.clone()));
+        Self {
+            http,
+            cancel,
+            run: Some(run),
+        }
+    }
+
+    /// Waits until /readyz answers 200.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        wait_ready(&self.http, timeout).await;
+    }
+
+    /// Stops consuming and waits for the drain, as SIGTERM does for a worker process.
+    pub async fn stop(mut self) {
+        self.cancel.cancel();
+        if let Some(run) = self.run.take() {
+            run.await
+                .expect("the worker task")
+                .expect("the worker stops cleanly");
+        }
+    }
+}
+
+impl Drop for InProcessWorker {
+    fn drop(&mut self) {
+        self.cancel.cancel();
     }
 }
 
