@@ -268,16 +268,16 @@ async fn print_stored(emulator: &LocalEmulator, job: &SampleJob) {
         return;
     };
     let op = &body["operations"][0];
-    let (ds, parent, field) = (
+    let (datastore, parent, field) = (
         text(&body["datastore_id"]),
         text(&op["parent_id"]),
         text(&op["relationship_field"]),
     );
-    if let Ok(record) = emulator.record(&ds, &parent).await {
+    if let Ok(record) = emulator.record(&datastore, &parent).await {
         let name = text(&record["fields"]["name"]);
         let ids = &record["fields"][&field]["ids"];
         say!(
-            "data store: {ds}/{parent} ({name}) now holds {field} = {ids}, version {}",
+            "data store: {datastore}/{parent} ({name}) now holds {field} = {ids}, version {}",
             record["_version"]
         );
     }

@@ -138,35 +138,38 @@ impl Checker {
     }
 
     /// The data store's graph, or why the job cannot be checked against it.
-    async fn graph(&mut self, ds: &str) -> anyhow::Result<Result<Arc<LiveDataStore>, JobError>> {
-        if let Some(found) = self.graphs.get(ds) {
+    async fn graph(
+        &mut self,
+        datastore: &str,
+    ) -> anyhow::Result<Result<Arc<LiveDataStore>, JobError>> {
+        if let Some(found) = self.graphs.get(datastore) {
             return Ok(found.clone());
         }
-        let loaded = match self.cache.get(ds).await {
+        let loaded = match self.cache.get(datastore).await {
             Ok(entry) => Ok(entry),
-            Err(error) => Err(job_level(ds, error)?),
+            Err(error) => Err(job_level(datastore, error)?),
         };
-        self.graphs.insert(ds.to_owned(), loaded.clone());
+        self.graphs.insert(datastore.to_owned(), loaded.clone());
         Ok(loaded)
     }
 }
 
 /// A missing data store or an unusable schema rejects the jobs naming it; anything else (network,
 /// auth, 5xx) stops the dry run.
-fn job_level(ds: &str, error: LoadError) -> anyhow::Result<JobError> {
+fn job_level(datastore: &str, error: LoadError) -> anyhow::Result<JobError> {
     match &error {
         LoadError::Store(e @ (StoreError::NotFound { .. } | StoreError::InvalidSchema(_))) => {
             Ok(JobError {
                 code: e.store_code().unwrap_or(e.code()).to_owned(),
-                message: format!("data store {ds:?}: {e}"),
+                message: format!("data store {datastore:?}: {e}"),
             })
         }
         LoadError::Graph(e) => Ok(JobError {
             code: e.code().to_owned(),
-            message: format!("data store {ds:?}: {error}"),
+            message: format!("data store {datastore:?}: {error}"),
         }),
         LoadError::Store(_) => Err(anyhow::Error::new(error).context(format!(
-            "reading data store {ds:?} failed; check that [cxone].api_base is reachable and the credentials in [cxone.auth]"
+            "reading data store {datastore:?} failed; check that [cxone].api_base is reachable and the credentials in [cxone.auth]"
         ))),
     }
 }

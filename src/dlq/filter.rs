@@ -156,9 +156,9 @@ mod tests {
     fn stage_data_store_and_selected_ids_narrow_the_match() {
         let now = SystemTime::now();
         let l = letter("x", "j1", 1);
-        let f = |stage: &str, ds: &str, ids: &[&str]| Filter {
+        let f = |stage: &str, datastore: &str, ids: &[&str]| Filter {
             stage: Some(stage.into()),
-            datastore: Some(ds.into()),
+            datastore: Some(datastore.into()),
             ids: ids.iter().map(|s| s.to_string()).collect(),
             ..Filter::default()
         };

@@ -50,14 +50,14 @@ pub async fn list_datastores(State(state): State<Shared>) -> Json<Value> {
 /// `DELETE /_emulator/datastores/{ds}` → 204, or 404.
 pub async fn delete_datastore(
     State(state): State<Shared>,
-    Path(ds): Path<String>,
+    Path(datastore): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if state.remove_datastore(&ds) {
+    if state.remove_datastore(&datastore) {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(
             "datastore_not_found",
-            format!("no data store {ds:?}"),
+            format!("no data store {datastore:?}"),
         ))
     }
 }
@@ -66,16 +66,16 @@ pub async fn delete_datastore(
 /// records and their versions → `{"id","fields":N}`; 400 when the schema is invalid.
 pub async fn set_schema(
     State(state): State<Shared>,
-    Path(ds): Path<String>,
+    Path(datastore): Path<String>,
     ApiJson(schema): ApiJson<super::model::Schema>,
 ) -> Result<Json<Value>, ApiError> {
     schema
         .check()
         .map_err(|why| ApiError::bad_request("invalid_schema", why))?;
     let fields = schema.fields.len();
-    let replaced = state.datastore(&ds)?.with_schema(schema);
-    state.insert_datastore(ds.clone(), replaced, true);
-    Ok(Json(json!({"id": ds, "fields": fields})))
+    let replaced = state.datastore(&datastore)?.with_schema(schema);
+    state.insert_datastore(datastore.clone(), replaced, true);
+    Ok(Json(json!({"id": datastore, "fields": fields})))
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,10 +88,10 @@ pub struct BulkRecords {
 /// or nothing → `{"loaded":N,"total":M}`.
 pub async fn load_records(
     State(state): State<Shared>,
-    Path(ds): Path<String>,
+    Path(datastore): Path<String>,
     ApiJson(body): ApiJson<BulkRecords>,
 ) -> Result<Json<Value>, ApiError> {
-    let store = state.datastore(&ds)?;
+    let store = state.datastore(&datastore)?;
     let loaded = store.load(body.records)?;
     let total = store.records().map.len();
     Ok(Json(json!({"loaded": loaded, "total": total})))
@@ -100,21 +100,26 @@ pub async fn load_records(
 /// `POST /_emulator/records/{ds}/{id}/lock`: PATCH and DELETE of the record answer 409 until unlocked.
 pub async fn lock_record(
     State(state): State<Shared>,
-    Path((ds, id)): Path<(String, String)>,
+    Path((datastore, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    set_lock(&state, &ds, &id, true)
+    set_lock(&state, &datastore, &id, true)
 }
 
 /// `POST /_emulator/records/{ds}/{id}/unlock`.
 pub async fn unlock_record(
     State(state): State<Shared>,
-    Path((ds, id)): Path<(String, String)>,
+    Path((datastore, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    set_lock(&state, &ds, &id, false)
+    set_lock(&state, &datastore, &id, false)
 }
 
-fn set_lock(state: &Shared, ds: &str, id: &str, locked: bool) -> Result<Json<Value>, ApiError> {
-    let store = state.datastore(ds)?;
+fn set_lock(
+    state: &Shared,
+    datastore: &str,
+    id: &str,
+    locked: bool,
+) -> Result<Json<Value>, ApiError> {
+    let store = state.datastore(datastore)?;
     let mut records = store.records();
     if !records.map.contains_key(id) {
         return Err(record_not_found(id));
@@ -124,7 +129,9 @@ fn set_lock(state: &Shared, ds: &str, id: &str, locked: bool) -> Result<Json<Val
     } else {
         records.locked.remove(id);
     }
-    Ok(Json(json!({"datastore": ds, "id": id, "locked": locked})))
+    Ok(Json(
+        json!({"datastore": datastore, "id": id, "locked": locked}),
+    ))
 }
 
 /// `GET /_emulator/faults`.

@@ -96,12 +96,12 @@ fn with_limit(routes: Router<Shared>, limit: usize) -> Router<Shared> {
 }
 
 fn api_routes(state: &Shared) -> Router<Shared> {
-    let ds = RECORDS_PATH;
+    let base = RECORDS_PATH;
     Router::new()
-        .route(&format!("{ds}/{{ds}}/schema"), get(records::schema))
-        .route(&format!("{ds}/{{ds}}/records"), get(records::list))
+        .route(&format!("{base}/{{ds}}/schema"), get(records::schema))
+        .route(&format!("{base}/{{ds}}/records"), get(records::list))
         .route(
-            &format!("{ds}/{{ds}}/records/{{id}}"),
+            &format!("{base}/{{ds}}/records/{{id}}"),
             get(records::get)
                 .patch(records::patch)
                 .delete(records::delete),

@@ -27,9 +27,9 @@ const MAX_PAGE_SIZE: usize = 1000;
 pub async fn schema(
     _: ReadAccess,
     State(state): State<Shared>,
-    Path(ds): Path<String>,
+    Path(datastore): Path<String>,
 ) -> Result<Json<Schema>, ApiError> {
-    Ok(Json(state.datastore(&ds)?.schema.clone()))
+    Ok(Json(state.datastore(&datastore)?.schema.clone()))
 }
 
 #[derive(Debug, Deserialize)]
@@ -43,7 +43,7 @@ pub struct ListQuery {
 pub async fn list(
     _: ReadAccess,
     State(state): State<Shared>,
-    Path(ds): Path<String>,
+    Path(datastore): Path<String>,
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let query: ListQuery = parse_query(&uri)?;
@@ -63,7 +63,7 @@ pub async fn list(
         .filter(|t| !t.is_empty())
         .map(decode_page_token)
         .transpose()?;
-    let store = state.datastore(&ds)?;
+    let store = state.datastore(&datastore)?;
     let records = store.records();
     let start = after
         .as_ref()
@@ -108,9 +108,9 @@ fn decode_page_token(token: &str) -> Result<String, ApiError> {
 pub async fn get(
     _: ReadAccess,
     State(state): State<Shared>,
-    Path((ds, id)): Path<(String, String)>,
+    Path((datastore, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let store = state.datastore(&ds)?;
+    let store = state.datastore(&datastore)?;
     let records = store.records();
     let record = records.map.get(&id).ok_or_else(|| record_not_found(&id))?;
     let body = to_json(&view(&id, record, None));
@@ -128,16 +128,16 @@ pub struct PatchBody {
 pub async fn patch(
     _: WriteAccess,
     State(state): State<Shared>,
-    Path((ds, id)): Path<(String, String)>,
+    Path((datastore, id)): Path<(String, String)>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<PatchBody>,
 ) -> Result<Response, ApiError> {
-    let store = state.datastore(&ds)?;
+    let store = state.datastore(&datastore)?;
     let expected = if_match(&headers)?;
     let fields = store.schema.normalize_fields(body.fields)?;
     let links = Links {
         self_link: Href {
-            href: format!("{RECORDS_PATH}/{ds}/records/{id}"),
+            href: format!("{RECORDS_PATH}/{datastore}/records/{id}"),
         },
     };
     let (bytes, version) = {
@@ -160,10 +160,10 @@ pub async fn patch(
 pub async fn delete(
     _: WriteAccess,
     State(state): State<Shared>,
-    Path((ds, id)): Path<(String, String)>,
+    Path((datastore, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let store = state.datastore(&ds)?;
+    let store = state.datastore(&datastore)?;
     let expected = if_match(&headers)?;
     let mut records = store.records();
     writable(&records, &id, expected)?;

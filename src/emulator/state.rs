@@ -71,7 +71,7 @@ impl EmulatorState {
     pub fn datastore_summaries(&self) -> Vec<(String, usize)> {
         let mut list: Vec<_> = read(&self.datastores)
             .iter()
-            .map(|(id, ds)| (id.clone(), ds.records().map.len()))
+            .map(|(id, datastore)| (id.clone(), datastore.records().map.len()))
             .collect();
         list.sort();
         list

@@ -40,12 +40,12 @@ impl std::fmt::Display for Expect {
     }
 }
 
-/// The batch for data store `ds` (a seed entry `{"id","schema","records"}`); None when the seed
-/// lacks what the batch needs (two relationship fields, linked and unlinked records).
-pub fn batch(ds: &Value) -> Option<Vec<SampleJob>> {
-    let id = ds["id"].as_str()?;
-    let records = ds["records"].as_array()?;
-    let fields = relationship_fields(ds);
+/// The batch for `datastore` (a seed entry `{"id","schema","records"}`); None when the seed lacks
+/// what the batch needs (two relationship fields, linked and unlinked records).
+pub fn batch(datastore: &Value) -> Option<Vec<SampleJob>> {
+    let id = datastore["id"].as_str()?;
+    let records = datastore["records"].as_array()?;
+    let fields = relationship_fields(datastore);
     let tree = fields.first()?.as_str();
     let owner = fields.get(1)?.as_str();
     let free = unlinked(records, &fields);
@@ -151,8 +151,8 @@ pub fn batch(ds: &Value) -> Option<Vec<SampleJob>> {
 }
 
 /// Names of the schema's relationship fields, in schema order.
-fn relationship_fields(ds: &Value) -> Vec<String> {
-    ds["schema"]["fields"]
+fn relationship_fields(datastore: &Value) -> Vec<String> {
+    datastore["schema"]["fields"]
         .as_array()
         .into_iter()
         .flatten()
@@ -232,7 +232,7 @@ mod tests {
 
     #[test]
     fn a_seed_without_relationships_yields_no_batch() {
-        let ds = json!({"id": "x", "schema": {"fields": []}, "records": []});
-        assert!(batch(&ds).is_none());
+        let datastore = json!({"id": "x", "schema": {"fields": []}, "records": []});
+        assert!(batch(&datastore).is_none());
     }
 }

@@ -57,11 +57,11 @@ pub struct ParseContext {
 impl ParseContext {
     /// Limits and defaults from settings; set `message_id` per delivery.
     pub fn from_settings(settings: &Settings) -> Self {
-        let ds = &settings.cxone.default_datastore;
+        let datastore = &settings.cxone.default_datastore;
         ParseContext {
             limits: JobLimits::from(&settings.limits),
             id_format: settings.validation.id_format,
-            default_datastore: (!ds.is_empty()).then(|| ds.clone()),
+            default_datastore: (!datastore.is_empty()).then(|| datastore.clone()),
             message_id: None,
         }
     }

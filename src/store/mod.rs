@@ -165,17 +165,23 @@ impl StoreClient {
         self.inner.tokens.tenant_id().await
     }
 
-    /// The schema of `ds`, cached for `[cxone].schema_ttl`.
-    pub async fn schema(&self, ds: &str) -> Result<Arc<Schema>, StoreError> {
-        if let Some(s) = self.cached_schema(ds) {
+    /// The schema of `datastore`, cached for `[cxone].schema_ttl`.
+    pub async fn schema(&self, datastore: &str) -> Result<Arc<Schema>, StoreError> {
+        if let Some(s) = self.cached_schema(datastore) {
             return Ok(s);
         }
         let _single_flight = self.inner.schema_fetch.lock().await;
-        if let Some(s) = self.cached_schema(ds) {
+        if let Some(s) = self.cached_schema(datastore) {
             return Ok(s);
         }
         let answer = self
-            .call(Route::Schema, Method::GET, &[ds, "schema"], None, |r| r)
+            .call(
+                Route::Schema,
+                Method::GET,
+                &[datastore, "schema"],
+                None,
+                |r| r,
+            )
             .await?;
         let wire: SchemaWire = decode(Route::Schema, &answer)?;
         let schema = Arc::new(Schema::from_wire(wire, self.inner.default_max_depth)?);
@@ -183,32 +189,32 @@ impl StoreClient {
             fetched: Instant::now(),
             schema: schema.clone(),
         };
-        self.schemas().insert(ds.to_owned(), entry);
+        self.schemas().insert(datastore.to_owned(), entry);
         Ok(schema)
     }
 
-    /// Forgets the cached schema of `ds` (done automatically on a 400 unknown-field answer).
-    pub fn invalidate_schema(&self, ds: &str) {
-        self.schemas().remove(ds);
+    /// Forgets the cached schema of `datastore` (done automatically on a 400 unknown-field answer).
+    pub fn invalidate_schema(&self, datastore: &str) {
+        self.schemas().remove(datastore);
     }
 
     fn schemas(&self) -> std::sync::MutexGuard<'_, HashMap<String, CachedSchema>> {
         self.inner.schemas.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn cached_schema(&self, ds: &str) -> Option<Arc<Schema>> {
+    fn cached_schema(&self, datastore: &str) -> Option<Arc<Schema>> {
         let cache = self.schemas();
-        let entry = cache.get(ds)?;
+        let entry = cache.get(datastore)?;
         (entry.fetched.elapsed() < self.inner.schema_ttl).then(|| entry.schema.clone())
     }
 
     /// `GET …/{ds}/records/{id}`.
-    pub async fn get_record(&self, ds: &str, id: &str) -> Result<Record, StoreError> {
+    pub async fn get_record(&self, datastore: &str, id: &str) -> Result<Record, StoreError> {
         let answer = self
             .call(
                 Route::GetRecord,
                 Method::GET,
-                &[ds, "records", id],
+                &[datastore, "records", id],
                 None,
                 |r| r,
             )
@@ -219,7 +225,7 @@ impl StoreClient {
     /// One page of `GET …/{ds}/records` (`page_size` from `[cxone].page_size`).
     pub async fn list_page(
         &self,
-        ds: &str,
+        datastore: &str,
         page_token: Option<&str>,
     ) -> Result<RecordPage, StoreError> {
         let size = self.inner.page_size.to_string();
@@ -227,7 +233,7 @@ impl StoreClient {
             .call(
                 Route::ListRecords,
                 Method::GET,
-                &[ds, "records"],
+                &[datastore, "records"],
                 None,
                 |r| {
                     let r = r.query(&[("page_size", size.as_str())]);
@@ -245,10 +251,10 @@ impl StoreClient {
     /// stream ends (each page already had the full retry budget).
     pub fn list_pages(
         &self,
-        ds: &str,
+        datastore: &str,
     ) -> impl Stream<Item = Result<RecordPage, StoreError>> + Send + 'static {
         let client = self.clone();
-        let ds = ds.to_owned();
+        let datastore = datastore.to_owned();
         // State: the page tokens seen so far, and Some(next page token, None = first page) or
         // None = no more pages. A token seen before means the store's paging loops: an error
         // instead of an endless load.
@@ -258,12 +264,12 @@ impl StoreClient {
         );
         futures::stream::try_unfold(start, move |(mut seen, state)| {
             let client = client.clone();
-            let ds = ds.clone();
+            let datastore = datastore.clone();
             async move {
                 let Some(token) = state else {
                     return Ok(None);
                 };
-                let page = client.list_page(&ds, token.as_deref()).await?;
+                let page = client.list_page(&datastore, token.as_deref()).await?;
                 let next = page.next_page_token.clone().filter(|t| !t.is_empty());
                 if let Some(t) = &next
                     && !seen.insert(t.clone())
@@ -275,22 +281,23 @@ impl StoreClient {
         })
     }
 
-    /// Every record of `ds`, streamed page by page.
+    /// Every record of `datastore`, streamed page by page.
     pub fn list_records(
         &self,
-        ds: &str,
+        datastore: &str,
     ) -> impl Stream<Item = Result<Record, StoreError>> + Send + 'static {
-        self.list_pages(ds)
+        self.list_pages(datastore)
             .map_ok(|page| futures::stream::iter(page.records.into_iter().map(Ok)))
             .try_flatten()
     }
 
     /// `PATCH …/{ds}/records/{id}` with body `{"fields": fields}` and, when given,
     /// `If-Match: "{version}"`. Returns the record as stored, with its new version. A 412 is
-    /// [`StoreError::VersionMismatch`]; a 400 unknown-field also drops the cached schema of `ds`.
+    /// [`StoreError::VersionMismatch`]; a 400 unknown-field also drops the cached schema of
+    /// `datastore`.
     pub async fn patch_record(
         &self,
-        ds: &str,
+        datastore: &str,
         id: &str,
         fields: &Map<String, Value>,
         if_match: Option<u64>,
@@ -303,7 +310,7 @@ impl StoreClient {
             .call(
                 Route::PatchRecord,
                 Method::PATCH,
-                &[ds, "records", id],
+                &[datastore, "records", id],
                 Some(body),
                 |r| match &if_match {
                     Some(v) => r.header(IF_MATCH, v.as_str()),
@@ -314,7 +321,7 @@ impl StoreClient {
         match result {
             Ok(answer) => decode(Route::PatchRecord, &answer),
             Err(e @ StoreError::UnknownField { .. }) => {
-                self.invalidate_schema(ds);
+                self.invalidate_schema(datastore);
                 Err(e)
             }
             Err(e) => Err(e),
@@ -322,11 +329,11 @@ impl StoreClient {
     }
 
     /// `DELETE …/{ds}/records/{id}` (children linked with `cascade_action: delete` go with it).
-    pub async fn delete_record(&self, ds: &str, id: &str) -> Result<(), StoreError> {
+    pub async fn delete_record(&self, datastore: &str, id: &str) -> Result<(), StoreError> {
         self.call(
             Route::DeleteRecord,
             Method::DELETE,
-            &[ds, "records", id],
+            &[datastore, "records", id],
             None,
             |r| r,
         )

@@ -66,13 +66,13 @@ impl EmulatorProcess {
     }
 
     /// `{base}/api/v2/datastores/{ds}/records`.
-    pub fn records_url(&self, ds: &str) -> String {
-        format!("{}{RECORDS_PATH}/{ds}/records", self.base)
+    pub fn records_url(&self, datastore: &str) -> String {
+        format!("{}{RECORDS_PATH}/{datastore}/records", self.base)
     }
 
     /// `{base}/api/v2/datastores/{ds}/records/{id}`.
-    pub fn record_url(&self, ds: &str, id: &str) -> String {
-        format!("{}{RECORDS_PATH}/{ds}/records/{id}", self.base)
+    pub fn record_url(&self, datastore: &str, id: &str) -> String {
+        format!("{}{RECORDS_PATH}/{datastore}/records/{id}", self.base)
     }
 
     /// An access token with datastore:read and datastore:write (password grant, default keys).
@@ -138,16 +138,16 @@ impl EmulatorProcess {
     }
 
     /// Makes PATCH and DELETE of a record answer 409 (`unlock_record` undoes it).
-    pub async fn lock_record(&self, ds: &str, id: &str) {
-        let path = format!("/_emulator/records/{ds}/{id}/lock");
+    pub async fn lock_record(&self, datastore: &str, id: &str) {
+        let path = format!("/_emulator/records/{datastore}/{id}/lock");
         let response = self.control_post(&path, &json!({})).await;
-        assert_eq!(response.status(), 200, "lock {ds}/{id}");
+        assert_eq!(response.status(), 200, "lock {datastore}/{id}");
     }
 
-    pub async fn unlock_record(&self, ds: &str, id: &str) {
-        let path = format!("/_emulator/records/{ds}/{id}/unlock");
+    pub async fn unlock_record(&self, datastore: &str, id: &str) {
+        let path = format!("/_emulator/records/{datastore}/{id}/unlock");
         let response = self.control_post(&path, &json!({})).await;
-        assert_eq!(response.status(), 200, "unlock {ds}/{id}");
+        assert_eq!(response.status(), 200, "unlock {datastore}/{id}");
     }
 
     /// Sets up webhook receiver `name` at `{base}/_emulator/webhooks/{name}`, verifying
@@ -190,10 +190,10 @@ impl EmulatorProcess {
     }
 
     /// GETs one record with a fresh full-scope token; returns (status, body).
-    pub async fn get_record(&self, ds: &str, id: &str) -> (u16, Value) {
+    pub async fn get_record(&self, datastore: &str, id: &str) -> (u16, Value) {
         let token = self.token().await;
         let response = client()
-            .get(self.record_url(ds, id))
+            .get(self.record_url(datastore, id))
             .bearer_auth(token)
             .send()
             .await

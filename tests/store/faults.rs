@@ -17,9 +17,9 @@ use crate::support::{client_for, create_store, ids, name_fields, route_count};
 async fn patches_settle_below_the_server_limit(retry_after: bool) {
     let _measurement = crate::helpers::measurement("store::faults").await;
     let emu = EmulatorProcess::spawn();
-    let ds = format!("faults-limit-{retry_after}");
+    let datastore = format!("faults-limit-{retry_after}");
     let records = ids(200);
-    create_store(&emu, &ds, &records).await;
+    create_store(&emu, &datastore, &records).await;
     emu.set_faults(json!({
         "rate_limit": {"requests_per_second": 100.0, "burst": 10},
         "retry_after": retry_after,
@@ -37,7 +37,7 @@ async fn patches_settle_below_the_server_limit(retry_after: bool) {
     for task in 0..50 {
         let client = client.clone();
         let records = records.clone();
-        let ds = ds.clone();
+        let datastore = datastore.clone();
         tasks.spawn(async move {
             // Each task owns 4 records and chains If-Match through the returned versions.
             let mine: Vec<String> = records[task * 4..task * 4 + 4].to_vec();
@@ -46,7 +46,7 @@ async fn patches_settle_below_the_server_limit(retry_after: bool) {
                 let slot = i % 4;
                 let fields = name_fields(&format!("t{task}-{i}"));
                 let record = client
-                    .patch_record(&ds, &mine[slot], &fields, Some(versions[slot]))
+                    .patch_record(&datastore, &mine[slot], &fields, Some(versions[slot]))
                     .await
                     .unwrap_or_else(|e| panic!("PATCH failed: {e} ({})", e.code()));
                 versions[slot] = record.version;

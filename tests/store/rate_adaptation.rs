@@ -18,10 +18,10 @@ use crate::support::{client_for, create_store, ids, name_fields, route_count};
 const TASKS: usize = 16;
 
 /// An emulator limiting the record API with a token bucket and jitter, and a store of records.
-async fn token_bucket_emulator(ds: &str) -> (EmulatorProcess, Arc<Vec<String>>) {
+async fn token_bucket_emulator(datastore: &str) -> (EmulatorProcess, Arc<Vec<String>>) {
     let emu = EmulatorProcess::spawn();
     let records = ids(TASKS * 4);
-    create_store(&emu, ds, &records).await;
+    create_store(&emu, datastore, &records).await;
     emu.set_faults(json!({
         "rate_limit": {"requests_per_second": 100.0, "burst": 10, "algorithm": "token_bucket"},
         "latency_ms": 2,
@@ -34,7 +34,12 @@ async fn token_bucket_emulator(ds: &str) -> (EmulatorProcess, Arc<Vec<String>>) 
 
 /// `patches` PATCHes from `TASKS` tasks spread over `clients`; each task chains If-Match
 /// through the versions of its own four records.
-async fn patch_all(clients: &[StoreClient], ds: &str, records: &Arc<Vec<String>>, patches: usize) {
+async fn patch_all(
+    clients: &[StoreClient],
+    datastore: &str,
+    records: &Arc<Vec<String>>,
+    patches: usize,
+) {
     for client in clients {
         // The token endpoint is not rate limited; take the token before the clock starts.
         client.tenant_id().await.unwrap();
@@ -42,7 +47,7 @@ async fn patch_all(clients: &[StoreClient], ds: &str, records: &Arc<Vec<String>>
     let mut tasks = tokio::task::JoinSet::new();
     for task in 0..TASKS {
         let client = clients[task % clients.len()].clone();
-        let (records, ds) = (records.clone(), ds.to_owned());
+        let (records, datastore) = (records.clone(), datastore.to_owned());
         let count = patches / TASKS + usize::from(task < patches % TASKS);
         tasks.spawn(async move {
             let mine = &records[task * 4..task * 4 + 4];
@@ -51,7 +56,7 @@ async fn patch_all(clients: &[StoreClient], ds: &str, records: &Arc<Vec<String>>
                 let slot = i % 4;
                 let fields = name_fields(&format!("t{task}-{i}"));
                 let record = client
-                    .patch_record(&ds, &mine[slot], &fields, Some(versions[slot]))
+                    .patch_record(&datastore, &mine[slot], &fields, Some(versions[slot]))
                     .await
                     .unwrap_or_else(|e| panic!("PATCH failed: {e} ({})", e.code()));
                 versions[slot] = record.version;
@@ -69,13 +74,13 @@ async fn check_run(
     label: &str,
     clients: &[StoreClient],
     emu: &EmulatorProcess,
-    ds: &str,
+    datastore: &str,
     records: &Arc<Vec<String>>,
     patches: usize,
     max_429: f64,
 ) {
     let started = Instant::now();
-    patch_all(clients, ds, records, patches).await;
+    patch_all(clients, datastore, records, patches).await;
     let took = started.elapsed().as_secs_f64();
     let stats = emu.stats().await;
     let requests = route_count(&stats, "PATCH", "/records/", None);
@@ -97,13 +102,22 @@ async fn check_run(
 
 async fn local_run(label: &str, requests_per_second: u32, patches: usize, max_429: f64) {
     let _measurement = crate::helpers::measurement("store::rate_adaptation").await;
-    let ds = format!("adapt-{requests_per_second}");
-    let (emu, records) = token_bucket_emulator(&ds).await;
+    let datastore = format!("adapt-{requests_per_second}");
+    let (emu, records) = token_bucket_emulator(&datastore).await;
     let client = client_for(&emu, |s| {
         s.rate_limit.requests_per_second = requests_per_second;
         s.rate_limit.burst = 1;
     });
-    check_run(label, &[client], &emu, &ds, &records, patches, max_429).await;
+    check_run(
+        label,
+        &[client],
+        &emu,
+        &datastore,
+        &records,
+        patches,
+        max_429,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,8 +138,8 @@ async fn not_configured_the_client_discovers_the_limit_with_at_most_two_percent_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_on_one_redis_budget_adapt_together_above_the_limit() {
     let _measurement = crate::helpers::measurement("store::rate_adaptation").await;
-    let ds = "adapt-redis";
-    let (emu, records) = token_bucket_emulator(ds).await;
+    let datastore = "adapt-redis";
+    let (emu, records) = token_bucket_emulator(datastore).await;
     let key = format!("cxrel-test:adapt:{}", uuid::Uuid::new_v4());
     let clients: Vec<StoreClient> = (0..2)
         .map(|_| {
@@ -155,7 +169,7 @@ async fn two_clients_on_one_redis_budget_adapt_together_above_the_limit() {
         "redis, 2 clients, 1.5x above",
         &clients,
         &emu,
-        ds,
+        datastore,
         &records,
         1500,
         0.02,

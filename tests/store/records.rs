@@ -144,8 +144,8 @@ async fn list_records_streams_every_page() {
     assert!(records.is_empty());
 }
 
-async fn ids_store(emu: &EmulatorProcess, ds: &str) -> StoreClient {
-    create_store(emu, ds, &[]).await;
+async fn ids_store(emu: &EmulatorProcess, datastore: &str) -> StoreClient {
+    create_store(emu, datastore, &[]).await;
     client_for(emu, |_| {})
 }
 

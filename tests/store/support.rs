@@ -31,14 +31,14 @@ pub fn ids(n: usize) -> Vec<String> {
     (0..n).map(|_| uuid::Uuid::new_v4().to_string()).collect()
 }
 
-/// Creates data store `ds` with the common test schema and one named record per id.
-pub async fn create_store(emu: &EmulatorProcess, ds: &str, ids: &[String]) {
+/// Creates data store `datastore` with the common test schema and one named record per id.
+pub async fn create_store(emu: &EmulatorProcess, datastore: &str, ids: &[String]) {
     let records: Vec<Value> = ids
         .iter()
         .enumerate()
         .map(|(i, id)| crate::helpers::emulator::named_record(id, &format!("r{i}")))
         .collect();
-    emu.create_test_datastore(ds, json!(records)).await;
+    emu.create_test_datastore(datastore, json!(records)).await;
 }
 
 /// Requests counted under `"{method} {template}"` routes whose template contains `route_part`,

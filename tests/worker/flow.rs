@@ -24,14 +24,15 @@ struct Setup {
     q: workers::Queues,
 }
 
-/// An emulator with data store `ds` holding `records` ids of set "r", a declared topology with an
-/// event tap, and a publisher.
-async fn setup(test: &str, ds: &str, records: usize) -> Setup {
+/// An emulator with `datastore` holding `records` ids of set "r", a declared topology with an event
+/// tap, and a publisher.
+async fn setup(test: &str, datastore: &str, records: usize) -> Setup {
     let emu = EmulatorProcess::spawn();
     let list: Vec<Value> = (0..records)
         .map(|n| named_record(&rid("r", n), &format!("r{n}")))
         .collect();
-    emu.create_test_datastore(ds, Value::Array(list)).await;
+    emu.create_test_datastore(datastore, Value::Array(list))
+        .await;
     let q = workers::queues(test, &[200, 400, 800]).await;
     Setup { emu, q }
 }

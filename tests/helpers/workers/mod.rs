@@ -328,8 +328,13 @@ pub fn op(parent: &str, field: &str, children: &[&str]) -> Value {
 }
 
 /// A job as JSON.
-pub fn job(id: &str, ds: &str, atomic: bool, operations: Vec<Value>) -> Value {
-    serde_json::json!({"job_id": id, "datastore_id": ds, "atomic": atomic, "operations": operations})
+pub fn job(id: &str, datastore: &str, atomic: bool, operations: Vec<Value>) -> Value {
+    serde_json::json!({
+        "job_id": id,
+        "datastore_id": datastore,
+        "atomic": atomic,
+        "operations": operations,
+    })
 }
 
 /// Publishes jobs to the jobs queue, message id = job id.

@@ -45,16 +45,16 @@ pub async fn emulator_with(records: usize) -> EmulatorProcess {
     emu
 }
 
-/// Every record of data store `ds`, read page by page with one token (a GET per record with a
-/// fresh token each is far slower).
-pub async fn list_records(emu: &EmulatorProcess, ds: &str) -> Vec<Value> {
+/// Every record of `datastore`, read page by page with one token (a GET per record with a fresh
+/// token each is far slower).
+pub async fn list_records(emu: &EmulatorProcess, datastore: &str) -> Vec<Value> {
     let client = emulator::client();
     let token = emu.token().await;
     let mut records = Vec::new();
     let mut page_token: Option<String> = None;
     loop {
         let mut request = client
-            .get(emu.records_url(ds))
+            .get(emu.records_url(datastore))
             .bearer_auth(&token)
             .query(&[("page_size", "1000")]);
         if let Some(t) = &page_token {

@@ -254,7 +254,7 @@ fn tutorial_mixed(ids: &Ids) -> String {
 fn bad_ids(ids: &Ids) -> Vec<BadBody> {
     let c = "invalid_id";
     let simple = ids.parent.replace('-', "");
-    let ds = |d: &str| ids.job(json!({}), json!({"datastore_id": d}));
+    let datastore = |d: &str| ids.job(json!({}), json!({"datastore_id": d}));
     vec![
         bad(
             "parent not a uuid",
@@ -292,15 +292,15 @@ fn bad_ids(ids: &Ids) -> Vec<BadBody> {
             ids.job(json!({"child_ids": [""]}), json!({})),
             c,
         ),
-        bad("data store dot dot", ds(".."), c),
-        bad("data store dot", ds("."), c),
-        bad("data store encoded dot dot", ds("%2e%2e"), c),
-        bad("data store slash", ds("a/b"), c),
-        bad("data store query", ds("a?b"), c),
-        bad("data store fragment", ds("a#b"), c),
-        bad("data store space", ds("a b"), c),
-        bad("data store nul", ds("ds\u{0}"), c),
-        bad("data store long", ds(&"d".repeat(200)), c),
+        bad("data store dot dot", datastore(".."), c),
+        bad("data store dot", datastore("."), c),
+        bad("data store encoded dot dot", datastore("%2e%2e"), c),
+        bad("data store slash", datastore("a/b"), c),
+        bad("data store query", datastore("a?b"), c),
+        bad("data store fragment", datastore("a#b"), c),
+        bad("data store space", datastore("a b"), c),
+        bad("data store nul", datastore("ds\u{0}"), c),
+        bad("data store long", datastore(&"d".repeat(200)), c),
         bad(
             "tutorial parent dot dot",
             json!({"parentId": "..", "childIds": [ids.child],
