@@ -9,7 +9,7 @@ use futures::StreamExt;
 use lapin::BasicProperties;
 use serde_json::json;
 
-use super::report::{Report, millis, quantile};
+use super::figures::{RunFigures, millis, quantile};
 use super::scenario::{self, Shape};
 use crate::amqp::{self, Publisher, Topology};
 use crate::emulator::Algorithm;
@@ -44,7 +44,7 @@ pub struct Params {
     pub timeout: Duration,
 }
 
-pub async fn run(params: &Params, settings: &Settings) -> anyhow::Result<Report> {
+pub async fn run(params: &Params, settings: &Settings) -> anyhow::Result<RunFigures> {
     let connection = connect_broker(settings, "cxrel bench").await?;
     let channel = connection.create_channel().await?;
     let emulator = LocalEmulator::start(&settings.emulator).await?;
@@ -74,7 +74,7 @@ pub async fn run(params: &Params, settings: &Settings) -> anyhow::Result<Report>
     )
     .await;
     let _ = connection.close(200, "bench done".into()).await;
-    let report = report(
+    let figures = tally(
         params,
         &published,
         &settled,
@@ -82,7 +82,7 @@ pub async fn run(params: &Params, settings: &Settings) -> anyhow::Result<Report>
         peak_rss,
         ceiling?.per_second(),
     );
-    Ok(report)
+    Ok(figures)
 }
 
 /// What one worker run yields: publish times, settlements, emulator counters, peak RSS per worker.
@@ -218,14 +218,15 @@ async fn enqueue(
         .map_err(Into::into)
 }
 
-fn report(
+/// The figures of the run, from publish times, settlements and the emulator's counters.
+fn tally(
     params: &Params,
     published: &HashMap<String, Instant>,
     settled: &HashMap<String, Settlement>,
     stats: &Stats,
     worker_peak_rss_mib: Vec<f64>,
     ceiling: f64,
-) -> Report {
+) -> RunFigures {
     let mut latencies: Vec<Duration> = settled
         .iter()
         .filter_map(|(id, s)| {
@@ -244,7 +245,7 @@ fn report(
     let ops = params.shape.operations().max(1) as f64;
     let jobs_per_second = params.shape.jobs as f64 / elapsed;
     let requests = stats.store_requests.max(1) as f64;
-    Report {
+    RunFigures {
         jobs: params.shape.jobs,
         ops_per_job: params.shape.ops_per_job,
         rate: params.rate,

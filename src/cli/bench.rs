@@ -118,10 +118,10 @@ pub async fn run(args: BenchArgs, settings: Settings) -> anyhow::Result<i32> {
     if args.output == Output::Table {
         eprintln!("cxrel bench: {params:?}");
     }
-    let report = run::run(&params, &settings).await?;
+    let figures = run::run(&params, &settings).await?;
     let text = match args.output {
-        Output::Table => report.table(),
-        Output::Json => serde_json::to_string_pretty(&report)? + "\n",
+        Output::Table => figures.table(),
+        Output::Json => serde_json::to_string_pretty(&figures)? + "\n",
     };
     // A closed stdout (`| head`) is not worth a panic.
     let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());

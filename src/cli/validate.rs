@@ -5,7 +5,7 @@
 //! of the file that would apply (kept in memory, never written), so the answer predicts what the
 //! worker would do with the file enqueued in that order. Only GET requests reach the data store.
 
-mod report;
+mod findings;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,14 +16,14 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use tokio::sync::mpsc;
 
-use crate::graph::{FieldValue, OpVerdict as EngineVerdict, Plan, Verdict};
+use crate::graph::{FieldValue, OpVerdict, Plan, Verdict};
 use crate::job::{Job, ParseContext};
 use crate::jobfile::{self, BadItem, Item};
 use crate::pipeline::datastore::{Check, LiveDataStore};
 use crate::pipeline::datastores::{DataStores, LoadError};
 use crate::settings::Settings;
 use crate::store::{StoreClient, StoreError};
-use report::{JobError, JobReport, OpReport, OpVerdict, Report};
+use findings::{EntryError, Findings, JobFindings, OpFate, OpFindings};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -45,12 +45,12 @@ pub struct ValidateArgs {
 /// Exit codes: 0 nothing would be rejected, 1 something would, 2 the dry run itself failed.
 pub async fn run(args: ValidateArgs, settings: Settings) -> anyhow::Result<i32> {
     match dry_run(&args.file, &settings).await {
-        Ok(report) => {
+        Ok(findings) => {
             match args.output {
-                Output::Table => print!("{}", report.to_table()),
-                Output::Json => println!("{}", report.to_json()),
+                Output::Table => print!("{}", findings.to_table()),
+                Output::Json => println!("{}", findings.to_json()),
             }
-            Ok(report.exit_code())
+            Ok(findings.exit_code())
         }
         Err(error) => {
             eprintln!("cxrel validate: {error:#}");
@@ -60,7 +60,7 @@ pub async fn run(args: ValidateArgs, settings: Settings) -> anyhow::Result<i32> 
 }
 
 /// Reads the file on a blocking thread and checks its entries one by one, in order.
-async fn dry_run(path: &Path, settings: &Settings) -> anyhow::Result<Report> {
+async fn dry_run(path: &Path, settings: &Settings) -> anyhow::Result<Findings> {
     let input = open_input(path)?;
     let store = StoreClient::from_settings(settings)
         .context("the data-store client cannot start; check [cxone] in the settings")?;
@@ -69,16 +69,16 @@ async fn dry_run(path: &Path, settings: &Settings) -> anyhow::Result<Report> {
     let reader = tokio::task::spawn_blocking(move || {
         jobfile::read_jobs(input, |item| tx.blocking_send(item).is_ok());
     });
-    let mut report = Report::default();
+    let mut findings = Findings::default();
     while let Some(item) = rx.recv().await {
         let entry = match item {
             Ok(item) => checker.check(&item).await?,
-            Err(bad) => unreadable(report.jobs.len() as u64 + 1, &bad),
+            Err(bad) => unreadable(findings.jobs.len() as u64 + 1, &bad),
         };
-        report.push(entry);
+        findings.push(entry);
     }
     let _ = reader.await;
-    Ok(report)
+    Ok(findings)
 }
 
 fn open_input(path: &Path) -> anyhow::Result<Box<dyn std::io::Read + Send>> {
@@ -95,7 +95,7 @@ fn open_input(path: &Path) -> anyhow::Result<Box<dyn std::io::Read + Send>> {
 struct Checker {
     cache: DataStores,
     parse: ParseContext,
-    graphs: HashMap<String, Result<Arc<LiveDataStore>, JobError>>,
+    graphs: HashMap<String, Result<Arc<LiveDataStore>, EntryError>>,
 }
 
 impl Checker {
@@ -108,8 +108,8 @@ impl Checker {
         }
     }
 
-    /// One entry's report; `Err` only for operational failures (store unreachable, auth refused).
-    async fn check(&mut self, item: &Item) -> anyhow::Result<JobReport> {
+    /// One entry's findings; `Err` only for operational failures (store unreachable, auth refused).
+    async fn check(&mut self, item: &Item) -> anyhow::Result<JobFindings> {
         let own_id = crate::jobfile::declared_job_id(&item.json);
         // A stable placeholder, so a job without an id does not get a random one.
         let ctx = self
@@ -118,7 +118,7 @@ impl Checker {
         let job = match Job::parse(item.json.as_bytes(), &ctx) {
             Ok(job) => job,
             Err(e) => {
-                let error = JobError {
+                let error = EntryError {
                     code: e.code().to_owned(),
                     message: e.to_string(),
                 };
@@ -141,7 +141,7 @@ impl Checker {
     async fn graph(
         &mut self,
         datastore: &str,
-    ) -> anyhow::Result<Result<Arc<LiveDataStore>, JobError>> {
+    ) -> anyhow::Result<Result<Arc<LiveDataStore>, EntryError>> {
         if let Some(found) = self.graphs.get(datastore) {
             return Ok(found.clone());
         }
@@ -156,15 +156,15 @@ impl Checker {
 
 /// A missing data store or an unusable schema rejects the jobs naming it; anything else (network,
 /// auth, 5xx) stops the dry run.
-fn job_level(datastore: &str, error: LoadError) -> anyhow::Result<JobError> {
+fn job_level(datastore: &str, error: LoadError) -> anyhow::Result<EntryError> {
     match &error {
         LoadError::Store(e @ (StoreError::NotFound { .. } | StoreError::InvalidSchema(_))) => {
-            Ok(JobError {
+            Ok(EntryError {
                 code: e.store_code().unwrap_or(e.code()).to_owned(),
                 message: format!("data store {datastore:?}: {e}"),
             })
         }
-        LoadError::Graph(e) => Ok(JobError {
+        LoadError::Graph(e) => Ok(EntryError {
             code: e.code().to_owned(),
             message: format!("data store {datastore:?}: {error}"),
         }),
@@ -183,9 +183,9 @@ fn failed_entry(
     line: Option<u64>,
     job_id: Option<String>,
     job: Option<&Job>,
-    error: JobError,
-) -> JobReport {
-    JobReport {
+    error: EntryError,
+) -> JobFindings {
+    JobFindings {
         index,
         line,
         job_id,
@@ -197,12 +197,12 @@ fn failed_entry(
 }
 
 /// An entry that could not be read as JSON; `recoverable` false means reading stopped there.
-fn unreadable(index: u64, bad: &BadItem) -> JobReport {
+fn unreadable(index: u64, bad: &BadItem) -> JobFindings {
     let mut message = bad.message.clone();
     if !bad.recoverable {
         message.push_str("; the rest of the file was not read");
     }
-    let error = JobError {
+    let error = EntryError {
         code: "invalid_job".to_owned(),
         message,
     };
@@ -210,7 +210,7 @@ fn unreadable(index: u64, bad: &BadItem) -> JobReport {
 }
 
 /// Every operation of a job whose data store cannot be read is rejected with the store's code.
-fn store_failed(item: &Item, own_id: Option<String>, job: &Job, error: JobError) -> JobReport {
+fn store_failed(item: &Item, own_id: Option<String>, job: &Job, error: EntryError) -> JobFindings {
     let mut entry = failed_entry(
         item.index,
         item_line(item),
@@ -223,7 +223,7 @@ fn store_failed(item: &Item, own_id: Option<String>, job: &Job, error: JobError)
             op_base(
                 job,
                 i,
-                OpVerdict::Rejected,
+                OpFate::Rejected,
                 Some(error.code.clone()),
                 error.message.clone(),
             )
@@ -238,20 +238,20 @@ fn check_job(
     item: &Item,
     own_id: Option<String>,
     job: &Job,
-) -> JobReport {
+) -> JobFindings {
     // Jobs are checked one at a time, so nothing is ever pending: the check is always ready.
     let Check::Ready { verdict, plan, .. } = live.check(job) else {
-        let error = JobError {
+        let error = EntryError {
             code: "graph_outdated".to_owned(),
             message: "the data store's graph could not be checked against its schema".to_owned(),
         };
         return failed_entry(item.index, item_line(item), own_id, Some(job), error);
     };
     let operations = (0..job.operations.len())
-        .map(|i| op_report(job, i, &verdict, &plan))
+        .map(|i| op_findings(job, i, &verdict, &plan))
         .collect();
     apply_in_memory(live, &plan);
-    JobReport {
+    JobFindings {
         index: item.index,
         line: item_line(item),
         job_id: own_id,
@@ -262,29 +262,29 @@ fn check_job(
     }
 }
 
-fn op_report(job: &Job, i: usize, verdict: &Verdict, plan: &Plan) -> OpReport {
+fn op_findings(job: &Job, i: usize, verdict: &Verdict, plan: &Plan) -> OpFindings {
     match verdict.operations.get(i) {
-        Some(EngineVerdict::Rejected(v)) => op_base(
+        Some(OpVerdict::Rejected(v)) => op_base(
             job,
             i,
-            OpVerdict::Rejected,
+            OpFate::Rejected,
             Some(v.code.code().to_owned()),
             v.message.clone(),
         ),
-        Some(EngineVerdict::Accepted) => accepted(job, i, plan),
+        Some(OpVerdict::Accepted) => accepted(job, i, plan),
         _ => {
             let why = verdict
                 .first_violation()
                 .map(|v| format!(" ({})", v.code.code()))
                 .unwrap_or_default();
             let reason = format!("valid, but the atomic job is rejected{why}: nothing is written");
-            op_base(job, i, OpVerdict::Blocked, None, reason)
+            op_base(job, i, OpFate::Blocked, None, reason)
         }
     }
 }
 
 /// Apply or no-op: whether the field's value after the job differs from what is stored.
-fn accepted(job: &Job, i: usize, plan: &Plan) -> OpReport {
+fn accepted(job: &Job, i: usize, plan: &Plan) -> OpFindings {
     let field = job.operations.get(i).map(|op| op.field.as_str());
     let values = plan
         .patches
@@ -294,13 +294,13 @@ fn accepted(job: &Job, i: usize, plan: &Plan) -> OpReport {
     match values {
         Some((before, after)) if before == after => {
             let reason = format!("already stored ({})", describe(after));
-            op_base(job, i, OpVerdict::NoOp, None, reason)
+            op_base(job, i, OpFate::NoOp, None, reason)
         }
         Some((before, after)) => {
             let reason = format!("{} → {}", describe(before), describe(after));
-            op_base(job, i, OpVerdict::Apply, None, reason)
+            op_base(job, i, OpFate::Apply, None, reason)
         }
-        None => op_base(job, i, OpVerdict::Apply, None, "valid".to_owned()),
+        None => op_base(job, i, OpFate::Apply, None, "valid".to_owned()),
     }
 }
 
@@ -319,12 +319,12 @@ fn describe(value: &FieldValue) -> String {
 fn op_base(
     job: &Job,
     i: usize,
-    verdict: OpVerdict,
+    verdict: OpFate,
     code: Option<String>,
     reason: String,
-) -> OpReport {
+) -> OpFindings {
     let op = job.operations.get(i);
-    OpReport {
+    OpFindings {
         index: i,
         parent_id: op.map(|o| o.parent.to_string()).unwrap_or_default(),
         relationship_field: op.map(|o| o.field.to_string()).unwrap_or_default(),

@@ -3,13 +3,13 @@
 //!
 //! Files: [`state`] what lives between requests, [`auth`] token, login and CSRF, [`api`] the JSON
 //! API, [`page`] the overview and login, [`message`] one message, [`html`] markup, style and
-//! script, [`metrics`] dead-letter gauges.
+//! script, [`gauges`] dead-letter gauges.
 
 pub mod api;
 pub mod auth;
 pub mod html;
 pub mod message;
-pub mod metrics;
+pub mod gauges;
 pub mod page;
 pub mod state;
 

@@ -92,7 +92,7 @@ impl Console {
             Err(_) => self.action.lock().await,
         };
         let fresh = dlq::snapshot(&connection, &self.topology.dead(), None).await?;
-        super::metrics::record(&Summary::of(&fresh, SystemTime::now()));
+        super::gauges::record(&Summary::of(&fresh, SystemTime::now()));
         *cache = Some(fresh.clone());
         Ok(fresh)
     }

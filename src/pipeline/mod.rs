@@ -7,7 +7,7 @@ pub mod datastore;
 pub mod datastores;
 pub mod locks;
 pub mod outcome;
-pub mod report;
+pub mod results;
 
 pub use outcome::{Failure, IncomingJob, Outcome, Stage};
 
@@ -17,7 +17,7 @@ use std::time::Instant;
 use apply::PatchResult;
 use datastore::{Check, LiveDataStore};
 use datastores::{DataStores, LoadError};
-use report::OpStatus;
+use results::OpStatus;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ErrorClass;
@@ -101,9 +101,9 @@ impl Pipeline {
         };
         let _guard = self.locks.acquire(lock_keys(&job)).await;
         let (statuses, failure) = self.execute(&job, &incoming.lease).await;
-        report::audit(&job, &statuses, started.elapsed(), attempt);
+        results::audit(&job, &statuses, started.elapsed(), attempt);
         metrics::histogram!("cxrel_job_duration_seconds").record(started.elapsed().as_secs_f64());
-        let (events, final_events) = report::events(&context, &job, &statuses);
+        let (events, final_events) = results::events(&context, &job, &statuses);
         Outcome {
             context,
             events,

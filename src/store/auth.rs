@@ -16,7 +16,7 @@ use tokio::sync::{Mutex, OnceCell};
 
 use super::body::{self, BodyLimits};
 use super::error::{ErrorBody, StoreError, decode_json};
-use super::metrics::{self as m, Route};
+use super::instrumentation::{self as m, Route};
 use super::wire::{CxoneConfiguration, OidcConfiguration, TokenResponse, tenant_id_claim};
 use crate::secret::Secret;
 use crate::settings::{AuthMode, AuthSettings};

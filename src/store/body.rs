@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use super::error::StoreError;
-use super::metrics::Route;
+use super::instrumentation::Route;
 
 /// Limits of one body read.
 #[derive(Debug, Clone, Copy)]

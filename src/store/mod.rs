@@ -4,7 +4,7 @@
 //! 1. gets a bearer token from the single-flight cache ([`auth`]);
 //! 2. waits for the tenant-wide rate budget ([`limiter`]: GCRA pacing at a CUBIC-adapted rate);
 //! 3. sends with `Accept: application/json` and a fresh `X-Correlation-Id` (UUIDv7, one per call,
-//!    kept across its retries), records metrics ([`metrics`]);
+//!    kept across its retries), records metrics ([`instrumentation`]);
 //! 4. on 401 refreshes the token once and retries once (a second 401 is `unauthorized`);
 //! 5. retries transient failures within `[retry]` ([`retry`]); maps everything else to
 //!    [`StoreError`] with its class, status and codes ([`error`]).
@@ -17,7 +17,7 @@ mod body;
 pub mod cubic;
 pub mod error;
 pub mod limiter;
-pub mod metrics;
+pub mod instrumentation;
 pub mod pacer;
 #[cfg(test)]
 mod rate_sim;
@@ -43,7 +43,7 @@ pub use wire::{Record, RecordPage, RelationshipValue};
 
 use self::auth::{Token, TokenSource};
 use self::body::BodyLimits;
-use self::metrics::Route;
+use self::instrumentation::Route;
 use crate::schema::{Schema, SchemaWire};
 use crate::settings::{CxoneSettings, RateLimitBackend, RetrySettings, Settings};
 
@@ -417,7 +417,7 @@ impl StoreClient {
     ) -> Result<Answer, StoreError> {
         let waiting = Instant::now();
         self.inner.budget.acquire().await;
-        metrics::limiter_wait(waiting.elapsed());
+        instrumentation::limiter_wait(waiting.elapsed());
         let request = request
             .bearer_auth(token.value.expose())
             .header(ACCEPT, "application/json")
@@ -442,7 +442,7 @@ impl StoreClient {
             body::read_excerpt(response, self.inner.body_limits).await
         };
         let elapsed = started.elapsed();
-        metrics::record(route, metrics::status_label(status.as_u16()), elapsed);
+        instrumentation::record(route, instrumentation::status_label(status.as_u16()), elapsed);
         if status == StatusCode::TOO_MANY_REQUESTS {
             self.inner
                 .budget
@@ -486,7 +486,7 @@ impl StoreClient {
         error: StoreError,
         started: Instant,
     ) -> StoreError {
-        metrics::record(route, metrics::transport_status(&error), started.elapsed());
+        instrumentation::record(route, instrumentation::transport_status(&error), started.elapsed());
         tracing::debug!(
             route = route.as_str(),
             correlation_id,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBuilder};
 
 use super::error::StoreError;
-use super::metrics::Route;
+use super::instrumentation::Route;
 use crate::settings::RetrySettings;
 
 /// Retry limits of one client call.

@@ -1,4 +1,4 @@
-//! The benchmark report: what was run, what it achieved, as a table or JSON.
+//! The figures of one benchmark run: what was run, what it achieved, as a table or JSON.
 
 use std::time::Duration;
 
@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::emulator::Algorithm;
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub struct RunFigures {
     pub jobs: usize,
     pub ops_per_job: usize,
     /// The emulator's rate limit in requests/s; 0 = none.
@@ -52,7 +52,7 @@ pub fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e5).round() / 100.0
 }
 
-impl Report {
+impl RunFigures {
     /// A two-column table, one figure per line.
     pub fn table(&self) -> String {
         let rate = if self.rate == 0 {

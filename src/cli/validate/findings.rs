@@ -7,7 +7,7 @@ use serde::Serialize;
 /// The fate one operation would meet in the worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum OpVerdict {
+pub enum OpFate {
     /// Valid and changes the stored value: the worker would PATCH.
     Apply,
     /// Valid, but the stored value already is the result: the worker would send nothing.
@@ -18,26 +18,26 @@ pub enum OpVerdict {
     Blocked,
 }
 
-impl OpVerdict {
+impl OpFate {
     fn label(self) -> &'static str {
         match self {
-            OpVerdict::Apply => "apply",
-            OpVerdict::NoOp => "no-op",
-            OpVerdict::Rejected => "rejected",
-            OpVerdict::Blocked => "blocked",
+            OpFate::Apply => "apply",
+            OpFate::NoOp => "no-op",
+            OpFate::Rejected => "rejected",
+            OpFate::Blocked => "blocked",
         }
     }
 }
 
 /// One operation of a job and its verdict.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct OpReport {
+pub struct OpFindings {
     pub index: usize,
     pub parent_id: String,
     pub relationship_field: String,
     pub mode: &'static str,
     pub child_ids: Vec<String>,
-    pub verdict: OpVerdict,
+    pub verdict: OpFate,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
     /// Why it is rejected or blocked, or what it would change.
@@ -46,14 +46,14 @@ pub struct OpReport {
 
 /// A job-wide failure: the entry did not parse, or its data store cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct JobError {
+pub struct EntryError {
     pub code: String,
     pub message: String,
 }
 
 /// One entry of the file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct JobReport {
+pub struct JobFindings {
     /// 1-based position in the file.
     pub index: u64,
     /// Line of the entry when known (JSON Lines, or where reading failed).
@@ -64,11 +64,11 @@ pub struct JobReport {
     pub datastore_id: Option<String>,
     pub atomic: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<JobError>,
-    pub operations: Vec<OpReport>,
+    pub error: Option<EntryError>,
+    pub operations: Vec<OpFindings>,
 }
 
-impl JobReport {
+impl JobFindings {
     /// The job as the table names it: its id, else its position.
     fn label(&self) -> String {
         match &self.job_id {
@@ -83,13 +83,13 @@ impl JobReport {
             || self
                 .operations
                 .iter()
-                .any(|o| matches!(o.verdict, OpVerdict::Rejected | OpVerdict::Blocked))
+                .any(|o| matches!(o.verdict, OpFate::Rejected | OpFate::Blocked))
     }
 }
 
 /// Counts over the whole file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Summary {
+pub struct Totals {
     pub jobs: u64,
     pub operations: u64,
     pub apply: u64,
@@ -104,13 +104,13 @@ pub struct Summary {
 
 /// The whole dry run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Report {
-    pub jobs: Vec<JobReport>,
-    pub summary: Summary,
+pub struct Findings {
+    pub jobs: Vec<JobFindings>,
+    pub summary: Totals,
 }
 
-impl Report {
-    pub fn push(&mut self, job: JobReport) {
+impl Findings {
+    pub fn push(&mut self, job: JobFindings) {
         let s = &mut self.summary;
         s.jobs += 1;
         s.job_errors += u64::from(job.error.is_some());
@@ -118,10 +118,10 @@ impl Report {
         for op in &job.operations {
             s.operations += 1;
             match op.verdict {
-                OpVerdict::Apply => s.apply += 1,
-                OpVerdict::NoOp => s.no_op += 1,
-                OpVerdict::Rejected => s.rejected += 1,
-                OpVerdict::Blocked => s.blocked += 1,
+                OpFate::Apply => s.apply += 1,
+                OpFate::NoOp => s.no_op += 1,
+                OpFate::Rejected => s.rejected += 1,
+                OpFate::Blocked => s.blocked += 1,
             }
         }
         self.jobs.push(job);
@@ -169,7 +169,7 @@ impl Report {
 
 const HEADER: [&str; 7] = ["JOB", "OP", "PARENT", "FIELD", "VERDICT", "CODE", "REASON"];
 
-fn job_rows(job: &JobReport) -> Vec<[String; 7]> {
+fn job_rows(job: &JobFindings) -> Vec<[String; 7]> {
     let label = job.label();
     let mut rows: Vec<[String; 7]> = Vec::new();
     if let Some(error) = &job.error
@@ -181,7 +181,7 @@ fn job_rows(job: &JobReport) -> Vec<[String; 7]> {
             "-".into(),
             "-".into(),
             "-".into(),
-            OpVerdict::Rejected.label().into(),
+            OpFate::Rejected.label().into(),
             error.code.clone(),
             format!("{at}{}", one_line(&error.message)),
         ]);
@@ -230,8 +230,8 @@ fn write_aligned(out: &mut String, rows: &[[String; 7]]) {
 mod tests {
     use super::*;
 
-    fn op(index: usize, verdict: OpVerdict, code: Option<&str>) -> OpReport {
-        OpReport {
+    fn op(index: usize, verdict: OpFate, code: Option<&str>) -> OpFindings {
+        OpFindings {
             index,
             parent_id: "p-1".into(),
             relationship_field: "parent_child_link".into(),
@@ -243,8 +243,8 @@ mod tests {
         }
     }
 
-    fn job(index: u64, id: Option<&str>, ops: Vec<OpReport>) -> JobReport {
-        JobReport {
+    fn job(index: u64, id: Option<&str>, ops: Vec<OpFindings>) -> JobFindings {
+        JobFindings {
             index,
             line: None,
             job_id: id.map(str::to_owned),
@@ -255,10 +255,10 @@ mod tests {
         }
     }
 
-    fn unreadable(index: u64, line: u64) -> JobReport {
-        JobReport {
+    fn unreadable(index: u64, line: u64) -> JobFindings {
+        JobFindings {
             line: Some(line),
-            error: Some(JobError {
+            error: Some(EntryError {
                 code: "invalid_job".into(),
                 message: "not valid JSON".into(),
             }),
@@ -270,17 +270,17 @@ mod tests {
 
     #[test]
     fn the_table_has_one_aligned_row_per_operation_and_a_summary() {
-        let mut report = Report::default();
-        report.push(job(1, Some("job-a"), vec![op(0, OpVerdict::Apply, None)]));
-        report.push(job(
+        let mut findings = Findings::default();
+        findings.push(job(1, Some("job-a"), vec![op(0, OpFate::Apply, None)]));
+        findings.push(job(
             2,
             None,
             vec![
-                op(0, OpVerdict::Rejected, Some("cycle_detected")),
-                op(1, OpVerdict::Blocked, None),
+                op(0, OpFate::Rejected, Some("cycle_detected")),
+                op(1, OpFate::Blocked, None),
             ],
         ));
-        let table = report.to_table();
+        let table = findings.to_table();
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 5, "{table}");
         assert!(lines[0].starts_with("JOB    OP  PARENT"), "{table}");
@@ -300,38 +300,38 @@ mod tests {
 
     #[test]
     fn an_unreadable_entry_is_one_rejected_row_with_its_line() {
-        let mut report = Report::default();
-        report.push(unreadable(3, 7));
-        let table = report.to_table();
+        let mut findings = Findings::default();
+        findings.push(unreadable(3, 7));
+        let table = findings.to_table();
         assert!(table.contains("#3"), "{table}");
         assert!(table.contains("invalid_job"), "{table}");
         assert!(table.contains("line 7: not valid JSON"), "{table}");
-        assert_eq!(report.summary.job_errors, 1);
-        assert_eq!(report.exit_code(), 1);
+        assert_eq!(findings.summary.job_errors, 1);
+        assert_eq!(findings.exit_code(), 1);
     }
 
     #[test]
     fn the_exit_code_is_zero_only_without_rejections() {
-        let mut report = Report::default();
-        report.push(job(1, None, vec![op(0, OpVerdict::NoOp, None)]));
-        assert_eq!(report.exit_code(), 0);
-        report.push(job(2, None, vec![op(0, OpVerdict::Blocked, None)]));
-        assert_eq!(report.exit_code(), 1);
+        let mut findings = Findings::default();
+        findings.push(job(1, None, vec![op(0, OpFate::NoOp, None)]));
+        assert_eq!(findings.exit_code(), 0);
+        findings.push(job(2, None, vec![op(0, OpFate::Blocked, None)]));
+        assert_eq!(findings.exit_code(), 1);
     }
 
     #[test]
     fn the_json_document_lists_jobs_operations_and_the_summary() {
-        let mut report = Report::default();
-        report.push(job(
+        let mut findings = Findings::default();
+        findings.push(job(
             1,
             Some("j"),
             vec![
-                op(0, OpVerdict::NoOp, None),
-                op(1, OpVerdict::Rejected, Some("max_depth_exceeded")),
+                op(0, OpFate::NoOp, None),
+                op(1, OpFate::Rejected, Some("max_depth_exceeded")),
             ],
         ));
-        report.push(unreadable(2, 2));
-        let doc: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        findings.push(unreadable(2, 2));
+        let doc: serde_json::Value = serde_json::from_str(&findings.to_json()).unwrap();
         assert_eq!(doc["jobs"][0]["job_id"], "j");
         assert_eq!(doc["jobs"][0]["operations"][0]["verdict"], "no_op");
         assert!(doc["jobs"][0]["operations"][0].get("code").is_none());
@@ -348,8 +348,8 @@ mod tests {
 
     #[test]
     fn an_empty_file_renders_only_the_summary() {
-        let report = Report::default();
-        assert_eq!(report.to_table().lines().count(), 1);
-        assert_eq!(report.exit_code(), 0);
+        let findings = Findings::default();
+        assert_eq!(findings.to_table().lines().count(), 1);
+        assert_eq!(findings.exit_code(), 0);
     }
 }
