@@ -14,7 +14,7 @@ use super::scenario::{self, Shape};
 use crate::amqp::{self, Publisher, Topology};
 use crate::emulator::Algorithm;
 use crate::harness::config::WorkerConfig;
-use crate::harness::emulator::{LocalEmulator, Stats};
+use crate::harness::emulator::{EmulatorStats, LocalEmulator};
 use crate::harness::tap::{Settlement, Tap};
 use crate::harness::workers::{WorkerChild, WorkerSpec, worker_env};
 use crate::harness::{connect_broker, fresh_prefix};
@@ -89,7 +89,7 @@ pub async fn run(params: &Params, settings: &Settings) -> anyhow::Result<RunFigu
 type Measured = (
     HashMap<String, Instant>,
     HashMap<String, Settlement>,
-    Stats,
+    EmulatorStats,
     Vec<f64>,
 );
 
@@ -223,7 +223,7 @@ fn tally(
     params: &Params,
     published: &HashMap<String, Instant>,
     settled: &HashMap<String, Settlement>,
-    stats: &Stats,
+    stats: &EmulatorStats,
     worker_peak_rss_mib: Vec<f64>,
     ceiling: f64,
 ) -> RunFigures {

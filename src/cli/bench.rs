@@ -26,8 +26,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10)]
     pub burst: u32,
     /// How the emulator enforces --rate: gcra (as the worker paces) or an independent token bucket.
-    #[arg(long, value_enum, default_value_t = Limiter::Gcra)]
-    pub limiter: Limiter,
+    #[arg(long, value_enum, default_value_t = EmulatorLimiter::Gcra)]
+    pub limiter: EmulatorLimiter,
     /// What the workers budget together ([rate_limit].requests_per_second); default --rate;
     /// 0 = not configured: the workers discover the limit.
     #[arg(long)]
@@ -48,8 +48,8 @@ pub struct BenchArgs {
     /// Longest wait for all jobs to settle; default scales with jobs and rate.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
-    #[arg(long, value_enum, default_value_t = Output::Table)]
-    pub output: Output,
+    #[arg(long, value_enum, default_value_t = BenchOutput::Table)]
+    pub output: BenchOutput,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -59,13 +59,13 @@ pub enum Backend {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Limiter {
+pub enum EmulatorLimiter {
     Gcra,
     TokenBucket,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Output {
+pub enum BenchOutput {
     Table,
     Json,
 }
@@ -99,8 +99,8 @@ pub async fn run(args: BenchArgs, settings: Settings) -> anyhow::Result<i32> {
         rate: args.rate,
         emulator_burst: args.burst.max(1),
         limiter: match args.limiter {
-            Limiter::Gcra => Algorithm::Gcra,
-            Limiter::TokenBucket => Algorithm::TokenBucket,
+            EmulatorLimiter::Gcra => Algorithm::Gcra,
+            EmulatorLimiter::TokenBucket => Algorithm::TokenBucket,
         },
         latency_ms: args.latency_ms,
         jitter_ms: args.jitter_ms,
@@ -115,13 +115,13 @@ pub async fn run(args: BenchArgs, settings: Settings) -> anyhow::Result<i32> {
             .timeout
             .unwrap_or_else(|| default_timeout(shape, args.rate)),
     };
-    if args.output == Output::Table {
+    if args.output == BenchOutput::Table {
         eprintln!("cxrel bench: {params:?}");
     }
     let figures = run::run(&params, &settings).await?;
     let text = match args.output {
-        Output::Table => figures.table(),
-        Output::Json => serde_json::to_string_pretty(&figures)? + "\n",
+        BenchOutput::Table => figures.table(),
+        BenchOutput::Json => serde_json::to_string_pretty(&figures)? + "\n",
     };
     // A closed stdout (`| head`) is not worth a panic.
     let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());

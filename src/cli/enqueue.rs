@@ -47,7 +47,7 @@ pub struct EnqueueArgs {
 
 /// Counts for the summary line.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Summary {
+pub struct EnqueueSummary {
     pub published: u64,
     pub skipped: Vec<BadItem>,
     pub aborted: Option<BadItem>,
@@ -76,7 +76,7 @@ pub async fn publish_file(
     args: &EnqueueArgs,
     publisher: &Publisher,
     queue: &str,
-) -> anyhow::Result<Summary> {
+) -> anyhow::Result<EnqueueSummary> {
     let (tx, rx) = mpsc::channel::<Result<Item, BadItem>>(args.window.max(1) * 2);
     let (input, size) = open_input(&args.file)?;
     let progress = progress_bar(size);
@@ -86,7 +86,7 @@ pub async fn publish_file(
         jobfile::read_jobs(input, |item| tx.blocking_send(item).is_ok());
     });
     let limiter = NonZeroU32::new(args.rate).map(|r| RateLimiter::direct(Quota::per_second(r)));
-    let mut summary = Summary::default();
+    let mut summary = EnqueueSummary::default();
     let mut items = ReceiverStream::new(rx);
     let mut publishes = futures::stream::FuturesUnordered::new();
     while let Some(item) = items.next().await {
@@ -121,7 +121,7 @@ pub async fn publish_file(
 
 async fn settle_one<F: std::future::Future<Output = Result<(), String>>>(
     publishes: &mut futures::stream::FuturesUnordered<F>,
-    summary: &mut Summary,
+    summary: &mut EnqueueSummary,
     progress: &ProgressBar,
 ) {
     match publishes.next().await {
@@ -194,7 +194,7 @@ fn progress_bar(size: Option<u64>) -> ProgressBar {
     bar
 }
 
-fn print_summary(summary: &Summary, elapsed: Duration, queue: &str) {
+fn print_summary(summary: &EnqueueSummary, elapsed: Duration, queue: &str) {
     let rate = summary.published as f64 / elapsed.as_secs_f64().max(1e-9);
     println!(
         "published {} jobs to {queue} in {:.2}s ({rate:.0} jobs/s); skipped {}; failed publishes {}",

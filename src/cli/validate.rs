@@ -26,7 +26,7 @@ use crate::store::{StoreClient, StoreError};
 use findings::{EntryError, Findings, JobFindings, OpFate, OpFindings};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Output {
+pub enum ValidateOutput {
     /// One aligned row per operation and a summary line.
     Table,
     /// One JSON document: every job with its operations and verdicts, and a summary.
@@ -38,8 +38,8 @@ pub struct ValidateArgs {
     /// Job file (JSON array, one JSON object, or JSON Lines); `-` reads standard input.
     pub file: PathBuf,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = Output::Table)]
-    pub output: Output,
+    #[arg(long, value_enum, default_value_t = ValidateOutput::Table)]
+    pub output: ValidateOutput,
 }
 
 /// Exit codes: 0 nothing would be rejected, 1 something would, 2 the dry run itself failed.
@@ -47,8 +47,8 @@ pub async fn run(args: ValidateArgs, settings: Settings) -> anyhow::Result<i32> 
     match dry_run(&args.file, &settings).await {
         Ok(findings) => {
             match args.output {
-                Output::Table => print!("{}", findings.to_table()),
-                Output::Json => println!("{}", findings.to_json()),
+                ValidateOutput::Table => print!("{}", findings.to_table()),
+                ValidateOutput::Json => println!("{}", findings.to_json()),
             }
             Ok(findings.exit_code())
         }

@@ -14,12 +14,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::auth::{self, Access};
-use super::{ApiError, Shared};
+use super::{ConsoleError, SharedConsole};
 use crate::dlq::{
     self, DeadLetter, Filter, Pace, PurgeGuard, ReplayRequest, Summary, audit, ledger,
 };
 
-type ApiResult = Result<Json<Value>, ApiError>;
+type ApiResult = Result<Json<Value>, ConsoleError>;
 
 /// Paging of the list.
 #[derive(Debug, Clone, Deserialize)]
@@ -49,7 +49,7 @@ pub fn matching<'a>(letters: &'a [DeadLetter], filter: &Filter) -> Vec<&'a DeadL
 
 /// GET /api/dead-letters?code=&stage=&job_id=&datastore=&older_than=&newer_than=&page=&per_page=
 pub async fn list(
-    State(console): State<Shared>,
+    State(console): State<SharedConsole>,
     Query(filter): Query<Filter>,
     Query(paging): Query<Paging>,
 ) -> ApiResult {
@@ -79,7 +79,7 @@ pub async fn list(
 
 /// GET /api/dead-letters/summary
 pub async fn summary(
-    State(console): State<Shared>,
+    State(console): State<SharedConsole>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> ApiResult {
@@ -93,14 +93,14 @@ pub async fn summary(
 }
 
 /// GET /api/dead-letters/{message_id} (a job id works too)
-pub async fn one(State(console): State<Shared>, Path(id): Path<String>) -> ApiResult {
+pub async fn one(State(console): State<SharedConsole>, Path(id): Path<String>) -> ApiResult {
     let snapshot = console.snapshot().await?;
     let letter = snapshot
         .letters
         .iter()
         .find(|l| l.has_id(&id))
         .ok_or_else(|| {
-            ApiError::new(
+            ConsoleError::new(
                 StatusCode::NOT_FOUND,
                 format!("no dead letter with message id or job id {id:?} (replayed or purged?)"),
             )
@@ -114,11 +114,11 @@ pub async fn one(State(console): State<Shared>, Path(id): Path<String>) -> ApiRe
 /// GET /api/dead-letters/export?filter… : JSON Lines of every match, or 409 if any message could
 /// not be read.
 pub async fn export(
-    State(console): State<Shared>,
+    State(console): State<SharedConsole>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(filter): Query<Filter>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, ConsoleError> {
     let filter = filter.normalized();
     let actor = match auth::access(&console, &headers, peer) {
         Access::Operator(name) => name,
@@ -164,7 +164,7 @@ pub struct ReplayBody {
 
 /// POST /api/dead-letters/replay
 pub async fn replay(
-    State(console): State<Shared>,
+    State(console): State<SharedConsole>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Json(body): Json<ReplayBody>,
@@ -227,7 +227,7 @@ pub struct PurgeBody {
 
 /// POST /api/dead-letters/purge
 pub async fn purge(
-    State(console): State<Shared>,
+    State(console): State<SharedConsole>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Json(body): Json<PurgeBody>,
@@ -259,10 +259,10 @@ pub async fn purge(
 
 /// Logs and keeps the audit entry of a finished action; passes its result on.
 fn finish(
-    console: &Shared,
+    console: &SharedConsole,
     entry: audit::Entry,
     result: Result<dlq::ScanReport, dlq::DlqError>,
-) -> Result<dlq::ScanReport, ApiError> {
+) -> Result<dlq::ScanReport, ConsoleError> {
     let count = result.as_ref().map_or_else(|e| e.done(), |r| r.acted);
     let outcome = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
     console.remember(entry.finish(count, outcome));
@@ -271,7 +271,7 @@ fn finish(
 
 /// A dry run: how many match now (at most `limit`), plus `extra` fields.
 async fn count_matches(
-    console: &Shared,
+    console: &SharedConsole,
     filter: &Filter,
     limit: u64,
     mut extra: Value,
@@ -284,6 +284,6 @@ async fn count_matches(
     Ok(Json(extra))
 }
 
-fn bad_request(message: &str) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, message)
+fn bad_request(message: &str) -> ConsoleError {
+    ConsoleError::new(StatusCode::BAD_REQUEST, message)
 }

@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use base64::Engine;
 use serde::Deserialize;
 
-use super::state::{SESSION_TTL, Shared};
-use super::{ApiError, page};
+use super::state::{SESSION_TTL, SharedConsole};
+use super::{ConsoleError, page};
 
 pub const COOKIE: &str = "cxrel_console";
 
@@ -35,7 +35,7 @@ impl Access {
 }
 
 /// Reads the bearer header or the session cookie of a request.
-pub fn access(console: &Shared, headers: &HeaderMap, peer: SocketAddr) -> Access {
+pub fn access(console: &SharedConsole, headers: &HeaderMap, peer: SocketAddr) -> Access {
     let Some(token) = &console.token else {
         return Access::ReadOnly;
     };
@@ -53,16 +53,20 @@ pub fn access(console: &Shared, headers: &HeaderMap, peer: SocketAddr) -> Access
 }
 
 /// The operator's name for a write, or the error to answer with.
-pub fn writer(console: &Shared, headers: &HeaderMap, peer: SocketAddr) -> Result<String, ApiError> {
+pub fn writer(
+    console: &SharedConsole,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<String, ConsoleError> {
     same_origin(headers)?;
     match access(console, headers, peer) {
         Access::Operator(name) => Ok(name),
-        Access::ReadOnly => Err(ApiError::new(
+        Access::ReadOnly => Err(ConsoleError::new(
             StatusCode::FORBIDDEN,
             "this console is read-only: set [console].token (CXREL__CONSOLE__TOKEN) to allow \
              replay and purge",
         )),
-        Access::Anonymous => Err(ApiError::new(
+        Access::Anonymous => Err(ConsoleError::new(
             StatusCode::UNAUTHORIZED,
             "log in at /login, or send Authorization: Bearer TOKEN",
         )),
@@ -83,7 +87,7 @@ pub async fn loopback_host_only(
     if is_loopback_host(host) {
         return next.run(request).await;
     }
-    ApiError::new(
+    ConsoleError::new(
         StatusCode::MISDIRECTED_REQUEST,
         "this console listens on loopback and answers only http://127.0.0.1:PORT or \
          http://localhost:PORT; to serve another name, listen on another address",
@@ -104,7 +108,7 @@ fn is_loopback_host(host: &str) -> bool {
 
 /// Refuses requests another site made a browser send (CSRF). Clients that send neither header
 /// (curl, scripts) pass; browsers always send at least one of them with a POST.
-pub fn same_origin(headers: &HeaderMap) -> Result<(), ApiError> {
+pub fn same_origin(headers: &HeaderMap) -> Result<(), ConsoleError> {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if let Some(site) = text("sec-fetch-site")
         && site != "same-origin"
@@ -125,8 +129,8 @@ pub fn same_origin(headers: &HeaderMap) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn cross_origin(from: &str) -> ApiError {
-    ApiError::new(
+fn cross_origin(from: &str) -> ConsoleError {
+    ConsoleError::new(
         StatusCode::FORBIDDEN,
         format!("cross-origin request refused (from {from}); use the console's own page"),
     )
@@ -155,7 +159,7 @@ pub struct LoginForm {
 
 /// POST /login: the token in a form; sets the session cookie and goes to the overview.
 pub async fn login(
-    State(console): State<Shared>,
+    State(console): State<SharedConsole>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
@@ -185,7 +189,7 @@ pub async fn login(
 }
 
 /// POST /logout: ends the session.
-pub async fn logout(State(console): State<Shared>, headers: HeaderMap) -> Response {
+pub async fn logout(State(console): State<SharedConsole>, headers: HeaderMap) -> Response {
     if let Err(error) = same_origin(&headers) {
         return error.into_response();
     }

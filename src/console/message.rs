@@ -7,7 +7,7 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 
-use super::Shared;
+use super::SharedConsole;
 use super::auth;
 use super::html::{esc, frame};
 use super::page::{actions, top, unavailable};
@@ -15,7 +15,7 @@ use crate::dlq::{DeadLetter, Filter};
 
 /// GET /letters/{id}
 pub async fn message(
-    State(console): State<Shared>,
+    State(console): State<SharedConsole>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(id): Path<String>,

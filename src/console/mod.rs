@@ -7,9 +7,9 @@
 
 pub mod api;
 pub mod auth;
+pub mod gauges;
 pub mod html;
 pub mod message;
-pub mod gauges;
 pub mod page;
 pub mod state;
 
@@ -24,25 +24,25 @@ use serde_json::json;
 
 use crate::dlq::DlqError;
 use crate::settings::Settings;
-pub use state::{Console, Shared};
+pub use state::{Console, SharedConsole};
 
 /// An API error: a status and a message saying what to do next, as `{"error": …}`.
 #[derive(Debug)]
-pub struct ApiError {
+pub struct ConsoleError {
     pub status: StatusCode,
     pub message: String,
 }
 
-impl ApiError {
+impl ConsoleError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError {
+        ConsoleError {
             status,
             message: message.into(),
         }
     }
 }
 
-impl From<DlqError> for ApiError {
+impl From<DlqError> for ConsoleError {
     fn from(error: DlqError) -> Self {
         let status = match &error {
             DlqError::NothingMatched(..) => StatusCode::NOT_FOUND,
@@ -52,11 +52,11 @@ impl From<DlqError> for ApiError {
             DlqError::NoQueue(..) => StatusCode::NOT_FOUND,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
-        ApiError::new(status, error.to_string())
+        ConsoleError::new(status, error.to_string())
     }
 }
 
-impl IntoResponse for ApiError {
+impl IntoResponse for ConsoleError {
     fn into_response(self) -> Response {
         (self.status, axum::Json(json!({"error": self.message}))).into_response()
     }
@@ -64,7 +64,7 @@ impl IntoResponse for ApiError {
 
 /// Every route of the console. `loopback` = it listens on a loopback address (then only requests
 /// addressed to a loopback name are answered).
-pub fn router(console: Shared, loopback: bool) -> Router {
+pub fn router(console: SharedConsole, loopback: bool) -> Router {
     let router = Router::new()
         .route("/", get(page::overview))
         .route("/letters/{id}", get(message::message))

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use serde_json::json;
 
-use super::Shared;
+use super::SharedConsole;
 use super::api::{Paging, matching};
 use super::auth::{self, Access};
 use super::html::{esc, frame, query_value, script_json};
@@ -19,7 +19,7 @@ use crate::dlq::{DeadLetter, Filter, Snapshot, Summary};
 
 /// GET /
 pub async fn overview(
-    State(console): State<Shared>,
+    State(console): State<SharedConsole>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(filter): Query<Filter>,
@@ -281,7 +281,7 @@ const ACTION_CONTROLS: &str = "<form class=\"inline\" onsubmit=\"return false\">
 <button id=\"confirm-yes\" onclick=\"go()\">Confirm</button> \
 <button class=\"plain\" onclick=\"cancel()\">Cancel</button></div><p id=\"result\"></p>";
 
-fn recent(console: &Shared) -> String {
+fn recent(console: &SharedConsole) -> String {
     let rows: String = console
         .recent()
         .iter()

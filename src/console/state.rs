@@ -39,7 +39,7 @@ pub struct Console {
     recent: Mutex<VecDeque<audit::Entry>>,
 }
 
-pub type Shared = Arc<Console>;
+pub type SharedConsole = Arc<Console>;
 
 impl Console {
     pub fn new(settings: &Settings) -> Self {

@@ -67,7 +67,7 @@ pub async fn delete_datastore(
 pub async fn set_schema(
     State(state): State<Shared>,
     Path(datastore): Path<String>,
-    ApiJson(schema): ApiJson<super::model::Schema>,
+    ApiJson(schema): ApiJson<super::model::StoreSchema>,
 ) -> Result<Json<Value>, ApiError> {
     schema
         .check()

@@ -13,7 +13,7 @@ use super::state::lock;
 /// `{"fields":[…]}` of SPEC §3.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Schema {
+pub struct StoreSchema {
     pub fields: Vec<FieldDef>,
 }
 
@@ -24,7 +24,7 @@ pub struct FieldDef {
     #[serde(rename = "type")]
     pub kind: FieldType,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub constraints: Option<Constraints>,
+    pub constraints: Option<StoreConstraints>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,7 +42,7 @@ pub enum FieldType {
 /// worker's business, not the store's.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Constraints {
+pub struct StoreConstraints {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_depth: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -59,19 +59,19 @@ pub struct Constraints {
 struct RelationshipValue {
     ids: Vec<String>,
     #[serde(default)]
-    cascade_action: CascadeAction,
+    cascade_action: StoreCascade,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum CascadeAction {
+pub enum StoreCascade {
     #[default]
     None,
     Update,
     Delete,
 }
 
-impl Schema {
+impl StoreSchema {
     /// Structural checks: unique non-empty names, constraints only on relationship fields.
     pub fn check(&self) -> Result<(), String> {
         let mut seen = HashSet::new();
@@ -166,7 +166,7 @@ pub fn cascade_delete_ids(value: &Value) -> Option<&Vec<Value>> {
 }
 
 #[derive(Debug, Clone)]
-pub struct Record {
+pub struct StoredRecord {
     pub fields: Map<String, Value>,
     pub version: u64,
 }
@@ -211,19 +211,19 @@ pub struct RecordInput {
 /// The records of one data store, in id order so pagination is deterministic.
 #[derive(Debug, Default)]
 pub struct Records {
-    pub map: BTreeMap<String, Record>,
+    pub map: BTreeMap<String, StoredRecord>,
     pub locked: HashSet<String>,
 }
 
 /// One data store: a fixed schema and its records behind one short-held lock.
 #[derive(Debug)]
 pub struct DataStore {
-    pub schema: Schema,
+    pub schema: StoreSchema,
     records: Mutex<Records>,
 }
 
 impl DataStore {
-    pub fn new(schema: Schema) -> Self {
+    pub fn new(schema: StoreSchema) -> Self {
         Self {
             schema,
             records: Mutex::new(Records::default()),
@@ -236,7 +236,7 @@ impl DataStore {
 
     /// The same records (versions and locks kept) under another schema, as when the store's
     /// owner edits the schema (e.g. adds a relationship field).
-    pub fn with_schema(&self, schema: Schema) -> Self {
+    pub fn with_schema(&self, schema: StoreSchema) -> Self {
         let records = self.records();
         Self {
             schema,
@@ -265,7 +265,7 @@ impl DataStore {
                     e
                 })?;
             let version = input.version.unwrap_or(1);
-            checked.push((input.id, Record { fields, version }));
+            checked.push((input.id, StoredRecord { fields, version }));
         }
         let count = checked.len();
         self.records().map.extend(checked);
@@ -278,7 +278,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn schema() -> Schema {
+    fn schema() -> StoreSchema {
         serde_json::from_value(json!({"fields": [
             {"name": "name", "type": "string"},
             {"name": "size", "type": "integer"},
@@ -340,7 +340,7 @@ mod tests {
 
     #[test]
     fn constraints_on_a_scalar_field_make_the_schema_invalid() {
-        let s: Schema = serde_json::from_value(json!({"fields": [
+        let s: StoreSchema = serde_json::from_value(json!({"fields": [
             {"name": "name", "type": "string", "constraints": {"max_depth": 1}}
         ]}))
         .unwrap();

@@ -16,7 +16,9 @@ use serde_json::{Map, Value};
 
 use super::auth::{ReadAccess, WriteAccess};
 use super::error::{ApiError, ApiJson, parse_query};
-use super::model::{Href, Links, Record, RecordView, Records, Schema, cascade_delete_ids};
+use super::model::{
+    Href, Links, RecordView, Records, StoreSchema, StoredRecord, cascade_delete_ids,
+};
 use super::state::Shared;
 
 pub const RECORDS_PATH: &str = "/api/v2/datastores";
@@ -28,7 +30,7 @@ pub async fn schema(
     _: ReadAccess,
     State(state): State<Shared>,
     Path(datastore): Path<String>,
-) -> Result<Json<Schema>, ApiError> {
+) -> Result<Json<StoreSchema>, ApiError> {
     Ok(Json(state.datastore(&datastore)?.schema.clone()))
 }
 
@@ -182,7 +184,7 @@ pub async fn delete(
 }
 
 /// The record `id` plus everything reachable from it through cascade-delete links.
-fn cascade_set(records: &Records, schema: &Schema, id: &str) -> Vec<String> {
+fn cascade_set(records: &Records, schema: &StoreSchema, id: &str) -> Vec<String> {
     let mut seen: HashSet<String> = HashSet::from([id.to_owned()]);
     let mut order = vec![id.to_owned()];
     let mut next = 0;
@@ -250,7 +252,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<Precondition>, ApiError> {
         })
 }
 
-fn view<'a>(id: &'a str, record: &'a Record, links: Option<Links>) -> RecordView<'a> {
+fn view<'a>(id: &'a str, record: &'a StoredRecord, links: Option<Links>) -> RecordView<'a> {
     RecordView {
         id,
         fields: &record.fields,
@@ -323,12 +325,12 @@ mod tests {
 
     #[test]
     fn a_cascade_follows_delete_links_only_and_survives_cycles() {
-        let schema: Schema = serde_json::from_value(json!({"fields": [
+        let schema: StoreSchema = serde_json::from_value(json!({"fields": [
             {"name": "link", "type": "relationship"}
         ]}))
         .unwrap();
         let mut records = Records::default();
-        let rec = |link: Value| Record {
+        let rec = |link: Value| StoredRecord {
             fields: json!({"link": link}).as_object().unwrap().clone(),
             version: 1,
         };

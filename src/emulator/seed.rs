@@ -7,14 +7,14 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use super::error::ApiError;
-use super::model::{DataStore, RecordInput, Schema};
+use super::model::{DataStore, RecordInput, StoreSchema};
 
 /// One data store to create: id, schema and optional initial records.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatastoreSpec {
     pub id: String,
-    pub schema: Schema,
+    pub schema: StoreSchema,
     #[serde(default)]
     pub records: Vec<RecordInput>,
 }

@@ -11,7 +11,7 @@ use crate::job::{CascadeAction, Mode};
 
 /// The changed value of one (field, parent) and the operations that produced it.
 #[derive(Debug, Clone)]
-pub struct Entry {
+pub struct OverlayEntry {
     pub children: Vec<Ix>,
     sorted: Vec<Ix>,
     pub cascade: CascadeAction,
@@ -27,7 +27,7 @@ pub type Key = (usize, Ix);
 /// Base graph + changed entries, answering the same questions as the graph.
 pub struct Overlay<'g> {
     pub graph: &'g Graph,
-    entries: FxHashMap<Key, Entry>,
+    entries: FxHashMap<Key, OverlayEntry>,
     /// (field, child) → parents that gained `child` relative to the base graph.
     added_parents: FxHashMap<Key, Vec<Ix>>,
 }
@@ -47,7 +47,7 @@ impl<'g> Overlay<'g> {
         for (key, children, cascade) in pending.view(bound) {
             let mut sorted = children.clone();
             sorted.sort_unstable();
-            let entry = Entry {
+            let entry = OverlayEntry {
                 children,
                 sorted,
                 cascade,
@@ -81,7 +81,7 @@ impl<'g> Overlay<'g> {
         }
     }
 
-    pub fn entry(&self, key: Key) -> Option<&Entry> {
+    pub fn entry(&self, key: Key) -> Option<&OverlayEntry> {
         self.entries.get(&key)
     }
 
@@ -129,7 +129,7 @@ impl<'g> Overlay<'g> {
         mode: Mode,
         cascade: impl FnOnce(CascadeAction) -> CascadeAction,
         kids: &[Ix],
-    ) -> Option<Entry> {
+    ) -> Option<OverlayEntry> {
         let (f, p) = key;
         let children = fold(self.children(f, p), mode, kids);
         let cascade = cascade(self.cascade(f, p));
@@ -141,7 +141,7 @@ impl<'g> Overlay<'g> {
         ops.push(op);
         let mut sorted = children.clone();
         sorted.sort_unstable();
-        let entry = Entry {
+        let entry = OverlayEntry {
             children,
             sorted,
             cascade,
@@ -152,11 +152,11 @@ impl<'g> Overlay<'g> {
     }
 
     /// Puts back what `apply` returned.
-    pub fn restore(&mut self, key: Key, previous: Option<Entry>) {
+    pub fn restore(&mut self, key: Key, previous: Option<OverlayEntry>) {
         self.set(key, previous);
     }
 
-    fn set(&mut self, key: Key, new: Option<Entry>) -> Option<Entry> {
+    fn set(&mut self, key: Key, new: Option<OverlayEntry>) -> Option<OverlayEntry> {
         let (f, p) = key;
         let base = Set::new(self.base(f, p).0);
         let old = self.entries.remove(&key);

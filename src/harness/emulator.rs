@@ -67,9 +67,9 @@ impl LocalEmulator {
     }
 
     /// Request statistics (`GET /_emulator/stats`).
-    pub async fn stats(&self) -> anyhow::Result<Stats> {
+    pub async fn stats(&self) -> anyhow::Result<EmulatorStats> {
         let body = self.get(&self.url("/_emulator/stats")).await?;
-        Ok(Stats::from_json(&body))
+        Ok(EmulatorStats::from_json(&body))
     }
 
     /// A record as the data-store API returns it.
@@ -132,7 +132,7 @@ impl LocalEmulator {
 
 /// The emulator's counters that reports use.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
-pub struct Stats {
+pub struct EmulatorStats {
     /// Requests to the record API (schema, list, get, PATCH, DELETE), any status.
     pub store_requests: u64,
     pub patch_count: u64,
@@ -141,7 +141,7 @@ pub struct Stats {
     pub max_requests_in_1s: u64,
 }
 
-impl Stats {
+impl EmulatorStats {
     fn from_json(body: &Value) -> Self {
         let store_requests = body["requests"]
             .as_object()

@@ -16,8 +16,8 @@ pub mod auth;
 mod body;
 pub mod cubic;
 pub mod error;
-pub mod limiter;
 pub mod instrumentation;
+pub mod limiter;
 pub mod pacer;
 #[cfg(test)]
 mod rate_sim;
@@ -442,7 +442,11 @@ impl StoreClient {
             body::read_excerpt(response, self.inner.body_limits).await
         };
         let elapsed = started.elapsed();
-        instrumentation::record(route, instrumentation::status_label(status.as_u16()), elapsed);
+        instrumentation::record(
+            route,
+            instrumentation::status_label(status.as_u16()),
+            elapsed,
+        );
         if status == StatusCode::TOO_MANY_REQUESTS {
             self.inner
                 .budget
@@ -486,7 +490,11 @@ impl StoreClient {
         error: StoreError,
         started: Instant,
     ) -> StoreError {
-        instrumentation::record(route, instrumentation::transport_status(&error), started.elapsed());
+        instrumentation::record(
+            route,
+            instrumentation::transport_status(&error),
+            started.elapsed(),
+        );
         tracing::debug!(
             route = route.as_str(),
             correlation_id,

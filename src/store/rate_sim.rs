@@ -52,13 +52,13 @@ enum Event {
 
 /// What a run achieved.
 #[derive(Debug)]
-pub struct Outcome {
+pub struct SimOutcome {
     pub successes: u64,
     pub throttled: u64,
     pub seconds: f64,
 }
 
-impl Outcome {
+impl SimOutcome {
     pub fn goodput(&self) -> f64 {
         self.successes as f64 / self.seconds
     }
@@ -77,7 +77,7 @@ pub fn run(
     tasks: usize,
     seconds: u64,
     seed: u64,
-) -> Outcome {
+) -> SimOutcome {
     let t0 = Instant::now();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut cubic = Cubic::new(params, t0);
@@ -90,7 +90,7 @@ pub fn run(
     };
     let end = Duration::from_secs(seconds);
     let mut queue = BinaryHeap::new();
-    let mut out = Outcome {
+    let mut out = SimOutcome {
         successes: 0,
         throttled: 0,
         seconds: seconds as f64,
@@ -164,14 +164,14 @@ mod tests {
 
     /// 30 simulated seconds of 16 tasks against `limit`/s with a bucket of a tenth of a second
     /// (10 at 100/s, as `cxrel bench` sets the emulator), over three seeds.
-    fn runs(max_rate: Option<f64>, limit: f64) -> Vec<Outcome> {
+    fn runs(max_rate: Option<f64>, limit: f64) -> Vec<SimOutcome> {
         let capacity = (limit / 10.0).max(2.0) as u32;
         (1..=3)
             .map(|seed| run(CubicParams::new(max_rate), 1, limit, capacity, 16, 30, seed))
             .collect()
     }
 
-    fn check(outcomes: &[Outcome], limit: f64, min_share: f64, max_429: f64) {
+    fn check(outcomes: &[SimOutcome], limit: f64, min_share: f64, max_429: f64) {
         for o in outcomes {
             eprintln!(
                 "goodput {:.1}/s of {limit}, 429s {} ({:.2}%)",
