@@ -122,7 +122,9 @@ pub struct OperationOutcome {
     pub relationship_field: String,
     pub child_ids: Vec<String>,
     /// applied | rejected | failed | rolled_back | unprocessed
-    pub status: String,
+    // A string in the schema (the contract constrains it to `OutcomeStatus::ALL`), as it always was.
+    #[schemars(with = "String")]
+    pub status: OutcomeStatus,
     /// The parent record's new `_version`, when applied.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub version: Option<u64>,
@@ -132,6 +134,39 @@ pub struct OperationOutcome {
     /// What went wrong, for people.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub message: Option<String>,
+}
+
+/// How one operation ended: `OperationOutcome.status`, and the key it is counted under in
+/// `OutcomeSummary`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeStatus {
+    Applied,
+    Rejected,
+    Failed,
+    RolledBack,
+    Unprocessed,
+}
+
+impl OutcomeStatus {
+    pub const ALL: [Self; 5] = [
+        Self::Applied,
+        Self::Rejected,
+        Self::Failed,
+        Self::RolledBack,
+        Self::Unprocessed,
+    ];
+
+    /// The wire name, also the audit log's `outcome` and the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Rejected => "rejected",
+            Self::Failed => "failed",
+            Self::RolledBack => "rolled_back",
+            Self::Unprocessed => "unprocessed",
+        }
+    }
 }
 
 /// `data` of `cxrel.relationship.applied`, `.rejected`, `.failed` and `.rolled_back`.
@@ -211,17 +246,17 @@ impl EventContext {
 
     /// `cxrel.job.completed`, listing every operation's result.
     pub fn job_completed(&self, atomic: bool, operations: &[OperationOutcome]) -> CloudEvent {
-        let count = |status: &str| operations.iter().filter(|o| o.status == status).count();
+        let count = |status| operations.iter().filter(|o| o.status == status).count();
         let data = to_data(&JobCompletedData {
             job_id: self.job_id.clone(),
             datastore_id: self.datastore_id.clone(),
             atomic,
             summary: OutcomeSummary {
-                applied: count("applied"),
-                rejected: count("rejected"),
-                failed: count("failed"),
-                rolled_back: count("rolled_back"),
-                unprocessed: count("unprocessed"),
+                applied: count(OutcomeStatus::Applied),
+                rejected: count(OutcomeStatus::Rejected),
+                failed: count(OutcomeStatus::Failed),
+                rolled_back: count(OutcomeStatus::RolledBack),
+                unprocessed: count(OutcomeStatus::Unprocessed),
             },
             operations: operations.to_vec(),
         });
@@ -301,7 +336,7 @@ mod tests {
             parent_id: "p".into(),
             relationship_field: "parent_child_link".into(),
             child_ids: vec!["c".into()],
-            status: "applied".into(),
+            status: OutcomeStatus::Applied,
             version: Some(4),
             code: None,
             message: None,
@@ -360,7 +395,7 @@ mod tests {
     #[test]
     fn job_completed_summarises_operation_statuses() {
         let mut rejected = outcome();
-        rejected.status = "rejected".into();
+        rejected.status = OutcomeStatus::Rejected;
         let e = context().job_completed(true, &[outcome(), rejected]);
         assert_eq!(e.data["summary"]["applied"], 1);
         assert_eq!(e.data["summary"]["rejected"], 1);

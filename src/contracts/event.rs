@@ -7,22 +7,13 @@ use serde_json::{Value, json};
 use super::ContractError;
 use super::defs::Defs;
 use crate::events::{
-    CloudEvent, DATA_CONTENT_TYPE, EventType, JobCompletedData, JobDeadLetteredData,
+    CloudEvent, DATA_CONTENT_TYPE, EventType, JobCompletedData, JobDeadLetteredData, OutcomeStatus,
     RelationshipData, SPEC_VERSION, STRUCTURED_CONTENT_TYPE,
 };
 use crate::settings::Settings;
 
 /// Root definition: any result event.
 pub const ROOT: &str = "ResultEvent";
-
-/// The values of `OperationOutcome.status` (the pipeline's `OpStatus` names).
-pub const OUTCOME_STATUSES: [&str; 5] = [
-    "applied",
-    "rejected",
-    "failed",
-    "rolled_back",
-    "unprocessed",
-];
 
 /// The values of `x-cxrel-stage` and of `data.stage` (the worker's `Stage` names).
 pub const STAGES: [&str; 5] = ["parse", "validate", "apply", "compensate", "settle"];
@@ -124,7 +115,7 @@ fn constrain_envelope(defs: &mut Defs) -> Result<(), ContractError> {
 }
 
 fn constrain_data(defs: &mut Defs) -> Result<(), ContractError> {
-    let status = json!({"enum": OUTCOME_STATUSES});
+    let status = json!({"enum": OutcomeStatus::ALL.map(OutcomeStatus::as_str)});
     defs.merge("OperationOutcome", "/properties/status", status)?;
     let stage = json!({"enum": STAGES});
     defs.merge(

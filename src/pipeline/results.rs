@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::events::{CloudEvent, EventContext, EventType, OperationOutcome};
+use crate::events::{CloudEvent, EventContext, EventType, OperationOutcome, OutcomeStatus};
 use crate::job::Job;
 
 /// The fate of one operation, before it becomes an event.
@@ -17,13 +17,13 @@ pub enum OpStatus {
 }
 
 impl OpStatus {
-    fn name(&self) -> &'static str {
+    fn outcome(&self) -> OutcomeStatus {
         match self {
-            Self::Applied { .. } => "applied",
-            Self::Rejected { .. } => "rejected",
-            Self::Failed { .. } => "failed",
-            Self::RolledBack { .. } => "rolled_back",
-            Self::Unprocessed => "unprocessed",
+            Self::Applied { .. } => OutcomeStatus::Applied,
+            Self::Rejected { .. } => OutcomeStatus::Rejected,
+            Self::Failed { .. } => OutcomeStatus::Failed,
+            Self::RolledBack { .. } => OutcomeStatus::RolledBack,
+            Self::Unprocessed => OutcomeStatus::Unprocessed,
         }
     }
 
@@ -60,7 +60,7 @@ pub fn outcomes(job: &Job, statuses: &[OpStatus]) -> Vec<OperationOutcome> {
                 parent_id: op.parent.as_str().to_owned(),
                 relationship_field: op.field.as_str().to_owned(),
                 child_ids: op.children.iter().map(|c| c.as_str().to_owned()).collect(),
-                status: status.name().to_owned(),
+                status: status.outcome(),
                 version: match status {
                     OpStatus::Applied { version } => Some(*version),
                     _ => None,
@@ -109,11 +109,12 @@ pub fn audit(job: &Job, statuses: &[OpStatus], latency: Duration, attempt: u64) 
             operation = i,
             record = %op.parent,
             field = %op.field,
-            outcome = status.name(),
+            outcome = status.outcome().as_str(),
             code = code.as_deref().unwrap_or(""),
             latency_ms = latency.as_millis() as u64,
             attempt,
         );
-        metrics::counter!("cxrel_operations_total", "outcome" => status.name()).increment(1);
+        metrics::counter!("cxrel_operations_total", "outcome" => status.outcome().as_str())
+            .increment(1);
     }
 }
