@@ -64,6 +64,12 @@ impl Slot {
     }
 }
 
+/// The graph cache: one [`LiveDataStore`] per data store id, shared by every job of the worker
+/// (and by `cxrel validate`, with no refresh). [`get`](Self::get) hands out the current one,
+/// loading it single-flight when it is absent, older than the refresh interval or built for other
+/// relationship fields; [`reload`](Self::reload) and [`forget_all`](Self::forget_all) replace it,
+/// letting jobs still writing to the old one finish first; [`refresh_record`](Self::refresh_record)
+/// and [`confirm`](Self::confirm) correct single records from the store. Nothing here writes.
 pub struct DataStores {
     store: StoreClient,
     refresh_interval: Duration,

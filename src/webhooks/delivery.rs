@@ -1,6 +1,7 @@
-//! The webhook delivery queue: jobs hand events over without waiting; a bounded set of tasks POSTs
-//! each to every matching endpoint, signed, retried with backoff, and parks what still fails (or what
-//! finds the queue full, or is unsent at shutdown) on the webhook dead queue.
+//! The webhook delivery queue: the settler hands each job's events over once the broker confirmed
+//! them, without waiting for delivery; a bounded set of tasks POSTs each to every matching
+//! endpoint, signed, retried with backoff, and parks what still fails (or what finds the queue
+//! full, or is unsent at shutdown) on the webhook dead queue.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -71,7 +72,8 @@ pub struct WebhookWorker {
 impl WebhookWorker {
     pub async fn drain(self) {
         let _ = self.task.await;
-        // The parking task ends once every queue handle (held by settlers) is gone.
+        // The parking task ends once every queue handle (the consumer's, and its settlers' clones)
+        // is gone.
         let _ = tokio::time::timeout(self.drain_deadline, self.parking).await;
     }
 }

@@ -67,6 +67,11 @@ pub struct ConsumerConfig {
     pub confirm_timeout: Duration,
 }
 
+/// The consume loop of one worker: owns the broker connection (reconnecting with backoff and
+/// declaring the topology each time), consumes the jobs queue as its single active consumer with
+/// `prefetch`, runs at most `max_in_flight` jobs at once through `handler`, and hands each outcome
+/// to a [`Settler`] of the current connection. Built by `worker::build`; [`run`](Self::run) until
+/// cancelled, then drains.
 pub struct Consumer<H> {
     pub config: ConsumerConfig,
     pub topology: Arc<Topology>,

@@ -38,6 +38,9 @@ impl Settled {
     }
 }
 
+/// Turns one job's [`Outcome`] into broker actions on one connection's publisher: its events, then
+/// a retry copy on the next hold queue or a dead letter, each confirmed, then the ack (module doc);
+/// confirmed events are then offered to the webhooks. The consumer makes one per connection.
 #[derive(Clone)]
 pub struct Settler {
     pub publisher: Publisher,
