@@ -19,6 +19,9 @@ pub struct RunFigures {
     /// What the workers budget together; 0 = not configured (they discover the limit).
     pub worker_rate: u32,
     pub workers: usize,
+    /// Each worker's `[worker].prefetch` and `max_in_flight`.
+    pub prefetch: u16,
+    pub max_in_flight: usize,
     pub rate_backend: String,
     pub elapsed_seconds: f64,
     pub jobs_per_second: f64,
@@ -91,6 +94,10 @@ impl RunFigures {
             (
                 "workers (rate backend)",
                 format!("{} ({})", self.workers, self.rate_backend),
+            ),
+            (
+                "prefetch / jobs in flight",
+                format!("{} / {}", self.prefetch, self.max_in_flight),
             ),
             ("elapsed", format!("{:.1} s", self.elapsed_seconds)),
             ("jobs/s", format!("{:.1}", self.jobs_per_second)),

@@ -38,6 +38,9 @@ pub struct Params {
     pub worker_rate: u32,
     pub workers: usize,
     pub backend: RateLimitBackend,
+    /// Each worker's `[worker].prefetch` and `max_in_flight`.
+    pub prefetch: u16,
+    pub max_in_flight: usize,
     /// Confirms outstanding while enqueuing.
     pub publish_window: usize,
     /// Longest wait for every job to settle.
@@ -170,6 +173,14 @@ async fn start_workers(
         "CXREL__RATE_LIMIT__REDIS_URL".to_owned(),
         settings.rate_limit.redis_url.expose().to_owned(),
     ));
+    env.push((
+        "CXREL__WORKER__PREFETCH".to_owned(),
+        params.prefetch.to_string(),
+    ));
+    env.push((
+        "CXREL__WORKER__MAX_IN_FLIGHT".to_owned(),
+        params.max_in_flight.to_string(),
+    ));
     let spec = WorkerSpec {
         config: &config,
         env,
@@ -254,6 +265,8 @@ fn tally(
         latency_jitter_ms: params.jitter_ms,
         worker_rate: params.worker_rate,
         workers: params.workers,
+        prefetch: params.prefetch,
+        max_in_flight: params.max_in_flight,
         rate_backend: format!("{:?}", params.backend).to_lowercase(),
         elapsed_seconds: (elapsed * 100.0).round() / 100.0,
         jobs_per_second,

@@ -45,6 +45,12 @@ pub struct BenchArgs {
     /// [rate_limit].backend.
     #[arg(long, value_enum)]
     pub rate_backend: Option<Backend>,
+    /// Each worker's `[worker].prefetch`; default from the settings.
+    #[arg(long)]
+    pub prefetch: Option<u16>,
+    /// Each worker's `[worker].max_in_flight`; default from the settings.
+    #[arg(long)]
+    pub max_in_flight: Option<usize>,
     /// Longest wait for all jobs to settle; default scales with jobs and rate.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
@@ -111,6 +117,8 @@ pub async fn run(args: BenchArgs, settings: Settings) -> anyhow::Result<i32> {
         workers: args.workers,
         backend,
         publish_window: 256,
+        prefetch: args.prefetch.unwrap_or(settings.worker.prefetch),
+        max_in_flight: args.max_in_flight.unwrap_or(settings.worker.max_in_flight),
         timeout: args
             .timeout
             .unwrap_or_else(|| default_timeout(shape, args.rate)),

@@ -6,9 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use serde_json::Value;
@@ -66,11 +64,17 @@ impl Tap {
                 FieldTable::default(),
             )
             .await?;
+        // No acks: the queue is this tap's own and dies with it, so acking would only add broker
+        // work to what the bench measures.
+        let no_ack = BasicConsumeOptions {
+            no_ack: true,
+            ..BasicConsumeOptions::default()
+        };
         let consumer = channel
             .basic_consume(
                 queue.name().clone(),
                 "cxrel-tap".into(),
-                BasicConsumeOptions::default(),
+                no_ack,
                 FieldTable::default(),
             )
             .await?;
@@ -128,7 +132,6 @@ async fn collect(
     keep_all: bool,
 ) {
     while let Some(Ok(delivery)) = consumer.next().await {
-        let _ = delivery.acker.ack(BasicAckOptions::default()).await;
         let Ok(event) = serde_json::from_slice::<Value>(&delivery.data) else {
             continue;
         };

@@ -29,8 +29,9 @@ use locks::KeyLocks;
 
 /// Rounds of validate → apply after 412 answers before the job is retried later.
 const CONFLICT_ROUNDS: usize = 3;
-/// Waits for pending jobs one delivery may make; each ends when some reservation is released.
-const MAX_WAITS: usize = 64;
+/// Longest one delivery may spend waiting for pending jobs in all. Bounded by time, not count:
+/// each wait ends when *any* reservation is released, so the count grows with the jobs in flight.
+const MAX_WAITING: std::time::Duration = std::time::Duration::from_secs(30);
 /// Longest single wait for a pending job (a PATCH that hangs is bounded by the client's timeouts).
 const WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Graph reloads one delivery may trigger.
@@ -413,19 +414,21 @@ fn lease_lost() -> Failure {
 /// before it is handed back for a later retry.
 #[derive(Default)]
 struct Rounds {
-    waits: usize,
+    waiting_since: Option<std::time::Instant>,
     reloads: usize,
     conflicts: usize,
 }
 
 impl Rounds {
     fn wait(&mut self) -> Option<Failure> {
-        self.waits += 1;
-        (self.waits > MAX_WAITS).then(|| {
+        let since = *self
+            .waiting_since
+            .get_or_insert_with(std::time::Instant::now);
+        (since.elapsed() > MAX_WAITING).then(|| {
             Failure::new(
                 "reservation_timeout",
                 format!(
-                    "the job's verdict kept depending on jobs being written ({MAX_WAITS} waits)"
+                    "the job's verdict kept depending on jobs being written (waited {MAX_WAITING:?})"
                 ),
                 Stage::Validate,
                 ErrorClass::Transient,

@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::acks::Acks;
 use super::identity;
 use super::settle::{Settler, previous_attempts};
 use crate::amqp::{self, AmqpError, Publisher, PublisherSlot, Topology, headers};
@@ -173,6 +174,7 @@ impl<H: JobHandler> Consumer<H> {
         ));
         let settler = Settler {
             publisher,
+            acks: Acks::start(channel.clone()),
             topology: self.topology.clone(),
             webhooks: self.webhooks.clone(),
             source: self.source.clone(),
@@ -221,6 +223,7 @@ impl<H: JobHandler> Consumer<H> {
                 Some(Err(error)) => return Err((error.into(), true)),
                 None => return Err((AmqpError::ConsumerEnded, true)),
             };
+            settler.acks.read(delivery.delivery_tag);
             let permit = tokio::select! {
                 permit = permits.clone().acquire_owned() => permit,
                 () = cancel.cancelled() => {

@@ -1,6 +1,7 @@
 //! `cxrel worker`, the main job: consume → parse → validate → plan → apply → publish, with retries
 //! through hold queues, dead letters, webhooks, per-parent exclusion and graceful shutdown.
 
+pub mod acks;
 pub mod consumer;
 pub mod identity;
 pub mod run;

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use futures::future::try_join_all;
 use lapin::BasicProperties;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::FieldTable;
 
+use super::acks::{Acks, Verdict};
 use crate::amqp::{AmqpError, Publisher, Topology, headers};
 use crate::error::ErrorClass;
 use crate::events::{CloudEvent, now_rfc3339};
@@ -44,6 +44,8 @@ impl Settled {
 #[derive(Clone)]
 pub struct Settler {
     pub publisher: Publisher,
+    /// The consume channel's acknowledgements (coalesced, see [`super::acks`]).
+    pub acks: Acks,
     pub topology: Arc<Topology>,
     /// Events are offered to webhooks once the broker has confirmed them.
     pub webhooks: WebhookQueue,
@@ -100,21 +102,21 @@ impl Settler {
         Ok(())
     }
 
-    /// Acks once the successor is confirmed. An ack that fails (the channel died) is not retried:
+    /// Acks once the successor is confirmed (the frame may carry earlier settled deliveries too).
+    /// An ack that fails (the channel died) is not retried:
     /// the broker redelivers and the job repeats to the same state with the same event ids.
     async fn ack(&self, delivery: &Delivery) {
-        if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
+        if let Err(error) = self.acks.settle(delivery.delivery_tag, Verdict::Ack).await {
             tracing::warn!(%error, "ack failed after the job was settled; the broker will redeliver it");
         }
     }
 
     /// Gives a delivery back to the broker after settling failed, so it is not stuck unacked.
     pub async fn requeue(&self, delivery: &Delivery) {
-        let options = BasicNackOptions {
-            requeue: true,
-            ..BasicNackOptions::default()
-        };
-        let _ = delivery.acker.nack(options).await;
+        let _ = self
+            .acks
+            .settle(delivery.delivery_tag, Verdict::Requeue)
+            .await;
     }
 
     async fn settle_failure(
