@@ -43,9 +43,7 @@ async fn discovery_names_the_token_endpoint_and_the_tenant_api_host() {
         .send()
         .await
         .unwrap();
-    assert_eq!(other.status(), 404);
-    let body: Value = other.json().await.unwrap();
-    assert_eq!(body["error"], "tenant_not_found");
+    emulator::assert_error(other, 404, "tenant_not_found").await;
 }
 
 #[tokio::test]
@@ -153,10 +151,8 @@ async fn oauth_errors_follow_rfc_6749() {
             request = request.basic_auth(id, Some(secret));
         }
         let response = request.send().await.unwrap();
-        assert_eq!(response.status(), status, "{form:?}");
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(body["error"], code, "{form:?}");
-        assert!(body["error_description"].is_string());
+        let body = emulator::assert_error(response, status, code).await;
+        assert!(body["error_description"].is_string(), "{form:?}");
     }
 }
 
@@ -181,10 +177,8 @@ async fn an_expired_token_gets_401_and_a_fresh_one_works() {
         .send()
         .await
         .unwrap();
-    assert_eq!(expired.status(), 401);
     assert!(expired.headers().contains_key("www-authenticate"));
-    let body: Value = expired.json().await.unwrap();
-    assert_eq!(body["error"], "invalid_token");
+    emulator::assert_error(expired, 401, "invalid_token").await;
 
     let missing = client().get(&schema_url).send().await.unwrap();
     assert_eq!(missing.status(), 401);
@@ -211,9 +205,7 @@ async fn a_read_only_token_can_read_but_not_patch_or_delete() {
         .send()
         .await
         .unwrap();
-    assert_eq!(patch.status(), 403);
-    let body: Value = patch.json().await.unwrap();
-    assert_eq!(body["error"], "insufficient_scope");
+    emulator::assert_error(patch, 403, "insufficient_scope").await;
     let delete = http
         .delete(emu.record_url("ds", "r1"))
         .bearer_auth(&token)

@@ -115,9 +115,7 @@ async fn patch_merges_fields_bumps_the_version_and_honours_if_match() {
         .send()
         .await
         .unwrap();
-    assert_eq!(stale.status(), 412);
-    let err: Value = stale.json().await.unwrap();
-    assert_eq!(err["error"], "version_mismatch");
+    emulator::assert_error(stale, 412, "version_mismatch").await;
     let bare = http
         .patch(emu.record_url("ds", "p"))
         .bearer_auth(&token)
@@ -159,9 +157,7 @@ async fn unknown_fields_and_bad_relationship_shapes_are_400() {
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), 400, "{body}");
-        let err: Value = response.json().await.unwrap();
-        assert_eq!(err["error"], code, "{body}");
+        emulator::assert_error(response, 400, code).await;
     }
     let (_, record) = emu.get_record("ds", "p").await;
     assert_eq!(record["_version"], 1, "refused patches change nothing");
@@ -190,9 +186,7 @@ async fn missing_data_stores_and_records_are_404_with_their_codes() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 404);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"], "record_not_found");
+    emulator::assert_error(response, 404, "record_not_found").await;
 }
 
 #[tokio::test]
@@ -212,9 +206,7 @@ async fn a_locked_record_refuses_patch_and_delete_with_409_until_unlocked() {
             .json(&json!({"fields": {"name": "x"}}))
     };
     let refused = patch().send().await.unwrap();
-    assert_eq!(refused.status(), 409);
-    let body: Value = refused.json().await.unwrap();
-    assert_eq!(body["error"], "record_locked");
+    emulator::assert_error(refused, 409, "record_locked").await;
     let delete = http
         .delete(emu.record_url("ds", "p"))
         .bearer_auth(&token)

@@ -4,6 +4,7 @@
 use cxrel::webhooks::signing::SigningKey;
 use serde_json::{Value, json};
 
+use crate::helpers::emulator;
 use crate::helpers::emulator::{EmulatorProcess, client};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -48,9 +49,7 @@ async fn a_signed_delivery_is_accepted_and_a_tampered_one_rejected() {
     )
     .await
     .unwrap();
-    assert_eq!(tampered.status(), 401);
-    let err: Value = tampered.json().await.unwrap();
-    assert_eq!(err["error"], "invalid_signature");
+    emulator::assert_error(tampered, 401, "invalid_signature").await;
 
     let deliveries = emu.webhook_deliveries("demo").await;
     assert_eq!(deliveries.len(), 2);
@@ -127,9 +126,7 @@ async fn receivers_are_capped_in_number_with_a_clear_409_when_full() {
             .unwrap(),
     ];
     for response in refused {
-        assert_eq!(response.status(), 409);
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(body["error"], "too_many_receivers", "{body}");
+        let body = emulator::assert_error(response, 409, "too_many_receivers").await;
         assert!(
             body["error_description"]
                 .as_str()

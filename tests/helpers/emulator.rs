@@ -218,6 +218,17 @@ pub fn client() -> reqwest::Client {
         .expect("reqwest client")
 }
 
+/// Asserts that `response` has `status` and an error body whose `error` is `code`; returns the
+/// body (for checks of `error_description`).
+pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) -> Value {
+    let got = response.status();
+    let url = response.url().clone();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    assert_eq!(got, status, "{url}: {body}");
+    assert_eq!(body["error"], code, "{url}: {body}");
+    body
+}
+
 /// Password grant with the default access key; returns the token response JSON (panics unless 200).
 pub async fn password_grant(client: &reqwest::Client, base: &str) -> Value {
     let response = client
