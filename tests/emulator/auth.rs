@@ -7,7 +7,8 @@ use serde_json::{Value, json};
 
 use crate::helpers::emulator;
 use crate::helpers::emulator::{
-    ACCESS_KEY_ID, CLIENT_ID, CLIENT_SECRET, EmulatorProcess, TENANT_ID, client, password_grant,
+    ACCESS_KEY_ID, CLIENT_ID, CLIENT_SECRET, EmulatorProcess, TENANT_ID, client, fetch_json,
+    password_grant,
 };
 
 fn jwt_claims(token: &str) -> Value {
@@ -19,21 +20,14 @@ fn jwt_claims(token: &str) -> Value {
 async fn discovery_names_the_token_endpoint_and_the_tenant_api_host() {
     let emu = EmulatorProcess::spawn();
     let http = client();
-    let oidc: Value = http
-        .get(emu.url("/.well-known/openid-configuration"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let oidc = fetch_json(http.get(emu.url("/.well-known/openid-configuration"))).await;
     assert_eq!(oidc["issuer"], emu.base);
     assert_eq!(oidc["token_endpoint"], format!("{}/auth/token", emu.base));
 
     let url = emu.url(&format!(
         "/.well-known/cxone-configuration?tenantId={TENANT_ID}"
     ));
-    let cxone: Value = http.get(url).send().await.unwrap().json().await.unwrap();
+    let cxone = fetch_json(http.get(url)).await;
     assert_eq!(cxone["api_endpoint"], emu.base);
     assert_eq!(cxone["domain"], "127.0.0.1");
     assert!(cxone["area"].is_string());

@@ -2,7 +2,7 @@
 //! recorded as verified; a tampered one is refused with 401 and recorded as not verified.
 
 use cxrel::webhooks::signing::SigningKey;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::helpers::emulator;
 use crate::helpers::emulator::{EmulatorProcess, client};
@@ -88,14 +88,7 @@ async fn a_receiver_can_be_told_to_fail_and_refuses_a_bad_secret() {
         .await
         .unwrap();
     assert_eq!(response.status(), 503);
-    let log: Value = http
-        .get(emu.url("/_emulator/webhooks/x"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let log = emulator::fetch_json(http.get(emu.url("/_emulator/webhooks/x"))).await;
     assert_eq!(log["deliveries"][0]["reason"], "no secret configured");
 }
 

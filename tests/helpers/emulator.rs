@@ -127,14 +127,7 @@ impl EmulatorProcess {
 
     /// `GET /_emulator/stats`.
     pub async fn stats(&self) -> Value {
-        client()
-            .get(self.url("/_emulator/stats"))
-            .send()
-            .await
-            .expect("stats request")
-            .json()
-            .await
-            .expect("stats JSON")
+        fetch_json(client().get(self.url("/_emulator/stats"))).await
     }
 
     /// Makes PATCH and DELETE of a record answer 409 (`unlock_record` undoes it).
@@ -216,6 +209,12 @@ pub fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(20))
         .build()
         .expect("reqwest client")
+}
+
+/// Sends `request` and returns its JSON body, whatever the status.
+pub async fn fetch_json(request: reqwest::RequestBuilder) -> Value {
+    let response = request.send().await.expect("send request");
+    response.json().await.expect("JSON body")
 }
 
 /// Asserts that `response` has `status` and an error body whose `error` is `code`; returns the

@@ -113,14 +113,7 @@ async fn many_jobs_apply_exactly_with_one_event_per_operation_and_signed_webhook
     // Webhooks: every published event arrives, signed (150 events; delivery is asynchronous).
     let mut deliveries = Value::Null;
     for _ in 0..100 {
-        deliveries = emulator::client()
-            .get(&hook)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        deliveries = emulator::fetch_json(emulator::client().get(&hook)).await;
         if deliveries["count"].as_u64() >= Some(150) {
             break;
         }
