@@ -254,13 +254,7 @@ async fn the_shipped_seed_loads_and_is_listed() {
     )
     .await;
     let first = page["records"][0]["id"].as_str().unwrap().to_owned();
-    let deleted = client()
-        .delete(emu.record_url("accounts", &first))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(deleted.status(), 204);
+    assert_eq!(emu.delete_record("accounts", &first).await, 204);
     assert_eq!(
         emu.control_post("/_emulator/reset", &json!({}))
             .await

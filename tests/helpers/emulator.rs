@@ -194,6 +194,18 @@ impl EmulatorProcess {
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
+
+    /// DELETEs one record with a fresh full-scope token; returns the status.
+    pub async fn delete_record(&self, datastore: &str, id: &str) -> u16 {
+        let token = self.token().await;
+        let response = client()
+            .delete(self.record_url(datastore, id))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("delete record");
+        response.status().as_u16()
+    }
 }
 
 impl Drop for EmulatorProcess {

@@ -371,14 +371,7 @@ async fn an_atomic_job_failing_part_way_restores_the_earlier_parents_with_rolled
                 .contains("warm-up"))
             .await
     );
-    let token = s.emu.token().await;
-    let deleted = emulator::client()
-        .delete(s.emu.record_url("accounts", &b))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(deleted.status(), 204);
+    assert_eq!(s.emu.delete_record("accounts", &b).await, 204);
 
     publish_jobs(
         &s.q.publisher,
