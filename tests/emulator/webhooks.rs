@@ -20,20 +20,14 @@ fn now() -> i64 {
 async fn a_signed_delivery_is_accepted_and_a_tampered_one_rejected() {
     let emu = EmulatorProcess::spawn();
     let http = client();
-    let configured = http
-        .put(emu.url("/_emulator/webhooks/demo"))
-        .json(&json!({"secret": SECRET}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(configured.status(), 200);
+    let hook = emu.webhook_receiver("demo", SECRET).await;
 
     let key = SigningKey::from_secret(SECRET).unwrap();
     let body = br#"{"type":"cxrel.job.completed","data":{"job_id":"j1"}}"#;
     let ts = now();
     let signature = key.sign("msg_1", ts, body);
     let send = |body: &'static [u8], signature: String| {
-        http.post(emu.url("/_emulator/webhooks/demo"))
+        http.post(&hook)
             .header("content-type", "application/json")
             .header("webhook-id", "msg_1")
             .header("webhook-timestamp", ts.to_string())

@@ -48,14 +48,7 @@ fn completed_jobs(events: &[Value]) -> HashSet<String> {
 #[tokio::test]
 async fn many_jobs_apply_exactly_with_one_event_per_operation_and_signed_webhooks() {
     let mut s = setup("happy", "accounts", 200).await;
-    let hook = format!("{}/_emulator/webhooks/happy", s.emu.base);
-    let response = emulator::client()
-        .put(&hook)
-        .json(&json!({"secret": SECRET}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let hook = s.emu.webhook_receiver("happy", SECRET).await;
     let config = test_config(&s.emu.base, s.q.topology.prefix())
         .webhook(WebhookTarget::all_events(&hook, SECRET));
     let worker = WorkerProcess::spawn(&config);
