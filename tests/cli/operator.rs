@@ -21,6 +21,16 @@ fn cxrel(prefix: &str, args: &[&str]) -> Output {
         .expect("run cxrel")
 }
 
+/// `cxrel enqueue FILE [options]` with FILE, named `file_name`, holding `text`.
+fn enqueue(prefix: &str, file_name: &str, text: &str, options: &[&str]) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(file_name);
+    std::fs::write(&file, text).unwrap();
+    let mut args = vec!["enqueue", file.to_str().unwrap()];
+    args.extend_from_slice(options);
+    cxrel(prefix, &args)
+}
+
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
@@ -46,17 +56,11 @@ async fn declared(test: &str) -> (Topology, lapin::Connection, lapin::Channel) {
 #[tokio::test]
 async fn enqueue_skips_a_bad_json_line_and_reports_its_number() {
     let (topo, _conn, channel) = declared("enqueue-skip").await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("jobs.jsonl");
-    std::fs::write(
-        &file,
-        "{\"job_id\":\"a\"}\n{not json\n\n{\"job_id\":\"b\"}\n",
-    )
-    .unwrap();
-
-    let out = cxrel(
+    let out = enqueue(
         topo.prefix(),
-        &["enqueue", file.to_str().unwrap(), "--on-error", "skip"],
+        "jobs.jsonl",
+        "{\"job_id\":\"a\"}\n{not json\n\n{\"job_id\":\"b\"}\n",
+        &["--on-error", "skip"],
     );
     assert_eq!(
         out.status.code(),
@@ -90,11 +94,12 @@ async fn enqueue_skips_a_bad_json_line_and_reports_its_number() {
 #[tokio::test]
 async fn enqueue_aborts_at_a_bad_line_by_default() {
     let (topo, _conn, channel) = declared("enqueue-abort").await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("jobs.jsonl");
-    std::fs::write(&file, "{\"job_id\":\"a\"}\n[1\n{\"job_id\":\"b\"}\n").unwrap();
-
-    let out = cxrel(topo.prefix(), &["enqueue", file.to_str().unwrap()]);
+    let out = enqueue(
+        topo.prefix(),
+        "jobs.jsonl",
+        "{\"job_id\":\"a\"}\n[1\n{\"job_id\":\"b\"}\n",
+        &[],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stdout(&out).contains("aborted at line 2"),
@@ -109,16 +114,11 @@ async fn enqueue_aborts_at_a_bad_line_by_default() {
 #[tokio::test]
 async fn enqueue_reads_a_json_array() {
     let (topo, _conn, channel) = declared("enqueue-array").await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("jobs.json");
-    std::fs::write(
-        &file,
-        "[{\"job_id\":\"x\"},\n {\"job_id\":\"y\"}, {\"job_id\":\"z\"}]",
-    )
-    .unwrap();
-    let out = cxrel(
+    let out = enqueue(
         topo.prefix(),
-        &["enqueue", file.to_str().unwrap(), "--rate", "100"],
+        "jobs.json",
+        "[{\"job_id\":\"x\"},\n {\"job_id\":\"y\"}, {\"job_id\":\"z\"}]",
+        &["--rate", "100"],
     );
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     let jobs = broker::take(&channel, &topo.jobs(), 3, Duration::from_secs(5)).await;

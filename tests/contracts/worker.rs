@@ -19,8 +19,8 @@ use serde_json::{Value, json};
 use crate::helpers::emulator::{EmulatorProcess, named_record};
 use cxrel::harness::config::WebhookTarget;
 
+use crate::helpers::broker;
 use crate::helpers::workers::{WorkerProcess, job, op, publish_jobs, rid, test_config};
-use crate::helpers::{broker, emulator};
 use crate::support::{assert_valid, committed, validator};
 
 const FIELD: &str = "parent_child_link";
@@ -189,13 +189,7 @@ async fn every_event_dead_letter_and_webhook_of_a_real_worker_matches_the_commit
         .until_settled(&["warm-up"], 1, Duration::from_secs(30))
         .await;
     assert!(warm, "the warm-up job settled");
-    let deleted = emulator::client()
-        .delete(emu.record_url("accounts", &r(1)))
-        .bearer_auth(emu.token().await)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(deleted.status(), 204);
+    assert_eq!(emu.delete_record("accounts", &r(1)).await, 204);
 
     let jobs = [
         job(

@@ -7,7 +7,8 @@ use serde_json::{Value, json};
 
 use crate::helpers::emulator;
 use crate::helpers::emulator::{
-    ACCESS_KEY_ID, CLIENT_ID, CLIENT_SECRET, EmulatorProcess, TENANT_ID, client, password_grant,
+    ACCESS_KEY_ID, CLIENT_ID, CLIENT_SECRET, EmulatorProcess, TENANT_ID, client, fetch_json,
+    password_grant,
 };
 
 fn jwt_claims(token: &str) -> Value {
@@ -19,21 +20,14 @@ fn jwt_claims(token: &str) -> Value {
 async fn discovery_names_the_token_endpoint_and_the_tenant_api_host() {
     let emu = EmulatorProcess::spawn();
     let http = client();
-    let oidc: Value = http
-        .get(emu.url("/.well-known/openid-configuration"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let oidc = fetch_json(http.get(emu.url("/.well-known/openid-configuration"))).await;
     assert_eq!(oidc["issuer"], emu.base);
     assert_eq!(oidc["token_endpoint"], format!("{}/auth/token", emu.base));
 
     let url = emu.url(&format!(
         "/.well-known/cxone-configuration?tenantId={TENANT_ID}"
     ));
-    let cxone: Value = http.get(url).send().await.unwrap().json().await.unwrap();
+    let cxone = fetch_json(http.get(url)).await;
     assert_eq!(cxone["api_endpoint"], emu.base);
     assert_eq!(cxone["domain"], "127.0.0.1");
     assert!(cxone["area"].is_string());
@@ -43,9 +37,7 @@ async fn discovery_names_the_token_endpoint_and_the_tenant_api_host() {
         .send()
         .await
         .unwrap();
-    assert_eq!(other.status(), 404);
-    let body: Value = other.json().await.unwrap();
-    assert_eq!(body["error"], "tenant_not_found");
+    emulator::assert_error(other, 404, "tenant_not_found").await;
 }
 
 #[tokio::test]
@@ -153,10 +145,8 @@ async fn oauth_errors_follow_rfc_6749() {
             request = request.basic_auth(id, Some(secret));
         }
         let response = request.send().await.unwrap();
-        assert_eq!(response.status(), status, "{form:?}");
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(body["error"], code, "{form:?}");
-        assert!(body["error_description"].is_string());
+        let body = emulator::assert_error(response, status, code).await;
+        assert!(body["error_description"].is_string(), "{form:?}");
     }
 }
 
@@ -181,10 +171,8 @@ async fn an_expired_token_gets_401_and_a_fresh_one_works() {
         .send()
         .await
         .unwrap();
-    assert_eq!(expired.status(), 401);
     assert!(expired.headers().contains_key("www-authenticate"));
-    let body: Value = expired.json().await.unwrap();
-    assert_eq!(body["error"], "invalid_token");
+    emulator::assert_error(expired, 401, "invalid_token").await;
 
     let missing = client().get(&schema_url).send().await.unwrap();
     assert_eq!(missing.status(), 401);
@@ -211,9 +199,7 @@ async fn a_read_only_token_can_read_but_not_patch_or_delete() {
         .send()
         .await
         .unwrap();
-    assert_eq!(patch.status(), 403);
-    let body: Value = patch.json().await.unwrap();
-    assert_eq!(body["error"], "insufficient_scope");
+    emulator::assert_error(patch, 403, "insufficient_scope").await;
     let delete = http
         .delete(emu.record_url("ds", "r1"))
         .bearer_auth(&token)

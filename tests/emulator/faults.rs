@@ -3,8 +3,9 @@
 
 use std::time::Instant;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
+use crate::helpers::emulator;
 use crate::helpers::emulator::{EmulatorProcess, client, named_record};
 
 /// Sends `n` GETs of one record, one after another; returns the responses' (status, Retry-After).
@@ -24,8 +25,7 @@ async fn burst(emu: &EmulatorProcess, token: &str, n: usize) -> Vec<(u16, Option
             .map(|v| v.to_str().unwrap().to_owned());
         let status = response.status().as_u16();
         if status == 429 {
-            let body: Value = response.json().await.unwrap();
-            assert_eq!(body["error"], "rate_limited");
+            emulator::assert_error(response, 429, "rate_limited").await;
         }
         out.push((status, retry_after));
     }

@@ -4,22 +4,19 @@
 use serde_json::{Value, json};
 
 use crate::helpers::emulator;
-use crate::helpers::emulator::{EmulatorProcess, client, named_record};
+use crate::helpers::emulator::{EmulatorProcess, client, fetch_json, named_record};
 
 #[tokio::test]
 async fn the_schema_is_served_as_created() {
     let emu = EmulatorProcess::spawn();
     emu.create_test_datastore("ds", json!([])).await;
     let token = emu.token().await;
-    let schema: Value = client()
-        .get(emu.url("/api/v2/datastores/ds/schema"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let schema = fetch_json(
+        client()
+            .get(emu.url("/api/v2/datastores/ds/schema"))
+            .bearer_auth(&token),
+    )
+    .await;
     assert_eq!(schema["fields"], emulator::test_schema());
 }
 
@@ -42,7 +39,7 @@ async fn pagination_walks_every_record_once_across_pages() {
         if let Some(t) = &page_token {
             request = request.query(&[("page_token", t)]);
         }
-        let page: Value = request.send().await.unwrap().json().await.unwrap();
+        let page = fetch_json(request).await;
         pages += 1;
         for r in page["records"].as_array().unwrap() {
             seen.push(r["id"].as_str().unwrap().to_owned());
@@ -115,9 +112,7 @@ async fn patch_merges_fields_bumps_the_version_and_honours_if_match() {
         .send()
         .await
         .unwrap();
-    assert_eq!(stale.status(), 412);
-    let err: Value = stale.json().await.unwrap();
-    assert_eq!(err["error"], "version_mismatch");
+    emulator::assert_error(stale, 412, "version_mismatch").await;
     let bare = http
         .patch(emu.record_url("ds", "p"))
         .bearer_auth(&token)
@@ -159,9 +154,7 @@ async fn unknown_fields_and_bad_relationship_shapes_are_400() {
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), 400, "{body}");
-        let err: Value = response.json().await.unwrap();
-        assert_eq!(err["error"], code, "{body}");
+        emulator::assert_error(response, 400, code).await;
     }
     let (_, record) = emu.get_record("ds", "p").await;
     assert_eq!(record["_version"], 1, "refused patches change nothing");
@@ -173,15 +166,7 @@ async fn missing_data_stores_and_records_are_404_with_their_codes() {
     emu.create_test_datastore("ds", json!([])).await;
     let token = emu.token().await;
     let http = client();
-    let no_ds: Value = http
-        .get(emu.records_url("nope"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let no_ds = fetch_json(http.get(emu.records_url("nope")).bearer_auth(&token)).await;
     assert_eq!(no_ds["error"], "datastore_not_found");
     let response = http
         .patch(emu.record_url("ds", "ghost"))
@@ -190,9 +175,7 @@ async fn missing_data_stores_and_records_are_404_with_their_codes() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 404);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"], "record_not_found");
+    emulator::assert_error(response, 404, "record_not_found").await;
 }
 
 #[tokio::test]
@@ -212,9 +195,7 @@ async fn a_locked_record_refuses_patch_and_delete_with_409_until_unlocked() {
             .json(&json!({"fields": {"name": "x"}}))
     };
     let refused = patch().send().await.unwrap();
-    assert_eq!(refused.status(), 409);
-    let body: Value = refused.json().await.unwrap();
-    assert_eq!(body["error"], "record_locked");
+    emulator::assert_error(refused, 409, "record_locked").await;
     let delete = http
         .delete(emu.record_url("ds", "p"))
         .bearer_auth(&token)
@@ -260,36 +241,20 @@ async fn delete_cascades_through_delete_links_only_and_survives_cycles() {
 #[tokio::test]
 async fn the_shipped_seed_loads_and_is_listed() {
     let emu = EmulatorProcess::spawn_seeded();
-    let list: Value = client()
-        .get(emu.url("/_emulator/datastores"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = fetch_json(client().get(emu.url("/_emulator/datastores"))).await;
     let accounts = &list["datastores"][0];
     assert_eq!(accounts["id"], "accounts");
     assert!(accounts["records"].as_u64().unwrap() >= 300);
     // A full reset restores the seed after a delete.
     let token = emu.token().await;
-    let page: Value = client()
-        .get(emu.records_url("accounts"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = fetch_json(
+        client()
+            .get(emu.records_url("accounts"))
+            .bearer_auth(&token),
+    )
+    .await;
     let first = page["records"][0]["id"].as_str().unwrap().to_owned();
-    let deleted = client()
-        .delete(emu.record_url("accounts", &first))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(deleted.status(), 204);
+    assert_eq!(emu.delete_record("accounts", &first).await, 204);
     assert_eq!(
         emu.control_post("/_emulator/reset", &json!({}))
             .await

@@ -2,8 +2,9 @@
 //! recorded as verified; a tampered one is refused with 401 and recorded as not verified.
 
 use cxrel::webhooks::signing::SigningKey;
-use serde_json::{Value, json};
+use serde_json::json;
 
+use crate::helpers::emulator;
 use crate::helpers::emulator::{EmulatorProcess, client};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -19,20 +20,14 @@ fn now() -> i64 {
 async fn a_signed_delivery_is_accepted_and_a_tampered_one_rejected() {
     let emu = EmulatorProcess::spawn();
     let http = client();
-    let configured = http
-        .put(emu.url("/_emulator/webhooks/demo"))
-        .json(&json!({"secret": SECRET}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(configured.status(), 200);
+    let hook = emu.webhook_receiver("demo", SECRET).await;
 
     let key = SigningKey::from_secret(SECRET).unwrap();
     let body = br#"{"type":"cxrel.job.completed","data":{"job_id":"j1"}}"#;
     let ts = now();
     let signature = key.sign("msg_1", ts, body);
     let send = |body: &'static [u8], signature: String| {
-        http.post(emu.url("/_emulator/webhooks/demo"))
+        http.post(&hook)
             .header("content-type", "application/json")
             .header("webhook-id", "msg_1")
             .header("webhook-timestamp", ts.to_string())
@@ -48,9 +43,7 @@ async fn a_signed_delivery_is_accepted_and_a_tampered_one_rejected() {
     )
     .await
     .unwrap();
-    assert_eq!(tampered.status(), 401);
-    let err: Value = tampered.json().await.unwrap();
-    assert_eq!(err["error"], "invalid_signature");
+    emulator::assert_error(tampered, 401, "invalid_signature").await;
 
     let deliveries = emu.webhook_deliveries("demo").await;
     assert_eq!(deliveries.len(), 2);
@@ -89,14 +82,7 @@ async fn a_receiver_can_be_told_to_fail_and_refuses_a_bad_secret() {
         .await
         .unwrap();
     assert_eq!(response.status(), 503);
-    let log: Value = http
-        .get(emu.url("/_emulator/webhooks/x"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let log = emulator::fetch_json(http.get(emu.url("/_emulator/webhooks/x"))).await;
     assert_eq!(log["deliveries"][0]["reason"], "no secret configured");
 }
 
@@ -127,9 +113,7 @@ async fn receivers_are_capped_in_number_with_a_clear_409_when_full() {
             .unwrap(),
     ];
     for response in refused {
-        assert_eq!(response.status(), 409);
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(body["error"], "too_many_receivers", "{body}");
+        let body = emulator::assert_error(response, 409, "too_many_receivers").await;
         assert!(
             body["error_description"]
                 .as_str()

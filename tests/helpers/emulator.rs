@@ -127,14 +127,7 @@ impl EmulatorProcess {
 
     /// `GET /_emulator/stats`.
     pub async fn stats(&self) -> Value {
-        client()
-            .get(self.url("/_emulator/stats"))
-            .send()
-            .await
-            .expect("stats request")
-            .json()
-            .await
-            .expect("stats JSON")
+        fetch_json(client().get(self.url("/_emulator/stats"))).await
     }
 
     /// Makes PATCH and DELETE of a record answer 409 (`unlock_record` undoes it).
@@ -201,6 +194,18 @@ impl EmulatorProcess {
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
+
+    /// DELETEs one record with a fresh full-scope token; returns the status.
+    pub async fn delete_record(&self, datastore: &str, id: &str) -> u16 {
+        let token = self.token().await;
+        let response = client()
+            .delete(self.record_url(datastore, id))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("delete record");
+        response.status().as_u16()
+    }
 }
 
 impl Drop for EmulatorProcess {
@@ -216,6 +221,23 @@ pub fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(20))
         .build()
         .expect("reqwest client")
+}
+
+/// Sends `request` and returns its JSON body, whatever the status.
+pub async fn fetch_json(request: reqwest::RequestBuilder) -> Value {
+    let response = request.send().await.expect("send request");
+    response.json().await.expect("JSON body")
+}
+
+/// Asserts that `response` has `status` and an error body whose `error` is `code`; returns the
+/// body (for checks of `error_description`).
+pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) -> Value {
+    let got = response.status();
+    let url = response.url().clone();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    assert_eq!(got, status, "{url}: {body}");
+    assert_eq!(body["error"], code, "{url}: {body}");
+    body
 }
 
 /// Password grant with the default access key; returns the token response JSON (panics unless 200).

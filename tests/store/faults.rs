@@ -39,18 +39,9 @@ async fn patches_settle_below_the_server_limit(retry_after: bool) {
         let records = records.clone();
         let datastore = datastore.clone();
         tasks.spawn(async move {
-            // Each task owns 4 records and chains If-Match through the returned versions.
-            let mine: Vec<String> = records[task * 4..task * 4 + 4].to_vec();
-            let mut versions = [1u64; 4];
-            for i in 0..40 {
-                let slot = i % 4;
-                let fields = name_fields(&format!("t{task}-{i}"));
-                let record = client
-                    .patch_record(&datastore, &mine[slot], &fields, Some(versions[slot]))
-                    .await
-                    .unwrap_or_else(|e| panic!("PATCH failed: {e} ({})", e.code()));
-                versions[slot] = record.version;
-            }
+            // Each task owns 4 records.
+            let mine = &records[task * 4..task * 4 + 4];
+            support::patch_chained(&client, &datastore, mine, task, 40).await;
         });
     }
     while let Some(done) = tasks.join_next().await {

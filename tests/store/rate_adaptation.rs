@@ -12,7 +12,7 @@ use cxrel::store::StoreClient;
 use serde_json::json;
 
 use crate::helpers::emulator::EmulatorProcess;
-use crate::support::{client_for, create_store, ids, name_fields, route_count};
+use crate::support::{client_for, create_store, ids, patch_chained, route_count};
 
 /// Tasks sending PATCHes at once (the worker's default jobs in flight).
 const TASKS: usize = 16;
@@ -51,16 +51,7 @@ async fn patch_all(
         let count = patches / TASKS + usize::from(task < patches % TASKS);
         tasks.spawn(async move {
             let mine = &records[task * 4..task * 4 + 4];
-            let mut versions = [1u64; 4];
-            for i in 0..count {
-                let slot = i % 4;
-                let fields = name_fields(&format!("t{task}-{i}"));
-                let record = client
-                    .patch_record(&datastore, &mine[slot], &fields, Some(versions[slot]))
-                    .await
-                    .unwrap_or_else(|e| panic!("PATCH failed: {e} ({})", e.code()));
-                versions[slot] = record.version;
-            }
+            patch_chained(&client, &datastore, mine, task, count).await;
         });
     }
     while let Some(done) = tasks.join_next().await {

@@ -56,6 +56,28 @@ pub fn route_count(stats: &Value, method: &str, route_part: &str, status: Option
         .sum()
 }
 
+/// Task `task`'s share of a PATCH run: `count` name changes round-robin over `mine` (its four
+/// records), each with If-Match chained through the version the previous PATCH returned; panics on
+/// any error.
+pub async fn patch_chained(
+    client: &StoreClient,
+    datastore: &str,
+    mine: &[String],
+    task: usize,
+    count: usize,
+) {
+    let mut versions = [1u64; 4];
+    for i in 0..count {
+        let slot = i % 4;
+        let fields = name_fields(&format!("t{task}-{i}"));
+        let record = client
+            .patch_record(datastore, &mine[slot], &fields, Some(versions[slot]))
+            .await
+            .unwrap_or_else(|e| panic!("PATCH failed: {e} ({})", e.code()));
+        versions[slot] = record.version;
+    }
+}
+
 /// A `"name"` field change, as a PATCH body's `fields`.
 pub fn name_fields(name: &str) -> serde_json::Map<String, Value> {
     let mut m = serde_json::Map::new();

@@ -48,14 +48,7 @@ fn completed_jobs(events: &[Value]) -> HashSet<String> {
 #[tokio::test]
 async fn many_jobs_apply_exactly_with_one_event_per_operation_and_signed_webhooks() {
     let mut s = setup("happy", "accounts", 200).await;
-    let hook = format!("{}/_emulator/webhooks/happy", s.emu.base);
-    let response = emulator::client()
-        .put(&hook)
-        .json(&json!({"secret": SECRET}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let hook = s.emu.webhook_receiver("happy", SECRET).await;
     let config = test_config(&s.emu.base, s.q.topology.prefix())
         .webhook(WebhookTarget::all_events(&hook, SECRET));
     let worker = WorkerProcess::spawn(&config);
@@ -113,14 +106,7 @@ async fn many_jobs_apply_exactly_with_one_event_per_operation_and_signed_webhook
     // Webhooks: every published event arrives, signed (150 events; delivery is asynchronous).
     let mut deliveries = Value::Null;
     for _ in 0..100 {
-        deliveries = emulator::client()
-            .get(&hook)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        deliveries = emulator::fetch_json(emulator::client().get(&hook)).await;
         if deliveries["count"].as_u64() >= Some(150) {
             break;
         }
@@ -378,14 +364,7 @@ async fn an_atomic_job_failing_part_way_restores_the_earlier_parents_with_rolled
                 .contains("warm-up"))
             .await
     );
-    let token = s.emu.token().await;
-    let deleted = emulator::client()
-        .delete(s.emu.record_url("accounts", &b))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(deleted.status(), 204);
+    assert_eq!(s.emu.delete_record("accounts", &b).await, 204);
 
     publish_jobs(
         &s.q.publisher,

@@ -437,20 +437,13 @@ async fn a_deletion_is_reported_only_after_the_store_confirmed_it_and_a_stale_vi
     );
 
     // Behind the worker: a's link removed, d deleted.
-    let token = s.emu.token().await;
     let reset = json!({"records": [{"id": a, "fields": {"name": "a", LINK: {"ids": [], "cascade_action": "none"}}, "_version": 50}]});
     let response = s
         .emu
         .control_post(&format!("/_emulator/datastores/{DS}/records"), &reset)
         .await;
     assert_eq!(response.status(), 200);
-    let deleted = emulator::client()
-        .delete(s.emu.record_url(DS, &d))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(deleted.status(), 204);
+    assert_eq!(s.emu.delete_record(DS, &d).await, 204);
     let before = s.emu.stats().await;
 
     // b → a is a cycle only in the cached graph; d → c writes a record that is gone.

@@ -9,7 +9,7 @@ use cxrel::settings::RateLimitBackend;
 use serde_json::{Value, json};
 
 use crate::helpers::broker;
-use crate::helpers::emulator::EmulatorProcess;
+use crate::helpers::emulator::{self, EmulatorProcess};
 use crate::helpers::workers::pairs::{assert_pairs_stored, completed, emulator_with, pair_jobs};
 use crate::helpers::workers::{EventTap, QUICK_BACKOFF, WorkerProcess, publish_jobs, test_config};
 
@@ -41,14 +41,7 @@ async fn wait_budget(workers: &[WorkerProcess], want: &str) {
         worker.wait_ready(Duration::from_secs(30)).await;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let body: Value = client
-                .get(format!("{}/readyz", worker.http))
-                .send()
-                .await
-                .expect("readyz")
-                .json()
-                .await
-                .expect("readyz json");
+            let body = emulator::fetch_json(client.get(format!("{}/readyz", worker.http))).await;
             let detail = body["checks"]["rate_budget"]["detail"]
                 .as_str()
                 .unwrap_or("");

@@ -60,13 +60,7 @@ pub async fn list_records(emu: &EmulatorProcess, datastore: &str) -> Vec<Value> 
         if let Some(t) = &page_token {
             request = request.query(&[("page_token", t)]);
         }
-        let page: Value = request
-            .send()
-            .await
-            .expect("list records")
-            .json()
-            .await
-            .expect("records JSON");
+        let page = emulator::fetch_json(request).await;
         records.extend(page["records"].as_array().cloned().unwrap_or_default());
         match page["next_page_token"].as_str() {
             Some(t) => page_token = Some(t.to_owned()),

@@ -383,6 +383,15 @@ fn long_string(text: impl Into<Vec<u8>>) -> AMQPValue {
     AMQPValue::LongString(LongString::from(text.into()))
 }
 
+/// Header bytes just under RabbitMQ's 128 KiB frame: the dead-letter copy with its failure headers
+/// added would not fit, and publishing it closed the worker's connection, again and again.
+const HEADERS_AT_FRAME_LIMIT: usize = 130_800;
+
+/// An `x-junk` header of `bytes` bytes.
+fn junk_header(name: &'static str, bytes: usize) -> OddMetadata {
+    with_header(name, "x-junk", long_string("x".repeat(bytes)))
+}
+
 /// Properties and headers no producer should send, none of which may stop a valid job.
 pub fn odd_metadata() -> Vec<OddMetadata> {
     let attempts = cxrel::amqp::headers::ATTEMPTS;
@@ -429,16 +438,8 @@ pub fn odd_metadata() -> Vec<OddMetadata> {
             "x-death",
             AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(forged_death)])),
         ),
-        with_header(
-            "huge junk header",
-            "x-junk",
-            long_string("x".repeat(60 * 1024)),
-        ),
-        with_header(
-            "headers at the frame limit",
-            "x-junk",
-            long_string("x".repeat(130_800)),
-        ),
+        junk_header("huge junk header", 60 * 1024),
+        junk_header("headers at the frame limit", HEADERS_AT_FRAME_LIMIT),
         with_header(
             "first failed at garbage",
             cxrel::amqp::headers::FIRST_FAILED_AT,
@@ -476,17 +477,10 @@ pub fn odd_metadata_for_bad_bodies() -> Vec<OddMetadata> {
             attempts,
             long_string("18446744073709551615"),
         ),
-        with_header(
-            "bad body, huge header",
-            "x-junk",
-            long_string("x".repeat(100 * 1024)),
-        ),
-        // Just under RabbitMQ's 128 KiB frame: the dead-letter copy with its failure headers added
-        // would not fit, and publishing it closed the worker's connection, again and again.
-        with_header(
+        junk_header("bad body, huge header", 100 * 1024),
+        junk_header(
             "bad body, headers at the frame limit",
-            "x-junk",
-            long_string("x".repeat(130_800)),
+            HEADERS_AT_FRAME_LIMIT,
         ),
         with_header(
             "bad body, forged error code",
