@@ -26,6 +26,18 @@ fn binary() -> String {
 impl Browser {
     /// Starts the browser with one blank tab attached.
     pub fn launch() -> Self {
+        // Through `sh` a missing binary would show up later as a broken pipe: say it here.
+        let found = Command::new(binary())
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            found,
+            "{} does not run: apt-get install chromium (.ci/run does it) or set $CHROMIUM",
+            binary()
+        );
         let profile = tempfile::tempdir().unwrap();
         // The shell moves our stdin/stdout pipes to the fds the protocol uses.
         let script = r#"exec "$0" "$@" 3<&0 4>&1 0</dev/null 1>/dev/null"#;
@@ -46,7 +58,7 @@ impl Browser {
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start chromium (apt-get install chromium; .ci/run does it)");
+            .expect("start sh for chromium");
         let input = child.stdin.take().unwrap();
         let mut output = child.stdout.take().unwrap();
         let (tx, answers) = mpsc::channel();
