@@ -113,16 +113,21 @@ async fn wait_until_back(connection: &Connection, queue: &str, held: u64) {
     let Ok(channel) = connection.create_channel().await else {
         return;
     };
+    wait_until_ready(&channel, queue, held).await;
+    let _ = channel.close(200, "depth".into()).await;
+}
+
+/// Waits up to 3 s until `queue` has at least `held` ready messages (see [`wait_until_back`]).
+pub(super) async fn wait_until_ready(channel: &Channel, queue: &str, held: u64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     while tokio::time::Instant::now() < deadline {
-        match depth(&channel, queue).await {
+        match depth(channel, queue).await {
             Ok(ready) if u64::from(ready) < held => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             _ => break,
         }
     }
-    let _ = channel.close(200, "depth".into()).await;
 }
 
 async fn read(

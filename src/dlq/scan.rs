@@ -1,8 +1,8 @@
 //! The one loop that changes the dead queue (replay and purge): take each message present at the
 //! start, one at a time; move it (publish, await the broker's confirm, then ack), remove it (ack)
 //! or keep it (republish to the back of the dead queue, confirmed, then ack). A failure before the
-//! ack puts the message back where it was (nack with requeue; a crash leaves that to the broker),
-//! so a failure mid-way can duplicate but never lose.
+//! ack puts the message back where it was and waits until it is ready again (a crash leaves that
+//! to the broker), so a failure mid-way can duplicate but never lose.
 
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use lapin::message::BasicGetMessage;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
 use lapin::{BasicProperties, Channel, Connection};
 
+use super::browse::wait_until_ready;
 use super::{DeadLetter, DlqError, depth};
 use crate::amqp::Publisher;
 
@@ -96,74 +97,43 @@ async fn take_each(
             properties: delivery.properties.clone(),
             body: delivery.data.clone(),
         };
-        match act(
-            publisher,
-            dead,
-            &letter,
-            decide(&letter),
-            pace,
-            started,
-            moved,
-        )
-        .await
-        {
-            Ok(Acted::Moved) => {
-                moved += 1;
-                report.acted += 1;
-                report.ids.push(letter.display_id());
+        let acted = async {
+            match decide(&letter) {
+                Decision::Move { queue, properties } => {
+                    wait_for_rate(pace.rate, started, moved).await;
+                    confirmed(publisher.to_queue(&queue, &letter.body, *properties)).await?;
+                    moved += 1;
+                    report.acted += 1;
+                    report.ids.push(letter.display_id());
+                }
+                Decision::Remove => {
+                    report.acted += 1;
+                    report.ids.push(letter.display_id());
+                }
+                Decision::Keep => {
+                    let properties = letter.properties.clone();
+                    confirmed(publisher.to_queue(dead, &letter.body, properties)).await?;
+                }
             }
-            Ok(Acted::Removed) => {
-                report.acted += 1;
-                report.ids.push(letter.display_id());
-            }
-            Ok(Acted::Kept) => {}
-            Err(error) => {
-                // Back now, in place: not when RabbitMQ notices the channel closing, which it may
-                // do after the close-ok, nor never if the close fails on a long-lived connection.
-                let requeue = BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                };
-                let _ = delivery.acker.nack(requeue).await;
-                return Err(error);
-            }
+            Ok::<(), DlqError>(())
+        }
+        .await;
+        if let Err(error) = acted {
+            // Back before the caller answers: nacked now, not when RabbitMQ notices the channel
+            // closing (which it may do after the close-ok), and ready again before returning, as
+            // a browse waits for what it held.
+            let requeue = BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            };
+            let _ = delivery.acker.nack(requeue).await;
+            wait_until_ready(channel, dead, initial.saturating_sub(report.acted)).await;
+            return Err(error);
         }
         delivery.acker.ack(BasicAckOptions::default()).await?;
     }
     report.unreached = initial.saturating_sub(report.scanned);
     Ok(())
-}
-
-/// What [`act`] did with one message, which is acked next.
-enum Acted {
-    Moved,
-    Removed,
-    Kept,
-}
-
-/// Carries out `decision` for `letter`; the caller acks it on success.
-async fn act(
-    publisher: &Publisher,
-    dead: &str,
-    letter: &DeadLetter,
-    decision: Decision,
-    pace: Pace,
-    started: Instant,
-    moved: u64,
-) -> Result<Acted, DlqError> {
-    match decision {
-        Decision::Move { queue, properties } => {
-            wait_for_rate(pace.rate, started, moved).await;
-            confirmed(publisher.to_queue(&queue, &letter.body, *properties)).await?;
-            Ok(Acted::Moved)
-        }
-        Decision::Remove => Ok(Acted::Removed),
-        Decision::Keep => {
-            let properties = letter.properties.clone();
-            confirmed(publisher.to_queue(dead, &letter.body, properties)).await?;
-            Ok(Acted::Kept)
-        }
-    }
 }
 
 /// How long a publish may wait for the broker's confirm.

@@ -92,20 +92,6 @@ pub async fn assert_no_dead_letters(channel: &Channel, topology: &Topology) {
     assert!(dead.is_empty(), "nothing dead-lettered, got {}", dead.len());
 }
 
-/// The ready count of `queue` once it reads `expected`, or the last read after 5 s. A message
-/// taken with basic.get and left unacked goes back when the queue sees its channel go down, which
-/// RabbitMQ may do after the client already has the close-ok: a read straight after can miss it.
-pub async fn depth_reaching(channel: &Channel, queue: &str, expected: u32) -> u32 {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let depth = cxrel::dlq::depth(channel, queue).await.unwrap();
-        if depth == expected || Instant::now() >= deadline {
-            return depth;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Deletes every queue and the exchange of `topology`, ignoring what does not exist.
 pub async fn teardown(channel: &Channel, topology: &Topology) {
     let _ = cxrel::amqp::topology::delete(channel, topology).await;
