@@ -27,7 +27,8 @@ impl Browser {
     /// Starts the browser with one blank tab attached.
     pub fn launch() -> Self {
         // Through `sh` a missing binary would show up later as a broken pipe: say it here.
-        let found = Command::new(binary())
+        let binary = binary();
+        let found = Command::new(&binary)
             .arg("--version")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -35,14 +36,13 @@ impl Browser {
             .is_ok_and(|s| s.success());
         assert!(
             found,
-            "{} does not run: apt-get install chromium (.ci/run does it) or set $CHROMIUM",
-            binary()
+            "{binary} does not run: apt-get install chromium (.ci/run does it) or set $CHROMIUM"
         );
         let profile = tempfile::tempdir().unwrap();
         // The shell moves our stdin/stdout pipes to the fds the protocol uses.
         let script = r#"exec "$0" "$@" 3<&0 4>&1 0</dev/null 1>/dev/null"#;
         let mut child = Command::new("sh")
-            .args(["-c", script, &binary()])
+            .args(["-c", script, &binary])
             .args([
                 "--headless",
                 "--no-sandbox",
