@@ -212,9 +212,33 @@ pub fn declared_job_id(json: &str) -> Option<String> {
         .filter(|id| !id.is_empty())
 }
 
+/// The data store a job that failed to parse names (`datastore_id`, or the tutorial's
+/// `datastoreId`), if it is a usable name, so its events point at the right store.
+pub fn declared_datastore_id(json: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        #[serde(alias = "datastoreId")]
+        datastore_id: Option<String>,
+    }
+    serde_json::from_str::<Peek>(json)
+        .ok()?
+        .datastore_id
+        .filter(|id| !id.is_empty() && id.chars().count() <= 128 && !id.contains(char::is_control))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_declared_datastore_id_is_read_from_either_shape() {
+        let read = declared_datastore_id;
+        assert_eq!(read(r#"{"datastore_id":"a","x":1}"#).as_deref(), Some("a"));
+        assert_eq!(read(r#"{"datastoreId":"b"}"#).as_deref(), Some("b"));
+        assert_eq!(read(r#"{"datastore_id":""}"#), None);
+        assert_eq!(read(r#"{"datastore_id":7}"#), None);
+        assert_eq!(read("[]"), None);
+    }
 
     #[test]
     fn the_declared_job_id_is_read_without_parsing_the_job() {

@@ -29,7 +29,11 @@ pub struct FieldWire {
     pub name: String,
     #[serde(rename = "type")]
     pub kind: String,
-    #[serde(default, skip_serializing_if = "ConstraintsWire::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "crate::store::wire::null_as_default",
+        skip_serializing_if = "ConstraintsWire::is_empty"
+    )]
     pub constraints: ConstraintsWire,
 }
 
@@ -246,6 +250,19 @@ mod tests {
                 acyclic: true
             }
         );
+    }
+
+    #[test]
+    fn null_constraints_read_as_none_set() {
+        let w = wire(
+            r#"{"fields":[{"name":"name","type":"string","constraints":null},
+            {"name":"l","type":"relationship","constraints":{"max_depth":null}}]}"#,
+        );
+        let s = Schema::from_wire(w, 5).unwrap();
+        let FieldLookup::Relationship(_, f) = s.lookup("l") else {
+            panic!("relationship expected");
+        };
+        assert_eq!(f.constraints.max_depth, 5);
     }
 
     #[test]

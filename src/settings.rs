@@ -98,10 +98,24 @@ pub enum AuthMode {
     ClientCredentials,
 }
 
+/// How the client authenticates to the token endpoint (RFC 6749 §2.3.1; one method per request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// `client_secret_basic` in mode `cxone` (CXone's way), `client_secret_post` in mode
+    /// `client_credentials` (the tutorial's way).
+    Auto,
+    /// HTTP Basic with the client id and secret.
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` form fields.
+    ClientSecretPost,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
     pub mode: AuthMode,
+    pub client_auth: ClientAuth,
     pub issuer: String,
     pub client_id: String,
     pub client_secret: Secret,

@@ -23,6 +23,7 @@ use sha2::Sha256;
 
 use super::error::{ApiError, body_error, has_content_type, parse_query};
 use super::state::{EmulatorState, Shared, read, write};
+use super::stats::ClientMethod;
 
 pub const SCOPE_READ: &str = "datastore:read";
 pub const SCOPE_WRITE: &str = "datastore:write";
@@ -234,11 +235,11 @@ pub async fn token(
         ));
     }
     let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
-    let client_id = authenticate_client(&headers, &form, &state)?;
+    let (client_id, client_method) = authenticate_client(&headers, &form, &state)?;
     let (read, write) = granted_scopes(&form, &state)?;
     let ttl = state.faults.token_ttl();
     let access_token = state.tokens.issue(ttl, read, write);
-    state.stats.token_issued();
+    state.stats.token_issued(client_method);
     let subject = form
         .get("username")
         .cloned()
@@ -265,23 +266,33 @@ fn oauth(status: StatusCode, code: &'static str, description: &str) -> ApiError 
     ApiError::new(status, code, description)
 }
 
-/// The client by HTTP Basic, else by `client_id`/`client_secret` form fields; 401 `invalid_client`.
+/// The client by HTTP Basic or by `client_id`/`client_secret` form fields, not both (RFC 6749
+/// §2.3: one method per request; 400 `invalid_request`); 401 `invalid_client` when refused.
 fn authenticate_client(
     headers: &HeaderMap,
     form: &HashMap<String, String>,
     state: &EmulatorState,
-) -> Result<String, ApiError> {
-    let (id, secret) = basic_credentials(headers)
-        .or_else(|| {
-            Some((
-                form.get("client_id")?.clone(),
-                form.get("client_secret")?.clone(),
-            ))
-        })
-        .ok_or_else(|| invalid_client("client authentication is required"))?;
+) -> Result<(String, ClientMethod), ApiError> {
+    let basic = basic_credentials(headers);
+    let posted = form.get("client_secret").map(|secret| {
+        let id = form.get("client_id").cloned().unwrap_or_default();
+        (id, secret.clone())
+    });
+    let (id, secret, method) = match (basic, posted) {
+        (Some(_), Some(_)) => {
+            return Err(oauth(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "the client authenticated twice (HTTP Basic and form fields); use one method",
+            ));
+        }
+        (Some((id, secret)), None) => (id, secret, ClientMethod::Basic),
+        (None, Some((id, secret))) => (id, secret, ClientMethod::Post),
+        (None, None) => return Err(invalid_client("client authentication is required")),
+    };
     let config = &state.config;
     if id == config.client_id && secret == config.client_secret.expose() {
-        Ok(id)
+        Ok((id, method))
     } else {
         Err(invalid_client("unknown client or wrong client secret"))
     }

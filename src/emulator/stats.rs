@@ -18,6 +18,13 @@ use super::state::{Shared, lock};
 const WINDOW: Duration = Duration::from_secs(1);
 const UNMATCHED: &str = "(unmatched)";
 
+/// How the token endpoint authenticated the client (RFC 6749 §2.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientMethod {
+    Basic,
+    Post,
+}
+
 /// Method → status → count, of one route template.
 type ByMethod = HashMap<Method, BTreeMap<u16, u64>>;
 
@@ -28,6 +35,9 @@ pub struct Stats {
     window: Mutex<Window>,
     patches: AtomicU64,
     tokens: AtomicU64,
+    /// Tokens issued to a client authenticated by HTTP Basic / by form fields.
+    tokens_basic: AtomicU64,
+    tokens_post: AtomicU64,
     throttled: AtomicU64,
     injected: AtomicU64,
 }
@@ -63,8 +73,13 @@ impl Stats {
         self.patches.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn token_issued(&self) {
+    pub fn token_issued(&self, client: ClientMethod) {
         self.tokens.fetch_add(1, Ordering::Relaxed);
+        let by_method = match client {
+            ClientMethod::Basic => &self.tokens_basic,
+            ClientMethod::Post => &self.tokens_post,
+        };
+        by_method.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn throttled(&self) {
@@ -91,7 +106,14 @@ impl Stats {
     pub fn reset(&self) {
         lock(&self.by_route).clear();
         *lock(&self.window) = Window::default();
-        for counter in [&self.patches, &self.tokens, &self.throttled, &self.injected] {
+        for counter in [
+            &self.patches,
+            &self.tokens,
+            &self.tokens_basic,
+            &self.tokens_post,
+            &self.throttled,
+            &self.injected,
+        ] {
             counter.store(0, Ordering::Relaxed);
         }
     }
@@ -117,6 +139,10 @@ impl Stats {
             "requests": requests,
             "patch_count": get(&self.patches),
             "token_count": get(&self.tokens),
+            "token_client_auth": {
+                "client_secret_basic": get(&self.tokens_basic),
+                "client_secret_post": get(&self.tokens_post),
+            },
             "throttled_count": get(&self.throttled),
             "injected_error_count": get(&self.injected),
             "max_requests_in_1s": lock(&self.window).max,

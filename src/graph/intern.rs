@@ -1,6 +1,9 @@
 //! Record ids interned to dense `u32`s: one string arena, one end offset per id, one hash table of
-//! indexes (no second copy of any string), so a UUID costs ~36 + 4 + ~10 bytes.
+//! indexes (no second copy of any string), so a UUID costs ~36 + 4 + ~10 bytes. UUIDs are
+//! case-insensitive (RFC 9562 §4): a hyphenated UUID is kept and looked up in lower case, so a job's
+//! `550E8400-…` finds the store's `550e8400-…`, and a store that prints upper case still matches.
 
+use std::borrow::Cow;
 use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
@@ -37,6 +40,8 @@ impl Interner {
     }
 
     pub fn get(&self, s: &str) -> Option<Ix> {
+        let s = canonical(s);
+        let s = s.as_ref();
         let hash = FxBuildHasher.hash_one(s);
         self.table.find(hash, |&ix| self.resolve(ix) == s).copied()
     }
@@ -46,6 +51,8 @@ impl Interner {
         if let Some(ix) = self.get(s) {
             return Ok(ix);
         }
+        let s = canonical(s);
+        let s = s.as_ref();
         let ix = Ix::try_from(self.ends.len()).map_err(|_| GraphError::TooLarge)?;
         let end = u32::try_from(self.arena.len() + s.len()).map_err(|_| GraphError::TooLarge)?;
         self.arena.push_str(s);
@@ -72,6 +79,18 @@ impl Interner {
     }
 }
 
+/// The spelling an id is kept under: a hyphenated UUID in lower case, anything else as given.
+pub fn canonical(s: &str) -> Cow<'_, str> {
+    let upper_uuid = s.len() == 36
+        && s.bytes().any(|b| b.is_ascii_uppercase())
+        && uuid::Uuid::try_parse(s).is_ok();
+    if upper_uuid {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
 /// `resolve` without borrowing the table, for rehashing during an insert.
 fn resolve_in<'a>(arena: &'a str, ends: &[u32], ix: Ix) -> &'a str {
     let i = ix as usize;
@@ -87,6 +106,17 @@ fn resolve_in<'a>(arena: &'a str, ends: &[u32], ix: Ix) -> &'a str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uuids_match_in_any_case_and_other_ids_exactly() {
+        let mut i = Interner::default();
+        let a = i.intern("550E8400-E29B-41D4-A716-446655440000").unwrap();
+        assert_eq!(i.resolve(a), "550e8400-e29b-41d4-a716-446655440000");
+        assert_eq!(i.get("550e8400-e29b-41d4-A716-446655440000"), Some(a));
+        let b = i.intern("Acct-1").unwrap();
+        assert_eq!(i.get("acct-1"), None);
+        assert_eq!(i.get("Acct-1"), Some(b));
+    }
 
     #[test]
     fn interning_twice_returns_the_same_index_and_resolves_back() {

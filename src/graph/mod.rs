@@ -22,6 +22,7 @@ use adjacency::{Children, Parents};
 use intern::{Interner, Ix};
 
 pub use build::GraphBuilder;
+pub use intern::canonical as canonical_id;
 pub use plan::{FieldValue, PatchPlan, Plan, plan};
 pub use reserve::{Bound, ReservationId, Reservations};
 pub use validate::{validate, validate_reserved};

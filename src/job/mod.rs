@@ -154,6 +154,15 @@ mod tests {
     }
 
     #[test]
+    fn upper_case_uuids_are_kept_in_lower_case() {
+        let upper = P.to_ascii_uppercase();
+        let op =
+            format!(r#"{{"parent_id":"{upper}","relationship_field":"f","child_ids":["{C}"]}}"#);
+        let job = parse(&format!(r#"{{"operations":[{op}]}}"#)).unwrap();
+        assert_eq!(job.operations[0].parent.as_str(), P);
+    }
+
+    #[test]
     fn dot_segment_ids_are_invalid_id_whatever_the_id_format() {
         // With `id_format = "any"` the record ids would otherwise be accepted; data store ids
         // are free-form in both formats.

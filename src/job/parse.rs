@@ -268,11 +268,13 @@ fn record_id(raw: &str, path: &str, ctx: &ParseContext) -> Result<RecordId, JobE
     }
     match ctx.id_format {
         IdFormat::Uuid => {
-            // Only the hyphenated form: it is the form the data store prints, and ids are compared
-            // as strings (the store's exact spelling), so other spellings would never match.
+            // Only the hyphenated form: it is the form the data store prints. Kept in lower case
+            // (UUIDs are case-insensitive; the graph keeps store ids the same way), so a client
+            // that writes upper case finds the store's records and its events name them as stored.
             if raw.len() != 36 || uuid::Uuid::try_parse(raw).is_err() {
                 return Err(bad("not a hyphenated UUID"));
             }
+            return Ok(RecordId::new(crate::graph::canonical_id(raw).as_ref()));
         }
         IdFormat::Any => {
             if !printable_name(raw) {

@@ -85,7 +85,9 @@ impl Pipeline {
                 let context = EventContext {
                     source: self.source.clone(),
                     job_id: unparsed_job_id(&incoming),
-                    datastore_id: self.parse.default_datastore.clone().unwrap_or_default(),
+                    datastore_id: unparsed_datastore_id(&incoming.body)
+                        .or_else(|| self.parse.default_datastore.clone())
+                        .unwrap_or_default(),
                     traceparent,
                 };
                 tracing::info!(target: "audit", job_id = %context.job_id, outcome = "rejected", code = error.code(), attempt, "job body rejected: {error}");
@@ -293,6 +295,13 @@ pub fn job_id_of_unparsed(body: &[u8], default: &str) -> String {
         .and_then(crate::jobfile::declared_job_id)
         .filter(|id| id.chars().count() <= 128)
         .unwrap_or_else(|| default.to_owned())
+}
+
+/// The data store an unparsable body names, if it names a usable one.
+fn unparsed_datastore_id(body: &[u8]) -> Option<String> {
+    std::str::from_utf8(body)
+        .ok()
+        .and_then(crate::jobfile::declared_datastore_id)
 }
 
 /// One lock key per parent the job may write.

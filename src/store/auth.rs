@@ -19,7 +19,7 @@ use super::error::{ErrorBody, StoreError, decode_json};
 use super::instrumentation::{self as m, Route};
 use super::wire::{CxoneConfiguration, OidcConfiguration, TokenResponse, tenant_id_claim};
 use crate::secret::Secret;
-use crate::settings::{AuthMode, AuthSettings};
+use crate::settings::{AuthMode, AuthSettings, ClientAuth};
 
 /// Lifetime assumed when the token endpoint does not say (`expires_in` absent).
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
@@ -264,22 +264,38 @@ impl TokenSource {
     async fn fetch(&self) -> Result<TokenResponse, StoreError> {
         let endpoint = self.token_endpoint().await?;
         let s = &self.settings;
-        let request = self
-            .http
-            .post(&endpoint)
-            .basic_auth(&s.client_id, Some(s.client_secret.expose()));
-        let request = match s.mode {
-            AuthMode::Cxone => request.form(&[
+        let mut form: Vec<(&str, &str)> = match s.mode {
+            AuthMode::Cxone => vec![
                 ("grant_type", "password"),
                 ("username", s.access_key_id.as_str()),
                 ("password", s.access_key_secret.expose()),
-            ]),
-            AuthMode::ClientCredentials => request.form(&[
-                ("grant_type", "client_credentials"),
-                ("scope", s.scope.as_str()),
-            ]),
+            ],
+            AuthMode::ClientCredentials => vec![("grant_type", "client_credentials")],
         };
+        // An empty scope parameter is invalid for some servers; absent means "the client's default".
+        if s.mode == AuthMode::ClientCredentials && !s.scope.is_empty() {
+            form.push(("scope", s.scope.as_str()));
+        }
+        let request = self.http.post(&endpoint);
+        let request = match client_auth(s) {
+            ClientAuth::ClientSecretPost => {
+                form.push(("client_id", s.client_id.as_str()));
+                form.push(("client_secret", s.client_secret.expose()));
+                request
+            }
+            _ => request.basic_auth(&s.client_id, Some(s.client_secret.expose())),
+        };
+        let request = request.form(&form);
         send_json(request, Route::Token, self.body_limits).await
+    }
+}
+
+/// The method `auto` stands for in each mode (see `[cxone.auth].client_auth`).
+fn client_auth(s: &AuthSettings) -> ClientAuth {
+    match (s.client_auth, s.mode) {
+        (ClientAuth::Auto, AuthMode::Cxone) => ClientAuth::ClientSecretBasic,
+        (ClientAuth::Auto, AuthMode::ClientCredentials) => ClientAuth::ClientSecretPost,
+        (explicit, _) => explicit,
     }
 }
 

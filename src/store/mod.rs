@@ -579,10 +579,21 @@ fn budget_from_settings(settings: &Settings) -> Result<Arc<dyn RateBudget>, Stor
 
 /// Retry-After as delta-seconds (integer or decimal). An HTTP-date is ignored (the client's own
 /// backoff applies), as is anything unparsable.
+/// Retry-After as delta seconds or as an HTTP date (RFC 9110 §10.2.3), at most an hour. A date
+/// that is not in the future says nothing usable (clocks differ), so it counts as absent.
 fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    let secs: f64 = value.parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
+    let wait = match value.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs.min(3600.0)),
+        Ok(_) => return None,
+        Err(_) => {
+            let at = httpdate::parse_http_date(value).ok()?;
+            at.duration_since(std::time::SystemTime::now())
+                .ok()
+                .filter(|wait| !wait.is_zero())?
+        }
+    };
+    Some(wait.min(Duration::from_secs(3600)))
 }
 
 fn decode<T: serde::de::DeserializeOwned>(route: Route, answer: &Answer) -> Result<T, StoreError> {
@@ -606,7 +617,7 @@ mod tests {
     use reqwest::header::HeaderValue;
 
     #[test]
-    fn retry_after_reads_delta_seconds_only() {
+    fn retry_after_reads_delta_seconds_and_future_dates() {
         let mut h = HeaderMap::new();
         assert_eq!(parse_retry_after(&h), None);
         h.insert(RETRY_AFTER, HeaderValue::from_static("2"));
@@ -617,6 +628,18 @@ mod tests {
             RETRY_AFTER,
             HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
         );
+        assert_eq!(parse_retry_after(&h), None, "a past date");
+        let soon = std::time::SystemTime::now() + Duration::from_secs(30);
+        h.insert(
+            RETRY_AFTER,
+            HeaderValue::from_str(&httpdate::fmt_http_date(soon)).unwrap(),
+        );
+        let wait = parse_retry_after(&h).unwrap();
+        assert!(
+            wait > Duration::from_secs(28) && wait <= Duration::from_secs(30),
+            "{wait:?}"
+        );
+        h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(parse_retry_after(&h), None);
     }
 

@@ -10,10 +10,39 @@ use crate::job::CascadeAction;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     pub id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub fields: Map<String, Value>,
-    #[serde(rename = "_version")]
+    #[serde(rename = "_version", deserialize_with = "version_number")]
     pub version: u64,
+}
+
+/// Reads `null` as the type's default: stores write `null` for an empty object as often as they
+/// leave the key out, and one such record must not fail the whole graph load.
+pub(crate) fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// `_version` as a number or as a string of digits (some stores quote it, as they do in the ETag).
+fn version_number<'de, D>(deserializer: D) -> Result<u64, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Version {
+        Number(u64),
+        Text(String),
+    }
+    match Version::deserialize(deserializer)? {
+        Version::Number(n) => Ok(n),
+        Version::Text(text) => text.trim().parse().map_err(|_| {
+            serde::de::Error::custom(format!("_version {text:?} is not a whole number"))
+        }),
+    }
 }
 
 impl Record {
@@ -196,6 +225,15 @@ mod tests {
         let page: RecordPage =
             serde_json::from_str(r#"{"records":[],"next_page_token":null}"#).unwrap();
         assert!(page.next_page_token.is_none());
+    }
+
+    #[test]
+    fn records_with_null_fields_or_a_quoted_version_still_load() {
+        let r: Record = serde_json::from_str(r#"{"id":"a","fields":null,"_version":"4"}"#).unwrap();
+        assert!(r.fields.is_empty());
+        assert_eq!(r.version, 4);
+        let bad = serde_json::from_str::<Record>(r#"{"id":"a","_version":"four"}"#);
+        assert!(bad.unwrap_err().to_string().contains("whole number"));
     }
 }
 

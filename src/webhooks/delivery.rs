@@ -106,6 +106,9 @@ pub fn start(
     let deliverer = Deliverer {
         client: reqwest::Client::builder()
             .timeout(config.timeout)
+            // A followed 301/302 turns the POST into a GET without the event, and a 2xx from that
+            // page would count as delivered; a redirect is the endpoint's error to report instead.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default(),
         endpoints: Arc::new(endpoints),
@@ -322,10 +325,15 @@ impl Deliverer {
             request = request.header("traceparent", traceparent);
         }
         let response = request.send().await.map_err(send_error)?;
-        if response.status().is_success() {
+        let status = response.status();
+        if status.is_success() {
             Ok(())
+        } else if status.is_redirection() {
+            Err(format!(
+                "endpoint answered {status}: webhooks do not follow redirects; configure the final URL"
+            ))
         } else {
-            Err(format!("endpoint answered {}", response.status()))
+            Err(format!("endpoint answered {status}"))
         }
     }
 }

@@ -99,7 +99,7 @@ type Case = (
 async fn oauth_errors_follow_rfc_6749() {
     let emu = EmulatorProcess::spawn();
     let http = client();
-    let cases: [Case; 5] = [
+    let cases: [Case; 6] = [
         (
             &[
                 ("grant_type", "password"),
@@ -137,6 +137,17 @@ async fn oauth_errors_follow_rfc_6749() {
             Some((CLIENT_ID, CLIENT_SECRET)),
             400,
             "invalid_scope",
+        ),
+        // RFC 6749 §2.3: one client authentication method per request.
+        (
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_id", CLIENT_ID),
+                ("client_secret", CLIENT_SECRET),
+            ],
+            Some((CLIENT_ID, CLIENT_SECRET)),
+            400,
+            "invalid_request",
         ),
     ];
     for (form, basic, status, code) in cases {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use cxrel::error::ErrorClass;
 use cxrel::secret::Secret;
-use cxrel::settings::AuthMode;
+use cxrel::settings::{AuthMode, ClientAuth};
 use cxrel::store::StoreError;
 use serde_json::json;
 
@@ -59,6 +59,43 @@ async fn client_credentials_mode_uses_token_url_or_discovery() {
     assert_eq!(stats["token_count"], 2);
     // Only the second client needed discovery.
     assert_eq!(route_count(&stats, "GET", "openid-configuration", None), 1);
+    // The tutorial's flow sends the client in the form, as its code does.
+    assert_eq!(stats["token_client_auth"]["client_secret_post"], 2);
+}
+
+#[tokio::test]
+async fn client_auth_picks_one_method_per_request() {
+    let emu = EmulatorProcess::spawn();
+    let ids = ids(1);
+    create_store(&emu, "auth-method", &ids).await;
+    let cases = [
+        (AuthMode::Cxone, ClientAuth::Auto, "client_secret_basic"),
+        (
+            AuthMode::Cxone,
+            ClientAuth::ClientSecretPost,
+            "client_secret_post",
+        ),
+        (
+            AuthMode::ClientCredentials,
+            ClientAuth::ClientSecretBasic,
+            "client_secret_basic",
+        ),
+    ];
+    for (mode, method, expected) in cases {
+        let before = emu.stats().await["token_client_auth"][expected]
+            .as_u64()
+            .unwrap();
+        let client = client_for(&emu, |s| {
+            s.cxone.auth.mode = mode;
+            s.cxone.auth.client_auth = method;
+            s.cxone.auth.token_url = emu.url("/auth/token");
+        });
+        client.get_record("auth-method", &ids[0]).await.unwrap();
+        let after = emu.stats().await["token_client_auth"][expected]
+            .as_u64()
+            .unwrap();
+        assert_eq!(after, before + 1, "{mode:?} {method:?}");
+    }
 }
 
 #[tokio::test]
