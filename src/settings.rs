@@ -1,5 +1,5 @@
-//! Typed settings, loaded once at start (SPEC §8): compiled-in `config/default.toml`, then
-//! `config/{CXREL_ENV}.toml`, then `--config FILE`, then `CXREL__SECTION__KEY` environment variables.
+//! Typed settings, loaded once at start (SPEC §8): compiled-in `config/default.toml` and the file
+//! itself where the process runs (if present), then `config/{CXREL_ENV}.toml`, then `--config FILE`, then `CXREL__SECTION__KEY` environment variables.
 //! Unknown keys and bad values fail at start with a message naming the key.
 
 use std::net::SocketAddr;
@@ -277,7 +277,8 @@ pub enum SettingsError {
 pub struct Sources {
     /// Value of `CXREL_ENV`: selects `config/{env}.toml` when that file exists.
     pub env_name: Option<String>,
-    /// Directory holding `{env}.toml`; `config` relative to the working directory by default.
+    /// Directory holding `default.toml` and `{env}.toml`; `config` relative to the working
+    /// directory by default.
     pub config_dir: Option<PathBuf>,
     /// `--config FILE`: must exist.
     pub file: Option<PathBuf>,
@@ -297,13 +298,20 @@ impl Settings {
         sources: &Sources,
         env: Option<std::collections::HashMap<String, String>>,
     ) -> Result<Self, SettingsError> {
-        let mut builder =
-            Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        let dir = sources
+            .config_dir
+            .clone()
+            .unwrap_or_else(|| "config".into());
+        // The compiled-in defaults, then the file on disk when there is one: an operator who edits
+        // `config/default.toml` where the binary runs is not silently ignored (SPEC §8).
+        let mut builder = Config::builder()
+            .add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml))
+            .add_source(
+                File::from(dir.join("default.toml"))
+                    .format(FileFormat::Toml)
+                    .required(false),
+            );
         if let Some(name) = sources.env_name.as_deref().filter(|n| !n.is_empty()) {
-            let dir = sources
-                .config_dir
-                .clone()
-                .unwrap_or_else(|| "config".into());
             let path = dir.join(format!("{name}.toml"));
             builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(false));
         }
@@ -517,6 +525,20 @@ mod tests {
         let s = Settings::load_with_env(&sources, Some(env)).unwrap();
         assert_eq!(s.amqp.prefix, "fromfile");
         assert_eq!(s.worker.prefetch, 9);
+    }
+
+    #[test]
+    fn an_edited_default_toml_on_disk_wins_over_the_compiled_in_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("default.toml"), "[worker]\nprefetch = 7\n").unwrap();
+        std::fs::write(dir.path().join("prod.toml"), "[amqp]\nprefix = \"p\"\n").unwrap();
+        let sources = Sources {
+            env_name: Some("prod".into()),
+            config_dir: Some(dir.path().to_owned()),
+            ..Sources::default()
+        };
+        let s = Settings::load_with_env(&sources, Some(HashMap::new())).unwrap();
+        assert_eq!((s.worker.prefetch, s.amqp.prefix.as_str()), (7, "p"));
     }
 
     #[test]

@@ -47,7 +47,8 @@ where
 
 impl Record {
     /// The value of relationship field `name`, read loosely: the store is not ours, so a missing
-    /// or malformed value counts as no children (and ids that are not strings are skipped).
+    /// or malformed value counts as no children (whole-number ids read as their digits; other ids
+    /// that are not strings are skipped).
     pub fn relationship(&self, name: &str) -> RelationshipValue {
         RelationshipValue::read(self.fields.get(name))
     }
@@ -74,17 +75,13 @@ impl RelationshipValue {
         let ids = value
             .get("ids")
             .and_then(Value::as_array)
-            .map(|ids| {
-                ids.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
+            .map(|ids| ids.iter().filter_map(stored_id).collect())
             .unwrap_or_default();
+        // Matched without regard to case ("Delete"); an unknown action reads as none.
         let cascade = value
             .get("cascade_action")
-            .cloned()
-            .and_then(|c| serde_json::from_value(c).ok())
+            .and_then(Value::as_str)
+            .and_then(|c| serde_json::from_value(Value::String(c.to_ascii_lowercase())).ok())
             .unwrap_or_default();
         Self { ids, cascade }
     }
@@ -92,6 +89,16 @@ impl RelationshipValue {
     /// The wire JSON of this value, for a PATCH body.
     pub fn to_json(&self) -> Value {
         serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+/// A stored child id: a string, or a whole number written as one (stores with numeric ids), so
+/// an add or remove PATCH does not silently drop it.
+fn stored_id(id: &Value) -> Option<String> {
+    match id {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) if n.is_u64() || n.is_i64() => Some(n.to_string()),
+        _ => None,
     }
 }
 
@@ -247,6 +254,14 @@ mod relationship_tests {
         let v = json!({"ids": ["a", "b"], "cascade_action": "delete"});
         let value = RelationshipValue::read(Some(&v));
         assert_eq!(value.ids, vec!["a".to_owned(), "b".to_owned()]);
+        assert_eq!(value.cascade, CascadeAction::Delete);
+    }
+
+    #[test]
+    fn stored_values_read_numeric_ids_and_any_case_of_cascade() {
+        let v = json!({"ids": ["a", 17, 2.5, null], "cascade_action": "Delete"});
+        let value = RelationshipValue::read(Some(&v));
+        assert_eq!(value.ids, vec!["a".to_owned(), "17".to_owned()]);
         assert_eq!(value.cascade, CascadeAction::Delete);
     }
 

@@ -1,6 +1,8 @@
 //! A job's identity, fixed at first sight (SPEC §10): the body's `job_id`, else the AMQP
 //! `message_id`, else the `x-cxrel-job-id` a retry copy, dead letter or replay carries, else a UUIDv5
-//! of the body, so a redelivery of the same message gets the same id and its events repeat ids.
+//! of the body (and of the AMQP `timestamp` when the publisher set one), so a redelivery of the same
+//! message gets the same id and its events repeat ids, while the same body published again at
+//! another second does not share them.
 
 use lapin::BasicProperties;
 use uuid::Uuid;
@@ -17,12 +19,26 @@ pub fn default_job_id(properties: &BasicProperties, body: &[u8]) -> String {
         .as_ref()
         .map(|id| id.as_str().to_owned());
     let carried = || headers::get_str(&headers::table(properties), headers::JOB_ID);
-    // A job id is at most 128 characters (SPEC §1); a longer header is not ours to trust.
-    let usable = |id: &String| !id.is_empty() && id.chars().count() <= 128;
+    // A job id is 1..=128 printable characters (SPEC §1, the parser's rule); anything else would be
+    // replaced by a fresh id on every delivery, so it is skipped here instead.
+    let usable =
+        |id: &String| !id.is_empty() && id.chars().count() <= 128 && !id.contains(char::is_control);
     message_id
         .filter(usable)
         .or_else(|| carried().filter(usable))
-        .unwrap_or_else(|| Uuid::new_v5(&BODY_NAMESPACE, body).to_string())
+        .unwrap_or_else(|| body_job_id(properties, body))
+}
+
+/// UUIDv5 of the body, and of the publisher's `timestamp` property when set (fixed per message).
+fn body_job_id(properties: &BasicProperties, body: &[u8]) -> String {
+    match properties.timestamp() {
+        Some(at) => {
+            let mut name = body.to_vec();
+            name.extend_from_slice(&at.to_be_bytes());
+            Uuid::new_v5(&BODY_NAMESPACE, &name).to_string()
+        }
+        None => Uuid::new_v5(&BODY_NAMESPACE, body).to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -50,6 +66,22 @@ mod tests {
         headers::set_str(&mut table, headers::JOB_ID, "x".repeat(4096));
         let props = BasicProperties::default().with_headers(table);
         assert_eq!(default_job_id(&props, b"{}").len(), 36);
+    }
+
+    #[test]
+    fn a_message_id_with_control_characters_is_passed_over_for_a_stable_one() {
+        let props = BasicProperties::default().with_message_id("m\u{7}1".into());
+        let id = default_job_id(&props, b"{}");
+        assert_eq!(id, default_job_id(&BasicProperties::default(), b"{}"));
+    }
+
+    #[test]
+    fn the_same_body_published_at_other_times_gets_other_ids() {
+        let at = |t| BasicProperties::default().with_timestamp(t);
+        let a = default_job_id(&at(1_700_000_000), b"{}");
+        assert_eq!(a, default_job_id(&at(1_700_000_000), b"{}"));
+        assert_ne!(a, default_job_id(&at(1_700_000_001), b"{}"));
+        assert_ne!(a, default_job_id(&BasicProperties::default(), b"{}"));
     }
 
     #[test]
