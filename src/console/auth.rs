@@ -42,7 +42,7 @@ pub fn access(console: &SharedConsole, headers: &HeaderMap, peer: SocketAddr) ->
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(bearer_token);
     if bearer.is_some_and(|b| same(b.trim().as_bytes(), token.expose().as_bytes())) {
         return Access::Operator(format!("token@{}", peer.ip()));
     }
@@ -50,6 +50,12 @@ pub fn access(console: &SharedConsole, headers: &HeaderMap, peer: SocketAddr) ->
         Some(label) => Access::Operator(format!("session:{label}@{}", peer.ip())),
         None => Access::Anonymous,
     }
+}
+
+/// The credentials of `Bearer <token>`; the scheme name is case-insensitive (RFC 9110 §11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
 }
 
 /// The operator's name for a write, or the error to answer with.
@@ -211,6 +217,15 @@ mod tests {
             h.insert(*k, HeaderValue::from_static(v));
         }
         h
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case() {
+        assert_eq!(bearer_token("Bearer t0k"), Some("t0k"));
+        assert_eq!(bearer_token("bearer t0k"), Some("t0k"));
+        assert_eq!(bearer_token("BEARER t0k"), Some("t0k"));
+        assert_eq!(bearer_token("Basic t0k"), None);
+        assert_eq!(bearer_token("Bearer"), None);
     }
 
     #[test]
