@@ -290,6 +290,15 @@ fn authenticate_client(
         (None, Some((id, secret))) => (id, secret, ClientMethod::Post),
         (None, None) => return Err(invalid_client("client authentication is required")),
     };
+    if state
+        .faults
+        .token_client_auth()
+        .is_some_and(|only| only != method)
+    {
+        return Err(invalid_client(
+            "this token endpoint does not take that client authentication method",
+        ));
+    }
     let config = &state.config;
     if id == config.client_id && secret == config.client_secret.expose() {
         Ok((id, method))

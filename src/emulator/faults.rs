@@ -15,6 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use super::bucket::{Algorithm, Limiter};
 use super::error::ApiError;
 use super::state::{Shared, read, write};
+use super::stats::ClientMethod;
 
 const MAX_TOKEN_TTL_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
 
@@ -48,6 +49,9 @@ pub struct Faults {
     /// PATCHes are applied, then answered 502 (a proxy lost the answer): the write's outcome is
     /// unknown to the client.
     pub lose_patch_answers: bool,
+    /// The only client authentication the token endpoint takes (401 `invalid_client` for the
+    /// other); `null` = both.
+    pub token_client_auth: Option<ClientMethod>,
 }
 
 /// A change to the faults: absent keys keep their value; `"rate_limit": null` removes the limit.
@@ -62,6 +66,8 @@ pub struct FaultsUpdate {
     pub latency_jitter_ms: Option<u64>,
     pub token_ttl_ms: Option<u64>,
     pub lose_patch_answers: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    pub token_client_auth: Option<Option<ClientMethod>>,
 }
 
 /// Distinguishes `"key": null` (Some(None)) from an absent key (None).
@@ -95,6 +101,10 @@ impl FaultState {
         read(&self.active).faults.clone()
     }
 
+    pub fn token_client_auth(&self) -> Option<ClientMethod> {
+        read(&self.active).faults.token_client_auth
+    }
+
     pub fn token_ttl(&self) -> Duration {
         Duration::from_millis(read(&self.active).faults.token_ttl_ms)
     }
@@ -115,6 +125,9 @@ impl FaultState {
         faults.lose_patch_answers = update
             .lose_patch_answers
             .unwrap_or(faults.lose_patch_answers);
+        if let Some(only) = update.token_client_auth {
+            faults.token_client_auth = only;
+        }
         check(&faults)?;
         // An unchanged limit keeps its limiter, so the bucket level carries over.
         let limiter = if limit_changed {
@@ -150,6 +163,7 @@ fn defaults(token_ttl: Duration) -> Faults {
         latency_jitter_ms: 0,
         token_ttl_ms: u64::try_from(token_ttl.as_millis()).unwrap_or(u64::MAX),
         lose_patch_answers: false,
+        token_client_auth: None,
     }
 }
 

@@ -19,9 +19,11 @@ const WINDOW: Duration = Duration::from_secs(1);
 const UNMATCHED: &str = "(unmatched)";
 
 /// How the token endpoint authenticated the client (RFC 6749 §2.3.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ClientMethod {
+    #[serde(rename = "client_secret_basic")]
     Basic,
+    #[serde(rename = "client_secret_post")]
     Post,
 }
 

@@ -96,6 +96,8 @@ pub(crate) struct TokenSource {
     api_base: OnceCell<String>,
     tenant_id: RwLock<Option<String>>,
     body_limits: BodyLimits,
+    /// With `client_auth = "auto"`: the method the token endpoint took after refusing the other.
+    client_auth_learned: std::sync::OnceLock<ClientAuth>,
 }
 
 impl TokenSource {
@@ -115,6 +117,7 @@ impl TokenSource {
             api_base: OnceCell::new(),
             tenant_id: RwLock::new(None),
             body_limits,
+            client_auth_learned: std::sync::OnceLock::new(),
         }
     }
 
@@ -261,7 +264,36 @@ impl TokenSource {
             .cloned()
     }
 
+    /// One token request. With `client_auth = "auto"`, a refusal of the client is tried
+    /// once more with the other method, and the one that worked is kept: RFC 6749 servers must take
+    /// Basic, the tutorial's server takes form fields, and a store may do either.
     async fn fetch(&self) -> Result<TokenResponse, StoreError> {
+        let method = self
+            .client_auth_learned
+            .get()
+            .copied()
+            .unwrap_or_else(|| client_auth(&self.settings));
+        let first = self.fetch_with(method).await;
+        let may_switch = self.settings.client_auth == ClientAuth::Auto
+            && self.client_auth_learned.get().is_none();
+        match first {
+            Err(StoreError::Unauthorized { status, ref body })
+                if may_switch && refuses_client(status, body) =>
+            {
+                let other = match method {
+                    ClientAuth::ClientSecretPost => ClientAuth::ClientSecretBasic,
+                    _ => ClientAuth::ClientSecretPost,
+                };
+                let answer = self.fetch_with(other).await?;
+                let _ = self.client_auth_learned.set(other);
+                tracing::info!(client_auth = ?other, "the token endpoint refused the client by the other method; using this one from now on");
+                Ok(answer)
+            }
+            answer => answer,
+        }
+    }
+
+    async fn fetch_with(&self, method: ClientAuth) -> Result<TokenResponse, StoreError> {
         let endpoint = self.token_endpoint().await?;
         let s = &self.settings;
         let mut form: Vec<(&str, &str)> = match s.mode {
@@ -277,7 +309,7 @@ impl TokenSource {
             form.push(("scope", s.scope.as_str()));
         }
         let request = self.http.post(&endpoint);
-        let request = match client_auth(s) {
+        let request = match method {
             ClientAuth::ClientSecretPost => {
                 form.push(("client_id", s.client_id.as_str()));
                 form.push(("client_secret", s.client_secret.expose()));
@@ -287,6 +319,16 @@ impl TokenSource {
         };
         let request = request.form(&form);
         send_json(request, Route::Token, self.body_limits).await
+    }
+}
+
+/// The token endpoint's answer is about how the client authenticated (RFC 6749 §5.2), not about
+/// the grant (`invalid_grant`, `invalid_scope`: another method would not help).
+fn refuses_client(status: u16, body: &ErrorBody) -> bool {
+    match body.error.as_deref() {
+        Some("invalid_client" | "unauthorized_client" | "invalid_request") => true,
+        Some(_) => false,
+        None => status == 401,
     }
 }
 

@@ -216,3 +216,36 @@ async fn fifty_concurrent_callers_share_one_token_refresh_per_expiry() {
     assert!((5..=8).contains(&tokens), "{tokens} token requests");
     assert!(unauthorized <= 2, "{unauthorized} 401s");
 }
+
+#[tokio::test]
+async fn auto_client_auth_switches_once_to_the_method_the_endpoint_takes() {
+    let emu = EmulatorProcess::spawn();
+    let ids = ids(1);
+    create_store(&emu, "auth-switch", &ids).await;
+    emu.set_faults(json!({"token_client_auth": "client_secret_basic"}))
+        .await;
+    let token_url = emu.url("/auth/token");
+    let tweak = |method| {
+        let token_url = token_url.clone();
+        move |s: &mut cxrel::settings::Settings| {
+            s.cxone.auth.mode = AuthMode::ClientCredentials;
+            s.cxone.auth.client_auth = method;
+            s.cxone.auth.token_url = token_url;
+        }
+    };
+    // `auto` tries the form fields first (client_credentials), is refused, and switches.
+    let auto = client_for(&emu, tweak(ClientAuth::Auto));
+    auto.get_record("auth-switch", &ids[0]).await.unwrap();
+    let stats = emu.stats().await;
+    assert_eq!(route_count(&stats, "POST", "/auth/token", Some(401)), 1);
+    assert_eq!(stats["token_client_auth"]["client_secret_basic"], 1);
+    // An explicit method is not second-guessed: refused once, and that is the answer.
+    let explicit = client_for(&emu, tweak(ClientAuth::ClientSecretPost));
+    let err = explicit
+        .get_record("auth-switch", &ids[0])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "unauthorized");
+    let stats = emu.stats().await;
+    assert_eq!(route_count(&stats, "POST", "/auth/token", Some(401)), 2);
+}
