@@ -223,7 +223,7 @@ pub fn declared_datastore_id(json: &str) -> Option<String> {
     serde_json::from_str::<Peek>(json)
         .ok()?
         .datastore_id
-        .filter(|id| !id.is_empty() && id.chars().count() <= 128 && !id.contains(char::is_control))
+        .filter(|id| crate::job::printable_name(id))
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Typed settings, loaded once at start (SPEC §8): compiled-in `config/default.toml` and the file
-//! itself where the process runs (if present), then `config/{CXREL_ENV}.toml`, then `--config FILE`, then `CXREL__SECTION__KEY` environment variables.
+//! itself where the process runs (if present), then `config/{CXREL_ENV}.toml`, then
+//! `--config FILE`, then `CXREL__SECTION__KEY` environment variables.
 //! Unknown keys and bad values fail at start with a message naming the key.
 
 use std::net::SocketAddr;

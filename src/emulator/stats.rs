@@ -36,7 +36,6 @@ pub struct Stats {
     by_route: Mutex<HashMap<String, ByMethod>>,
     window: Mutex<Window>,
     patches: AtomicU64,
-    tokens: AtomicU64,
     /// Tokens issued to a client authenticated by HTTP Basic / by form fields.
     tokens_basic: AtomicU64,
     tokens_post: AtomicU64,
@@ -76,7 +75,6 @@ impl Stats {
     }
 
     pub fn token_issued(&self, client: ClientMethod) {
-        self.tokens.fetch_add(1, Ordering::Relaxed);
         let by_method = match client {
             ClientMethod::Basic => &self.tokens_basic,
             ClientMethod::Post => &self.tokens_post,
@@ -110,7 +108,6 @@ impl Stats {
         *lock(&self.window) = Window::default();
         for counter in [
             &self.patches,
-            &self.tokens,
             &self.tokens_basic,
             &self.tokens_post,
             &self.throttled,
@@ -136,14 +133,15 @@ impl Stats {
             }
         }
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let (basic, post) = (get(&self.tokens_basic), get(&self.tokens_post));
         json!({
             "requests_total": total,
             "requests": requests,
             "patch_count": get(&self.patches),
-            "token_count": get(&self.tokens),
+            "token_count": basic + post,
             "token_client_auth": {
-                "client_secret_basic": get(&self.tokens_basic),
-                "client_secret_post": get(&self.tokens_post),
+                "client_secret_basic": basic,
+                "client_secret_post": post,
             },
             "throttled_count": get(&self.throttled),
             "injected_error_count": get(&self.injected),

@@ -40,19 +40,16 @@ impl Interner {
     }
 
     pub fn get(&self, s: &str) -> Option<Ix> {
-        let s = canonical(s);
-        let s = s.as_ref();
-        let hash = FxBuildHasher.hash_one(s);
-        self.table.find(hash, |&ix| self.resolve(ix) == s).copied()
+        self.find(&canonical(s))
     }
 
     /// The index of `s`, adding it when new.
     pub fn intern(&mut self, s: &str) -> Result<Ix, GraphError> {
-        if let Some(ix) = self.get(s) {
-            return Ok(ix);
-        }
         let s = canonical(s);
         let s = s.as_ref();
+        if let Some(ix) = self.find(s) {
+            return Ok(ix);
+        }
         let ix = Ix::try_from(self.ends.len()).map_err(|_| GraphError::TooLarge)?;
         let end = u32::try_from(self.arena.len() + s.len()).map_err(|_| GraphError::TooLarge)?;
         self.arena.push_str(s);
@@ -63,6 +60,12 @@ impl Interner {
             FxBuildHasher.hash_one(resolve_in(arena, ends, other))
         });
         Ok(ix)
+    }
+
+    /// The index of an id already in its canonical spelling.
+    fn find(&self, s: &str) -> Option<Ix> {
+        let hash = FxBuildHasher.hash_one(s);
+        self.table.find(hash, |&ix| self.resolve(ix) == s).copied()
     }
 
     /// Gives back the room reserved while building.

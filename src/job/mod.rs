@@ -10,7 +10,7 @@ mod types;
 mod wire;
 
 pub use error::JobError;
-pub use parse::{JobLimits, MAX_NAME_CHARS, ParseContext};
+pub use parse::{JobLimits, MAX_NAME_CHARS, ParseContext, printable_name};
 pub use types::{CascadeAction, FieldName, Job, Mode, Operation, RecordId};
 pub(crate) use wire::{JobWire, TutorialWire};
 

@@ -334,7 +334,9 @@ fn datastore_id(given: Option<String>, path: &str, ctx: &ParseContext) -> Result
     Ok(id)
 }
 
-fn printable_name(s: &str) -> bool {
+/// 1..=[`MAX_NAME_CHARS`] characters, none of them control characters: the rule for job ids,
+/// field names and data store ids (and for ids read before a body parses).
+pub fn printable_name(s: &str) -> bool {
     !s.is_empty() && s.chars().count() <= MAX_NAME_CHARS && !s.chars().any(char::is_control)
 }
 

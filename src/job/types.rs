@@ -83,6 +83,12 @@ impl CascadeAction {
             CascadeAction::Delete => "delete",
         }
     }
+    /// The action `name` spells, in any case (`"Delete"`), as stores not our own may write it.
+    pub fn from_name_any_case(name: &str) -> Option<Self> {
+        [Self::None, Self::Update, Self::Delete]
+            .into_iter()
+            .find(|action| action.as_str().eq_ignore_ascii_case(name))
+    }
 }
 
 impl Mode {

@@ -577,10 +577,9 @@ fn budget_from_settings(settings: &Settings) -> Result<Arc<dyn RateBudget>, Stor
     }
 }
 
-/// Retry-After as delta-seconds (integer or decimal). An HTTP-date is ignored (the client's own
-/// backoff applies), as is anything unparsable.
-/// Retry-After as delta seconds or as an HTTP date (RFC 9110 §10.2.3), at most an hour. A date
-/// that is not in the future says nothing usable (clocks differ), so it counts as absent.
+/// Retry-After as delta seconds (integer or decimal) or as an HTTP date (RFC 9110 §10.2.3), at
+/// most an hour. A date that is not in the future says nothing usable (clocks differ), so it counts
+/// as absent, as does anything unparsable.
 fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     let wait = match value.parse::<f64>() {

@@ -77,11 +77,11 @@ impl RelationshipValue {
             .and_then(Value::as_array)
             .map(|ids| ids.iter().filter_map(stored_id).collect())
             .unwrap_or_default();
-        // Matched without regard to case ("Delete"); an unknown action reads as none.
+        // An unknown action reads as none.
         let cascade = value
             .get("cascade_action")
             .and_then(Value::as_str)
-            .and_then(|c| serde_json::from_value(Value::String(c.to_ascii_lowercase())).ok())
+            .and_then(CascadeAction::from_name_any_case)
             .unwrap_or_default();
         Self { ids, cascade }
     }

@@ -8,6 +8,7 @@ use lapin::BasicProperties;
 use uuid::Uuid;
 
 use crate::amqp::headers;
+use crate::job::printable_name;
 
 /// Namespace of the body-derived ids (a fixed random UUID; changing it changes every derived id).
 const BODY_NAMESPACE: Uuid = Uuid::from_u128(0x5d2c_1f0e_8a4b_4c1d_9e7f_3b6a_0c2d_4e8f);
@@ -19,10 +20,9 @@ pub fn default_job_id(properties: &BasicProperties, body: &[u8]) -> String {
         .as_ref()
         .map(|id| id.as_str().to_owned());
     let carried = || headers::get_str(&headers::table(properties), headers::JOB_ID);
-    // A job id is 1..=128 printable characters (SPEC §1, the parser's rule); anything else would be
-    // replaced by a fresh id on every delivery, so it is skipped here instead.
-    let usable =
-        |id: &String| !id.is_empty() && id.chars().count() <= 128 && !id.contains(char::is_control);
+    // The parser's rule for job ids (SPEC §1): an id it refuses would be replaced by a fresh one on
+    // every delivery, so it is skipped here instead.
+    let usable = |id: &String| printable_name(id);
     message_id
         .filter(usable)
         .or_else(|| carried().filter(usable))
