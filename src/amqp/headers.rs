@@ -31,6 +31,38 @@ pub fn table(properties: &BasicProperties) -> FieldTable {
     bounded(properties.headers().clone().unwrap_or_default())
 }
 
+/// `properties` with `headers`, for a copy of a message that cxrel publishes (retry, dead letter,
+/// replay). Two properties stay behind, as they do when RabbitMQ itself dead-letters: the
+/// per-message TTL `expiration` (a copy kept for a retry or for an operator must not expire out of
+/// the dead queue unseen) and `user_id`, which the broker checks against the publishing
+/// connection's user, so a job published by another AMQP user could never be settled.
+pub fn copy_properties(properties: &BasicProperties, headers: FieldTable) -> BasicProperties {
+    let p = properties;
+    let mut copy = BasicProperties::default().with_headers(headers);
+    macro_rules! keep {
+        ($($get:ident => $set:ident),*) => {
+            $(if let Some(v) = p.$get() { copy = copy.$set(v.clone()); })*
+        };
+    }
+    keep!(content_type => with_content_type, content_encoding => with_content_encoding,
+        delivery_mode => with_delivery_mode, priority => with_priority,
+        correlation_id => with_correlation_id, reply_to => with_reply_to,
+        message_id => with_message_id, timestamp => with_timestamp, kind => with_type,
+        app_id => with_app_id, cluster_id => with_cluster_id);
+    copy
+}
+
+/// `table` less the entry `key`.
+pub fn without(table: &FieldTable, key: &str) -> FieldTable {
+    let kept: std::collections::BTreeMap<ShortString, AMQPValue> = table
+        .inner()
+        .iter()
+        .filter(|(k, _)| k.as_str() != key)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    kept.into()
+}
+
 fn bounded(table: FieldTable) -> FieldTable {
     if table_len(&table) <= MAX_TABLE_BYTES {
         return table;
@@ -182,6 +214,24 @@ pub fn set_u64(table: &mut FieldTable, key: &str, value: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_copy_keeps_the_properties_but_not_the_ttl_or_the_user() {
+        let original = BasicProperties::default()
+            .with_message_id("m1".into())
+            .with_content_type("application/json".into())
+            .with_priority(3)
+            .with_expiration("10000".into())
+            .with_user_id("publisher".into());
+        let mut t = FieldTable::default();
+        set_str(&mut t, "x-a", "b");
+        let copy = copy_properties(&original, t);
+        assert_eq!(copy.message_id().as_ref().map(|m| m.as_str()), Some("m1"));
+        assert_eq!(copy.priority(), &Some(3));
+        assert_eq!(get_str(&table(&copy), "x-a").as_deref(), Some("b"));
+        assert!(copy.expiration().is_none());
+        assert!(copy.user_id().is_none());
+    }
 
     #[test]
     fn integers_round_trip_whatever_width_was_written() {

@@ -76,7 +76,8 @@ pub struct FilterArgs {
     /// Only this error code (x-cxrel-error-code).
     #[arg(long)]
     pub code: Option<String>,
-    /// Only this stage (x-cxrel-stage: parse, validate, apply, compensate).
+    /// Only this stage (x-cxrel-stage: parse, validate, apply, compensate, settle; broker for what
+    /// RabbitMQ dead-lettered itself).
     #[arg(long)]
     pub stage: Option<String>,
     /// Only this job id (x-cxrel-job-id or message id).

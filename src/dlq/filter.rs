@@ -13,7 +13,8 @@ use super::DeadLetter;
 pub struct Filter {
     /// `x-cxrel-error-code`.
     pub code: Option<String>,
-    /// `x-cxrel-stage` (parse, validate, apply, compensate).
+    /// `x-cxrel-stage` (parse, validate, apply, compensate, settle; `broker` when RabbitMQ
+    /// dead-lettered the message itself).
     pub stage: Option<String>,
     /// Job id or message id.
     pub job_id: Option<String>,

@@ -29,9 +29,33 @@ impl DeadLetter {
         headers::get_str(&headers::table(&self.properties), key)
     }
 
+    /// The worker's error code; for a message the broker dead-lettered itself (a publisher's TTL
+    /// ran out in the jobs queue, its length limit, its delivery limit) `broker_` and RabbitMQ's
+    /// reason, e.g. `broker_expired`; `unknown` when neither says.
     pub fn code(&self) -> String {
         self.header(headers::ERROR_CODE)
+            .or_else(|| Some(format!("broker_{}", self.broker_death()?.0)))
             .unwrap_or_else(|| "unknown".to_owned())
+    }
+
+    /// Why RabbitMQ first dead-lettered this message (`x-first-death-reason`) and when it last
+    /// did (the first, most recent, `x-death` entry), when it did.
+    fn broker_death(&self) -> Option<(String, Option<SystemTime>)> {
+        let table = headers::table(&self.properties);
+        let reason = headers::get_str(&table, "x-first-death-reason")?;
+        let time = match table.inner().get("x-death") {
+            Some(AMQPValue::FieldArray(deaths)) => deaths.as_slice().iter().find_map(|d| match d {
+                AMQPValue::FieldTable(d) => match d.inner().get("time") {
+                    Some(AMQPValue::Timestamp(t)) => {
+                        Some(SystemTime::UNIX_EPOCH + Duration::from_secs(*t))
+                    }
+                    _ => None,
+                },
+                _ => None,
+            }),
+            _ => None,
+        };
+        Some((reason, time))
     }
 
     pub fn job_id(&self) -> Option<String> {
@@ -61,8 +85,12 @@ impl DeadLetter {
         headers::get_u64(&headers::table(&self.properties), headers::ATTEMPTS).unwrap_or(0)
     }
 
+    /// When the worker last failed it, else when the broker dead-lettered it.
     pub fn last_failed_at(&self) -> Option<SystemTime> {
-        humantime::parse_rfc3339_weak(&self.header(headers::LAST_FAILED_AT)?).ok()
+        match self.header(headers::LAST_FAILED_AT) {
+            Some(at) => humantime::parse_rfc3339_weak(&at).ok(),
+            None => self.broker_death()?.1,
+        }
     }
 
     /// Time since the last failure; `None` when the header is missing or in the future.
@@ -74,8 +102,10 @@ impl DeadLetter {
         self.header(headers::ERROR_MESSAGE).unwrap_or_default()
     }
 
+    /// The worker's stage; `broker` when the broker dead-lettered the message itself.
     pub fn stage(&self) -> String {
         self.header(headers::STAGE)
+            .or_else(|| self.broker_death().map(|_| "broker".to_owned()))
             .unwrap_or_else(|| "unknown".to_owned())
     }
 
@@ -131,7 +161,10 @@ impl DeadLetter {
             "datastore_id": self.datastore(),
             "attempts": self.attempts(),
             "age_seconds": self.age(now).map(|a| a.as_secs()),
-            "last_failed_at": self.header(headers::LAST_FAILED_AT),
+            "last_failed_at": self.header(headers::LAST_FAILED_AT).or_else(|| {
+                let at = self.last_failed_at()?;
+                Some(humantime::format_rfc3339_millis(at).to_string())
+            }),
             "error": self.error_message(),
             "replay_count": self.replay_count(),
         })
@@ -164,7 +197,7 @@ impl DeadLetter {
         headers::set_str(&mut kept, REPLAYED_AT, now);
         headers::set_str(&mut kept, REPLAY_REASON, reason);
         headers::set_u64(&mut kept, REPLAY_COUNT, self.replay_count() + 1);
-        self.properties.clone().with_headers(kept)
+        headers::copy_properties(&self.properties, kept)
     }
 }
 
@@ -253,6 +286,31 @@ pub(crate) mod tests {
         assert!(
             entry.contains("server_error after 3 attempts: store is back"),
             "{entry}"
+        );
+    }
+
+    #[test]
+    fn a_message_the_broker_dead_lettered_reads_its_reason_and_time_from_x_death() {
+        let mut death = FieldTable::default();
+        headers::set_str(&mut death, "reason", "expired");
+        death.insert("time".into(), AMQPValue::Timestamp(1_700_000_000));
+        let mut t = FieldTable::default();
+        headers::set_str(&mut t, "x-first-death-reason", "expired");
+        t.insert(
+            "x-death".into(),
+            AMQPValue::FieldArray(vec![AMQPValue::FieldTable(death)].into()),
+        );
+        let letter = DeadLetter {
+            properties: BasicProperties::default().with_headers(t),
+            body: b"{}".to_vec(),
+        };
+        assert_eq!(letter.code(), "broker_expired");
+        assert_eq!(letter.stage(), "broker");
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(letter.last_failed_at(), Some(at));
+        assert_eq!(
+            letter.to_row(SystemTime::now())["last_failed_at"],
+            "2023-11-14T22:13:20.000Z"
         );
     }
 

@@ -14,7 +14,7 @@ use lapin::{BasicProperties, Channel, Connection};
 
 use super::browse::wait_until_ready;
 use super::{DeadLetter, DlqError, depth};
-use crate::amqp::Publisher;
+use crate::amqp::{Publisher, headers};
 
 /// What to do with one message.
 pub enum Decision {
@@ -111,7 +111,8 @@ async fn take_each(
                     report.ids.push(letter.display_id());
                 }
                 Decision::Keep => {
-                    let properties = letter.properties.clone();
+                    let kept = letter.properties.headers().clone().unwrap_or_default();
+                    let properties = headers::copy_properties(&letter.properties, kept);
                     confirmed(publisher.to_queue(dead, &letter.body, properties)).await?;
                 }
             }

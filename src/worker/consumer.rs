@@ -296,7 +296,8 @@ async fn process<H: JobHandler>(
     );
     let previous = job.previous_attempts;
     async move {
-        let outcome = match unsettled_deliveries(&table, settler.topology.delivery_limit()) {
+        let limit = settler.topology.delivery_limit();
+        let outcome = match unsettled_deliveries(&table, delivery.redelivered, limit) {
             Some(failure) => Outcome::failed(job_context(&settler, &job), failure),
             None => handler.handle(job).await,
         };
@@ -349,8 +350,17 @@ async fn settle_with_backoff(
 const SETTLE_ATTEMPTS: usize = 5;
 
 /// A failure when the broker has delivered this message `limit` times already without it being
-/// settled (each time the worker died or lost its connection first).
-fn unsettled_deliveries(table: &lapin::types::FieldTable, limit: u32) -> Option<Failure> {
+/// settled (each time the worker died or lost its connection first). The count is read only on a
+/// redelivery, when the quorum queue has written it: on a first delivery an `x-delivery-count`
+/// is the publisher's (forwarded from its own queue, say) and says nothing about this worker.
+fn unsettled_deliveries(
+    table: &lapin::types::FieldTable,
+    redelivered: bool,
+    limit: u32,
+) -> Option<Failure> {
+    if !redelivered {
+        return None;
+    }
     let count = headers::get_u64(table, headers::DELIVERY_COUNT)?;
     (count >= u64::from(limit)).then(|| {
         Failure::new(

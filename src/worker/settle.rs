@@ -201,7 +201,8 @@ pub fn previous_attempts(delivery: &Delivery) -> u64 {
     headers::get_u64(&headers::table(&delivery.properties), headers::ATTEMPTS).unwrap_or(0)
 }
 
-/// The original properties (message id, content type, trace context) plus the failure headers.
+/// The original properties (message id, content type, trace context; not the TTL, see
+/// [`headers::copy_properties`]) plus the failure headers.
 fn failure_properties(
     delivery: &Delivery,
     outcome: &Outcome,
@@ -223,7 +224,9 @@ fn failure_properties(
     headers::set_str(&mut table, headers::STAGE, failure.stage.as_str());
     headers::set_u64(&mut table, headers::ATTEMPTS, attempts);
     headers::set_str(&mut table, headers::JOB_ID, outcome.context.job_id.clone());
-    delivery.properties.clone().with_headers(table)
+    // The old message's redelivery count would read as this copy's own.
+    let table = headers::without(&table, headers::DELIVERY_COUNT);
+    headers::copy_properties(&delivery.properties, table)
 }
 
 fn truncate(message: &str, max: usize) -> String {

@@ -195,6 +195,8 @@ async fn bad_bodies_with_odd_headers_still_end_coded_in_the_dead_queue() {
         )
         .await;
     }
+    // Past the TTL one case was published with (a dead letter must outlive it).
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let dead = b.dead_letters(cases.len()).await;
     for (i, case) in cases.iter().enumerate() {
         let letter = dead

@@ -438,6 +438,12 @@ pub fn odd_metadata() -> Vec<OddMetadata> {
             "x-death",
             AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(forged_death)])),
         ),
+        // A publisher forwarding from its own quorum queue: the count is not this worker's.
+        with_header(
+            "forwarded x-delivery-count",
+            "x-delivery-count",
+            AMQPValue::LongInt(999),
+        ),
         junk_header("huge junk header", 60 * 1024),
         junk_header("headers at the frame limit", HEADERS_AT_FRAME_LIMIT),
         with_header(
@@ -487,5 +493,10 @@ pub fn odd_metadata_for_bad_bodies() -> Vec<OddMetadata> {
             cxrel::amqp::headers::ERROR_CODE,
             long_string("applied"),
         ),
+        // The test waits past the TTL: the dead letter must not expire with it.
+        OddMetadata {
+            name: "bad body, publisher TTL of 1.5 s",
+            properties: BasicProperties::default().with_expiration("1500".into()),
+        },
     ]
 }
