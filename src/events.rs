@@ -96,10 +96,16 @@ impl CloudEvent {
     }
 }
 
-/// The stable id of an event: the same job, operation and type always give the same id.
-pub fn event_id(job_id: &str, operation: Option<usize>, ty: EventType) -> String {
+/// The stable id of an event: the same job, operation and type always give the same id, within
+/// one run of the job. `replay` is how often an operator replayed the job from the dead letters
+/// (0 for its first run, whose ids it leaves as they always were): a replay is a new run whose
+/// outcome may differ, so its events must not be dropped as duplicates of the failed run's.
+pub fn event_id(job_id: &str, operation: Option<usize>, ty: EventType, replay: u64) -> String {
     let index = operation.map_or_else(|| "job".to_owned(), |i| i.to_string());
-    let name = format!("{job_id}\u{1f}{index}\u{1f}{}", ty.as_str());
+    let mut name = format!("{job_id}\u{1f}{index}\u{1f}{}", ty.as_str());
+    if replay > 0 {
+        name.push_str(&format!("\u{1f}replay {replay}"));
+    }
     Uuid::new_v5(&EVENT_ID_NAMESPACE, name.as_bytes()).to_string()
 }
 
@@ -111,6 +117,8 @@ pub struct EventContext {
     pub job_id: String,
     pub datastore_id: String,
     pub traceparent: Option<String>,
+    /// Replays of the job so far (`x-cxrel-replay-count`); part of its event ids.
+    pub replay: u64,
 }
 
 /// The result of one operation, as listed in `cxrel.job.completed`.
@@ -295,7 +303,7 @@ impl EventContext {
     ) -> CloudEvent {
         CloudEvent {
             specversion: SPEC_VERSION.to_owned(),
-            id: event_id(&self.job_id, operation, ty),
+            id: event_id(&self.job_id, operation, ty, self.replay),
             source: self.source.clone(),
             ty,
             time: now_rfc3339(),
@@ -321,12 +329,19 @@ pub fn now_rfc3339() -> String {
 mod tests {
     use super::*;
 
+    impl EventContext {
+        fn job_completed_id(&self) -> String {
+            event_id(&self.job_id, None, EventType::JobCompleted, self.replay)
+        }
+    }
+
     fn context() -> EventContext {
         EventContext {
             source: "cxrel://test".into(),
             job_id: "job-1".into(),
             datastore_id: "accounts".into(),
             traceparent: None,
+            replay: 0,
         }
     }
 
@@ -350,6 +365,28 @@ mod tests {
         assert_eq!(a.id, b.id);
         let rejected = context().relationship(EventType::Rejected, &outcome());
         assert_ne!(a.id, rejected.id);
+    }
+
+    #[test]
+    fn a_replayed_job_gets_new_ids_that_its_redeliveries_repeat() {
+        let first = context().job_completed_id();
+        let replayed = EventContext {
+            replay: 1,
+            ..context()
+        };
+        assert_ne!(replayed.job_completed_id(), first);
+        assert_eq!(
+            replayed.job_completed_id(),
+            replayed.clone().job_completed_id()
+        );
+        assert_ne!(
+            EventContext {
+                replay: 2,
+                ..context()
+            }
+            .job_completed_id(),
+            replayed.job_completed_id()
+        );
     }
 
     #[test]

@@ -11,6 +11,8 @@ pub const JOB_ID: &str = "x-cxrel-job-id";
 pub const FIRST_FAILED_AT: &str = "x-cxrel-first-failed-at";
 pub const LAST_FAILED_AT: &str = "x-cxrel-last-failed-at";
 pub const REPLAYED: &str = "x-cxrel-replayed";
+/// How many times a dead letter has been replayed in all.
+pub const REPLAY_COUNT: &str = "x-cxrel-replay-count";
 pub const TRACEPARENT: &str = "traceparent";
 /// Set by quorum queues on a redelivered message: deliveries that ended without an ack.
 pub const DELIVERY_COUNT: &str = "x-delivery-count";

@@ -25,10 +25,18 @@ pub struct DeadLetterRecord {
     pub message_id: Option<String>,
     /// AMQP `content_type` of the original message.
     pub content_type: Option<String>,
+    /// The other AMQP properties the message carries, by their AMQP names (`content_encoding`,
+    /// `delivery_mode`, `priority`, `correlation_id`, `reply_to`, `expiration`, `timestamp`,
+    /// `type`, `user_id`, `app_id`, `cluster_id`); unset ones are left out.
+    #[serde(default)]
+    pub properties: serde_json::Map<String, Value>,
     pub headers: DeadLetterHeaders,
-    /// The original body, byte for byte: its JSON value when it parses (usually a job), else its
-    /// text as a string.
+    /// The original body, for reading: its JSON value when it parses (usually a job), else its
+    /// text as a string (invalid UTF-8 replaced). `body_base64` is the exact copy.
     pub body: Value,
+    /// The original body byte for byte, base64 (standard alphabet, padded): what a restore
+    /// publishes.
+    pub body_base64: String,
 }
 
 pub fn define(defs: &mut Defs, _settings: &Settings) -> Result<&'static str, ContractError> {
@@ -87,5 +95,8 @@ mod tests {
         };
         assert_eq!((h.error_code.as_str(), h.attempts), ("cycle_detected", 1));
         assert_eq!(record.body, "{not json");
+        use base64::Engine;
+        let exact = base64::engine::general_purpose::STANDARD.decode(&record.body_base64);
+        assert_eq!(exact.unwrap(), letter.body);
     }
 }

@@ -31,8 +31,9 @@ pub fn define(defs: &mut Defs, _settings: &Settings) -> Result<&'static str, Con
     let description = format!(
         "A cxrel result event: CloudEvents 1.0 in structured mode, the whole event is the JSON \
          body (AMQP content_type and webhook Content-Type {STRUCTURED_CONTENT_TYPE}; \
-         datacontenttype {DATA_CONTENT_TYPE}). The event id repeats when a job is redelivered: \
-         drop duplicates by id."
+         datacontenttype {DATA_CONTENT_TYPE}). The event id repeats when a job is redelivered or \
+         retried: drop duplicates by id. A job an operator replays from the dead letters is a new \
+         run, and its events get new ids."
     );
     defs.insert(
         ROOT,

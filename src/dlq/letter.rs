@@ -3,6 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use base64::Engine;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
 use serde_json::{Value, json};
@@ -15,7 +16,7 @@ pub const REPLAYED_AT: &str = "x-cxrel-replayed-at";
 /// Why the operator replayed it, as typed.
 pub const REPLAY_REASON: &str = "x-cxrel-replay-reason";
 /// How many times it has been replayed in all.
-pub const REPLAY_COUNT: &str = "x-cxrel-replay-count";
+pub const REPLAY_COUNT: &str = headers::REPLAY_COUNT;
 
 /// One dead-lettered message.
 #[derive(Debug, Clone)]
@@ -137,16 +138,18 @@ impl DeadLetter {
         }
     }
 
-    /// Headers, properties and body as one JSON object (for `show` and `export`). A body that is
-    /// not JSON is kept as a string.
+    /// Headers, properties and body as one JSON object (for `show` and `export`): `body` for
+    /// reading (a body that is not JSON is kept as a string), `body_base64` byte for byte.
     pub fn to_json(&self) -> Value {
         let body = serde_json::from_slice::<Value>(&self.body)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&self.body).into_owned()));
         json!({
             "message_id": self.message_id(),
             "content_type": self.properties.content_type().as_ref().map(|c| c.as_str()),
+            "properties": properties_to_json(&self.properties),
             "headers": table_to_json(&headers::table(&self.properties)),
             "body": body,
+            "body_base64": base64::engine::general_purpose::STANDARD.encode(&self.body),
         })
     }
 
@@ -209,6 +212,34 @@ fn is_reset_on_replay(key: &str) -> bool {
         || key.starts_with("x-death")
         || key.starts_with("x-first-death")
         || key.starts_with("x-last-death")
+}
+
+/// The properties besides message id, content type and headers (those have keys of their own).
+fn properties_to_json(p: &BasicProperties) -> Value {
+    let mut out = serde_json::Map::new();
+    let mut text = |key: &str, value: &Option<lapin::types::ShortString>| {
+        if let Some(v) = value {
+            out.insert(key.to_owned(), json!(v.as_str()));
+        }
+    };
+    text("content_encoding", p.content_encoding());
+    text("correlation_id", p.correlation_id());
+    text("reply_to", p.reply_to());
+    text("expiration", p.expiration());
+    text("type", p.kind());
+    text("user_id", p.user_id());
+    text("app_id", p.app_id());
+    text("cluster_id", p.cluster_id());
+    if let Some(v) = p.delivery_mode() {
+        out.insert("delivery_mode".into(), json!(v));
+    }
+    if let Some(v) = p.priority() {
+        out.insert("priority".into(), json!(v));
+    }
+    if let Some(v) = p.timestamp() {
+        out.insert("timestamp".into(), json!(v));
+    }
+    Value::Object(out)
 }
 
 pub(crate) fn table_to_json(table: &FieldTable) -> Value {

@@ -1,15 +1,18 @@
 //! The apply stage: sends a plan's PATCHes (parents of one job in parallel up to a bound) through
-//! the rate-limited client with `If-Match`, updates the graph after each success, skips PATCHes
-//! whose value is already stored (a redelivered job), reads a parent back when a PATCH's outcome is
-//! unknown, and restores parents when an atomic job must be compensated.
+//! the rate-limited client with `If-Match`, updates the graph after each success, reads a parent
+//! instead of writing it when the graph shows the value already stored (a redelivered job), reads
+//! a parent back when a PATCH's outcome is unknown, and restores parents when an atomic job must be
+//! compensated.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::datastore::LiveDataStore;
+use crate::error::ErrorClass;
 use crate::graph::{FieldValue, PatchPlan, Plan};
 use crate::job::CascadeAction;
 use crate::store::{Record, RelationshipValue, StoreClient, StoreError};
@@ -118,22 +121,76 @@ pub async fn compensate(
         .await
 }
 
+/// Times a restore is tried when the store answers 409 (locked), a transient error, or 412 while
+/// the parent still holds what the job wrote.
+const RESTORE_ATTEMPTS: u32 = 5;
+
+/// Puts `patch.previous` back onto a parent the job wrote (or may have: a PATCH whose outcome
+/// stayed unknown is restored when the parent is seen holding its values). A 409 or another transient error waits
+/// and tries again; a 412 reads the parent: if its relationship fields still hold what the job
+/// wrote (another writer changed only other fields), the restore goes again on the new version;
+/// if they hold something else, that writer's value stays and the restore is a conflict.
 async fn restore(
     store: &StoreClient,
     live: &LiveDataStore,
     patch: &PatchPlan,
     result: &PatchResult,
 ) -> Option<PatchResult> {
-    match result {
+    let mut if_match = match result {
         PatchResult::Applied {
             version,
             wrote: true,
-        } => Some(send(store, live, patch, &patch.previous, Some(*version)).await),
-        _ => None,
+        } => *version,
+        // No answer even after reading back: restore only what is seen to have landed.
+        PatchResult::Failed(e) if outcome_unknown(e) => {
+            let record = store
+                .get_record(live.id(), patch.parent.as_str())
+                .await
+                .ok()?;
+            let _ = live.update_record(&record);
+            if !holds(&record, &patch.fields) {
+                return None;
+            }
+            record.version
+        }
+        _ => return None,
+    };
+    let mut outcome = PatchResult::NotSent;
+    for attempt in 0..RESTORE_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+        }
+        outcome = send(store, live, patch, &patch.previous, Some(if_match)).await;
+        match &outcome {
+            PatchResult::Applied { .. } => break,
+            PatchResult::Failed(e) if e.class() == ErrorClass::Transient => {}
+            PatchResult::Conflict => match store.get_record(live.id(), patch.parent.as_str()).await
+            {
+                Ok(record) => {
+                    let _ = live.update_record(&record);
+                    if holds(&record, &patch.previous) {
+                        return Some(PatchResult::Applied {
+                            version: record.version,
+                            wrote: true,
+                        });
+                    }
+                    if !holds(&record, &patch.fields) {
+                        break;
+                    }
+                    if_match = record.version;
+                }
+                Err(e) => outcome = PatchResult::Failed(e),
+            },
+            _ => break,
+        }
     }
+    Some(outcome)
 }
 
-/// One PATCH of `values` onto `patch.parent`, or none when the graph shows them already stored.
+/// One PATCH of `values` onto `patch.parent`. When the graph shows them already stored (a
+/// redelivered job), the parent is read instead: the graph may be stale, and a value reported
+/// applied must be the stored one. A PATCH of unknown outcome is read back; when it did not land,
+/// it is sent again within the `[retry]` budget.
 async fn send(
     store: &StoreClient,
     live: &LiveDataStore,
@@ -142,28 +199,57 @@ async fn send(
     if_match: Option<u64>,
 ) -> PatchResult {
     let parent = patch.parent.as_str();
-    if let Some(version) = already_stored(live, parent, values) {
-        return PatchResult::Applied {
-            version,
-            wrote: false,
-        };
+    if already_stored(live, parent, values).is_some() {
+        return confirm_stored(store, live, parent, values).await;
     }
-    match store
-        .patch_record(live.id(), parent, &body(values), if_match)
-        .await
-    {
-        Ok(record) => {
-            record_written(live, parent, values, record.version);
-            PatchResult::Applied {
-                version: record.version,
-                wrote: true,
+    let mut delays = store.retry_policy().backoff();
+    loop {
+        let error = match store
+            .patch_record(live.id(), parent, &body(values), if_match)
+            .await
+        {
+            Ok(record) => {
+                record_written(live, parent, values, record.version);
+                return PatchResult::Applied {
+                    version: record.version,
+                    wrote: true,
+                };
             }
+            // 412: changed since the graph was read; the parent is read again and the job
+            // revalidated. (A 404 is the store saying the parent is gone: permanent, compensated.)
+            Err(StoreError::VersionMismatch { .. }) => return PatchResult::Conflict,
+            Err(error) if outcome_unknown(&error) => error,
+            Err(error) => return PatchResult::Failed(error),
+        };
+        match read_back(store, live, parent, values, if_match).await {
+            ReadBack::Settled(result) => return result,
+            ReadBack::NotWritten => match delays.next() {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => return PatchResult::Failed(error),
+            },
+            ReadBack::Unreadable => return PatchResult::Failed(error),
         }
-        // 412: changed since the graph was read; the parent is read again and the job revalidated.
-        // (A 404 is the store itself saying the parent is gone: a permanent failure, compensated.)
-        Err(StoreError::VersionMismatch { .. }) => PatchResult::Conflict,
-        Err(error) if outcome_unknown(&error) => {
-            read_back(store, live, parent, values, if_match, error).await
+    }
+}
+
+/// The graph says `values` are stored: the parent's own answer says whether they are.
+async fn confirm_stored(
+    store: &StoreClient,
+    live: &LiveDataStore,
+    parent: &str,
+    values: &[FieldValue],
+) -> PatchResult {
+    match store.get_record(live.id(), parent).await {
+        Ok(record) => {
+            let _ = live.update_record(&record);
+            if holds(&record, values) {
+                PatchResult::Applied {
+                    version: record.version,
+                    wrote: false,
+                }
+            } else {
+                PatchResult::Conflict
+            }
         }
         Err(error) => PatchResult::Failed(error),
     }
@@ -182,22 +268,26 @@ fn outcome_unknown(error: &StoreError) -> bool {
     )
 }
 
-/// Settles a PATCH of unknown outcome by reading the parent back: our values → applied; the
-/// version we sent `If-Match` with → not written (the original error stands); anything else → a
-/// conflict to revalidate. When the read fails too, the original error stands (a later retry sees
-/// the stored state).
+/// What reading a parent back after a PATCH of unknown outcome showed.
+enum ReadBack {
+    /// Our values (applied) or another writer's version (a conflict to revalidate).
+    Settled(PatchResult),
+    /// Still the version the PATCH was sent `If-Match` with: it did not land.
+    NotWritten,
+    /// The read failed too; the PATCH's own error stands (a later retry sees the stored state).
+    Unreadable,
+}
+
 async fn read_back(
     store: &StoreClient,
     live: &LiveDataStore,
     parent: &str,
     values: &[FieldValue],
     if_match: Option<u64>,
-    error: StoreError,
-) -> PatchResult {
+) -> ReadBack {
     metrics::counter!("cxrel_patch_read_backs_total").increment(1);
-    let record = match store.get_record(live.id(), parent).await {
-        Ok(record) => record,
-        Err(_) => return PatchResult::Failed(error),
+    let Ok(record) = store.get_record(live.id(), parent).await else {
+        return ReadBack::Unreadable;
     };
     let _ = live.update_record(&record);
     if holds(&record, values) {
@@ -206,15 +296,15 @@ async fn read_back(
             version = record.version,
             "PATCH outcome read back: stored"
         );
-        return PatchResult::Applied {
+        return ReadBack::Settled(PatchResult::Applied {
             version: record.version,
             wrote: true,
-        };
+        });
     }
     if Some(record.version) == if_match {
-        return PatchResult::Failed(error);
+        return ReadBack::NotWritten;
     }
-    PatchResult::Conflict
+    ReadBack::Settled(PatchResult::Conflict)
 }
 
 /// True when `record` stores exactly `values`.
@@ -225,15 +315,17 @@ fn holds(record: &Record, values: &[FieldValue]) -> bool {
     })
 }
 
-/// True when `ids` (in order) and `cascade` are exactly `value`: the read-back and the
-/// already-stored check compare the same way.
+/// True when `ids` and `cascade` are `value`: the same children in any order (a store may keep
+/// them sorted) and the same cascade. The read-back and the already-stored check compare alike.
 fn is_value<S: AsRef<str>>(ids: &[S], cascade: CascadeAction, value: &FieldValue) -> bool {
-    cascade == value.cascade
-        && ids.len() == value.ids.len()
-        && ids
-            .iter()
-            .zip(&value.ids)
-            .all(|(a, b)| a.as_ref() == b.as_str())
+    if cascade != value.cascade || ids.len() != value.ids.len() {
+        return false;
+    }
+    let mut stored: Vec<&str> = ids.iter().map(AsRef::as_ref).collect();
+    let mut wanted: Vec<&str> = value.ids.iter().map(|id| id.as_str()).collect();
+    stored.sort_unstable();
+    wanted.sort_unstable();
+    stored == wanted
 }
 
 /// Records a landed PATCH in the graph.
@@ -268,4 +360,27 @@ fn body(values: &[FieldValue]) -> Map<String, Value> {
             (v.field.as_str().to_owned(), value.to_json())
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{FieldName, RecordId};
+
+    fn value(ids: &[&str], cascade: CascadeAction) -> FieldValue {
+        FieldValue {
+            field: FieldName::new("link"),
+            ids: ids.iter().map(|id| RecordId::new(id)).collect(),
+            cascade,
+        }
+    }
+
+    #[test]
+    fn a_stored_value_matches_in_any_order_but_not_with_other_children_or_cascade() {
+        let wanted = value(&["a", "b"], CascadeAction::Update);
+        assert!(is_value(&["b", "a"], CascadeAction::Update, &wanted));
+        assert!(!is_value(&["a", "c"], CascadeAction::Update, &wanted));
+        assert!(!is_value(&["a"], CascadeAction::Update, &wanted));
+        assert!(!is_value(&["a", "b"], CascadeAction::None, &wanted));
+    }
 }

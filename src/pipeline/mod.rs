@@ -89,6 +89,7 @@ impl Pipeline {
                         .or_else(|| self.parse.default_datastore.clone())
                         .unwrap_or_default(),
                     traceparent,
+                    replay: incoming.replay,
                 };
                 tracing::info!(target: "audit", job_id = %context.job_id, outcome = "rejected", code = error.code(), attempt, "job body rejected: {error}");
                 let failure =
@@ -101,6 +102,7 @@ impl Pipeline {
             job_id: job.job_id.clone(),
             datastore_id: job.datastore_id.clone(),
             traceparent,
+            replay: incoming.replay,
         };
         let _guard = self.locks.acquire(lock_keys(&job)).await;
         let (statuses, failure) = self.execute(&job, &incoming.lease).await;
@@ -192,11 +194,14 @@ impl Pipeline {
                     .roll_back(&live, &plan, &results, &mut statuses, failed)
                     .await;
                 if failure.is_some() {
+                    // The retry then validates against what the 412s said is stored.
+                    let _ = self.refresh(&live, &conflicts).await;
                     return (statuses, failure);
                 }
             } else {
                 mark_results(&plan, &results, &mut statuses);
                 if let Some(error) = failed {
+                    let _ = self.refresh(&live, &conflicts).await;
                     return (statuses, Some(apply_failure(error)));
                 }
             }

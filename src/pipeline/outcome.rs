@@ -16,6 +16,8 @@ pub struct IncomingJob {
     pub default_job_id: String,
     /// Attempts made before this one (from `x-cxrel-attempts`).
     pub previous_attempts: u64,
+    /// Replays from the dead letters so far (`x-cxrel-replay-count`).
+    pub replay: u64,
     pub redelivered: bool,
     /// This job's span in the caller's trace (or a new trace).
     pub trace: TraceParent,

@@ -251,6 +251,14 @@ impl StoreError {
         )
     }
 
+    /// Whether the client itself retries this for a write: only answers that say the request was
+    /// not processed (429, 408, 425). A 5xx, a timeout or a broken connection leave the write's
+    /// outcome unknown; sent again with the same `If-Match`, a write that did land draws a 412 of
+    /// its own making, so the apply stage reads the parent back instead.
+    pub fn is_retryable_before_write(&self) -> bool {
+        matches!(self, Self::RateLimited { .. } | Self::RetryLater { .. })
+    }
+
     /// Maps a non-success answer of a data-store call to its variant (`attempts` = 1; the retry
     /// loop fills in the real count).
     pub fn from_status(status: u16, body: ErrorBody, retry_after: Option<Duration>) -> Self {

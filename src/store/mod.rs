@@ -366,12 +366,22 @@ impl StoreClient {
             }
             Ok(extra(request))
         };
+        let retryable = if method == Method::PATCH {
+            StoreError::is_retryable_before_write
+        } else {
+            StoreError::is_retryable_in_client
+        };
         self.inner
             .retry
-            .run(route, |attempt| {
+            .run_if(route, retryable, |attempt| {
                 self.attempt(route, &correlation_id, attempt, &make)
             })
             .await
+    }
+
+    /// The `[retry]` limits, for callers that settle a write of unknown outcome themselves.
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.inner.retry
     }
 
     /// One attempt, including the single 401 refresh-and-retry.

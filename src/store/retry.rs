@@ -40,7 +40,8 @@ impl From<&RetrySettings> for RetryPolicy {
 }
 
 impl RetryPolicy {
-    fn backoff(&self) -> impl Iterator<Item = Duration> {
+    /// The delays between attempts (at most `max_attempts - 1`, `max_elapsed` in all).
+    pub fn backoff(&self) -> impl Iterator<Item = Duration> + Send + use<> {
         ExponentialBuilder::new()
             .with_min_delay(self.min_backoff)
             .with_max_delay(self.max_backoff.max(self.min_backoff))
@@ -53,7 +54,22 @@ impl RetryPolicy {
 
     /// Runs `attempt(n)` (n from 1) until it succeeds, fails permanently, or the budget is spent.
     /// The returned error carries the number of attempts made.
-    pub async fn run<T, F, Fut>(&self, route: Route, mut attempt: F) -> Result<T, StoreError>
+    pub async fn run<T, F, Fut>(&self, route: Route, attempt: F) -> Result<T, StoreError>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        self.run_if(route, StoreError::is_retryable_in_client, attempt)
+            .await
+    }
+
+    /// [`run`](Self::run), retrying only the errors `retryable` accepts.
+    pub async fn run_if<T, F, Fut>(
+        &self,
+        route: Route,
+        retryable: fn(&StoreError) -> bool,
+        mut attempt: F,
+    ) -> Result<T, StoreError>
     where
         F: FnMut(u32) -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
@@ -64,7 +80,7 @@ impl RetryPolicy {
         loop {
             let error = match attempt(n).await {
                 Ok(value) => return Ok(value),
-                Err(e) if !e.is_retryable_in_client() => return Err(e),
+                Err(e) if !retryable(&e) => return Err(e),
                 Err(e) => e,
             };
             if n >= self.max_attempts {

@@ -283,6 +283,7 @@ async fn process<H: JobHandler>(
         body: delivery.data.clone(),
         default_job_id: identity::default_job_id(&delivery.properties, &delivery.data),
         previous_attempts: previous_attempts(&delivery),
+        replay: headers::get_u64(&table, headers::REPLAY_COUNT).unwrap_or(0),
         redelivered: delivery.redelivered,
         trace: trace.clone(),
         lease,
@@ -381,6 +382,7 @@ fn job_context(settler: &Settler, job: &IncomingJob) -> EventContext {
         job_id: crate::pipeline::job_id_of_unparsed(&job.body, &job.default_job_id),
         datastore_id: String::new(),
         traceparent: Some(job.trace.header()),
+        replay: job.replay,
     }
 }
 

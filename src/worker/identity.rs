@@ -23,6 +23,14 @@ pub fn default_job_id(properties: &BasicProperties, body: &[u8]) -> String {
     // The parser's rule for job ids (SPEC §1): an id it refuses would be replaced by a fresh one on
     // every delivery, so it is skipped here instead.
     let usable = |id: &String| printable_name(id);
+    if let Some(id) = message_id.as_ref().filter(|id| !usable(id)) {
+        let start: String = id.chars().take(40).collect();
+        tracing::warn!(
+            message_id_start = ?start,
+            message_id_chars = id.chars().count(),
+            "AMQP message_id cannot be a job id (1-128 characters, no control characters); passed over"
+        );
+    }
     message_id
         .filter(usable)
         .or_else(|| carried().filter(usable))

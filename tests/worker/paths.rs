@@ -297,13 +297,8 @@ async fn one_large_job_takes_only_its_share_of_the_webhook_queue_and_parks_the_r
 async fn a_patch_whose_answer_is_lost_is_read_back_and_counted_applied_at_once() {
     let emu = emulator_with(2).await;
     let mut q = queues("readback", &[200]).await;
-    // One attempt in the client: the lost answer is not hidden by an in-client retry's 412.
-    let config = test_config(&emu.base, q.topology.prefix()).store_retry(
-        1,
-        QUICK_BACKOFF,
-        Duration::from_secs(5),
-    );
-    let worker = WorkerProcess::spawn(&config);
+    // The default client retries: a PATCH of unknown outcome is read back, not sent again.
+    let worker = WorkerProcess::spawn(&test_config(&emu.base, q.topology.prefix()));
     worker.wait_ready(Duration::from_secs(30)).await;
     emu.set_faults(json!({"lose_patch_answers": true})).await;
     publish_jobs(&q.publisher, &q.topology, &pair_jobs("lost", 1)).await;
@@ -320,5 +315,81 @@ async fn a_patch_whose_answer_is_lost_is_read_back_and_counted_applied_at_once()
     assert_eq!(counter(&worker, RETRIED).await, 0.0, "no hold-queue round");
     assert!(counter(&worker, "cxrel_patch_read_backs_total").await >= 1.0);
     broker::assert_no_dead_letters(&q.channel, &q.topology).await;
+    broker::teardown(&q.channel, &q.topology).await;
+}
+
+#[tokio::test]
+async fn an_atomic_job_whose_first_answer_is_lost_and_second_parent_locked_restores_the_first() {
+    let emu = emulator_with(4).await;
+    let mut q = queues("lostlocked", &[200, 400]).await;
+    let config = test_config(&emu.base, q.topology.prefix()).retry_delays(&millis(&[200, 400]));
+    let worker = WorkerProcess::spawn(&config);
+    worker.wait_ready(Duration::from_secs(30)).await;
+    // Every PATCH lands but its answer is lost; r2 answers 409 throughout.
+    emu.set_faults(json!({"lose_patch_answers": true})).await;
+    emu.lock_record("accounts", &rid("r", 2)).await;
+    let (p, c) = (rid("r", 0), rid("r", 1));
+    let j = job(
+        "lostlocked",
+        "accounts",
+        true,
+        vec![
+            op(&p, FIELD, &[&c]),
+            op(&rid("r", 2), FIELD, &[&rid("r", 3)]),
+        ],
+    );
+    publish_jobs(&q.publisher, &q.topology, &[j]).await;
+    let dead = |e: &[Value]| e.iter().any(|e| e["type"] == "cxrel.job.dead_lettered");
+    assert!(q.tap.until(Duration::from_secs(60), dead).await);
+    let (_, first) = emu.get_record("accounts", &p).await;
+    assert!(
+        workers::stored_ids(&first, FIELD).is_empty(),
+        "nothing of the atomic job stays written: {first}"
+    );
+    let dead: Vec<_> = q.tap.of_type("cxrel.job.dead_lettered").collect();
+    assert_eq!(dead[0]["data"]["code"], "record_locked", "{}", dead[0]);
+    let last = q.tap.of_type("cxrel.job.completed").last().unwrap().clone();
+    let ops = &last["data"]["operations"];
+    assert_eq!(ops[0]["status"], "rolled_back", "{last}");
+    assert_eq!(ops[1]["status"], "failed", "{last}");
+    broker::teardown(&q.channel, &q.topology).await;
+}
+
+#[tokio::test]
+async fn a_value_the_stale_graph_shows_as_stored_is_checked_against_the_store_and_written() {
+    let emu = emulator_with(4).await;
+    let mut q = queues("stalesame", &[60_000]).await;
+    let worker = WorkerProcess::spawn(&test_config(&emu.base, q.topology.prefix()));
+    worker.wait_ready(Duration::from_secs(30)).await;
+    let (p, c) = (rid("r", 0), rid("r", 1));
+    let link = |id: &str| job(id, "accounts", true, vec![op(&p, FIELD, &[&c])]);
+    publish_jobs(&q.publisher, &q.topology, &[link("warm")]).await;
+    assert!(
+        q.tap
+            .until(Duration::from_secs(30), |e| completed(e).len() == 1)
+            .await
+    );
+    // Another writer relinks r0 behind the worker's graph, which still shows r0 → r1.
+    let relink = emulator::client()
+        .patch(emu.record_url("accounts", &p))
+        .bearer_auth(emu.token().await)
+        .json(&json!({"fields": {FIELD: {"ids": [rid("r", 3)], "cascade_action": "none"}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(relink.status(), 200);
+    publish_jobs(&q.publisher, &q.topology, &[link("again")]).await;
+    assert!(
+        q.tap
+            .until(Duration::from_secs(30), |e| completed(e).len() == 2)
+            .await
+    );
+    let (_, record) = emu.get_record("accounts", &p).await;
+    assert_eq!(workers::stored_ids(&record, FIELD), vec![c], "{record}");
+    let applied: Vec<_> = q.tap.of_type("cxrel.relationship.applied").collect();
+    assert_eq!(
+        applied.last().unwrap()["data"]["version"],
+        record["_version"]
+    );
     broker::teardown(&q.channel, &q.topology).await;
 }
