@@ -1,10 +1,13 @@
-//! The export ledger behind purge's safety check: a complete export records how many dead letters
-//! it wrote; a purge may remove at most that many (then the ledger goes down by what it removed),
-//! unless the operator says to purge without an export. Kept in a small file per queue prefix under
-//! `$XDG_STATE_HOME/cxrel` (else `~/.local/state/cxrel`), shared by `cxrel dlq` and the console on
-//! one machine.
+//! The export ledger behind purge's safety check: a complete export records a fingerprint of every
+//! dead letter it wrote; a purge removes only dead letters whose fingerprint is there (and takes
+//! them off), unless the operator says to purge without an export. Kept in a small file per queue
+//! prefix under `$XDG_STATE_HOME/cxrel` (else `~/.local/state/cxrel`), shared by `cxrel dlq` and
+//! the console on one machine.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+
+use sha2::{Digest, Sha256};
 
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +22,56 @@ pub struct Ledger {
     pub at: String,
     /// The export's filter, as `Filter::describe` says it.
     pub filter: String,
+    /// [`fingerprint`]s of the exported messages not yet purged (a ledger written before they were
+    /// kept has none, so its purge needs a new export).
+    #[serde(default)]
+    pub letters: Vec<String>,
+}
+
+impl Ledger {
+    /// A record of an export of `letters` (their fingerprints).
+    pub fn of_export(letters: Vec<String>, filter: String) -> Self {
+        Self {
+            count: letters.len() as u64,
+            at: crate::events::now_rfc3339(),
+            filter,
+            letters,
+        }
+    }
+
+    /// The exported letters as a multiset (two identical dead letters count twice).
+    pub fn exported(&self) -> HashMap<String, u64> {
+        let mut set = HashMap::new();
+        for letter in &self.letters {
+            *set.entry(letter.clone()).or_insert(0) += 1;
+        }
+        set
+    }
+}
+
+/// What identifies one dead letter across reads: its ids, failure headers and exact body (a read
+/// hands a message back unchanged, and a purge's rotation republishes it unchanged).
+pub fn fingerprint(letter: &super::DeadLetter) -> String {
+    let mut hash = Sha256::new();
+    let parts = [
+        letter.message_id().unwrap_or_default(),
+        letter.job_id().unwrap_or_default(),
+        letter.code(),
+        letter.stage(),
+        letter.attempts().to_string(),
+        letter.replay_count().to_string(),
+        letter.error_message(),
+        format!("{:?}", letter.last_failed_at()),
+    ];
+    for part in parts {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part.as_bytes());
+    }
+    hash.update(&letter.body);
+    hash.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn dir() -> PathBuf {
@@ -62,16 +115,49 @@ pub fn store(prefix: &str, ledger: &Ledger) -> Result<(), DlqError> {
     write().map_err(|e| DlqError::Ledger(path.display().to_string(), e))
 }
 
-/// Records `removed` messages purged: they no longer count as exported-and-waiting.
-pub fn purged(prefix: &str, removed: u64) -> Result<(), DlqError> {
+/// Takes the purged messages' fingerprints off the ledger: they no longer count as exported.
+pub fn purged(prefix: &str, removed: &[String]) -> Result<(), DlqError> {
     let mut ledger = load(prefix);
-    ledger.count = ledger.count.saturating_sub(removed);
+    let mut left = ledger.exported();
+    for gone in removed {
+        take(&mut left, gone);
+    }
+    ledger.letters = left
+        .into_iter()
+        .flat_map(|(print, n)| std::iter::repeat_n(print, n as usize))
+        .collect();
+    ledger.count = ledger.letters.len() as u64;
     store(prefix, &ledger)
+}
+
+/// Takes one `print` out of the multiset; false when there is none left.
+pub fn take(set: &mut HashMap<String, u64>, print: &str) -> bool {
+    match set.get_mut(print) {
+        Some(n) if *n > 0 => {
+            *n -= 1;
+            true
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fingerprints_tell_dead_letters_apart_and_the_ledger_counts_twins_twice() {
+        use crate::dlq::letter::tests::letter;
+        let a = letter("server_error", "j1", 5);
+        assert_eq!(fingerprint(&a), fingerprint(&a.clone()));
+        assert_ne!(fingerprint(&a), fingerprint(&letter("timeout", "j1", 5)));
+        assert_ne!(fingerprint(&a), fingerprint(&letter("server_error", "j2", 5)));
+        let print = fingerprint(&a);
+        let ledger = Ledger::of_export(vec![print.clone(), print.clone()], String::new());
+        let mut left = ledger.exported();
+        assert!(take(&mut left, &print) && take(&mut left, &print));
+        assert!(!take(&mut left, &print), "two exported, two taken");
+    }
 
     #[test]
     fn odd_prefixes_make_plain_file_names() {

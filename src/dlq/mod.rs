@@ -26,7 +26,6 @@ pub use scan::{Decision, Pace, ScanReport};
 pub use summary::Summary;
 
 use crate::amqp::{AmqpError, Topology};
-use crate::events::now_rfc3339;
 
 /// Why a dead-letter action failed; each message says what to do next.
 #[derive(Debug, thiserror::Error)]
@@ -45,11 +44,11 @@ pub enum DlqError {
         missed: u64,
     },
     #[error(
-        "refused: the purge would remove {matching} dead letters but the last complete export \
-         counted {exported}; export first (`cxrel dlq export -o FILE`) or purge without an export \
-         (`--without-export`)"
+        "refused: {unexported} of the {matching} dead letters the purge would remove are not in \
+         the last complete export; export first (`cxrel dlq export -o FILE`) or purge without an \
+         export (`--without-export`)"
     )]
-    NotExported { matching: u64, exported: u64 },
+    NotExported { matching: u64, unexported: u64 },
     #[error(
         "export incomplete: {readers} other reader(s) are attached to {queue} and may hold dead \
          letters unacked, which cannot be counted; stop them (other `cxrel dlq` or console \
@@ -126,14 +125,15 @@ pub async fn replay(
 /// Whether a purge may go ahead without a covering export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PurgeGuard {
-    /// Refuse when more would be removed than the last export counted.
+    /// Refuse when a matching message is not in the last complete export; remove only exported
+    /// ones (a message arriving after the check stays).
     RequireExport,
     /// The operator said to purge without an export.
     WithoutExport,
 }
 
-/// Removes matching dead letters. With `RequireExport`, first counts the matches (a browse) and
-/// refuses when they exceed the export ledger.
+/// Removes matching dead letters. With `RequireExport`, first checks (a browse) that every match is
+/// in the export ledger, then removes only messages it holds, taking them off it.
 pub async fn purge(
     connection: &Connection,
     topology: &Topology,
@@ -141,37 +141,63 @@ pub async fn purge(
     guard: PurgeGuard,
 ) -> Result<ScanReport, DlqError> {
     let now = SystemTime::now();
-    if guard == PurgeGuard::RequireExport {
-        let seen = snapshot(connection, &topology.dead(), None).await?;
-        let matching = seen
-            .letters
-            .iter()
-            .filter(|l| filter.matches(l, now))
-            .count() as u64
-            + seen.missed;
-        let exported = ledger::load(topology.prefix()).count;
-        if matching > exported {
-            return Err(DlqError::NotExported { matching, exported });
-        }
-    }
+    let mut exported = match guard {
+        PurgeGuard::RequireExport => Some(exported_cover(connection, topology, filter, now).await?),
+        PurgeGuard::WithoutExport => None,
+    };
     let pace = Pace {
         limit: u64::MAX,
         rate: None,
     };
+    let mut removed = Vec::new();
     let result = scan::scan(connection, &topology.dead(), pace, |letter| {
-        if filter.matches(letter, now) {
-            Decision::Remove
-        } else {
-            Decision::Keep
+        if !filter.matches(letter, now) {
+            return Decision::Keep;
         }
+        let print = ledger::fingerprint(letter);
+        if let Some(left) = &mut exported
+            && !ledger::take(left, &print)
+        {
+            return Decision::Keep;
+        }
+        removed.push(print);
+        Decision::Remove
     })
     .await;
     // What went is off the ledger even when the purge stopped half-way.
-    let removed = result.as_ref().map_or_else(|e| e.done(), |r| r.acted);
-    ledger::purged(topology.prefix(), removed)?;
+    ledger::purged(topology.prefix(), &removed)?;
     let report = result?;
     nothing_matched("purge", filter, &report)?;
     Ok(report)
+}
+
+/// The ledger's exported messages, when every message `filter` matches now is among them.
+async fn exported_cover(
+    connection: &Connection,
+    topology: &Topology,
+    filter: &Filter,
+    now: SystemTime,
+) -> Result<std::collections::HashMap<String, u64>, DlqError> {
+    let exported = ledger::load(topology.prefix()).exported();
+    let mut left = exported.clone();
+    let seen = snapshot(connection, &topology.dead(), None).await?;
+    let matching: Vec<&DeadLetter> = seen
+        .letters
+        .iter()
+        .filter(|l| filter.matches(l, now))
+        .collect();
+    let unexported = matching
+        .iter()
+        .filter(|l| !ledger::take(&mut left, &ledger::fingerprint(l)))
+        .count() as u64
+        + seen.missed;
+    if unexported > 0 {
+        return Err(DlqError::NotExported {
+            matching: matching.len() as u64 + seen.missed,
+            unexported,
+        });
+    }
+    Ok(exported)
 }
 
 fn nothing_matched(
@@ -194,16 +220,17 @@ pub async fn export(
     out: &mut (dyn Write + Send),
 ) -> Result<u64, DlqError> {
     let now = SystemTime::now();
-    let mut written = 0u64;
+    let mut prints = Vec::new();
     let seen = browse::each(connection, &topology.dead(), None, |letter| {
         if filter.matches(&letter, now) {
             serde_json::to_writer(&mut *out, &letter.to_json()).map_err(std::io::Error::from)?;
             out.write_all(b"\n")?;
-            written += 1;
+            prints.push(ledger::fingerprint(&letter));
         }
         Ok(())
     })
     .await?;
+    let written = prints.len() as u64;
     out.flush()?;
     if seen.other_readers > 0 {
         return Err(DlqError::OtherReaders {
@@ -218,11 +245,9 @@ pub async fn export(
             missed: seen.missed(),
         });
     }
-    let record = ledger::Ledger {
-        count: written,
-        at: now_rfc3339(),
-        filter: filter.describe(),
-    };
-    ledger::store(topology.prefix(), &record)?;
+    ledger::store(
+        topology.prefix(),
+        &ledger::Ledger::of_export(prints, filter.describe()),
+    )?;
     Ok(written)
 }

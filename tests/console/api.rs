@@ -399,6 +399,13 @@ async fn purge_needs_a_complete_export_first_unless_told_otherwise() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.len(), 3);
+    // That export covers those three, not others, though it counted more than would go.
+    let (status, refused) = post(&c, path, Some(TOKEN), json!({"code": "timeout"})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert!(
+        refused["error"].as_str().unwrap().contains("1 of the 1"),
+        "{refused}"
+    );
 
     let (status, dry) = post(
         &c,
