@@ -151,7 +151,10 @@ mod tests {
         let a = letter("server_error", "j1", 5);
         assert_eq!(fingerprint(&a), fingerprint(&a.clone()));
         assert_ne!(fingerprint(&a), fingerprint(&letter("timeout", "j1", 5)));
-        assert_ne!(fingerprint(&a), fingerprint(&letter("server_error", "j2", 5)));
+        assert_ne!(
+            fingerprint(&a),
+            fingerprint(&letter("server_error", "j2", 5))
+        );
         let print = fingerprint(&a);
         let ledger = Ledger::of_export(vec![print.clone(), print.clone()], String::new());
         let mut left = ledger.exported();

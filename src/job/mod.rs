@@ -7,6 +7,7 @@ mod error;
 mod ids;
 mod parse;
 mod types;
+mod unique_keys;
 mod wire;
 
 pub use error::JobError;

@@ -92,6 +92,10 @@ impl Job {
         }
         let value: Value = serde_json::from_slice(body)
             .map_err(|e| JobError::invalid("$", format!("not valid JSON: {e}")))?;
+        if let Ok(Some(key)) = super::unique_keys::first_duplicate(body) {
+            let message = format!("the key {key:?} appears twice in one object");
+            return Err(JobError::invalid("$", message));
+        }
         let Value::Object(map) = value else {
             return Err(JobError::invalid("$", "expected a JSON object"));
         };

@@ -96,6 +96,11 @@ fn not_json(ids: &Ids) -> Vec<BadBody> {
         bad("utf-16", utf16, c),
         bad("utf-8 bom", bom, c),
         bad("trailing garbage", format!("{text}xyz"), c),
+        bad(
+            "a key twice",
+            format!(r#"{{"datastore_id":"elsewhere",{}"#, &text[1..]),
+            c,
+        ),
         bad("two jobs", format!("{text}{text}"), c),
         bad("NaN", "NaN", c),
         bad("comment", format!("// job\n{text}"), c),
