@@ -286,7 +286,7 @@ async fn process<H: JobHandler>(
         replay: headers::get_u64(&table, headers::REPLAY_COUNT).unwrap_or(0),
         redelivered: delivery.redelivered,
         trace: trace.clone(),
-        lease,
+        lease: lease.clone(),
     };
     let span = tracing::info_span!(
         "job",
@@ -303,7 +303,7 @@ async fn process<H: JobHandler>(
             None => handler.handle(job).await,
         };
         tracing::Span::current().record("job_id", outcome.context.job_id.as_str());
-        settle_with_backoff(&settler, &delivery, previous, &outcome).await;
+        settle_with_backoff(&settler, &delivery, previous, &outcome, &lease).await;
     }
     .instrument(span)
     .await;
@@ -317,12 +317,19 @@ async fn settle_with_backoff(
     delivery: &Delivery,
     previous: u64,
     outcome: &Outcome,
+    lease: &CancellationToken,
 ) {
     let mut delay = Duration::from_millis(200);
     let mut last = None;
     for _ in 0..SETTLE_ATTEMPTS {
         match settler.settle(delivery, previous, outcome).await {
             Ok(_) => return,
+            // The delivery's channel is gone: nothing can ack it now, and the broker hands the job
+            // to the next session, where it repeats to the same state with the same event ids.
+            Err(error) if lease.is_cancelled() => {
+                tracing::info!(%error, "consume session ended before the job was settled; the broker redelivers it");
+                return;
+            }
             Err(error) => {
                 tracing::warn!(%error, retry_in = ?delay, "could not settle the job; trying again");
                 last = Some(error);
