@@ -112,7 +112,12 @@ pub async fn serve(
     readiness: Readiness,
     cancel: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {addr} ([http].listen): {e}"),
+        )
+    })?;
     let bound = listener.local_addr()?;
     let app = router(readiness, metrics_handle());
     tokio::spawn(async move {

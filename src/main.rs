@@ -21,8 +21,9 @@ async fn main() {
     let code = match cxrel::cli::run(cli, settings).await {
         Ok(code) => code,
         Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "cxrel failed");
-            eprintln!("cxrel: {error:#}");
+            let error = cxrel::error::one_line(error.as_ref());
+            tracing::error!(error, "cxrel failed");
+            eprintln!("cxrel: {error}");
             1
         }
     };

@@ -109,7 +109,9 @@ pub async fn serve(settings: &Settings, listen: Option<SocketAddr>) -> anyhow::R
     })?;
     let _ = crate::http::metrics_handle();
     let addr = listen.unwrap_or(settings.console.listen);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!("cannot listen on {addr} ([console].listen or --listen): {e}")
+    })?;
     let bound = listener.local_addr()?;
     let mode = if console.token.is_some() {
         "replay and purge need the token"

@@ -64,7 +64,7 @@ pub enum DlqError {
          publishers: check `rabbitmqctl status`); the message stays in the dead queue"
     )]
     NoConfirm(std::time::Duration),
-    #[error("{0} matched nothing: no dead letter has {1}")]
+    #[error("{0} matched nothing (filter: {1})")]
     NothingMatched(&'static str, String),
     #[error(
         "stopped after {done} messages ({source}); the rest are still in the dead queue: run the \

@@ -44,6 +44,19 @@ mod tests {
     }
 
     #[test]
+    fn a_body_with_a_byte_order_mark_or_gzip_says_so() {
+        let mut bom = vec![0xef, 0xbb, 0xbf];
+        bom.extend(op_json("").as_bytes());
+        let err = Job::parse(&bom, &ctx()).unwrap_err().to_string();
+        assert!(err.contains("byte-order mark"), "{err}");
+        let err = Job::parse(&[0x1f, 0x8b, 8, 0], &ctx()).unwrap_err();
+        assert!(err.to_string().contains("gzip"), "{err}");
+        let duplicate = r#"{"datastore_id":"a","datastore_id":"b","operations":[]}"#;
+        let err = parse(duplicate).unwrap_err().to_string();
+        assert!(err.contains("\"datastore_id\" appears twice"), "{err}");
+    }
+
+    #[test]
     fn the_tutorials_example_parses_as_one_replace_operation() {
         let job = parse(&format!(
             r#"{{"parentId":"{P}","childIds":["{C}"],"relationshipField":"parent_child_link","cascadeAction":"update"}}"#

@@ -91,7 +91,7 @@ impl Job {
             });
         }
         let value: Value = serde_json::from_slice(body)
-            .map_err(|e| JobError::invalid("$", format!("not valid JSON: {e}")))?;
+            .map_err(|e| JobError::invalid("$", format!("not valid JSON: {e}{}", hint(body))))?;
         if let Ok(Some(key)) = super::unique_keys::first_duplicate(body) {
             let message = format!("the key {key:?} appears twice in one object");
             return Err(JobError::invalid("$", message));
@@ -106,6 +106,18 @@ impl Job {
         check_operation_count(&map, ctx.limits.max_operations)?;
         let wire: JobWire = from_value(map)?;
         from_wire(wire, ctx)
+    }
+}
+
+/// What a body that is not JSON probably is, when its first bytes tell.
+fn hint(body: &[u8]) -> &'static str {
+    match body {
+        [0xef, 0xbb, 0xbf, ..] => {
+            " (the body starts with a UTF-8 byte-order mark, which JSON does not allow: RFC 8259 §8.1)"
+        }
+        [0xff, 0xfe, ..] | [0xfe, 0xff, ..] => " (the body looks UTF-16; send UTF-8)",
+        [0x1f, 0x8b, ..] => " (the body looks gzip-compressed; publish the JSON uncompressed)",
+        _ => "",
     }
 }
 

@@ -295,7 +295,7 @@ impl StoreError {
             // Display of a reqwest error holds the URL (no credentials: those travel in headers).
             Self::Connection {
                 attempts: 1,
-                message: error_chain(error),
+                message: crate::error::one_line(error),
             }
         }
     }
@@ -363,18 +363,6 @@ fn names_unknown_field(body: &ErrorBody) -> bool {
     let text = body.description.as_deref().unwrap_or_default();
     let text = text.to_ascii_lowercase();
     text.contains("unknown field") || text.contains("unknown_field")
-}
-
-/// A transport error and its causes on one line.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }
 
 #[cfg(test)]
