@@ -226,11 +226,21 @@ fn list(snapshot: &dlq::Snapshot, newest: usize) {
     }
 }
 
+/// The newest dead letter with `id`; a note on stderr when there are more (a job dead-lettered,
+/// replayed and dead-lettered again, or published twice).
 fn show(letters: &[DeadLetter], id: &str) -> i32 {
-    match letters.iter().find(|l| l.has_id(id)) {
+    let mut matching: Vec<&DeadLetter> = letters.iter().filter(|l| l.has_id(id)).collect();
+    matching.sort_by_key(|l| std::cmp::Reverse(l.last_failed_at()));
+    match matching.first() {
         Some(letter) => {
             let pretty = serde_json::to_string_pretty(&letter.to_json()).unwrap_or_default();
             println!("{pretty}");
+            if matching.len() > 1 {
+                eprintln!(
+                    "cxrel: {} more dead letters have this id (this is the newest); `cxrel dlq export --job-id {id}` prints all",
+                    matching.len() - 1
+                );
+            }
             0
         }
         None => {
