@@ -1,6 +1,6 @@
 //! Result events (SPEC §6): CloudEvents 1.0 in structured JSON, with ids derived from
 //! (job_id, operation index, type) so a redelivered job repeats the same ids and subscribers can
-//! drop duplicates. Routing key on the events exchange = type without the `cxrel.` prefix.
+//! drop duplicates; a job replayed from the dead letters adds its replay number (a new run). Routing key on the events exchange = type without the `cxrel.` prefix.
 //! The `data` shapes are typed structs, so `cxrel schema event` derives its schemas from them.
 
 use std::time::SystemTime;
@@ -69,8 +69,9 @@ impl EventType {
 pub struct CloudEvent {
     /// Always `1.0`.
     pub specversion: String,
-    /// Derived from (job_id, operation index, type): a redelivered job repeats it, so
-    /// subscribers can drop duplicates by id.
+    /// Derived from (job_id, operation index, type): a redelivered or retried job repeats it, so
+    /// subscribers can drop duplicates by id. A job replayed from the dead letters is a new run:
+    /// its replay number (`x-cxrel-replay-count`) is part of the id.
     pub id: String,
     /// `cxrel://{[worker].instance}`.
     pub source: String,

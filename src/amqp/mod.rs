@@ -50,4 +50,21 @@ impl AmqpError {
     pub fn class(&self) -> ErrorClass {
         ErrorClass::Transient
     }
+
+    /// The channel or connection is gone (closed, broken, not connected): trying the same
+    /// channel again cannot help.
+    pub fn is_connection_gone(&self) -> bool {
+        use lapin::ErrorKind;
+        match self {
+            Self::NotConnected => true,
+            Self::Broker(e) => matches!(
+                e.kind(),
+                ErrorKind::InvalidChannelState(..)
+                    | ErrorKind::InvalidConnectionState(..)
+                    | ErrorKind::IOError(..)
+                    | ErrorKind::MissingHeartbeatError
+            ),
+            _ => false,
+        }
+    }
 }

@@ -49,21 +49,15 @@ impl Ledger {
     }
 }
 
-/// What identifies one dead letter across reads: its ids, failure headers and exact body (a read
-/// hands a message back unchanged, and a purge's rotation republishes it unchanged).
+/// What identifies one dead letter across reads: its message id, headers and exact body (a read
+/// hands a message back unchanged, and a purge's rotation republishes it with the same headers),
+/// less the `x-delivery-count` the quorum queue raises each time a read hands it back.
 pub fn fingerprint(letter: &super::DeadLetter) -> String {
+    use crate::amqp::headers;
+    let table = headers::without(&headers::table(&letter.properties), headers::DELIVERY_COUNT);
+    let headers = super::letter::table_to_json(&table);
     let mut hash = Sha256::new();
-    let parts = [
-        letter.message_id().unwrap_or_default(),
-        letter.job_id().unwrap_or_default(),
-        letter.code(),
-        letter.stage(),
-        letter.attempts().to_string(),
-        letter.replay_count().to_string(),
-        letter.error_message(),
-        format!("{:?}", letter.last_failed_at()),
-    ];
-    for part in parts {
+    for part in [letter.message_id().unwrap_or_default(), headers.to_string()] {
         hash.update((part.len() as u64).to_be_bytes());
         hash.update(part.as_bytes());
     }
@@ -150,6 +144,12 @@ mod tests {
         use crate::dlq::letter::tests::letter;
         let a = letter("server_error", "j1", 5);
         assert_eq!(fingerprint(&a), fingerprint(&a.clone()));
+        // A read hands the message back with the quorum queue's delivery count raised.
+        let mut t = crate::amqp::headers::table(&a.properties);
+        crate::amqp::headers::set_u64(&mut t, crate::amqp::headers::DELIVERY_COUNT, 3);
+        let mut handed_back = a.clone();
+        handed_back.properties = a.properties.clone().with_headers(t);
+        assert_eq!(fingerprint(&a), fingerprint(&handed_back));
         assert_ne!(fingerprint(&a), fingerprint(&letter("timeout", "j1", 5)));
         assert_ne!(
             fingerprint(&a),

@@ -11,6 +11,15 @@ use serde_json::{Value, json};
 use crate::amqp::headers;
 use crate::events::now_rfc3339;
 
+/// RabbitMQ's own dead-lettering of a message: its reason and, when readable, its time.
+struct BrokerDeath {
+    reason: String,
+    at: Option<SystemTime>,
+}
+
+/// 9999-12-31T23:59:59Z, the last second RFC 3339 can print.
+const MAX_RFC3339_SECS: u64 = 253_402_300_799;
+
 /// When the message was last replayed (RFC 3339).
 pub const REPLAYED_AT: &str = "x-cxrel-replayed-at";
 /// Why the operator replayed it, as typed.
@@ -34,29 +43,47 @@ impl DeadLetter {
     /// ran out in the jobs queue, its length limit, its delivery limit) `broker_` and RabbitMQ's
     /// reason, e.g. `broker_expired`; `unknown` when neither says.
     pub fn code(&self) -> String {
-        self.header(headers::ERROR_CODE)
-            .or_else(|| Some(format!("broker_{}", self.broker_death()?.0)))
-            .unwrap_or_else(|| "unknown".to_owned())
+        match self.broker_death() {
+            Some(death) => format!("broker_{}", death.reason),
+            None => self
+                .header(headers::ERROR_CODE)
+                .unwrap_or_else(|| "unknown".to_owned()),
+        }
     }
 
-    /// Why RabbitMQ first dead-lettered this message (`x-first-death-reason`) and when it last
-    /// did (the first, most recent, `x-death` entry), when it did.
-    fn broker_death(&self) -> Option<(String, Option<SystemTime>)> {
+    /// RabbitMQ's newest dead-lettering of this message (the first `x-death` entry), when that is
+    /// what brought it here: not a hold queue's expiry (that sends a job back for its retry), and
+    /// later than the worker's own last failure (a retry copy carries the worker's headers).
+    fn broker_death(&self) -> Option<BrokerDeath> {
         let table = headers::table(&self.properties);
-        let reason = headers::get_str(&table, "x-first-death-reason")?;
-        let time = match table.inner().get("x-death") {
-            Some(AMQPValue::FieldArray(deaths)) => deaths.as_slice().iter().find_map(|d| match d {
-                AMQPValue::FieldTable(d) => match d.inner().get("time") {
-                    Some(AMQPValue::Timestamp(t)) => {
-                        Some(SystemTime::UNIX_EPOCH + Duration::from_secs(*t))
-                    }
-                    _ => None,
-                },
-                _ => None,
-            }),
+        let Some(AMQPValue::FieldArray(deaths)) = table.inner().get("x-death") else {
+            return None;
+        };
+        let Some(AMQPValue::FieldTable(newest)) = deaths.as_slice().first() else {
+            return None;
+        };
+        let queue = headers::get_str(newest, "queue").unwrap_or_default();
+        if queue.contains(".retry.") {
+            return None;
+        }
+        let at = match newest.inner().get("time") {
+            // Past year 9999 a time cannot be printed (RFC 3339): treated as unknown.
+            Some(AMQPValue::Timestamp(t)) if *t <= MAX_RFC3339_SECS => {
+                SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(*t))
+            }
             _ => None,
         };
-        Some((reason, time))
+        if let Some(worker) = self.worker_failed_at()
+            && at.is_none_or(|at| at <= worker)
+        {
+            return None;
+        }
+        let reason = headers::get_str(newest, "reason")?;
+        Some(BrokerDeath { reason, at })
+    }
+
+    fn worker_failed_at(&self) -> Option<SystemTime> {
+        humantime::parse_rfc3339_weak(&self.header(headers::LAST_FAILED_AT)?).ok()
     }
 
     pub fn job_id(&self) -> Option<String> {
@@ -86,11 +113,11 @@ impl DeadLetter {
         headers::get_u64(&headers::table(&self.properties), headers::ATTEMPTS).unwrap_or(0)
     }
 
-    /// When the worker last failed it, else when the broker dead-lettered it.
+    /// When the broker dead-lettered it, when it did; else when the worker last failed it.
     pub fn last_failed_at(&self) -> Option<SystemTime> {
-        match self.header(headers::LAST_FAILED_AT) {
-            Some(at) => humantime::parse_rfc3339_weak(&at).ok(),
-            None => self.broker_death()?.1,
+        match self.broker_death() {
+            Some(death) => death.at,
+            None => self.worker_failed_at(),
         }
     }
 
@@ -105,8 +132,10 @@ impl DeadLetter {
 
     /// The worker's stage; `broker` when the broker dead-lettered the message itself.
     pub fn stage(&self) -> String {
+        if self.broker_death().is_some() {
+            return "broker".to_owned();
+        }
         self.header(headers::STAGE)
-            .or_else(|| self.broker_death().map(|_| "broker".to_owned()))
             .unwrap_or_else(|| "unknown".to_owned())
     }
 
@@ -164,10 +193,10 @@ impl DeadLetter {
             "datastore_id": self.datastore(),
             "attempts": self.attempts(),
             "age_seconds": self.age(now).map(|a| a.as_secs()),
-            "last_failed_at": self.header(headers::LAST_FAILED_AT).or_else(|| {
-                let at = self.last_failed_at()?;
-                Some(humantime::format_rfc3339_millis(at).to_string())
-            }),
+            "last_failed_at": match self.broker_death() {
+                Some(death) => death.at.map(|at| humantime::format_rfc3339_millis(at).to_string()),
+                None => self.header(headers::LAST_FAILED_AT),
+            },
             "error": self.error_message(),
             "replay_count": self.replay_count(),
         })
@@ -343,6 +372,65 @@ pub(crate) mod tests {
             letter.to_row(SystemTime::now())["last_failed_at"],
             "2023-11-14T22:13:20.000Z"
         );
+    }
+
+    /// `letter` with one `x-death` entry (queue, reason, time) added.
+    fn with_death(mut letter: DeadLetter, queue: &str, reason: &str, time: u64) -> DeadLetter {
+        let mut death = FieldTable::default();
+        headers::set_str(&mut death, "queue", queue);
+        headers::set_str(&mut death, "reason", reason);
+        death.insert("time".into(), AMQPValue::Timestamp(time));
+        let mut t = headers::table(&letter.properties);
+        t.insert(
+            "x-death".into(),
+            AMQPValue::FieldArray(vec![AMQPValue::FieldTable(death)].into()),
+        );
+        letter.properties = letter.properties.clone().with_headers(t);
+        letter
+    }
+
+    #[test]
+    fn the_worker_code_stands_unless_the_broker_dead_lettered_the_message_after_it() {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        // A retry copy's hold-queue expiry, then the worker dead-lettered it: the worker's code.
+        let retried = with_death(
+            letter("server_error", "j", 5),
+            "p.retry.1s",
+            "expired",
+            now - 7,
+        );
+        assert_eq!(
+            (retried.code(), retried.stage()),
+            ("server_error".into(), "validate".into())
+        );
+        // Dead-lettered by the jobs queue after the worker's last failure: the broker's reason.
+        let limit = with_death(
+            letter("server_error", "j", 60),
+            "p.jobs",
+            "delivery_limit",
+            now,
+        );
+        assert_eq!(limit.code(), "broker_delivery_limit");
+        assert_eq!(limit.stage(), "broker");
+        // A forged time past year 9999 neither panics nor counts.
+        let forged = with_death(
+            letter("server_error", "j", 5),
+            "p.jobs",
+            "expired",
+            u64::MAX,
+        );
+        assert_eq!(forged.code(), "server_error");
+        let bare = DeadLetter {
+            properties: BasicProperties::default(),
+            body: Vec::new(),
+        };
+        let forged = with_death(bare, "p.jobs", "expired", u64::MAX);
+        assert_eq!(forged.code(), "broker_expired");
+        assert_eq!(forged.last_failed_at(), None);
+        let _ = forged.to_row(SystemTime::now());
     }
 
     #[test]

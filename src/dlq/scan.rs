@@ -112,6 +112,7 @@ async fn take_each(
                 }
                 Decision::Keep => {
                     let kept = letter.properties.headers().clone().unwrap_or_default();
+                    let kept = headers::without(&kept, headers::DELIVERY_COUNT);
                     let properties = headers::copy_properties(&letter.properties, kept);
                     confirmed(publisher.to_queue(dead, &letter.body, properties)).await?;
                 }

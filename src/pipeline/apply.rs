@@ -12,7 +12,6 @@ use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::datastore::LiveDataStore;
-use crate::error::ErrorClass;
 use crate::graph::{FieldValue, PatchPlan, Plan};
 use crate::job::CascadeAction;
 use crate::store::{Record, RelationshipValue, StoreClient, StoreError};
@@ -92,6 +91,7 @@ async fn send_unless_stopped(
         patch,
         &patch.fields,
         Some(patch.expected_version),
+        &|| gate.closed(),
     )
     .await;
     if !matches!(result, PatchResult::Applied { .. }) {
@@ -121,15 +121,18 @@ pub async fn compensate(
         .await
 }
 
-/// Times a restore is tried when the store answers 409 (locked), a transient error, or 412 while
-/// the parent still holds what the job wrote.
+/// Times a restore is tried when the store answers 409 (locked), or 412 while the parent still
+/// holds what the job wrote.
 const RESTORE_ATTEMPTS: u32 = 5;
 
 /// Puts `patch.previous` back onto a parent the job wrote (or may have: a PATCH whose outcome
-/// stayed unknown is restored when the parent is seen holding its values). A 409 or another transient error waits
-/// and tries again; a 412 reads the parent: if its relationship fields still hold what the job
-/// wrote (another writer changed only other fields), the restore goes again on the new version;
-/// if they hold something else, that writer's value stays and the restore is a conflict.
+/// stayed unknown is restored when the parent is seen holding its values). A 409 waits and tries
+/// again (other transient errors have had the client's and the read-back's retries already); a
+/// 412 reads the parent: if its relationship fields still hold what the job wrote (another writer
+/// changed only other fields), the restore goes again on the new version; if they hold something
+/// else, that writer's value stays and the restore is a conflict. A write whose outcome stays
+/// unknown because even the restore's read fails is left to the job's retry, which completes the
+/// job forward once the store answers (or dead-letters it with the store's error).
 async fn restore(
     store: &StoreClient,
     live: &LiveDataStore,
@@ -160,10 +163,13 @@ async fn restore(
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
         }
-        outcome = send(store, live, patch, &patch.previous, Some(if_match)).await;
+        outcome = send(store, live, patch, &patch.previous, Some(if_match), &|| {
+            false
+        })
+        .await;
         match &outcome {
             PatchResult::Applied { .. } => break,
-            PatchResult::Failed(e) if e.class() == ErrorClass::Transient => {}
+            PatchResult::Failed(StoreError::RecordLocked { .. }) => {}
             PatchResult::Conflict => match store.get_record(live.id(), patch.parent.as_str()).await
             {
                 Ok(record) => {
@@ -190,19 +196,23 @@ async fn restore(
 /// One PATCH of `values` onto `patch.parent`. When the graph shows them already stored (a
 /// redelivered job), the parent is read instead: the graph may be stale, and a value reported
 /// applied must be the stored one. A PATCH of unknown outcome is read back; when it did not land,
-/// it is sent again within the `[retry]` budget.
+/// it is sent again within the `[retry]` budget (attempts and `max_elapsed`) unless `stopped`
+/// says no write may start any more (an atomic job's other PATCH failed, or the lease is lost).
 async fn send(
     store: &StoreClient,
     live: &LiveDataStore,
     patch: &PatchPlan,
     values: &[FieldValue],
     if_match: Option<u64>,
+    stopped: &(dyn Fn() -> bool + Sync),
 ) -> PatchResult {
     let parent = patch.parent.as_str();
     if already_stored(live, parent, values).is_some() {
         return confirm_stored(store, live, parent, values).await;
     }
-    let mut delays = store.retry_policy().backoff();
+    let policy = store.retry_policy();
+    let started = std::time::Instant::now();
+    let mut delays = policy.backoff();
     loop {
         let error = match store
             .patch_record(live.id(), parent, &body(values), if_match)
@@ -224,8 +234,13 @@ async fn send(
         match read_back(store, live, parent, values, if_match).await {
             ReadBack::Settled(result) => return result,
             ReadBack::NotWritten => match delays.next() {
-                Some(delay) => tokio::time::sleep(delay).await,
-                None => return PatchResult::Failed(error),
+                Some(delay) if started.elapsed() + delay <= policy.max_elapsed && !stopped() => {
+                    tokio::time::sleep(delay).await;
+                    if stopped() {
+                        return PatchResult::Failed(error);
+                    }
+                }
+                _ => return PatchResult::Failed(error),
             },
             ReadBack::Unreadable => return PatchResult::Failed(error),
         }

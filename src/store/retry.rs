@@ -1,6 +1,8 @@
 //! The in-client retry budget (`[retry]`): which errors are retried, how often, how long.
 //!
-//! Transient = 429, 5xx, timeouts, connection errors; everything else returns at once. Attempts are
+//! Transient = 429, 408, 425, 5xx, timeouts, connection errors; everything else returns at once. A
+//! PATCH is retried only after 429, 408 and 425, which say it was not processed (see
+//! `StoreError::is_retryable_before_write`); the apply stage settles its other errors. Attempts are
 //! capped at `max_attempts` (the first included) and at `max_elapsed` of wall time; delays between
 //! attempts come from backon's exponential backoff (`min_backoff` doubling to `max_backoff`, with
 //! jitter). A 429 waits the same backoff: the rate budget lowers the rate for every request but

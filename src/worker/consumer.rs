@@ -326,7 +326,7 @@ async fn settle_with_backoff(
             Ok(_) => return,
             // The delivery's channel is gone: nothing can ack it now, and the broker hands the job
             // to the next session, where it repeats to the same state with the same event ids.
-            Err(error) if lease.is_cancelled() => {
+            Err(error) if lease.is_cancelled() && error.is_connection_gone() => {
                 tracing::info!(%error, "consume session ended before the job was settled; the broker redelivers it");
                 return;
             }
