@@ -330,8 +330,8 @@ fn holds(record: &Record, values: &[FieldValue]) -> bool {
     })
 }
 
-/// True when `ids` and `cascade` are `value`: the same children in any order (a store may keep
-/// them sorted) and the same cascade. The read-back and the already-stored check compare alike.
+/// True when `ids` and `cascade` are `value`: the same children in any order and the same cascade.
+/// This is how a read-back tells that a write landed (a store may keep ids sorted).
 fn is_value<S: AsRef<str>>(ids: &[S], cascade: CascadeAction, value: &FieldValue) -> bool {
     if cascade != value.cascade || ids.len() != value.ids.len() {
         return false;
@@ -341,6 +341,17 @@ fn is_value<S: AsRef<str>>(ids: &[S], cascade: CascadeAction, value: &FieldValue
     stored.sort_unstable();
     wanted.sort_unstable();
     stored == wanted
+}
+
+/// True when `ids` (in order) and `cascade` are exactly `value`: a job that reorders children is
+/// written, not skipped as already stored.
+fn is_exactly<S: AsRef<str>>(ids: &[S], cascade: CascadeAction, value: &FieldValue) -> bool {
+    cascade == value.cascade
+        && ids.len() == value.ids.len()
+        && ids
+            .iter()
+            .zip(&value.ids)
+            .all(|(a, b)| a.as_ref() == b.as_str())
 }
 
 /// Records a landed PATCH in the graph.
@@ -359,7 +370,7 @@ fn already_stored(live: &LiveDataStore, parent: &str, values: &[FieldValue]) -> 
         let same = values.iter().all(|value| {
             graph
                 .children(parent, value.field.as_str())
-                .is_some_and(|(ids, cascade)| is_value(&ids, cascade, value))
+                .is_some_and(|(ids, cascade)| is_exactly(&ids, cascade, value))
         });
         if same { graph.version(parent) } else { None }
     })
@@ -391,11 +402,13 @@ mod tests {
     }
 
     #[test]
-    fn a_stored_value_matches_in_any_order_but_not_with_other_children_or_cascade() {
+    fn a_read_back_matches_in_any_order_while_the_already_stored_check_wants_the_order() {
         let wanted = value(&["a", "b"], CascadeAction::Update);
         assert!(is_value(&["b", "a"], CascadeAction::Update, &wanted));
         assert!(!is_value(&["a", "c"], CascadeAction::Update, &wanted));
         assert!(!is_value(&["a"], CascadeAction::Update, &wanted));
         assert!(!is_value(&["a", "b"], CascadeAction::None, &wanted));
+        assert!(is_exactly(&["a", "b"], CascadeAction::Update, &wanted));
+        assert!(!is_exactly(&["b", "a"], CascadeAction::Update, &wanted));
     }
 }
