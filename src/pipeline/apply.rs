@@ -5,7 +5,7 @@
 //! compensated.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::{Map, Value};
@@ -29,6 +29,8 @@ pub enum PatchResult {
     Failed(StoreError),
     /// Not sent because an earlier PATCH of the atomic job failed.
     NotSent,
+    /// A restore that kept meeting 409s or 412s until its time ran out (what happened, for people).
+    GaveUp(String),
 }
 
 /// Sends every PATCH of `plan`. For an atomic job, the first failure stops PATCHes not yet started;
@@ -121,16 +123,16 @@ pub async fn compensate(
         .await
 }
 
-/// Times a restore is tried when the store answers 409 (locked), or 412 while the parent still
-/// holds what the job wrote.
-const RESTORE_ATTEMPTS: u32 = 5;
+/// Longest wait between restore tries after a 409.
+const MAX_RESTORE_DELAY: Duration = Duration::from_secs(2);
 
 /// Puts `patch.previous` back onto a parent the job wrote (or may have: a PATCH whose outcome
-/// stayed unknown is restored when the parent is seen holding its values). A 409 waits and tries
-/// again (other transient errors have had the client's and the read-back's retries already); a
-/// 412 reads the parent: if its relationship fields still hold what the job wrote (another writer
-/// changed only other fields), the restore goes again on the new version; if they hold something
-/// else, that writer's value stays and the restore is a conflict. A write whose outcome stays
+/// stayed unknown is restored when the parent is seen holding its values), for up to
+/// `[retry].max_elapsed`. A 409 waits (0.1 s doubling to 2 s) and tries again (other transient
+/// errors have had the client's and the read-back's retries already); a 412 reads the parent: if
+/// its relationship fields still hold what the job wrote (another writer changed only other
+/// fields), the restore goes again at once on the new version; if they hold something else, that
+/// writer's value stays and the restore is a conflict. A write whose outcome stays
 /// unknown because even the restore's read fails is left to the job's retry, which completes the
 /// job forward once the store answers (or dead-letters it with the store's error).
 async fn restore(
@@ -158,39 +160,51 @@ async fn restore(
         }
         _ => return None,
     };
-    let mut outcome = PatchResult::NotSent;
-    for attempt in 0..RESTORE_ATTEMPTS {
-        if attempt > 0 {
-            tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-        }
-        outcome = send(store, live, patch, &patch.previous, Some(if_match), &|| {
+    let started = Instant::now();
+    let budget = store.retry_policy().max_elapsed;
+    let mut delay = Duration::from_millis(100);
+    let mut tries = 0u32;
+    loop {
+        tries += 1;
+        let outcome = send(store, live, patch, &patch.previous, Some(if_match), &|| {
             false
         })
         .await;
-        match &outcome {
-            PatchResult::Applied { .. } => break,
-            PatchResult::Failed(StoreError::RecordLocked { .. }) => {}
-            PatchResult::Conflict => match store.get_record(live.id(), patch.parent.as_str()).await
-            {
-                Ok(record) => {
-                    let _ = live.update_record(&record);
-                    if holds(&record, &patch.previous) {
-                        return Some(PatchResult::Applied {
-                            version: record.version,
-                            wrote: true,
-                        });
+        let last = match outcome {
+            PatchResult::Conflict => {
+                match store.get_record(live.id(), patch.parent.as_str()).await {
+                    Ok(record) => {
+                        let _ = live.update_record(&record);
+                        if holds(&record, &patch.previous) {
+                            return Some(PatchResult::Applied {
+                                version: record.version,
+                                wrote: true,
+                            });
+                        }
+                        if !holds(&record, &patch.fields) {
+                            return Some(PatchResult::Conflict);
+                        }
+                        // Only other fields changed: again at once, on the version just read.
+                        if_match = record.version;
+                        "412, the parent still holding the job's value"
                     }
-                    if !holds(&record, &patch.fields) {
-                        break;
-                    }
-                    if_match = record.version;
+                    Err(e) => return Some(PatchResult::Failed(e)),
                 }
-                Err(e) => outcome = PatchResult::Failed(e),
-            },
-            _ => break,
+            }
+            PatchResult::Failed(StoreError::RecordLocked { .. }) => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_RESTORE_DELAY);
+                "409 (locked)"
+            }
+            other => return Some(other),
+        };
+        if started.elapsed() >= budget {
+            return Some(PatchResult::GaveUp(format!(
+                "gave up after {tries} tries in {:.1} s ([retry].max_elapsed), the last answer {last}",
+                started.elapsed().as_secs_f64()
+            )));
         }
     }
-    Some(outcome)
 }
 
 /// One PATCH of `values` onto `patch.parent`. When the graph shows them already stored (a

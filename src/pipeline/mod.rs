@@ -353,7 +353,9 @@ fn mark_results(plan: &Plan, results: &[PatchResult], statuses: &mut [OpStatus])
                 code: write_code(e).to_owned(),
                 message: e.to_string(),
             },
-            PatchResult::Conflict | PatchResult::NotSent => OpStatus::Unprocessed,
+            PatchResult::Conflict | PatchResult::NotSent | PatchResult::GaveUp(_) => {
+                OpStatus::Unprocessed
+            }
         };
         for &i in &patch.operation_indexes {
             if let Some(s) = statuses.get_mut(i) {
@@ -385,6 +387,7 @@ fn describe(result: &PatchResult) -> String {
         PatchResult::Conflict => "the record changed again (412)".to_owned(),
         PatchResult::Failed(e) => e.to_string(),
         PatchResult::NotSent => "not sent".to_owned(),
+        PatchResult::GaveUp(why) => why.clone(),
     }
 }
 
