@@ -41,7 +41,7 @@ pub use redis_budget::{RedisBudget, RedisBudgetConfig};
 pub use retry::RetryPolicy;
 pub use wire::{Record, RecordPage, RelationshipValue};
 
-use self::auth::{Token, TokenSource};
+use self::auth::TokenSource;
 use self::body::BodyLimits;
 use self::instrumentation::Route;
 use crate::schema::{Schema, SchemaWire};
@@ -393,20 +393,18 @@ impl StoreClient {
         make: &impl Fn(&str) -> Result<reqwest::RequestBuilder, StoreError>,
     ) -> Result<Answer, StoreError> {
         let base = self.inner.tokens.api_base().await?;
-        let token = self.inner.tokens.token().await?;
-        let mut answer = self
-            .send(route, correlation_id, attempt, make(&base)?, &token)
+        let (mut answer, generation) = self
+            .send(route, correlation_id, attempt, make(&base)?)
             .await?;
         if answer.status == 401 {
-            self.inner.tokens.invalidate(token.generation);
-            let token = self.inner.tokens.token().await?;
+            self.inner.tokens.invalidate(generation);
             tracing::debug!(
                 route = route.as_str(),
                 correlation_id,
                 "401: token refreshed, retrying once"
             );
-            answer = self
-                .send(route, correlation_id, attempt, make(&base)?, &token)
+            (answer, _) = self
+                .send(route, correlation_id, attempt, make(&base)?)
                 .await?;
         }
         if (200..300).contains(&answer.status) {
@@ -420,18 +418,20 @@ impl StoreClient {
         ))
     }
 
-    /// One HTTP exchange through the rate budget.
+    /// One HTTP exchange through the rate budget, with the token current when the budget lets it
+    /// go (a request may wait seconds for its turn, longer than a short-lived token lasts).
+    /// Returns the answer and the generation of the token it carried.
     async fn send(
         &self,
         route: Route,
         correlation_id: &str,
         attempt: u32,
         request: reqwest::RequestBuilder,
-        token: &Token,
-    ) -> Result<Answer, StoreError> {
+    ) -> Result<(Answer, u64), StoreError> {
         let waiting = Instant::now();
         self.inner.budget.acquire().await;
         instrumentation::limiter_wait(waiting.elapsed());
+        let token = self.inner.tokens.token().await?;
         let request = request
             .bearer_auth(token.value.expose())
             .header(ACCEPT, "application/json")
@@ -476,11 +476,12 @@ impl StoreClient {
             elapsed_ms = elapsed.as_secs_f64() * 1000.0,
             "data-store request"
         );
-        Ok(Answer {
+        let answer = Answer {
             status: status.as_u16(),
             headers,
             body,
-        })
+        };
+        Ok((answer, token.generation))
     }
 
     fn transport_failed(

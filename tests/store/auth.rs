@@ -249,3 +249,31 @@ async fn auto_client_auth_switches_once_to_the_method_the_endpoint_takes() {
     let stats = emu.stats().await;
     assert_eq!(route_count(&stats, "POST", "/auth/token", Some(401)), 2);
 }
+
+/// A request waiting its turn in the rate budget for longer than a token lives still goes out
+/// with a live token: the token is taken when the budget lets the request go, not before.
+#[tokio::test]
+async fn a_request_that_waits_for_the_rate_budget_carries_a_token_taken_after_the_wait() {
+    let emu = EmulatorProcess::spawn();
+    let ids = ids(8);
+    create_store(&emu, "auth-queued", &ids).await;
+    let client = client_for(&emu, |s| {
+        s.rate_limit.requests_per_second = 4;
+        s.rate_limit.burst = 1;
+    });
+    emu.set_faults(json!({"token_ttl_ms": 700})).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for id in ids {
+        let client = client.clone();
+        tasks.spawn(async move { client.get_record("auth-queued", &id).await });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap().expect("every queued request succeeds");
+    }
+    let stats = emu.stats().await;
+    assert_eq!(
+        route_count(&stats, "GET", "/records/", Some(401)),
+        0,
+        "no request went out with a token that expired while it waited: {stats}"
+    );
+}
