@@ -88,7 +88,7 @@ pub async fn summary(
     let mut value = serde_json::to_value(summary).unwrap_or_default();
     value["queue"] = json!(console.topology.dead());
     value["can_write"] = json!(auth::access(&console, &headers, peer).can_write());
-    value["exported"] = json!(ledger::load(console.topology.prefix()).count);
+    value["exported"] = json!(ledger::load(console.topology.prefix()).count());
     Ok(Json(value))
 }
 
@@ -235,7 +235,7 @@ pub async fn purge(
     let actor = auth::writer(&console, &headers, peer)?;
     let filter = body.filter.clone().normalized();
     if body.dry_run {
-        let exported = ledger::load(console.topology.prefix()).count;
+        let exported = ledger::load(console.topology.prefix()).count();
         return count_matches(&console, &filter, u64::MAX, json!({"exported": exported})).await;
     }
     let guard = if body.without_export {

@@ -4,7 +4,7 @@
 //! prefix under `$XDG_STATE_HOME/cxrel` (else `~/.local/state/cxrel`), shared by `cxrel dlq` and
 //! the console on one machine.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
@@ -16,36 +16,37 @@ use super::DlqError;
 /// The last complete export of one queue prefix, less what purges removed since.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ledger {
-    /// Exported messages not yet purged.
-    pub count: u64,
     /// When the export ran (RFC 3339).
     pub at: String,
     /// The export's filter, as `Filter::describe` says it.
     pub filter: String,
-    /// [`fingerprint`]s of the exported messages not yet purged (a ledger written before they were
-    /// kept has none, so its purge needs a new export).
+    /// The exported messages not yet purged: [`fingerprint`] → how many (two identical dead
+    /// letters count twice). A ledger written before fingerprints were kept has none, so its
+    /// purge needs a new export.
     #[serde(default)]
-    pub letters: Vec<String>,
+    pub letters: Exported,
 }
 
+/// Fingerprints of exported dead letters, as a multiset.
+pub type Exported = BTreeMap<String, u64>;
+
 impl Ledger {
-    /// A record of an export of `letters` (their fingerprints).
-    pub fn of_export(letters: Vec<String>, filter: String) -> Self {
+    /// A record of an export of the dead letters with these fingerprints.
+    pub fn of_export(prints: Vec<String>, filter: String) -> Self {
+        let mut letters = Exported::new();
+        for print in prints {
+            *letters.entry(print).or_insert(0) += 1;
+        }
         Self {
-            count: letters.len() as u64,
             at: crate::events::now_rfc3339(),
             filter,
             letters,
         }
     }
 
-    /// The exported letters as a multiset (two identical dead letters count twice).
-    pub fn exported(&self) -> HashMap<String, u64> {
-        let mut set = HashMap::new();
-        for letter in &self.letters {
-            *set.entry(letter.clone()).or_insert(0) += 1;
-        }
-        set
+    /// Exported messages not yet purged.
+    pub fn count(&self) -> u64 {
+        self.letters.values().sum()
     }
 }
 
@@ -112,27 +113,22 @@ pub fn store(prefix: &str, ledger: &Ledger) -> Result<(), DlqError> {
 /// Takes the purged messages' fingerprints off the ledger: they no longer count as exported.
 pub fn purged(prefix: &str, removed: &[String]) -> Result<(), DlqError> {
     let mut ledger = load(prefix);
-    let mut left = ledger.exported();
     for gone in removed {
-        take(&mut left, gone);
+        take(&mut ledger.letters, gone);
     }
-    ledger.letters = left
-        .into_iter()
-        .flat_map(|(print, n)| std::iter::repeat_n(print, n as usize))
-        .collect();
-    ledger.count = ledger.letters.len() as u64;
     store(prefix, &ledger)
 }
 
 /// Takes one `print` out of the multiset; false when there is none left.
-pub fn take(set: &mut HashMap<String, u64>, print: &str) -> bool {
-    match set.get_mut(print) {
-        Some(n) if *n > 0 => {
-            *n -= 1;
-            true
-        }
-        _ => false,
+pub fn take(set: &mut Exported, print: &str) -> bool {
+    let Some(n) = set.get_mut(print) else {
+        return false;
+    };
+    *n -= 1;
+    if *n == 0 {
+        set.remove(print);
     }
+    true
 }
 
 #[cfg(test)]
@@ -157,7 +153,8 @@ mod tests {
         );
         let print = fingerprint(&a);
         let ledger = Ledger::of_export(vec![print.clone(), print.clone()], String::new());
-        let mut left = ledger.exported();
+        assert_eq!(ledger.count(), 2);
+        let mut left = ledger.letters;
         assert!(take(&mut left, &print) && take(&mut left, &print));
         assert!(!take(&mut left, &print), "two exported, two taken");
     }

@@ -177,8 +177,8 @@ async fn exported_cover(
     topology: &Topology,
     filter: &Filter,
     now: SystemTime,
-) -> Result<std::collections::HashMap<String, u64>, DlqError> {
-    let exported = ledger::load(topology.prefix()).exported();
+) -> Result<ledger::Exported, DlqError> {
+    let exported = ledger::load(topology.prefix()).letters;
     let mut left = exported.clone();
     let seen = snapshot(connection, &topology.dead(), None).await?;
     let matching: Vec<&DeadLetter> = seen
