@@ -24,8 +24,7 @@ const MAX_RFC3339_SECS: u64 = 253_402_300_799;
 pub const REPLAYED_AT: &str = "x-cxrel-replayed-at";
 /// Why the operator replayed it, as typed.
 pub const REPLAY_REASON: &str = "x-cxrel-replay-reason";
-/// How many times it has been replayed in all.
-pub const REPLAY_COUNT: &str = headers::REPLAY_COUNT;
+pub use crate::amqp::headers::REPLAY_COUNT;
 
 /// One dead-lettered message.
 #[derive(Debug, Clone)]

@@ -148,11 +148,7 @@ async fn restore(
         } => *version,
         // No answer even after reading back: restore only what is seen to have landed.
         PatchResult::Failed(e) if outcome_unknown(e) => {
-            let record = store
-                .get_record(live.id(), patch.parent.as_str())
-                .await
-                .ok()?;
-            let _ = live.update_record(&record);
+            let record = read_parent(store, live, patch.parent.as_str()).await.ok()?;
             if !holds(&record, &patch.fields) {
                 return None;
             }
@@ -172,9 +168,8 @@ async fn restore(
         .await;
         let last = match outcome {
             PatchResult::Conflict => {
-                match store.get_record(live.id(), patch.parent.as_str()).await {
+                match read_parent(store, live, patch.parent.as_str()).await {
                     Ok(record) => {
-                        let _ = live.update_record(&record);
                         if holds(&record, &patch.previous) {
                             return Some(PatchResult::Applied {
                                 version: record.version,
@@ -225,7 +220,7 @@ async fn send(
         return confirm_stored(store, live, parent, values).await;
     }
     let policy = store.retry_policy();
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let mut delays = policy.backoff();
     loop {
         let error = match store
@@ -268,9 +263,8 @@ async fn confirm_stored(
     parent: &str,
     values: &[FieldValue],
 ) -> PatchResult {
-    match store.get_record(live.id(), parent).await {
+    match read_parent(store, live, parent).await {
         Ok(record) => {
-            let _ = live.update_record(&record);
             if holds(&record, values) {
                 PatchResult::Applied {
                     version: record.version,
@@ -315,10 +309,9 @@ async fn read_back(
     if_match: Option<u64>,
 ) -> ReadBack {
     metrics::counter!("cxrel_patch_read_backs_total").increment(1);
-    let Ok(record) = store.get_record(live.id(), parent).await else {
+    let Ok(record) = read_parent(store, live, parent).await else {
         return ReadBack::Unreadable;
     };
-    let _ = live.update_record(&record);
     if holds(&record, values) {
         tracing::info!(
             parent,
@@ -334,6 +327,17 @@ async fn read_back(
         return ReadBack::NotWritten;
     }
     ReadBack::Settled(PatchResult::Conflict)
+}
+
+/// Reads `parent` from the store and into the graph, so what is decided next rests on both.
+async fn read_parent(
+    store: &StoreClient,
+    live: &LiveDataStore,
+    parent: &str,
+) -> Result<Record, StoreError> {
+    let record = store.get_record(live.id(), parent).await?;
+    let _ = live.update_record(&record);
+    Ok(record)
 }
 
 /// True when `record` stores exactly `values`.

@@ -211,15 +211,7 @@ impl Parking {
 /// A failed POST as text, without the URL reqwest would print (it may hold the endpoint's token),
 /// with its causes (connection refused, timeout…) so the operator still sees why.
 fn send_error(error: reqwest::Error) -> String {
-    let error = error.without_url();
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    crate::error::one_line(&error.without_url())
 }
 
 struct Deliverer {
