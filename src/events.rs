@@ -1,6 +1,7 @@
 //! Result events (SPEC §6): CloudEvents 1.0 in structured JSON, with ids derived from
 //! (job_id, operation index, type) so a redelivered job repeats the same ids and subscribers can
-//! drop duplicates; a job replayed from the dead letters adds its replay number (a new run). Routing key on the events exchange = type without the `cxrel.` prefix.
+//! drop duplicates; a job replayed from the dead letters adds its replay number (a new run).
+//! Routing key on the events exchange = type without the `cxrel.` prefix.
 //! The `data` shapes are typed structs, so `cxrel schema event` derives its schemas from them.
 
 use std::time::SystemTime;
