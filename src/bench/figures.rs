@@ -64,6 +64,8 @@ impl RunFigures {
             let limiter = match self.emulator_limiter {
                 Algorithm::Gcra => "GCRA",
                 Algorithm::TokenBucket => "token bucket",
+                Algorithm::FixedWindow => "fixed window",
+                Algorithm::SlidingWindow => "sliding window",
             };
             format!("{} req/s ({limiter})", self.rate)
         };

@@ -25,7 +25,8 @@ pub struct BenchArgs {
     /// Emulator burst (bucket size) when --rate is set.
     #[arg(long, default_value_t = 10)]
     pub burst: u32,
-    /// How the emulator enforces --rate: gcra (as the worker paces) or an independent token bucket.
+    /// How the emulator enforces --rate: gcra (as the worker paces), or an independent token bucket,
+    /// fixed window (per second, --burst ignored) or sliding window (any rolling second).
     #[arg(long, value_enum, default_value_t = EmulatorLimiter::Gcra)]
     pub limiter: EmulatorLimiter,
     /// What the workers budget together ([rate_limit].requests_per_second); default --rate;
@@ -68,6 +69,8 @@ pub enum Backend {
 pub enum EmulatorLimiter {
     Gcra,
     TokenBucket,
+    FixedWindow,
+    SlidingWindow,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -107,6 +110,8 @@ pub async fn run(args: BenchArgs, settings: Settings) -> anyhow::Result<i32> {
         limiter: match args.limiter {
             EmulatorLimiter::Gcra => Algorithm::Gcra,
             EmulatorLimiter::TokenBucket => Algorithm::TokenBucket,
+            EmulatorLimiter::FixedWindow => Algorithm::FixedWindow,
+            EmulatorLimiter::SlidingWindow => Algorithm::SlidingWindow,
         },
         latency_ms: args.latency_ms,
         jitter_ms: args.jitter_ms,

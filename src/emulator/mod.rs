@@ -30,7 +30,7 @@ use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 
 use crate::settings::EmulatorSettings;
-pub use bucket::Algorithm;
+pub use bucket::{Algorithm, Limiter};
 pub use records::RECORDS_PATH;
 use state::{EmulatorState, Shared};
 pub use webhooks::MAX_RECEIVERS as MAX_WEBHOOK_RECEIVERS;

@@ -30,6 +30,8 @@
 
 use std::time::{Duration, Instant};
 
+use super::trailing::Trailing;
+
 /// Parameters of the adaptation; [`CubicParams::new`] gives the defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CubicParams {
@@ -55,6 +57,9 @@ pub struct CubicParams {
     pub cool_down_min: Duration,
     /// Longest pause, and the cap on a server's Retry-After.
     pub cool_down_max: Duration,
+    /// First pause while the server refuses everything sent since the last cut (a closed
+    /// window); doubles per further such 429, capped by Retry-After and `cool_down_max`.
+    pub closed_probe: Duration,
 }
 
 impl CubicParams {
@@ -74,6 +79,7 @@ impl CubicParams {
             escalate_after: 8,
             cool_down_min: Duration::from_millis(250),
             cool_down_max: Duration::from_secs(10),
+            closed_probe: Duration::from_millis(10),
         }
     }
 
@@ -97,6 +103,11 @@ struct Cut {
 pub enum Signal {
     /// The request was sent before the last cut: part of a signal already taken.
     Ignored,
+    /// Nothing sent since the last cut has been admitted: the server is closed for now (a window
+    /// full until its end), and a lower rate would not open it sooner. The rate stays; requests
+    /// go one at a time, `closed_probe` apart and twice that after each further such 429, until
+    /// one is admitted (`rate` is that probing rate).
+    Closed { rate: f64 },
     /// A new signal: the rate dropped to `rate` after 429s at `w_max`; requests wait until
     /// `pause_until` when cutting alone no longer helps.
     Cut {
@@ -121,6 +132,20 @@ pub struct Cubic {
     episode_refused: u64,
     episode_signals: u32,
     pause_until: Instant,
+    /// Successes of requests sent after the last cut, and 429s of such requests while there
+    /// were none (the closed run).
+    admitted_since_cut: u64,
+    closed_run: u32,
+    /// When the last probe interval was set: 429s of requests sent before it are part of it.
+    closed_at: Option<Instant>,
+    /// While closed: one request per this interval.
+    probe: Option<Duration>,
+    /// When the server last refused everything sent since a cut (a closed run began).
+    last_closed: Option<Instant>,
+    /// Answers over the trailing second.
+    trailing: Trailing,
+    /// The first cut (the end of the slow start).
+    first_cut: Option<Instant>,
 }
 
 impl Cubic {
@@ -136,6 +161,13 @@ impl Cubic {
             episode_refused: 0,
             episode_signals: 0,
             pause_until: now,
+            admitted_since_cut: 0,
+            closed_run: 0,
+            closed_at: None,
+            probe: None,
+            last_closed: None,
+            trailing: Trailing::new(now),
+            first_cut: None,
         }
     }
 
@@ -151,8 +183,16 @@ impl Cubic {
             return self.slow_start(now).unwrap_or(ceiling);
         };
         let t = now.saturating_duration_since(cut.at).as_secs_f64();
-        let curve = cut.w_max * (1.0 + p.scale() * (t - cut.k).powi(3));
-        curve.clamp(p.min_rate, ceiling.max(p.min_rate))
+        // Past w_max the probe climbs a quarter as steeply: the limit is usually where it was.
+        let scale = if t > cut.k {
+            p.scale() / 4.0
+        } else {
+            p.scale()
+        };
+        let curve = cut.w_max * (1.0 + scale * (t - cut.k).powi(3));
+        let curve = curve.clamp(p.min_rate, ceiling.max(p.min_rate));
+        self.probe
+            .map_or(curve, |probe| curve.min(1.0 / probe.as_secs_f64()))
     }
 
     /// Without a configured maximum and before any signal: the doubling start rate.
@@ -189,9 +229,15 @@ impl Cubic {
         self.cut.map(|c| c.w_max)
     }
 
-    /// A non-429 answer.
-    pub fn on_success(&mut self) {
+    /// A non-429 answer at `now` to a request sent at `sent`.
+    pub fn on_success(&mut self, now: Instant, sent: Instant) {
         self.successes += 1;
+        self.trailing.admit(now);
+        if self.cut.is_some_and(|c| sent >= c.at) {
+            self.admitted_since_cut += 1;
+            self.closed_run = 0;
+            self.probe = None;
+        }
     }
 
     /// A 429 at `now` for a request sent at `sent`; `retry_after` from the answer.
@@ -202,14 +248,34 @@ impl Cubic {
         retry_after: Option<Duration>,
     ) -> Signal {
         self.refused += 1;
+        self.trailing.refuse(now);
         if self.cut.is_some_and(|c| sent < c.at) {
             return Signal::Ignored;
         }
+        if self.cut.is_some() && self.admitted_since_cut == 0 {
+            if self.closed_at.is_some_and(|at| sent < at) {
+                return Signal::Ignored;
+            }
+            return self.closed(now, retry_after);
+        }
         let current = self.rate(now);
         self.track_episode(now);
-        let estimate = self.limit_estimate(now).filter(|e| *e < current);
+        // Never below what the server admitted within the last second: a window frees its slots
+        // in the pattern they were taken, so an episode's count can fall far short of its rate.
+        let floor = self.admitted_last_second(now);
+        let estimate = match (self.limit_estimate(now), self.trailing_estimate(now)) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+        .map(|e| e.max(floor))
+        .filter(|e| *e < current);
         let p = &self.params;
-        let w_max = estimate.unwrap_or(current).max(p.min_rate);
+        // 429s again at about the rate they came at last time: the limit sits a little lower.
+        let again = self
+            .cut
+            .filter(|c| (current / c.w_max - 1.0).abs() < 0.01)
+            .map_or(current, |c| current.min(c.w_max) * 0.99);
+        let w_max = estimate.unwrap_or(again).max(p.min_rate);
         // Below the estimate by beta; without one, deeper with every signal of the episode.
         let n = if estimate.is_some() {
             1
@@ -221,6 +287,11 @@ impl Cubic {
         // K of the curve through (0, rate) and (K, w_max): longer when the cut went deeper.
         let k = ((1.0 - rate / w_max).max(0.0) / p.scale()).cbrt();
         self.cut = Some(Cut { at: now, w_max, k });
+        self.first_cut.get_or_insert(now);
+        self.admitted_since_cut = 0;
+        self.closed_run = 0;
+        self.closed_at = None;
+        self.probe = None;
         let pause_until = self.escalated(now, rate, retry_after);
         Signal::Cut {
             w_max,
@@ -229,12 +300,35 @@ impl Cubic {
         }
     }
 
+    /// A 429 while the server admits nothing sent since the cut: wait a little longer each time
+    /// (never longer than Retry-After says), then probe at the same rate.
+    fn closed(&mut self, now: Instant, retry_after: Option<Duration>) -> Signal {
+        let p = &self.params;
+        let cap = retry_after
+            .unwrap_or(p.cool_down_max)
+            .min(p.closed_probe * 16);
+        let interval = p
+            .closed_probe
+            .saturating_mul(1 << self.closed_run.min(16))
+            .min(cap)
+            .max(Duration::from_millis(1));
+        self.closed_run += 1;
+        self.closed_at = Some(now);
+        self.last_closed = Some(now);
+        self.probe = Some(interval);
+        Signal::Closed {
+            rate: self.rate(now),
+        }
+    }
+
     /// Counts this signal into the running episode, or starts a new one.
     fn track_episode(&mut self, now: Instant) {
         let recover = self.params.recover;
-        let within = self
-            .cut
-            .is_some_and(|c| now.saturating_duration_since(c.at) < recover);
+        // Within the episode while the curve is still climbing back: once it is at w_max again,
+        // the cut worked and a 429 up there is a new episode.
+        let within = self.cut.is_some_and(|c| {
+            now.saturating_duration_since(c.at) < recover && self.rate(now) < 0.99 * c.w_max
+        });
         if within {
             self.episode_signals += 1;
         } else {
@@ -261,6 +355,38 @@ impl Cubic {
         // One more than counted: a slight overestimate corrects itself with the next signal, an
         // underestimate would leave the rate probing up from too low.
         Some((admitted + 1) as f64 / span.as_secs_f64())
+    }
+
+    /// What the server admitted over the trailing second, once traffic has run a second and the
+    /// server was the bottleneck in it (it refused at least `estimate_refused` of what it
+    /// admitted, or refused everything for a while). Unlike the episode's count this holds for a
+    /// server with a long memory (a window admits its count, then nothing until it ends).
+    fn trailing_estimate(&mut self, now: Instant) -> Option<f64> {
+        // A full second of traffic, none of it in the slow start (whose own rate is what the
+        // server admitted then).
+        let steady_since = match self.params.max_rate {
+            Some(_) => self.traffic_start?,
+            None => self.first_cut?,
+        };
+        if now.saturating_duration_since(steady_since) < Duration::from_secs(1) {
+            return None;
+        }
+        let w = self.trailing.window(now);
+        let closed = self
+            .last_closed
+            .is_some_and(|at| now.saturating_duration_since(at) <= w.span * 2);
+        let refused = (w.refused as f64) >= self.params.estimate_refused * w.admitted as f64;
+        if w.admitted < self.params.estimate_successes || !(closed || refused) {
+            return None;
+        }
+        Some((w.admitted + 1) as f64 / w.span.as_secs_f64().max(1e-3))
+    }
+
+    /// Admissions in the trailing second, per second (over a whole second even when less has
+    /// passed).
+    fn admitted_last_second(&mut self, now: Instant) -> f64 {
+        let w = self.trailing.window(now);
+        w.admitted as f64 / w.span.as_secs_f64().max(1.0)
     }
 
     /// The pause when cutting no longer helps (see the module docs), else `None`.
@@ -297,7 +423,7 @@ mod tests {
     fn cut_rate(signal: Signal) -> f64 {
         match signal {
             Signal::Cut { rate, .. } => rate,
-            Signal::Ignored => panic!("expected a cut"),
+            other => panic!("expected a cut: {other:?}"),
         }
     }
 
@@ -323,7 +449,9 @@ mod tests {
         let again = c.on_throttled(t0 + ms(30), t0 + ms(5), None);
         assert_eq!(again, Signal::Ignored);
         assert!((c.rate(t0 + ms(30)) - 90.0).abs() < 0.5);
-        // A request sent after the cut and throttled again is a new signal.
+        // A request sent after the cut and throttled again, while another sent after it got
+        // through, is a new signal.
+        c.on_success(t0 + ms(35), t0 + ms(15));
         let rate = cut_rate(c.on_throttled(t0 + ms(40), t0 + ms(20), None));
         assert!((rate - 0.81 * c.w_max().unwrap()).abs() < 1e-9, "{rate}");
         assert!(rate < 80.0, "{rate}");
@@ -345,8 +473,10 @@ mod tests {
         });
         let plateau = c.rate(t0 + ms(2500)) - 100.0;
         let probe = c.rate(t0 + ms(4000)) - 100.0;
-        assert!(plateau > 0.0 && plateau < 0.5, "{plateau}");
-        assert!(probe > 5.0, "{probe}");
+        let later = c.rate(t0 + ms(6000)) - 100.0;
+        assert!(plateau > 0.0 && plateau < 0.1, "{plateau}");
+        assert!(probe > 2.0, "{probe}");
+        assert!(later > 15.0, "{later}");
     }
 
     #[test]
@@ -358,7 +488,7 @@ mod tests {
         // 200 ms later, 20 answers were successes and 3 more were 429s (for requests sent before
         // the cut): the server admits 100/s.
         for _ in 0..20 {
-            c.on_success();
+            c.on_success(t0 + ms(100), t0 + ms(50));
         }
         for _ in 0..3 {
             assert_eq!(c.on_throttled(t0 + ms(100), t0, None), Signal::Ignored);
@@ -369,7 +499,7 @@ mod tests {
                 assert!((w_max - 105.0).abs() < 1e-9, "{w_max}");
                 assert!((rate - 0.9 * 105.0).abs() < 1e-9, "{rate}");
             }
-            Signal::Ignored => panic!("a new signal"),
+            other => panic!("a new signal: {other:?}"),
         }
     }
 
@@ -380,12 +510,12 @@ mod tests {
         c.on_throttled(t0, t0, None);
         // A second stray 429 a second later, after 70 successes: the client was sending 70/s.
         for _ in 0..70 {
-            c.on_success();
+            c.on_success(t0 + ms(1), t0 + ms(1));
         }
         let t1 = t0 + ms(1000);
         match c.on_throttled(t1, t1, None) {
             Signal::Cut { w_max, .. } => assert!(w_max > 95.0, "{w_max}"),
-            Signal::Ignored => panic!("a new signal"),
+            other => panic!("a new signal: {other:?}"),
         }
     }
 
@@ -397,13 +527,85 @@ mod tests {
         let mut paused = None;
         for _ in 0..8 {
             t += ms(20);
+            // One request sent since the last cut got through: the server is open, just slower.
+            c.on_success(t, t - ms(5));
             if let Signal::Cut { pause_until, .. } = c.on_throttled(t, t, Some(ms(3000))) {
                 paused = pause_until;
             }
         }
-        // No successes at all: the estimate drives the rate down and requests pause.
+        // Too few successes for an estimate: the cuts drive the rate down and requests pause.
         assert_eq!(paused, Some(t + ms(3000)));
         assert!(c.rate(t) < 10.0, "{}", c.rate(t));
+    }
+
+    #[test]
+    fn a_server_refusing_everything_since_the_cut_is_probed_one_request_at_a_time() {
+        let t0 = Instant::now();
+        let mut c = Cubic::new(CubicParams::new(Some(150.0)), t0);
+        cut_rate(c.on_throttled(t0 + ms(10), t0 + ms(5), Some(ms(1000))));
+        // A window full until its end: requests sent after the cut are refused too. No deeper
+        // cut, one probe per 10 ms, then 20, 40…
+        assert_eq!(
+            c.on_throttled(t0 + ms(20), t0 + ms(12), Some(ms(1000))),
+            Signal::Closed { rate: 100.0 }
+        );
+        assert_eq!(
+            c.on_throttled(t0 + ms(22), t0 + ms(15), None),
+            Signal::Ignored
+        );
+        assert_eq!(
+            c.on_throttled(t0 + ms(40), t0 + ms(30), Some(ms(1000))),
+            Signal::Closed { rate: 50.0 }
+        );
+        assert_eq!(c.w_max(), Some(150.0));
+        // Probes never wait longer than 160 ms, nor longer than Retry-After says.
+        for i in 0..10 {
+            let t = t0 + ms(100 + i * 200);
+            c.on_throttled(t, t - ms(1), Some(ms(1000)));
+        }
+        assert!((c.rate(t0 + ms(2200)) - 1.0 / 0.16).abs() < 1e-9);
+        // The window opens: a probe gets through and the curve is back.
+        c.on_success(t0 + ms(2300), t0 + ms(2290));
+        assert!(c.rate(t0 + ms(2300)) > 140.0, "{}", c.rate(t0 + ms(2300)));
+    }
+
+    #[test]
+    fn after_a_closed_window_w_max_is_what_the_server_admitted_in_the_trailing_second() {
+        let t0 = Instant::now();
+        let mut c = Cubic::new(CubicParams::new(Some(150.0)), t0);
+        c.on_request(t0);
+        // A fixed window of 100/s: 100 admitted in the first 670 ms, then closed till 1 s.
+        for i in 0..100 {
+            c.on_success(t0 + ms(i * 67 / 10 + 5), t0 + ms(i * 67 / 10));
+        }
+        cut_rate(c.on_throttled(t0 + ms(680), t0 + ms(675), None));
+        assert!(matches!(
+            c.on_throttled(t0 + ms(700), t0 + ms(690), None),
+            Signal::Closed { .. }
+        ));
+        // The next window: 100 more by 1.74 s at 135/s, then a 429 again.
+        for i in 0..100 {
+            c.on_success(t0 + ms(1005 + i * 74 / 10), t0 + ms(1000 + i * 74 / 10));
+        }
+        match c.on_throttled(t0 + ms(1745), t0 + ms(1740), None) {
+            Signal::Cut { w_max, rate, .. } => {
+                assert!((w_max - 101.0).abs() < 2.0, "{w_max}");
+                assert!((rate - 0.9 * w_max).abs() < 1e-9, "{rate}");
+            }
+            other => panic!("a cut: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_429_back_at_the_rate_of_the_last_one_sets_w_max_a_little_lower() {
+        let t0 = Instant::now();
+        let mut c = Cubic::new(CubicParams::new(Some(100.0)), t0);
+        cut_rate(c.on_throttled(t0, t0, None));
+        // Back at 100 after K, refused again: the limit sits just below 100.
+        let t = t0 + ms(2500);
+        c.on_success(t, t - ms(10));
+        cut_rate(c.on_throttled(t, t, None));
+        assert!((c.w_max().unwrap() - 99.0).abs() < 1e-9, "{:?}", c.w_max());
     }
 
     #[test]

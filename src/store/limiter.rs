@@ -131,7 +131,7 @@ impl RateBudget for LocalBudget {
             let mut s = self.state();
             let old = s.cubic.rate(sent);
             let signal = s.cubic.on_throttled(now, sent, retry_after);
-            if let Signal::Cut { rate, .. } = signal {
+            if let Signal::Cut { rate, .. } | Signal::Closed { rate, .. } = signal {
                 s.pacer.reset(now, rate, self.burst);
             }
             (signal, old)
@@ -147,10 +147,10 @@ impl RateBudget for LocalBudget {
         }
     }
 
-    fn on_success(&self, _sent: Instant) {
+    fn on_success(&self, sent: Instant) {
         let now = Instant::now();
         let mut s = self.state();
-        s.cubic.on_success();
+        s.cubic.on_success(now, sent);
         // The rate moves continuously; the gauge follows it a few times a second.
         if now.saturating_duration_since(s.last_gauge) >= Duration::from_millis(250) {
             s.last_gauge = now;

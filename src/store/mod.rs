@@ -19,10 +19,11 @@ pub mod error;
 pub mod instrumentation;
 pub mod limiter;
 pub mod pacer;
-#[cfg(test)]
+#[cfg(all(test, feature = "tools"))]
 mod rate_sim;
 pub mod redis_budget;
 pub mod retry;
+pub mod trailing;
 pub mod wire;
 
 use std::collections::HashMap;

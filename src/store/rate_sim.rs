@@ -1,9 +1,10 @@
-//! A discrete-event simulation of the adaptation against a token-bucket server with network
+//! A discrete-event simulation of the adaptation against a rate-limited server with network
 //! jitter, in simulated time: the counts and shares the budget achieves, with no wall clock.
 //!
 //! Tasks loop: reserve a slot ([`Pacer`] at the [`Cubic`] rate), send, travel 1–10 ms to the
-//! server (so arrivals bunch), the server's bucket admits or answers 429, the answer travels
-//! 1–10 ms back, the task feeds the outcome to [`Cubic`] and goes again (a 429 is retried).
+//! server (so arrivals bunch), the server's limiter (the emulator's token bucket, fixed window or
+//! sliding window) admits or answers 429, the answer travels 1–10 ms back, the task feeds the
+//! outcome to [`Cubic`] and goes again (a 429 is retried).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -14,27 +15,7 @@ use rand::{Rng, SeedableRng};
 
 use super::cubic::{Cubic, CubicParams, Signal};
 use super::pacer::{Grant, Pacer};
-
-/// A token bucket, the textbook way: `rate` tokens per second, at most `capacity`.
-struct Bucket {
-    rate: f64,
-    capacity: f64,
-    tokens: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    fn admit(&mut self, now: Instant) -> bool {
-        let refill = now.saturating_duration_since(self.at).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(self.capacity);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            return true;
-        }
-        false
-    }
-}
+use crate::emulator::{Algorithm, Limiter};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
@@ -67,13 +48,20 @@ impl SimOutcome {
     }
 }
 
-/// `tasks` clients with `params` and `burst` against a bucket of `limit`/s and `capacity`, for
-/// `seconds`, jitter from `seed`.
+/// The server's limit: `rate`/s enforced by `algorithm` (not GCRA: governor keeps its own
+/// clock) with a bucket of `capacity`.
+#[derive(Debug, Clone, Copy)]
+pub struct Server {
+    pub algorithm: Algorithm,
+    pub rate: f64,
+    pub capacity: u32,
+}
+
+/// `tasks` clients with `params` and `burst` against `server`, for `seconds`, jitter from `seed`.
 pub fn run(
     params: CubicParams,
     burst: u32,
-    limit: f64,
-    capacity: u32,
+    server: Server,
     tasks: usize,
     seconds: u64,
     seed: u64,
@@ -82,12 +70,7 @@ pub fn run(
     let mut rng = StdRng::seed_from_u64(seed);
     let mut cubic = Cubic::new(params, t0);
     let mut pacer = Pacer::new(t0);
-    let mut server = Bucket {
-        rate: limit,
-        capacity: f64::from(capacity),
-        tokens: f64::from(capacity),
-        at: t0,
-    };
+    let limiter = Limiter::starting_at(server.algorithm, server.rate, server.capacity, t0);
     let end = Duration::from_secs(seconds);
     let mut queue = BinaryHeap::new();
     let mut out = SimOutcome {
@@ -134,7 +117,7 @@ pub fn run(
                 queue.push(Reverse((now + jitter(), event)));
             }
             Event::Arrive { task, sent } => {
-                let ok = server.admit(t0 + now);
+                let ok = limiter.check_at(t0 + now).is_ok();
                 let event = Event::Answer { task, sent, ok };
                 queue.push(Reverse((now + jitter(), event)));
             }
@@ -142,12 +125,12 @@ pub fn run(
                 let at = t0 + now;
                 if ok {
                     out.successes += 1;
-                    cubic.on_success();
+                    cubic.on_success(at, t0 + sent);
                 } else {
                     out.throttled += 1;
                     let retry_after = Some(Duration::from_secs(1));
                     let signal = cubic.on_throttled(at, t0 + sent, retry_after);
-                    if let Signal::Cut { rate, .. } = signal {
+                    if let Signal::Cut { rate, .. } | Signal::Closed { rate, .. } = signal {
                         pacer.reset(at, rate, burst);
                     }
                 }
@@ -165,9 +148,17 @@ mod tests {
     /// 30 simulated seconds of 16 tasks against `limit`/s with a bucket of a tenth of a second
     /// (10 at 100/s, as `cxrel bench` sets the emulator), over three seeds.
     fn runs(max_rate: Option<f64>, limit: f64) -> Vec<SimOutcome> {
-        let capacity = (limit / 10.0).max(2.0) as u32;
+        runs_against(Algorithm::TokenBucket, max_rate, limit)
+    }
+
+    fn runs_against(algorithm: Algorithm, max_rate: Option<f64>, limit: f64) -> Vec<SimOutcome> {
+        let server = Server {
+            algorithm,
+            rate: limit,
+            capacity: (limit / 10.0).max(2.0) as u32,
+        };
         (1..=3)
-            .map(|seed| run(CubicParams::new(max_rate), 1, limit, capacity, 16, 30, seed))
+            .map(|seed| run(CubicParams::new(max_rate), 1, server, 16, 30, seed))
             .collect()
     }
 
@@ -206,5 +197,99 @@ mod tests {
         // At 20/s a run is only 600 requests, and discovery costs about the same 20 429s as at
         // 100/s (the tasks' requests in flight when the first ones come back): a larger share.
         check(&runs(None, 20.0), 20.0, 0.95, 0.04);
+    }
+
+    #[test]
+    fn against_windows_configured_at_the_limit_it_holds_96_percent_with_half_a_percent_of_429s() {
+        // A fixed window forgives bunching within its second (100%); a sliding one never does,
+        // and the rate settles a little below the limit (96.7% in these runs, short of 97).
+        check(
+            &runs_against(Algorithm::FixedWindow, Some(100.0), 100.0),
+            100.0,
+            0.97,
+            0.005,
+        );
+        check(
+            &runs_against(Algorithm::SlidingWindow, Some(100.0), 100.0),
+            100.0,
+            0.96,
+            0.005,
+        );
+    }
+
+    #[test]
+    fn against_windows_configured_above_the_limit_it_holds_95_percent_with_2_percent_429s() {
+        for algorithm in [Algorithm::FixedWindow, Algorithm::SlidingWindow] {
+            for max_rate in [150.0, 1000.0] {
+                check(
+                    &runs_against(algorithm, Some(max_rate), 100.0),
+                    100.0,
+                    0.95,
+                    0.02,
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn against_windows_unconfigured_it_discovers_the_limit_with_at_most_3_percent_429s() {
+        // The slow start overshoots a window tenfold before its first 429 (the window admits its
+        // count at any speed), so discovery costs more than against a bucket: short of the 2%
+        // goal, and a sliding window is slower to settle.
+        check(
+            &runs_against(Algorithm::FixedWindow, None, 100.0),
+            100.0,
+            0.95,
+            0.03,
+        );
+        check(
+            &runs_against(Algorithm::SlidingWindow, None, 100.0),
+            100.0,
+            0.90,
+            0.03,
+        );
+    }
+}
+
+/// The whole table (`cargo test --lib rate_sim::table -- --ignored --nocapture`): goodput as a
+/// share of the limit and the 429 share, per server, configuration and seed.
+#[cfg(test)]
+mod table {
+    use super::*;
+
+    #[test]
+    #[ignore = "prints a table; asserts nothing"]
+    fn print() {
+        for algorithm in [
+            Algorithm::TokenBucket,
+            Algorithm::FixedWindow,
+            Algorithm::SlidingWindow,
+        ] {
+            for (max_rate, limit) in [
+                (Some(100.0), 100.0),
+                (Some(150.0), 100.0),
+                (Some(1000.0), 100.0),
+                (None, 100.0),
+                (None, 1000.0),
+                (None, 20.0),
+            ] {
+                let server = Server {
+                    algorithm,
+                    rate: limit,
+                    capacity: (limit / 10.0).max(2.0) as u32,
+                };
+                let line: Vec<String> = (1..=3)
+                    .map(|seed| {
+                        let o = run(CubicParams::new(max_rate), 1, server, 16, 30, seed);
+                        format!(
+                            "{:5.1}% {:4.2}%",
+                            o.goodput() / limit * 100.0,
+                            o.throttled_share() * 100.0
+                        )
+                    })
+                    .collect();
+                println!("{algorithm:?} {max_rate:?} {limit}: {}", line.join(" | "));
+            }
+        }
     }
 }
