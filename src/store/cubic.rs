@@ -1,31 +1,44 @@
 //! The rate adaptation behind every rate budget: CUBIC-style recovery toward the rate at which
 //! 429s appeared, free of clocks and I/O so it can be driven step by step (the Redis script
-//! `budget.lua` runs the same arithmetic on the server).
+//! `budget.lua` runs the same arithmetic on the server, without the window handling below yet).
 //!
 //! - **A signal** is a 429 for a request sent *after* the last cut: answers of requests already
 //!   in flight when the rate was cut describe the old rate, so a burst of 429s counts once.
 //! - **A cut** remembers `w_max`, the rate the 429 appeared at, and drops to `beta × w_max`
 //!   (0.9: a little). From there the rate follows `w_max × (1 + c·(t − K)³)`: concave and fast
-//!   back to just below `w_max` (in `recover`, K), flat around it, then convex probing above it.
-//! - **An episode** is a run of signals each within `recover` of the previous cut (the cut did not
-//!   get the rate below the limit). From its second signal on, once `estimate_successes` answers
-//!   came back fine, `w_max` is capped by the successes per second since the episode began: the
-//!   server's bucket was empty at the first 429, so what it admitted since then is its real rate,
-//!   without burst. Counting successes rather than waiting a fixed time keeps the estimate's
-//!   noise (about one in `estimate_successes`) the same at 10 and at 10,000 requests/s. It is
-//!   trusted only when the server refused at least `estimate_refused` of what it admitted: with
-//!   fewer 429s the client was not sending faster than the server admits (the 429s came from
-//!   bunching, or the client had less to send), so its successes say nothing about the limit.
+//!   back to just below `w_max` (in `recover`, K), flat around it, then convex probing above it
+//!   (a quarter as steep as the climb back: the limit is usually where it was). A 429 once the
+//!   rate is back at `w_max` again puts `w_max` 1% lower: a limit that refuses exactly there
+//!   (a sliding window counting every second) is met just below it, not cut at every return.
+//! - **Closed.** A 429 while nothing sent since the last cut has been admitted is no signal: a
+//!   window whose count is used up refuses everything until it ends, whatever the rate, and
+//!   cutting at every such 429 took 150 rps to 19 in a third of a second. The rate stays, and
+//!   requests go one at a time as probes, `closed_probe` apart and twice that after each further
+//!   refused probe (at most 16 times, and never longer than Retry-After), until one is admitted.
+//! - **An episode** is a run of signals each within `recover` of the previous cut while the rate
+//!   had not yet climbed back to `w_max` (the cut did not get the rate below the limit). From
+//!   its second signal on, once `estimate_successes` answers came back fine, `w_max` is capped
+//!   by the successes per second since the episode began: a bucket was empty at the first 429,
+//!   so what it admitted since then is its real rate, without burst. It is trusted only when the
+//!   server refused at least `estimate_refused` of what it admitted: with fewer 429s the client
+//!   was not sending faster than the server admits, so its successes say nothing about the limit.
+//! - **The trailing second** ([`Trailing`]) gives a second estimate: what the server admitted in
+//!   the last second, once a second of traffic has passed outside the slow start and the server
+//!   refused `estimate_refused` of it or was closed in the last two seconds. A window admits its
+//!   count per second however its slots free up, so the episode's count can fall far short of it
+//!   (a window freed in the pattern of a slow start admits 10/s for a while). The larger of the
+//!   two estimates is taken, and never less than what was admitted in the last second.
 //! - **A pause** (every request waits) happens only when cutting no longer helps: at the rate
 //!   floor or from the `escalate_after`-th signal of an episode. Then Retry-After is honoured
 //!   (capped at `cool_down_max`), else an own cool-down doubling from `cool_down_min`. Stores send
 //!   Retry-After in whole seconds, which for a bucket refilling every few milliseconds overstates
 //!   the wait a hundredfold; pausing on every 429 would cost a second of traffic each time.
-//! - Further signals of an episode cut deeper (`beta^n` for the n-th) until the estimate is there,
+//! - Further signals of an episode cut deeper (`beta^n` for the n-th) until an estimate is there,
 //!   so a rate far above the limit comes down in a few round trips.
 //! - With no configured maximum (`max_rate: None`) the rate starts at `start_rate` when traffic
 //!   begins and doubles every `doubling` until the first signal (TCP's slow start): the overshoot
-//!   is at most about twice the limit, and the episode estimate corrects it. A configured maximum
+//!   is at most about twice the limit against a bucket (a window hides its limit until its count
+//!   is used up, so there it can be tenfold), and the estimates correct it. A configured maximum
 //!   is the start rate instead and caps the rate at every step.
 
 use std::time::{Duration, Instant};

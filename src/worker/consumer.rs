@@ -121,6 +121,9 @@ impl<H: JobHandler> Consumer<H> {
     }
 
     async fn drain(&self, tasks: &mut JoinSet<()>) {
+        // Finished tasks stay in the set until joined (the loop reaps them only on the next
+        // delivery): count only what is still running.
+        while tasks.try_join_next().is_some() {}
         let in_flight = tasks.len();
         tracing::info!(in_flight, timeout = ?self.config.shutdown_timeout, "draining in-flight jobs");
         let drained = tokio::time::timeout(self.config.shutdown_timeout, async {

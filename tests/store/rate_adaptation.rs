@@ -1,6 +1,7 @@
 //! The rate budget's adaptation against the emulator's independent token bucket (100 req/s,
 //! bucket 10) with 2–20 ms of latency jitter, over real HTTP: configured at the limit, 1.5× above
-//! it, not configured at all, and two clients sharing the Redis budget. Only counts and shares are
+//! it, not configured at all, 1.5× above a fixed window, and two clients sharing the Redis budget.
+//! Only counts and shares are
 //! asserted (every PATCH succeeds, the 429 share stays within the goal); the rates reached are
 //! printed, never asserted (these machines are noisy).
 
@@ -19,11 +20,16 @@ const TASKS: usize = 16;
 
 /// An emulator limiting the record API with a token bucket and jitter, and a store of records.
 async fn token_bucket_emulator(datastore: &str) -> (EmulatorProcess, Arc<Vec<String>>) {
+    limited_emulator(datastore, "token_bucket").await
+}
+
+/// The same with the emulator's `algorithm` (`token_bucket`, `fixed_window`, `sliding_window`).
+async fn limited_emulator(datastore: &str, algorithm: &str) -> (EmulatorProcess, Arc<Vec<String>>) {
     let emu = EmulatorProcess::spawn();
     let records = ids(TASKS * 4);
     create_store(&emu, datastore, &records).await;
     emu.set_faults(json!({
-        "rate_limit": {"requests_per_second": 100.0, "burst": 10, "algorithm": "token_bucket"},
+        "rate_limit": {"requests_per_second": 100.0, "burst": 10, "algorithm": algorithm},
         "latency_ms": 2,
         "latency_jitter_ms": 18,
         "retry_after": true,
@@ -92,9 +98,19 @@ async fn check_run(
 }
 
 async fn local_run(label: &str, requests_per_second: u32, patches: usize, max_429: f64) {
+    local_run_against("token_bucket", label, requests_per_second, patches, max_429).await;
+}
+
+async fn local_run_against(
+    algorithm: &str,
+    label: &str,
+    requests_per_second: u32,
+    patches: usize,
+    max_429: f64,
+) {
     let _measurement = crate::helpers::measurement("store::rate_adaptation").await;
-    let datastore = format!("adapt-{requests_per_second}");
-    let (emu, records) = token_bucket_emulator(&datastore).await;
+    let datastore = format!("adapt-{requests_per_second}-{algorithm}");
+    let (emu, records) = limited_emulator(&datastore, algorithm).await;
     let client = client_for(&emu, |s| {
         s.rate_limit.requests_per_second = requests_per_second;
         s.rate_limit.burst = 1;
@@ -119,6 +135,13 @@ async fn configured_at_the_limit_at_most_half_a_percent_of_requests_are_throttle
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configured_half_again_above_the_limit_at_most_two_percent_are_throttled() {
     local_run("1.5x above", 150, 1500, 0.02).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_half_again_above_a_fixed_window_at_most_two_percent_are_throttled() {
+    // A window refuses everything once its count is used up: the client probes instead of
+    // cutting at every 429 (which once took it to a fifth of the limit).
+    local_run_against("fixed_window", "1.5x above a fixed window", 150, 1500, 0.02).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
