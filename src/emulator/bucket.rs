@@ -89,11 +89,16 @@ impl Window {
             let windows = (since / self.length.as_secs_f64()).floor();
             self.start + self.length.mul_f64(windows)
         };
-        while self
-            .admitted
-            .front()
-            .is_some_and(|t| *t <= window_start && *t < now)
-        {
+        // Rolling: the window is (now − length, now]. Fixed: [its start, now].
+        let rolling = self.rolling;
+        let outside = |t: &Instant| {
+            if rolling {
+                *t <= window_start
+            } else {
+                *t < window_start
+            }
+        };
+        while self.admitted.front().is_some_and(outside) {
             self.admitted.pop_front();
         }
         if self.admitted.len() < self.count {
@@ -226,7 +231,7 @@ mod tests {
         let at = |ms| t0 + Duration::from_millis(ms);
         assert!((0..3).all(|i| w.take(at(900 + i)).is_ok()));
         // Past the fixed window's boundary the log still holds the three.
-        assert_eq!(w.take(at(1000)), Err(Duration::from_millis(800)));
+        assert_eq!(w.take(at(1000)), Err(Duration::from_millis(900)));
         assert!(w.take(at(1900)).is_ok());
         assert!(w.take(at(1900)).is_err());
     }
