@@ -3,8 +3,11 @@
 -- Times are microseconds of the Redis server's clock (TIME): client clocks are never compared,
 -- only durations measured by one client (the age of a throttled request) are passed in.
 --
--- Fields: tat, pause_until, generation (bumped by every cut), cut_at (0 = no 429 yet), w_max, k
--- (seconds), traffic_start, successes, refused, ep_start, ep_successes, ep_refused, ep_signals.
+-- Fields: tat, pause_until, generation (bumped by every cut and closed probe), cut_at (0 = no 429
+-- yet), w_max, k (seconds), traffic_start, successes, refused, ep_start, ep_successes, ep_refused,
+-- ep_signals, cut_ok (successes of requests sent after the cut), closed_run, closed_at, probe
+-- (us between probes while closed, 0 = open), last_closed, first_cut, t_newest and the trailing
+-- second's slots t_adm / t_ref (20 comma-separated counts of 50 ms each).
 --
 -- ARGV[1] = op: "acquire" | "throttle"
 -- ARGV[2] = max_rate (0 = not configured: slow start), ARGV[3] = burst, ARGV[4] = ttl_ms,
@@ -12,11 +15,14 @@
 -- ARGV[6] = 429s to add (since this client's last call, including this one for throttle),
 -- ARGV[7..17] = beta, recover_us, min_rate, estimate_successes, estimate_refused, escalate_after,
 --               cool_min_us, cool_max_us, start_rate, doubling_us, horizon_us
--- throttle: ARGV[18] = age_us (how long ago the throttled request was sent),
---           ARGV[19] = retry_after_us (-1 = none)
+-- ARGV[18] = closed_probe_us, ARGV[19] = the generation the caller's after-cut successes belong
+--            to, ARGV[20] = successes of requests the caller sent after it saw that generation
+-- throttle: ARGV[21] = age_us (how long ago the throttled request was sent),
+--           ARGV[22] = retry_after_us (-1 = none)
 --
 -- Replies are integers (Lua numbers are truncated): {wait_us, rate_milli, generation, reserved 0|1}
--- for acquire (not reserved: ask again after wait_us); {cut 0|1, rate_milli, w_max_milli, pause_left_us (-1 = none), generation} for throttle.
+-- for acquire (not reserved: ask again after wait_us); {cut 0|1, rate_milli, w_max_milli, pause_left_us (-1 = none), generation} for throttle
+-- (cut 0 with a new generation: the server is closed and requests go as probes).
 local key = KEYS[1]
 local op = ARGV[1]
 local max_rate = tonumber(ARGV[2])
@@ -35,17 +41,65 @@ local cool_max = tonumber(ARGV[14])
 local start_rate = tonumber(ARGV[15])
 local doubling = tonumber(ARGV[16])
 local horizon = tonumber(ARGV[17])
+local closed_probe = tonumber(ARGV[18])
+local after_gen = tonumber(ARGV[19])
+local after_count = tonumber(ARGV[20])
+local SLOT = 50000
+local SLOTS = 20
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
 local names = {'tat', 'pause_until', 'generation', 'cut_at', 'w_max', 'k', 'traffic_start',
-  'successes', 'refused', 'ep_start', 'ep_successes', 'ep_refused', 'ep_signals'}
+  'successes', 'refused', 'ep_start', 'ep_successes', 'ep_refused', 'ep_signals', 'cut_ok',
+  'closed_run', 'closed_at', 'probe', 'last_closed', 'first_cut', 't_newest'}
 local raw = redis.call('HMGET', key, unpack(names))
 local s = {}
 for i, name in ipairs(names) do s[name] = tonumber(raw[i]) or 0 end
+local slots_raw = redis.call('HMGET', key, 't_adm', 't_ref')
+local function slots(text)
+  local out = {}
+  for n in string.gmatch(text or '', '[^,]+') do out[#out + 1] = tonumber(n) or 0 end
+  for i = #out + 1, SLOTS do out[i] = 0 end
+  return out
+end
+local adm, ref = slots(slots_raw[1]), slots(slots_raw[2])
 s.successes = s.successes + added
 s.refused = s.refused + added_refused
 if s.traffic_start == 0 then s.traffic_start = now end
+-- A success of a request sent after the cut: the server is open (see cubic.rs, "Closed").
+if after_count > 0 and after_gen == s.generation then
+  s.cut_ok = s.cut_ok + after_count
+  s.closed_run = 0
+  s.probe = 0
+end
+
+-- The trailing second (trailing.rs): slots of 50 ms from traffic_start, answers counted when
+-- reported.
+local function advance(at)
+  local index = math.floor((at - s.traffic_start) / SLOT)
+  if index > s.t_newest then
+    local passed = math.min(index - s.t_newest, SLOTS)
+    for j = 1, passed do
+      local i = (s.t_newest + j) % SLOTS + 1
+      adm[i] = 0
+      ref[i] = 0
+    end
+    s.t_newest = index
+  end
+  return s.t_newest % SLOTS + 1
+end
+local current_slot = advance(now)
+adm[current_slot] = adm[current_slot] + added
+ref[current_slot] = ref[current_slot] + added_refused
+local function trailing()
+  local a, r = 0, 0
+  for i = 1, SLOTS do
+    a = a + adm[i]
+    r = r + ref[i]
+  end
+  local first = math.max(s.t_newest - (SLOTS - 1), 0)
+  return a, r, now - (s.traffic_start + first * SLOT)
+end
 
 local scale = (1 - beta) / math.max(recover, 0.001) ^ 3
 local function rate_at(at)
@@ -55,9 +109,13 @@ local function rate_at(at)
     return start_rate * 2 ^ d
   end
   local dt = (at - s.cut_at) / 1000000
-  local r = s.w_max * (1 + scale * (dt - s.k) ^ 3)
+  -- Past w_max the probe climbs a quarter as steeply.
+  local sc = scale
+  if dt > s.k then sc = scale / 4 end
+  local r = s.w_max * (1 + sc * (dt - s.k) ^ 3)
   if max_rate > 0 and r > max_rate then r = max_rate end
   if r < min_rate then r = min_rate end
+  if s.probe > 0 and r > 1000000 / s.probe then r = 1000000 / s.probe end
   return r
 end
 local function milli(r) return math.floor(math.min(r, 1e9) * 1000 + 0.5) end
@@ -67,6 +125,10 @@ local function save()
     args[#args + 1] = name
     args[#args + 1] = string.format('%.17g', s[name])
   end
+  args[#args + 1] = 't_adm'
+  args[#args + 1] = table.concat(adm, ',')
+  args[#args + 1] = 't_ref'
+  args[#args + 1] = table.concat(ref, ',')
   redis.call('HSET', key, unpack(args))
   redis.call('PEXPIRE', key, ttl)
 end
@@ -89,15 +151,34 @@ if op == 'acquire' then
 end
 
 if op == 'throttle' then
-  local sent = now - tonumber(ARGV[18])
-  local retry_after = tonumber(ARGV[19])
+  local sent = now - tonumber(ARGV[21])
+  local retry_after = tonumber(ARGV[22])
   if s.cut_at > 0 and sent < s.cut_at then
     -- Sent before the last cut (by any replica): part of a signal already taken.
     save()
     return {0, milli(rate_at(now)), milli(s.w_max), -1, s.generation}
   end
+  if s.cut_at > 0 and s.cut_ok == 0 then
+    -- Nothing sent since the cut was admitted: closed (a window used up). Probe, do not cut.
+    if s.closed_at > 0 and sent < s.closed_at then
+      save()
+      return {0, milli(rate_at(now)), milli(s.w_max), -1, s.generation}
+    end
+    local cap = math.min(cool_max, closed_probe * 16)
+    if retry_after >= 0 then cap = math.min(cap, retry_after) end
+    local interval = closed_probe * 2 ^ math.min(s.closed_run, 16)
+    s.probe = math.max(math.min(interval, cap), 1000)
+    s.closed_run = s.closed_run + 1
+    s.closed_at = now
+    s.last_closed = now
+    s.generation = s.generation + 1
+    local probe_rate = rate_at(now)
+    s.tat = now + burst * 1000000 / probe_rate
+    save()
+    return {0, milli(probe_rate), milli(s.w_max), -1, s.generation}
+  end
   local current = rate_at(now)
-  if s.cut_at > 0 and (now - s.cut_at) / 1000000 < recover then
+  if s.cut_at > 0 and (now - s.cut_at) / 1000000 < recover and current < 0.99 * s.w_max then
     s.ep_signals = s.ep_signals + 1
   else
     s.ep_start = now
@@ -105,8 +186,12 @@ if op == 'throttle' then
     s.ep_refused = s.refused
     s.ep_signals = 1
   end
-  local w_max = current
-  local n = math.min(s.ep_signals, 32)
+  -- 429s again at about the rate they came at last time: the limit sits a little lower.
+  local again = current
+  if s.cut_at > 0 and math.abs(current / s.w_max - 1) < 0.01 then
+    again = math.min(current, s.w_max) * 0.99
+  end
+  local estimate = -1
   local span = now - s.ep_start
   local admitted = s.successes - s.ep_successes
   local refused = s.refused - s.ep_refused
@@ -114,7 +199,22 @@ if op == 'throttle' then
       and refused >= estimate_refused * admitted then
     -- The bucket was empty at the episode's first 429 and kept refusing since: what it admitted
     -- since then is its rate.
-    local estimate = (admitted + 1) / (span / 1000000)
+    estimate = (admitted + 1) / (span / 1000000)
+  end
+  local t_adm, t_ref, t_span = trailing()
+  local steady = s.traffic_start
+  if max_rate <= 0 then steady = s.first_cut end
+  if steady > 0 and now - steady >= 1000000 and t_adm >= estimate_successes then
+    local closed = s.last_closed > 0 and now - s.last_closed <= 2 * t_span
+    if closed or t_ref >= estimate_refused * t_adm then
+      estimate = math.max(estimate, (t_adm + 1) / math.max(t_span / 1000000, 0.001))
+    end
+  end
+  local n = math.min(s.ep_signals, 32)
+  local w_max = again
+  if estimate >= 0 then
+    -- Never below what was admitted in the last second.
+    estimate = math.max(estimate, t_adm / math.max(t_span / 1000000, 1))
     if estimate < current then
       w_max = estimate
       n = 1
@@ -125,6 +225,11 @@ if op == 'throttle' then
   s.k = (math.max(1 - rate / w_max, 0) / scale) ^ (1 / 3)
   s.w_max = w_max
   s.cut_at = now
+  if s.first_cut == 0 then s.first_cut = now end
+  s.cut_ok = 0
+  s.closed_run = 0
+  s.closed_at = 0
+  s.probe = 0
   s.generation = s.generation + 1
   -- Reservations at the old rate are void; the new rate starts without burst.
   s.tat = now + burst * 1000000 / rate

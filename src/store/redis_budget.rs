@@ -6,10 +6,13 @@
 //! [`Cubic`](super::cubic::Cubic) and [`Pacer`](super::pacer::Pacer) on shared state:
 //! - `acquire`: a GCRA reservation at the shared rate of that moment (the CUBIC curve is a function
 //!   of time, so there is no separate increase call); the reply says how long to sleep. It also
-//!   carries this process's success count since its last call, for the episode estimate.
+//!   carries this process's success and 429 counts since its last call (for the episode estimate
+//!   and the trailing second), and the successes of requests it sent after it saw the newest cut
+//!   (which end a closed run).
 //! - `throttle`: a 429 seen by any replica, with the age of its request. A request sent before the
-//!   last cut (by any replica) is part of a signal already taken; otherwise the shared rate is cut
-//!   for every replica at once and the reservations at the old rate are void.
+//!   last cut (by any replica) is part of a signal already taken; while nothing sent since the cut
+//!   has been admitted the server is closed and every replica probes; otherwise the shared rate
+//!   is cut for every replica at once and the reservations at the old rate are void.
 //!
 //! Round trips: one per request (`acquire`), plus one per 429 that is not obviously part of a
 //! signal this process has already seen cut.
@@ -75,6 +78,9 @@ struct View {
     generation: i64,
     /// When this process learned of the newest cut: requests sent before it need no report.
     cut_seen: Option<Instant>,
+    /// Successes of requests sent after `cut_seen`, not yet passed to the script (they tell it
+    /// the server is open again after a closed run).
+    after_cut: u64,
 }
 
 struct Shared {
@@ -146,6 +152,7 @@ impl RedisBudget {
                 rate: params.max_rate.unwrap_or(params.start_rate),
                 generation: 0,
                 cut_seen: None,
+                after_cut: 0,
             }),
             params,
             probing: AtomicBool::new(false),
@@ -242,6 +249,7 @@ impl Shared {
         if generation > view.generation {
             view.generation = generation;
             view.cut_seen = Some(Instant::now());
+            view.after_cut = 0;
         }
         if (view.rate - rate).abs() > 0.5 {
             view.rate = rate;
@@ -306,6 +314,10 @@ impl Shared {
         let p = &self.params;
         let successes = self.unreported.swap(0, Ordering::Relaxed);
         let refused = self.unreported_refused.swap(0, Ordering::Relaxed);
+        let (generation, after_cut) = {
+            let mut view = self.view();
+            (view.generation, std::mem::take(&mut view.after_cut))
+        };
         vec![
             op.to_owned(),
             self.max_rate.to_string(),
@@ -324,6 +336,9 @@ impl Shared {
             p.start_rate.to_string(),
             p.doubling.as_micros().to_string(),
             HORIZON.as_micros().to_string(),
+            p.closed_probe.as_micros().to_string(),
+            generation.to_string(),
+            after_cut.to_string(),
         ]
     }
 }
@@ -481,6 +496,10 @@ impl RateBudget for RedisBudget {
             return s.fallback.on_success(sent);
         }
         s.unreported.fetch_add(1, Ordering::Relaxed);
+        let mut view = s.view();
+        if view.cut_seen.is_some_and(|seen| sent >= seen) {
+            view.after_cut += 1;
+        }
     }
 
     fn effective_rate(&self) -> f64 {

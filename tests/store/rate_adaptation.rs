@@ -151,9 +151,24 @@ async fn not_configured_the_client_discovers_the_limit_with_at_most_two_percent_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_on_one_redis_budget_adapt_together_above_the_limit() {
+    redis_run("token_bucket", "redis, 2 clients, 1.5x above", 0.02).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_on_one_redis_budget_probe_a_closed_fixed_window_together() {
+    redis_run(
+        "fixed_window",
+        "redis, 2 clients, 1.5x above a fixed window",
+    )
+    .await;
+}
+
+/// Two clients sharing one Redis budget of 150/s against the emulator's `algorithm` at 100/s,
+/// with at most `max_429` of the requests throttled.
+async fn redis_run(algorithm: &str, label: &str, max_429: f64) {
     let _measurement = crate::helpers::measurement("store::rate_adaptation").await;
-    let datastore = "adapt-redis";
-    let (emu, records) = token_bucket_emulator(datastore).await;
+    let datastore = format!("adapt-redis-{algorithm}");
+    let (emu, records) = limited_emulator(&datastore, algorithm).await;
     let key = format!("cxrel-test:adapt:{}", uuid::Uuid::new_v4());
     let clients: Vec<StoreClient> = (0..2)
         .map(|_| {
@@ -179,14 +194,5 @@ async fn two_clients_on_one_redis_budget_adapt_together_above_the_limit() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    check_run(
-        "redis, 2 clients, 1.5x above",
-        &clients,
-        &emu,
-        datastore,
-        &records,
-        1500,
-        0.02,
-    )
-    .await;
+    check_run(label, &clients, &emu, &datastore, &records, 1500, max_429).await;
 }
