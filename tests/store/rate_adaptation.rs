@@ -18,12 +18,8 @@ use crate::support::{client_for, create_store, ids, patch_chained, route_count};
 /// Tasks sending PATCHes at once (the worker's default jobs in flight).
 const TASKS: usize = 16;
 
-/// An emulator limiting the record API with a token bucket and jitter, and a store of records.
-async fn token_bucket_emulator(datastore: &str) -> (EmulatorProcess, Arc<Vec<String>>) {
-    limited_emulator(datastore, "token_bucket").await
-}
-
-/// The same with the emulator's `algorithm` (`token_bucket`, `fixed_window`, `sliding_window`).
+/// An emulator limiting the record API with `algorithm` (`token_bucket`, `fixed_window`,
+/// `sliding_window`) at 100/s (bucket 10) and jitter, and a store of records.
 async fn limited_emulator(datastore: &str, algorithm: &str) -> (EmulatorProcess, Arc<Vec<String>>) {
     let emu = EmulatorProcess::spawn();
     let records = ids(TASKS * 4);
