@@ -1,6 +1,6 @@
 //! The rate adaptation behind every rate budget: CUBIC-style recovery toward the rate at which
 //! 429s appeared, free of clocks and I/O so it can be driven step by step (the Redis script
-//! `budget.lua` runs the same arithmetic on the server, without the window handling below yet).
+//! `budget.lua` runs the same arithmetic on the server).
 //!
 //! - **A signal** is a 429 for a request sent *after* the last cut: answers of requests already
 //!   in flight when the rate was cut describe the old rate, so a burst of 429s counts once.

@@ -109,6 +109,45 @@ async fn a_throttle_on_one_budget_lowers_the_rate_of_the_other_once_per_signal()
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_refusing_everything_since_the_cut_is_probed_by_every_replica_not_cut_again() {
+    let _measurement = crate::helpers::measurement("store::redis_budget").await;
+    let key = unique_key("closed");
+    let (a, b) = (
+        budget(REDIS, &key, 150, 1, 2),
+        budget(REDIS, &key, 150, 1, 2),
+    );
+    until_shared(&a).await;
+    until_shared(&b).await;
+    a.on_throttled(Instant::now(), Some(Duration::from_secs(1)));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    b.acquire().await;
+    assert!(
+        (134.0..=140.0).contains(&b.effective_rate()),
+        "{}",
+        b.effective_rate()
+    );
+    // The curve climbs back from 135. A request b sent after the cut is refused too, and nothing
+    // sent since was admitted: a window used up. No second cut (that would be 0.81 × 137 = 111);
+    // every replica probes, one request per 10 ms (100/s).
+    b.on_throttled(Instant::now(), Some(Duration::from_secs(1)));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    a.acquire().await;
+    assert!(
+        (99.0..=101.0).contains(&a.effective_rate()),
+        "{}",
+        a.effective_rate()
+    );
+    // a's probe, sent after it saw the probing generation, gets through: open again, back on the
+    // curve for everyone.
+    let probe_sent = Instant::now();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    a.on_success(probe_sent);
+    a.acquire().await;
+    b.acquire().await;
+    assert!(b.effective_rate() > 134.0, "{}", b.effective_rate());
+}
+
 #[tokio::test]
 async fn an_unreachable_redis_falls_back_to_the_replicas_share() {
     let b = budget("redis://127.0.0.1:1", &unique_key("down"), 100, 1, 3);
