@@ -6,7 +6,7 @@
 -- Fields: tat, pause_until, generation (bumped by every cut and closed probe), cut_at (0 = no 429
 -- yet), w_max, k (seconds), traffic_start, successes, refused, ep_start, ep_successes, ep_refused,
 -- ep_signals, cut_ok (successes of requests sent after the cut), closed_run, closed_at, probe
--- (us between probes while closed, 0 = open), last_closed, first_cut, t_newest and the trailing
+-- (us between probes while closed, 0 = open), closed_since, last_closed, first_cut, t_newest and the trailing
 -- second's slots t_adm / t_ref (20 comma-separated counts of 50 ms each).
 --
 -- ARGV[1] = op: "acquire" | "throttle"
@@ -51,7 +51,7 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
 local names = {'tat', 'pause_until', 'generation', 'cut_at', 'w_max', 'k', 'traffic_start',
   'successes', 'refused', 'ep_start', 'ep_successes', 'ep_refused', 'ep_signals', 'cut_ok',
-  'closed_run', 'closed_at', 'probe', 'last_closed', 'first_cut', 't_newest'}
+  'closed_run', 'closed_at', 'probe', 'last_closed', 'first_cut', 't_newest', 'closed_since'}
 local raw = redis.call('HMGET', key, unpack(names))
 local s = {}
 for i, name in ipairs(names) do s[name] = tonumber(raw[i]) or 0 end
@@ -99,6 +99,10 @@ local function trailing()
   end
   local first = math.max(s.t_newest - (SLOTS - 1), 0)
   return a, r, now - (s.traffic_start + first * SLOT)
+end
+local function admitted_last_second()
+  local a, _, span = trailing()
+  return a / math.max(span / 1000000, 1)
 end
 
 local scale = (1 - beta) / math.max(recover, 0.001) ^ 3
@@ -164,13 +168,29 @@ if op == 'throttle' then
       save()
       return {0, milli(rate_at(now)), milli(s.w_max), -1, s.generation}
     end
-    local cap = math.min(cool_max, closed_probe * 16)
-    if retry_after >= 0 then cap = math.min(cap, retry_after) end
-    local interval = closed_probe * 2 ^ math.min(s.closed_run, 16)
-    s.probe = math.max(math.min(interval, cap), 1000)
+    if s.closed_run == 0 then s.closed_since = now end
+    local doubled = closed_probe * 2 ^ math.min(s.closed_run, 16)
+    -- Within a second a window opens again: probe often, whatever Retry-After says. Closed for
+    -- longer it is a penalty box: wait as Retry-After says (or twice as long each time).
+    local interval = math.min(doubled, closed_probe * 16)
+    if now - s.closed_since >= 1000000 then
+      interval = doubled
+      if retry_after >= 0 then interval = retry_after end
+    end
+    s.probe = math.max(math.min(interval, cool_max), 1000)
     s.closed_run = s.closed_run + 1
     s.closed_at = now
     s.last_closed = now
+    if s.closed_run == 3 and s.first_cut == s.cut_at then
+      -- A window, not an empty bucket: rebase the first cut's curve on what it admitted.
+      local floor = admitted_last_second()
+      if floor >= estimate_successes and floor < s.w_max then
+        local rebased = math.max(floor * beta, min_rate)
+        s.k = (math.max(1 - rebased / floor, 0) / scale) ^ (1 / 3)
+        s.w_max = floor
+        s.cut_at = now
+      end
+    end
     s.generation = s.generation + 1
     local probe_rate = rate_at(now)
     s.tat = now + burst * 1000000 / probe_rate
@@ -210,18 +230,20 @@ if op == 'throttle' then
       estimate = math.max(estimate, (t_adm + 1) / math.max(t_span / 1000000, 0.001))
     end
   end
+  -- Never below what a window admitted in the last second (closed within the last two).
+  local floor = 0
+  if s.last_closed > 0 and now - s.last_closed <= 2000000 then floor = admitted_last_second() end
   local n = math.min(s.ep_signals, 32)
-  local w_max = again
+  local w_max = math.max(again, floor)
   if estimate >= 0 then
-    -- Never below what was admitted in the last second.
-    estimate = math.max(estimate, t_adm / math.max(t_span / 1000000, 1))
+    estimate = math.max(estimate, floor)
     if estimate < current then
       w_max = estimate
       n = 1
     end
   end
   w_max = math.max(w_max, min_rate)
-  local rate = math.max(w_max * beta ^ n, min_rate)
+  local rate = math.max(w_max * beta ^ n, beta * floor, min_rate)
   s.k = (math.max(1 - rate / w_max, 0) / scale) ^ (1 / 3)
   s.w_max = w_max
   s.cut_at = now
@@ -234,7 +256,8 @@ if op == 'throttle' then
   -- Reservations at the old rate are void; the new rate starts without burst.
   s.tat = now + burst * 1000000 / rate
   local pause_left = -1
-  if s.ep_signals >= escalate_after or rate <= min_rate then
+  -- A server that admitted plenty in the last second is no penalty box: no pause.
+  if floor < estimate_successes and (s.ep_signals >= escalate_after or rate <= min_rate) then
     local extra = math.min(math.max(s.ep_signals - escalate_after, 0), 16)
     local pause = math.min(cool_min * 2 ^ extra, cool_max)
     if retry_after >= 0 then pause = math.min(retry_after, cool_max) end

@@ -14,7 +14,11 @@
 //!   window whose count is used up refuses everything until it ends, whatever the rate, and
 //!   cutting at every such 429 took 150 rps to 19 in a third of a second. The rate stays, and
 //!   requests go one at a time as probes, `closed_probe` apart and twice that after each further
-//!   refused probe (at most 16 times, and never longer than Retry-After), until one is admitted.
+//!   refused probe, at most 16 times that during the run's first second (a window opens when its
+//!   second ends), then as Retry-After says (a penalty box), until one is admitted. From the
+//!   third refused probe it is a window, not an empty bucket (which refills within one probe):
+//!   the first cut's curve is rebased on what the server admitted in the last second, so a slow
+//!   start that a window never slowed does not come back at ten times its limit.
 //! - **An episode** is a run of signals each within `recover` of the previous cut while the rate
 //!   had not yet climbed back to `w_max` (the cut did not get the rate below the limit). From
 //!   its second signal on, once `estimate_successes` answers came back fine, `w_max` is capped
@@ -27,9 +31,13 @@
 //!   refused `estimate_refused` of it or was closed in the last two seconds. A window admits its
 //!   count per second however its slots free up, so the episode's count can fall far short of it
 //!   (a window freed in the pattern of a slow start admits 10/s for a while). The larger of the
-//!   two estimates is taken, and never less than what was admitted in the last second.
+//!   two estimates is taken. After a closed run in the last two seconds (a window), neither the
+//!   estimate, `w_max` nor the cut goes below what the server admitted in the last second (times
+//!   `beta` for the cut): a window still full of earlier requests refuses whatever the rate, and
+//!   cutting on would only starve the next second.
 //! - **A pause** (every request waits) happens only when cutting no longer helps: at the rate
-//!   floor or from the `escalate_after`-th signal of an episode. Then Retry-After is honoured
+//!   floor or from the `escalate_after`-th signal of an episode, and not while a window admitted
+//!   `estimate_successes` or more in the last second. Then Retry-After is honoured
 //!   (capped at `cool_down_max`), else an own cool-down doubling from `cool_down_min`. Stores send
 //!   Retry-After in whole seconds, which for a bucket refilling every few milliseconds overstates
 //!   the wait a hundredfold; pausing on every 429 would cost a second of traffic each time.
@@ -44,6 +52,13 @@
 use std::time::{Duration, Instant};
 
 use super::trailing::Trailing;
+
+/// How long a closed run may last and still be a window closing until its second ends.
+const CLOSED_WINDOW: Duration = Duration::from_secs(1);
+
+/// Refused probes in one closed run that show a window (an empty bucket refills within one): the
+/// curve is then rebased on what the server admitted.
+const WINDOW_AFTER: u32 = 3;
 
 /// Parameters of the adaptation; [`CubicParams::new`] gives the defaults.
 #[derive(Debug, Clone, PartialEq)]
@@ -153,7 +168,9 @@ pub struct Cubic {
     closed_at: Option<Instant>,
     /// While closed: one request per this interval.
     probe: Option<Duration>,
-    /// When the server last refused everything sent since a cut (a closed run began).
+    /// When the current closed run began.
+    closed_since: Instant,
+    /// When the server last refused everything sent since a cut (a closed run).
     last_closed: Option<Instant>,
     /// Answers over the trailing second.
     trailing: Trailing,
@@ -178,6 +195,7 @@ impl Cubic {
             closed_run: 0,
             closed_at: None,
             probe: None,
+            closed_since: now,
             last_closed: None,
             trailing: Trailing::new(now),
             first_cut: None,
@@ -273,9 +291,10 @@ impl Cubic {
         }
         let current = self.rate(now);
         self.track_episode(now);
-        // Never below what the server admitted within the last second: a window frees its slots
-        // in the pattern they were taken, so an episode's count can fall far short of its rate.
-        let floor = self.admitted_last_second(now);
+        // Never below what a window admitted within the last second: it frees its slots in the
+        // pattern they were taken, so an episode's count can fall far short of its rate, and
+        // while it is still full of earlier requests it refuses whatever the rate.
+        let floor = self.window_floor(now);
         let estimate = match (self.limit_estimate(now), self.trailing_estimate(now)) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
@@ -288,7 +307,7 @@ impl Cubic {
             .cut
             .filter(|c| (current / c.w_max - 1.0).abs() < 0.01)
             .map_or(current, |c| current.min(c.w_max) * 0.99);
-        let w_max = estimate.unwrap_or(again).max(p.min_rate);
+        let w_max = estimate.unwrap_or(again.max(floor)).max(p.min_rate);
         // Below the estimate by beta; without one, deeper with every signal of the episode.
         let n = if estimate.is_some() {
             1
@@ -296,7 +315,7 @@ impl Cubic {
             self.episode_signals.min(32)
         };
         let depth = p.beta.powi(n as i32);
-        let rate = (w_max * depth).max(p.min_rate);
+        let rate = (w_max * depth).max(p.beta * floor).max(p.min_rate);
         // K of the curve through (0, rate) and (K, w_max): longer when the cut went deeper.
         let k = ((1.0 - rate / w_max).max(0.0) / p.scale()).cbrt();
         self.cut = Some(Cut { at: now, w_max, k });
@@ -305,7 +324,13 @@ impl Cubic {
         self.closed_run = 0;
         self.closed_at = None;
         self.probe = None;
-        let pause_until = self.escalated(now, rate, retry_after);
+        // A server that admitted plenty in the last second is no penalty box: no pause.
+        let admitting = floor >= p.estimate_successes as f64;
+        let pause_until = if admitting {
+            None
+        } else {
+            self.escalated(now, rate, retry_after)
+        };
         Signal::Cut {
             w_max,
             rate,
@@ -317,21 +342,54 @@ impl Cubic {
     /// (never longer than Retry-After says), then probe at the same rate.
     fn closed(&mut self, now: Instant, retry_after: Option<Duration>) -> Signal {
         let p = &self.params;
-        let cap = retry_after
-            .unwrap_or(p.cool_down_max)
-            .min(p.closed_probe * 16);
-        let interval = p
-            .closed_probe
-            .saturating_mul(1 << self.closed_run.min(16))
-            .min(cap)
-            .max(Duration::from_millis(1));
+        if self.closed_run == 0 {
+            self.closed_since = now;
+        }
+        let doubled = p.closed_probe.saturating_mul(1 << self.closed_run.min(16));
+        // Within a second a window opens again: probe often, whatever Retry-After says. Closed
+        // for longer it is a penalty box: wait as Retry-After says (or twice as long each time).
+        let interval = if now.saturating_duration_since(self.closed_since) < CLOSED_WINDOW {
+            doubled.min(p.closed_probe * 16)
+        } else {
+            retry_after.unwrap_or(doubled)
+        }
+        .min(p.cool_down_max)
+        .max(Duration::from_millis(1));
         self.closed_run += 1;
         self.closed_at = Some(now);
         self.last_closed = Some(now);
         self.probe = Some(interval);
+        if self.closed_run == WINDOW_AFTER {
+            self.rebase(now);
+        }
         Signal::Closed {
             rate: self.rate(now),
         }
+    }
+
+    /// A closed run that outlasts a few probes is a window, not an empty bucket (which refills
+    /// within one): its limit is what it admitted in the last second. The curve restarts below
+    /// that, so the rate is right when the window opens, instead of ten times too high after a
+    /// slow start that a window never slowed.
+    fn rebase(&mut self, now: Instant) {
+        let floor = self.admitted_last_second(now);
+        let p = &self.params;
+        let Some(cut) = self.cut else { return };
+        // Only the first cut's: later runs are the trailing estimate's (a sliding window frees
+        // its slots in the pattern a slow start took them, so a second run can see few).
+        if self.first_cut != Some(cut.at)
+            || floor < p.estimate_successes as f64
+            || floor >= cut.w_max
+        {
+            return;
+        }
+        let rate = (floor * p.beta).max(p.min_rate);
+        let k = ((1.0 - rate / floor).max(0.0) / p.scale()).cbrt();
+        self.cut = Some(Cut {
+            at: now,
+            w_max: floor,
+            k,
+        });
     }
 
     /// Counts this signal into the running episode, or starts a new one.
@@ -393,6 +451,20 @@ impl Cubic {
             return None;
         }
         Some((w.admitted + 1) as f64 / w.span.as_secs_f64().max(1e-3))
+    }
+
+    /// What the server admitted in the trailing second, when it was closed within the last two
+    /// (a window); else 0. A bucket's limit can drop below what it admitted a second ago, and
+    /// the episode estimate finds the new one sooner.
+    fn window_floor(&mut self, now: Instant) -> f64 {
+        let closed = self
+            .last_closed
+            .is_some_and(|at| now.saturating_duration_since(at) <= Duration::from_secs(2));
+        if closed {
+            self.admitted_last_second(now)
+        } else {
+            0.0
+        }
     }
 
     /// Admissions in the trailing second, per second (over a whole second even when less has
@@ -571,12 +643,17 @@ mod tests {
             Signal::Closed { rate: 50.0 }
         );
         assert_eq!(c.w_max(), Some(150.0));
-        // Probes never wait longer than 160 ms, nor longer than Retry-After says.
-        for i in 0..10 {
+        // Within the run's first second probes never wait longer than 160 ms, whatever
+        // Retry-After says (a window opens when its second ends).
+        for i in 0..4 {
             let t = t0 + ms(100 + i * 200);
             c.on_throttled(t, t - ms(1), Some(ms(1000)));
         }
-        assert!((c.rate(t0 + ms(2200)) - 1.0 / 0.16).abs() < 1e-9);
+        assert!((c.rate(t0 + ms(800)) - 1.0 / 0.16).abs() < 1e-9);
+        // Closed for over a second: a penalty box. Now Retry-After is the wait.
+        let t = t0 + ms(1200);
+        c.on_throttled(t, t - ms(1), Some(ms(1000)));
+        assert!((c.rate(t) - 1.0).abs() < 1e-9, "{}", c.rate(t));
         // The window opens: a probe gets through and the curve is back.
         c.on_success(t0 + ms(2300), t0 + ms(2290));
         assert!(c.rate(t0 + ms(2300)) > 140.0, "{}", c.rate(t0 + ms(2300)));
@@ -607,6 +684,31 @@ mod tests {
             }
             other => panic!("a cut: {other:?}"),
         }
+    }
+
+    #[test]
+    fn three_refused_probes_rebase_the_slow_starts_cut_on_what_the_window_admitted() {
+        let t0 = Instant::now();
+        let mut c = Cubic::new(CubicParams::new(None), t0);
+        c.on_request(t0);
+        // A window admitted 100 in the slow start's first 600 ms, then refused at 640/s.
+        for i in 0..100 {
+            c.on_success(t0 + ms(i * 6 + 3), t0 + ms(i * 6));
+        }
+        cut_rate(c.on_throttled(t0 + ms(600), t0 + ms(600), None));
+        assert!(c.w_max().unwrap() > 600.0, "{:?}", c.w_max());
+        for i in 0..3 {
+            let t = t0 + ms(610 + i * 30);
+            c.on_throttled(t, t - ms(1), None);
+        }
+        assert_eq!(c.w_max(), Some(100.0));
+        // When the window opens the rate is 90, not 580.
+        c.on_success(t0 + ms(1010), t0 + ms(1005));
+        assert!(
+            (c.rate(t0 + ms(1010)) - 90.0).abs() < 3.0,
+            "{}",
+            c.rate(t0 + ms(1010))
+        );
     }
 
     #[test]

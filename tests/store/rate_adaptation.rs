@@ -152,11 +152,12 @@ async fn two_clients_on_one_redis_budget_adapt_together_above_the_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_on_one_redis_budget_probe_a_closed_fixed_window_together() {
-    // 1.83% in the run that added it: successes reach the script on each client's next call, so a
-    // closed run ends a little later than with a local budget. 3% keeps the test from flaking on
-    // a loaded machine while still failing a cascade of cuts.
+    // 1.25–1.83% run alone, 4.1% once beside the other rate tests and a CI build: successes
+    // reach the script on each client's next call, so a closed run ends a little later than with
+    // a local budget, and a loaded machine delays those calls. The bound is loose on purpose; the
+    // rule itself is checked in `redis_budget` without timing.
     let label = "redis, 2 clients, 1.5x above a fixed window";
-    redis_run("fixed_window", label, 0.03).await;
+    redis_run("fixed_window", label, 0.05).await;
 }
 
 /// Two clients sharing one Redis budget of 150/s against the emulator's `algorithm` at 100/s,
