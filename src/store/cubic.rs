@@ -702,13 +702,10 @@ mod tests {
             c.on_throttled(t, t - ms(1), None);
         }
         assert_eq!(c.w_max(), Some(100.0));
-        // When the window opens the rate is 90, not 580.
+        // When the window opens the rate is climbing back from 90 toward 100, not from 580.
         c.on_success(t0 + ms(1010), t0 + ms(1005));
-        assert!(
-            (c.rate(t0 + ms(1010)) - 90.0).abs() < 3.0,
-            "{}",
-            c.rate(t0 + ms(1010))
-        );
+        let rate = c.rate(t0 + ms(1010));
+        assert!((90.0..96.0).contains(&rate), "{rate}");
     }
 
     #[test]
