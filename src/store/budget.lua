@@ -207,10 +207,9 @@ if op == 'throttle' then
     s.ep_signals = 1
   end
   -- 429s again at about the rate they came at last time: the limit sits a little lower.
+  local again_hit = s.cut_at > 0 and math.abs(current / s.w_max - 1) < 0.01
   local again = current
-  if s.cut_at > 0 and math.abs(current / s.w_max - 1) < 0.01 then
-    again = math.min(current, s.w_max) * 0.99
-  end
+  if again_hit then again = math.min(current, s.w_max) * 0.99 end
   local estimate = -1
   local span = now - s.ep_start
   local admitted = s.successes - s.ep_successes
@@ -235,15 +234,20 @@ if op == 'throttle' then
   if s.last_closed > 0 and now - s.last_closed <= 2000000 then floor = admitted_last_second() end
   local n = math.min(s.ep_signals, 32)
   local w_max = math.max(again, floor)
+  local estimated = false
   if estimate >= 0 then
     estimate = math.max(estimate, floor)
     if estimate < current then
       w_max = estimate
       n = 1
+      estimated = true
     end
   end
   w_max = math.max(w_max, min_rate)
-  local rate = math.max(w_max * beta ^ n, beta * floor, min_rate)
+  -- A lone 429 back at the last w_max: a small step down (REPEAT_BETA in cubic.rs).
+  local depth = beta ^ n
+  if again_hit and not estimated and n == 1 then depth = 0.97 end
+  local rate = math.max(w_max * depth, beta * floor, min_rate)
   s.k = (math.max(1 - rate / w_max, 0) / scale) ^ (1 / 3)
   s.w_max = w_max
   s.cut_at = now

@@ -8,8 +8,9 @@
 //!   (0.9: a little). From there the rate follows `w_max × (1 + c·(t − K)³)`: concave and fast
 //!   back to just below `w_max` (in `recover`, K), flat around it, then convex probing above it
 //!   (a quarter as steep as the climb back: the limit is usually where it was). A 429 once the
-//!   rate is back at `w_max` again puts `w_max` 1% lower: a limit that refuses exactly there
-//!   (a sliding window counting every second) is met just below it, not cut at every return.
+//!   rate is back at `w_max` again puts `w_max` 1% lower and cuts only to 97% of it: a limit that
+//!   refuses exactly there (a sliding window counting every second) is met just below it, with a
+//!   small dip at each return instead of a 10% one.
 //! - **Closed.** A 429 while nothing sent since the last cut has been admitted is no signal: a
 //!   window whose count is used up refuses everything until it ends, whatever the rate, and
 //!   cutting at every such 429 took 150 rps to 19 in a third of a second. The rate stays, and
@@ -52,6 +53,9 @@
 use std::time::{Duration, Instant};
 
 use super::trailing::Trailing;
+
+/// The cut for a lone 429 back at the last `w_max` (`beta` for any other).
+const REPEAT_BETA: f64 = 0.97;
 
 /// How long a closed run may last and still be a window closing until its second ends.
 const CLOSED_WINDOW: Duration = Duration::from_secs(1);
@@ -314,7 +318,18 @@ impl Cubic {
         } else {
             self.episode_signals.min(32)
         };
-        let depth = p.beta.powi(n as i32);
+        // A lone 429 back at the last w_max: the limit is known to sit right there, so a small
+        // step down is enough (a sliding window refuses exactly at its limit on every return).
+        let repeat = estimate.is_none()
+            && n == 1
+            && self
+                .cut
+                .is_some_and(|c| (current / c.w_max - 1.0).abs() < 0.01);
+        let depth = if repeat {
+            REPEAT_BETA
+        } else {
+            p.beta.powi(n as i32)
+        };
         let rate = (w_max * depth).max(p.beta * floor).max(p.min_rate);
         // K of the curve through (0, rate) and (K, w_max): longer when the cut went deeper.
         let k = ((1.0 - rate / w_max).max(0.0) / p.scale()).cbrt();
@@ -709,15 +724,17 @@ mod tests {
     }
 
     #[test]
-    fn a_429_back_at_the_rate_of_the_last_one_sets_w_max_a_little_lower() {
+    fn a_429_back_at_the_rate_of_the_last_one_sets_w_max_a_little_lower_and_cuts_a_little() {
         let t0 = Instant::now();
         let mut c = Cubic::new(CubicParams::new(Some(100.0)), t0);
         cut_rate(c.on_throttled(t0, t0, None));
         // Back at 100 after K, refused again: the limit sits just below 100.
         let t = t0 + ms(2500);
         c.on_success(t, t - ms(10));
-        cut_rate(c.on_throttled(t, t, None));
+        let rate = cut_rate(c.on_throttled(t, t, None));
         assert!((c.w_max().unwrap() - 99.0).abs() < 1e-9, "{:?}", c.w_max());
+        // …and the step down is small: 97% of it, not 90%.
+        assert!((rate - 0.97 * 99.0).abs() < 1e-9, "{rate}");
     }
 
     #[test]
