@@ -221,17 +221,18 @@ if op == 'throttle' then
     estimate = (admitted + 1) / (span / 1000000)
   end
   local t_adm, t_ref, t_span = trailing()
+  local closed_recently = s.last_closed > 0 and now - s.last_closed <= 3000000
   local steady = s.traffic_start
   if max_rate <= 0 then steady = s.first_cut end
   if steady > 0 and now - steady >= 1000000 and t_adm >= estimate_successes then
-    local closed = s.last_closed > 0 and now - s.last_closed <= 2 * t_span
-    if closed or t_ref >= estimate_refused * t_adm then
+    if closed_recently or t_ref >= estimate_refused * t_adm then
       estimate = math.max(estimate, (t_adm + 1) / math.max(t_span / 1000000, 0.001))
     end
   end
-  -- Never below what a window admitted in the last second (closed within the last two).
+  -- Never below what a window admitted in the last second (closed within the last three: see
+  -- CLOSED_RECENT in cubic.rs).
   local floor = 0
-  if s.last_closed > 0 and now - s.last_closed <= 2000000 then floor = admitted_last_second() end
+  if closed_recently then floor = admitted_last_second() end
   local n = math.min(s.ep_signals, 32)
   local w_max = math.max(again, floor)
   local estimated = false

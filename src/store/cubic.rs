@@ -29,10 +29,10 @@
 //!   was not sending faster than the server admits, so its successes say nothing about the limit.
 //! - **The trailing second** ([`Trailing`]) gives a second estimate: what the server admitted in
 //!   the last second, once a second of traffic has passed outside the slow start and the server
-//!   refused `estimate_refused` of it or was closed in the last two seconds. A window admits its
+//!   refused `estimate_refused` of it or was closed in the last three seconds. A window admits its
 //!   count per second however its slots free up, so the episode's count can fall far short of it
 //!   (a window freed in the pattern of a slow start admits 10/s for a while). The larger of the
-//!   two estimates is taken. After a closed run in the last two seconds (a window), neither the
+//!   two estimates is taken. After a closed run in the last three seconds (a window), neither the
 //!   estimate, `w_max` nor the cut goes below what the server admitted in the last second (times
 //!   `beta` for the cut): a window still full of earlier requests refuses whatever the rate, and
 //!   cutting on would only starve the next second.
@@ -53,6 +53,11 @@
 use std::time::{Duration, Instant};
 
 use super::trailing::Trailing;
+
+/// A closed run this recent shows a window: its trailing second is trusted and bounds the cuts.
+/// Three seconds, not two: a rate a little above a window's limit overflows it every second or
+/// two, and the evidence must outlast the gap between two signals.
+const CLOSED_RECENT: Duration = Duration::from_secs(3);
 
 /// The cut for a lone 429 back at the last `w_max` (`beta` for any other).
 const REPEAT_BETA: f64 = 0.97;
@@ -460,7 +465,7 @@ impl Cubic {
         let w = self.trailing.window(now);
         let closed = self
             .last_closed
-            .is_some_and(|at| now.saturating_duration_since(at) <= w.span * 2);
+            .is_some_and(|at| now.saturating_duration_since(at) <= CLOSED_RECENT);
         let refused = (w.refused as f64) >= self.params.estimate_refused * w.admitted as f64;
         if w.admitted < self.params.estimate_successes || !(closed || refused) {
             return None;
@@ -468,13 +473,13 @@ impl Cubic {
         Some((w.admitted + 1) as f64 / w.span.as_secs_f64().max(1e-3))
     }
 
-    /// What the server admitted in the trailing second, when it was closed within the last two
+    /// What the server admitted in the trailing second, when it was closed within the last three
     /// (a window); else 0. A bucket's limit can drop below what it admitted a second ago, and
     /// the episode estimate finds the new one sooner.
     fn window_floor(&mut self, now: Instant) -> f64 {
         let closed = self
             .last_closed
-            .is_some_and(|at| now.saturating_duration_since(at) <= Duration::from_secs(2));
+            .is_some_and(|at| now.saturating_duration_since(at) <= CLOSED_RECENT);
         if closed {
             self.admitted_last_second(now)
         } else {
