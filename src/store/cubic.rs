@@ -300,6 +300,32 @@ impl Cubic {
         }
         let current = self.rate(now);
         self.track_episode(now);
+        let (w_max, rate, floor) = self.next_cut(now, current);
+        // K of the curve through (0, rate) and (K, w_max): longer when the cut went deeper.
+        let k = ((1.0 - rate / w_max).max(0.0) / self.params.scale()).cbrt();
+        self.cut = Some(Cut { at: now, w_max, k });
+        self.first_cut.get_or_insert(now);
+        self.admitted_since_cut = 0;
+        self.closed_run = 0;
+        self.closed_at = None;
+        self.probe = None;
+        // A server that admitted plenty in the last second is no penalty box: no pause.
+        let admitting = floor >= self.params.estimate_successes as f64;
+        let pause_until = if admitting {
+            None
+        } else {
+            self.escalated(now, rate, retry_after)
+        };
+        Signal::Cut {
+            w_max,
+            rate,
+            pause_until,
+        }
+    }
+
+    /// The signal's `w_max` and new rate at `now` (the rate being `current`), and the window
+    /// floor they were bounded by.
+    fn next_cut(&mut self, now: Instant, current: f64) -> (f64, f64, f64) {
         // Never below what a window admitted within the last second: it frees its slots in the
         // pattern they were taken, so an episode's count can fall far short of its rate, and
         // while it is still full of earlier requests it refuses whatever the rate.
@@ -311,51 +337,28 @@ impl Cubic {
         .map(|e| e.max(floor))
         .filter(|e| *e < current);
         let p = &self.params;
-        // 429s again at about the rate they came at last time: the limit sits a little lower.
-        let again = self
-            .cut
-            .filter(|c| (current / c.w_max - 1.0).abs() < 0.01)
-            .map_or(current, |c| current.min(c.w_max) * 0.99);
-        let w_max = estimate.unwrap_or(again.max(floor)).max(p.min_rate);
+        // 429s again at about the rate they came at last time: the limit sits a little lower,
+        // and a small step down is enough (a sliding window refuses exactly there every time).
+        let again = self.cut.filter(|c| (current / c.w_max - 1.0).abs() < 0.01);
+        let w_max = match (estimate, again) {
+            (Some(e), _) => e,
+            (None, Some(c)) => (current.min(c.w_max) * 0.99).max(floor),
+            (None, None) => current.max(floor),
+        }
+        .max(p.min_rate);
         // Below the estimate by beta; without one, deeper with every signal of the episode.
         let n = if estimate.is_some() {
             1
         } else {
             self.episode_signals.min(32)
         };
-        // A lone 429 back at the last w_max: the limit is known to sit right there, so a small
-        // step down is enough (a sliding window refuses exactly at its limit on every return).
-        let repeat = estimate.is_none()
-            && n == 1
-            && self
-                .cut
-                .is_some_and(|c| (current / c.w_max - 1.0).abs() < 0.01);
-        let depth = if repeat {
+        let depth = if estimate.is_none() && n == 1 && again.is_some() {
             REPEAT_BETA
         } else {
             p.beta.powi(n as i32)
         };
         let rate = (w_max * depth).max(p.beta * floor).max(p.min_rate);
-        // K of the curve through (0, rate) and (K, w_max): longer when the cut went deeper.
-        let k = ((1.0 - rate / w_max).max(0.0) / p.scale()).cbrt();
-        self.cut = Some(Cut { at: now, w_max, k });
-        self.first_cut.get_or_insert(now);
-        self.admitted_since_cut = 0;
-        self.closed_run = 0;
-        self.closed_at = None;
-        self.probe = None;
-        // A server that admitted plenty in the last second is no penalty box: no pause.
-        let admitting = floor >= p.estimate_successes as f64;
-        let pause_until = if admitting {
-            None
-        } else {
-            self.escalated(now, rate, retry_after)
-        };
-        Signal::Cut {
-            w_max,
-            rate,
-            pause_until,
-        }
+        (w_max, rate, floor)
     }
 
     /// A 429 while the server admits nothing sent since the cut: wait a little longer each time
