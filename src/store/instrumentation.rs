@@ -5,8 +5,8 @@
 //!   `connection` when there was no answer.
 //! - `cxrel_store_request_duration_seconds{route}`: histogram of one HTTP exchange.
 //! - `cxrel_store_limiter_wait_seconds`: histogram of the time a request waited for the rate budget.
-//! - `cxrel_store_rate_limit_rps` (gauge) and `cxrel_store_throttled_total` (counter), set by the
-//!   limiter.
+//! - `cxrel_store_rate_limit_rps` (gauge), `cxrel_store_throttled_total` and
+//!   `cxrel_store_closed_probes_total` (counters), set by the limiter.
 
 use std::time::Duration;
 

@@ -136,14 +136,17 @@ impl RateBudget for LocalBudget {
             }
             (signal, old)
         };
-        if let Signal::Cut {
-            w_max,
-            rate,
-            pause_until,
-        } = signal
-        {
-            set_rate_gauge(rate);
-            log_cut(old, w_max, rate, pause_until, retry_after);
+        match signal {
+            Signal::Cut {
+                w_max,
+                rate,
+                pause_until,
+            } => {
+                set_rate_gauge(rate);
+                log_cut(old, w_max, rate, pause_until, retry_after);
+            }
+            Signal::Closed { rate } => log_closed(rate),
+            Signal::Ignored => {}
         }
     }
 
@@ -187,6 +190,17 @@ pub fn log_cut(
     );
 }
 
+/// A 429 while the server admits nothing sent since the last cut: requests now go one at a time
+/// as probes, `rate` per second (see `cubic`, "Closed"). Counted, and logged at debug: a window
+/// closing until its second ends is routine.
+pub fn log_closed(rate: f64) {
+    metrics::counter!("cxrel_store_closed_probes_total").increment(1);
+    tracing::debug!(
+        probe_rps = format_args!("{rate:.1}"),
+        "data store refuses everything sent since the last cut (429): probing one request at a time"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +230,33 @@ mod tests {
         let took = start.elapsed();
         assert!(took >= Duration::from_millis(30), "{took:?}");
         assert!(took < Duration::from_millis(900), "{took:?}");
+    }
+
+    #[test]
+    fn a_429_while_nothing_since_the_cut_got_through_is_counted_as_a_probe_not_a_cut() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let budget = LocalBudget::new(150, 1);
+        metrics::with_local_recorder(&recorder, || {
+            budget.on_throttled(Instant::now(), None);
+            std::thread::sleep(Duration::from_millis(2));
+            budget.on_throttled(Instant::now(), None);
+        });
+        // Probing at one request per 10 ms, not cut again to 0.81 × 150.
+        assert!(
+            (budget.effective_rate() - 100.0).abs() < 0.5,
+            "{}",
+            budget.effective_rate()
+        );
+        let rendered = handle.render();
+        assert!(
+            rendered.contains("cxrel_store_closed_probes_total 1"),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains("cxrel_store_throttled_total 2"),
+            "{rendered}"
+        );
     }
 
     #[tokio::test]

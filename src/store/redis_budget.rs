@@ -30,7 +30,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::cubic::CubicParams;
 use super::limiter::{
-    LocalBudget, RateBudget, come_back_jitter, describe_rate, log_cut, params_for, set_rate_gauge,
+    LocalBudget, RateBudget, come_back_jitter, describe_rate, log_closed, log_cut, params_for,
+    set_rate_gauge,
 };
 use super::pacer::HORIZON;
 use crate::secret::{Secret, redact_url};
@@ -478,8 +479,15 @@ impl RateBudget for RedisBudget {
             let [cut, rate_milli, w_max_milli, pause_left, generation] = reply[..] else {
                 return;
             };
-            let old = shared.view().rate;
+            let (old, old_generation) = {
+                let view = shared.view();
+                (view.rate, view.generation)
+            };
             shared.seen(rate_milli, generation);
+            // The script answers "no cut" with a new generation only when the server is closed.
+            if cut == 0 && generation > old_generation {
+                log_closed(rate_milli as f64 / 1000.0);
+            }
             if cut == 1 {
                 let pause = u64::try_from(pause_left)
                     .ok()
