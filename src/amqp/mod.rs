@@ -37,6 +37,8 @@ pub enum AmqpError {
     },
     #[error("not connected to the broker")]
     NotConnected,
+    #[error("no connection to the broker within {0:?} (is it up, and is [amqp].url right?)")]
+    ConnectTimeout(std::time::Duration),
     #[error("the broker cancelled the consumer (queue deleted?)")]
     ConsumerEnded,
     #[error("no queue is bound for {exchange:?}/{routing_key:?}; run `cxrel topology declare`")]
@@ -56,7 +58,7 @@ impl AmqpError {
     pub fn is_connection_gone(&self) -> bool {
         use lapin::ErrorKind;
         match self {
-            Self::NotConnected => true,
+            Self::NotConnected | Self::ConnectTimeout(_) => true,
             Self::Broker(e) => matches!(
                 e.kind(),
                 ErrorKind::InvalidChannelState(..)

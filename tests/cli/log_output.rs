@@ -76,3 +76,30 @@ fn the_broker_password_never_appears() {
         assert!(!text.contains("secretpw"), "{format}: {text}");
     }
 }
+
+#[test]
+fn a_broker_address_that_accepts_but_never_answers_fails_within_the_connect_timeout() {
+    // Something listens there but never speaks AMQP (a black hole, a wrong service): the
+    // handshake would wait forever; the CLI gives up after the 30 s connect timeout instead.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(40));
+        drop(stream);
+    });
+    let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+    let started = std::time::Instant::now();
+    let out = failing_command(&[("CXREL__AMQP__URL", url.as_str())]);
+    let text = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("no connection to the broker within 30s"),
+        "{text}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(39),
+        "{text}"
+    );
+    drop(held);
+}
