@@ -5,7 +5,7 @@
 --
 -- Fields: tat, pause_until, generation (bumped by every cut and closed probe), cut_at (0 = no 429
 -- yet), w_max, k (seconds), traffic_start, successes, refused, ep_start, ep_successes, ep_refused,
--- ep_signals, cut_ok (successes of requests sent after the cut), closed_run, closed_at, probe
+-- ep_signals, cut_ok (successes of requests sent after the cut), closed_run, probe
 -- (us between probes while closed, 0 = open), closed_since, last_closed, first_cut, t_newest and the trailing
 -- second's slots t_adm / t_ref (20 comma-separated counts of 50 ms each).
 --
@@ -51,7 +51,7 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
 local names = {'tat', 'pause_until', 'generation', 'cut_at', 'w_max', 'k', 'traffic_start',
   'successes', 'refused', 'ep_start', 'ep_successes', 'ep_refused', 'ep_signals', 'cut_ok',
-  'closed_run', 'closed_at', 'probe', 'last_closed', 'first_cut', 't_newest', 'closed_since'}
+  'closed_run', 'probe', 'last_closed', 'first_cut', 't_newest', 'closed_since'}
 local raw = redis.call('HMGET', key, unpack(names))
 local s = {}
 for i, name in ipairs(names) do s[name] = tonumber(raw[i]) or 0 end
@@ -164,7 +164,9 @@ if op == 'throttle' then
   end
   if s.cut_at > 0 and s.cut_ok == 0 then
     -- Nothing sent since the cut was admitted: closed (a window used up). Probe, do not cut.
-    if s.closed_at > 0 and sent < s.closed_at then
+    -- Sent before the last probe interval was set: part of it (a closed run from before the cut
+    -- is older than every request sent since).
+    if sent < s.last_closed then
       save()
       return {0, milli(rate_at(now)), milli(s.w_max), -1, s.generation}
     end
@@ -179,7 +181,6 @@ if op == 'throttle' then
     end
     s.probe = math.max(math.min(interval, cool_max), 1000)
     s.closed_run = s.closed_run + 1
-    s.closed_at = now
     s.last_closed = now
     if s.closed_run == 3 and s.first_cut == s.cut_at then
       -- A window, not an empty bucket: rebase the first cut's curve on what it admitted.
@@ -255,7 +256,6 @@ if op == 'throttle' then
   if s.first_cut == 0 then s.first_cut = now end
   s.cut_ok = 0
   s.closed_run = 0
-  s.closed_at = 0
   s.probe = 0
   s.generation = s.generation + 1
   -- Reservations at the old rate are void; the new rate starts without burst.

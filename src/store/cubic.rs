@@ -135,6 +135,15 @@ struct Cut {
     k: f64,
 }
 
+impl Cut {
+    /// A cut at `at` to `rate` below `w_max`, with the curve's K through both (longer when the
+    /// cut went deeper).
+    fn new(at: Instant, w_max: f64, rate: f64, params: &CubicParams) -> Self {
+        let k = ((1.0 - rate / w_max).max(0.0) / params.scale()).cbrt();
+        Self { at, w_max, k }
+    }
+}
+
 /// What a 429 did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Signal {
@@ -173,8 +182,6 @@ pub struct Cubic {
     /// were none (the closed run).
     admitted_since_cut: u64,
     closed_run: u32,
-    /// When the last probe interval was set: 429s of requests sent before it are part of it.
-    closed_at: Option<Instant>,
     /// While closed: one request per this interval.
     probe: Option<Duration>,
     /// When the current closed run began.
@@ -202,7 +209,6 @@ impl Cubic {
             pause_until: now,
             admitted_since_cut: 0,
             closed_run: 0,
-            closed_at: None,
             probe: None,
             closed_since: now,
             last_closed: None,
@@ -293,7 +299,9 @@ impl Cubic {
             return Signal::Ignored;
         }
         if self.cut.is_some() && self.admitted_since_cut == 0 {
-            if self.closed_at.is_some_and(|at| sent < at) {
+            // Sent before the last probe interval was set: part of it. (A closed run from before
+            // the cut is older than every request sent since.)
+            if self.last_closed.is_some_and(|at| sent < at) {
                 return Signal::Ignored;
             }
             return self.closed(now, retry_after);
@@ -302,12 +310,10 @@ impl Cubic {
         self.track_episode(now);
         let (w_max, rate, floor) = self.next_cut(now, current);
         // K of the curve through (0, rate) and (K, w_max): longer when the cut went deeper.
-        let k = ((1.0 - rate / w_max).max(0.0) / self.params.scale()).cbrt();
-        self.cut = Some(Cut { at: now, w_max, k });
+        self.cut = Some(Cut::new(now, w_max, rate, &self.params));
         self.first_cut.get_or_insert(now);
         self.admitted_since_cut = 0;
         self.closed_run = 0;
-        self.closed_at = None;
         self.probe = None;
         // A server that admitted plenty in the last second is no penalty box: no pause.
         let admitting = floor >= self.params.estimate_successes as f64;
@@ -379,7 +385,6 @@ impl Cubic {
         .min(p.cool_down_max)
         .max(Duration::from_millis(1));
         self.closed_run += 1;
-        self.closed_at = Some(now);
         self.last_closed = Some(now);
         self.probe = Some(interval);
         if self.closed_run == WINDOW_AFTER {
@@ -407,12 +412,7 @@ impl Cubic {
             return;
         }
         let rate = (floor * p.beta).max(p.min_rate);
-        let k = ((1.0 - rate / floor).max(0.0) / p.scale()).cbrt();
-        self.cut = Some(Cut {
-            at: now,
-            w_max: floor,
-            k,
-        });
+        self.cut = Some(Cut::new(now, floor, rate, p));
     }
 
     /// Counts this signal into the running episode, or starts a new one.
