@@ -208,9 +208,10 @@ if op == 'throttle' then
     s.ep_signals = 1
   end
   -- 429s again at about the rate they came at last time: the limit sits a little lower.
-  local again_hit = s.cut_at > 0 and math.abs(current / s.w_max - 1) < 0.01
+  -- From 1% below to 2.5% above (AGAIN_ABOVE in cubic.rs).
+  local again_hit = s.cut_at > 0 and current >= 0.99 * s.w_max and current < 1.025 * s.w_max
   local again = current
-  if again_hit then again = math.min(current, s.w_max) * 0.99 end
+  if again_hit then again = current * 0.99 end
   local estimate = -1
   local span = now - s.ep_start
   local admitted = s.successes - s.ep_successes

@@ -62,6 +62,9 @@ const CLOSED_RECENT: Duration = Duration::from_secs(3);
 /// The cut for a lone 429 back at the last `w_max` (`beta` for any other).
 const REPEAT_BETA: f64 = 0.97;
 
+/// "Back at the last `w_max`": from 1% below it to this factor above it.
+const AGAIN_ABOVE: f64 = 1.025;
+
 /// How long a closed run may last and still be a window closing until its second ends.
 const CLOSED_WINDOW: Duration = Duration::from_secs(1);
 
@@ -345,10 +348,14 @@ impl Cubic {
         let p = &self.params;
         // 429s again at about the rate they came at last time: the limit sits a little lower,
         // and a small step down is enough (a sliding window refuses exactly there every time).
-        let again = self.cut.filter(|c| (current / c.w_max - 1.0).abs() < 0.01);
+        // Up to AGAIN_ABOVE over it: the probe past a w_max 1% below a ceiling reaches the
+        // ceiling 1.01% above it, and a full cut there made every other dip a 10% one.
+        let again = self
+            .cut
+            .filter(|c| (0.99..AGAIN_ABOVE).contains(&(current / c.w_max)));
         let w_max = match (estimate, again) {
             (Some(e), _) => e,
-            (None, Some(c)) => (current.min(c.w_max) * 0.99).max(floor),
+            (None, Some(_)) => (current * 0.99).max(floor),
             (None, None) => current.max(floor),
         }
         .max(p.min_rate);
@@ -742,6 +749,24 @@ mod tests {
         let rate = cut_rate(c.on_throttled(t, t, None));
         assert!((c.w_max().unwrap() - 99.0).abs() < 1e-9, "{:?}", c.w_max());
         // …and the step down is small: 97% of it, not 90%.
+        assert!((rate - 0.97 * 99.0).abs() < 1e-9, "{rate}");
+    }
+
+    #[test]
+    fn a_429_at_the_ceiling_just_above_the_last_w_max_is_the_same_small_step() {
+        let t0 = Instant::now();
+        let mut c = Cubic::new(CubicParams::new(Some(100.0)), t0);
+        cut_rate(c.on_throttled(t0, t0, None));
+        let t = t0 + ms(2500);
+        c.on_success(t, t - ms(10));
+        cut_rate(c.on_throttled(t, t, None));
+        // The probe past w_max 99 reaches the ceiling of 100 (1.01% above) and is refused there:
+        // the same limit, not a new one to cut 10% below.
+        let t = t + ms(6000);
+        assert_eq!(c.rate(t), 100.0);
+        c.on_success(t, t - ms(10));
+        let rate = cut_rate(c.on_throttled(t, t, None));
+        assert!((c.w_max().unwrap() - 99.0).abs() < 1e-9, "{:?}", c.w_max());
         assert!((rate - 0.97 * 99.0).abs() < 1e-9, "{rate}");
     }
 

@@ -148,6 +148,45 @@ async fn a_server_refusing_everything_since_the_cut_is_probed_by_every_replica_n
     assert!(b.effective_rate() > 134.0, "{}", b.effective_rate());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_back_at_the_ceiling_after_a_small_step_is_again_a_small_step() {
+    let _measurement = crate::helpers::measurement("store::redis_budget").await;
+    let key = unique_key("again");
+    let (a, b) = (
+        budget(REDIS, &key, 100, 1, 2),
+        budget(REDIS, &key, 100, 1, 2),
+    );
+    until_shared(&a).await;
+    until_shared(&b).await;
+    // Refused at 100, then (back at 100 after K, one request admitted since) refused again:
+    // the limit sits just below, w_max 99 and a cut to 97% of it.
+    a.on_throttled(Instant::now(), None);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let rate = refused_after_a_success(&b).await;
+    assert!((95.5..=97.0).contains(&rate), "{rate}");
+    // Probing past 99 reaches the configured 100 (1.01% above) within about three seconds and
+    // is refused there: the same limit, again a 3% step, not a 10% cut to 90.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    a.acquire().await;
+    assert_eq!(a.effective_rate(), 100.0);
+    let rate = refused_after_a_success(&a).await;
+    assert!((95.5..=97.0).contains(&rate), "{rate}");
+}
+
+/// One request admitted, then one refused, both sent now: the shared rate after that signal.
+async fn refused_after_a_success(budget: &RedisBudget) -> f64 {
+    // Acquired first: a replica reports successes of the newest cut it has seen.
+    budget.acquire().await;
+    let sent = Instant::now();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    budget.on_success(sent);
+    budget.acquire().await;
+    budget.on_throttled(Instant::now(), None);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    budget.acquire().await;
+    budget.effective_rate()
+}
+
 #[tokio::test]
 async fn an_unreachable_redis_falls_back_to_the_replicas_share() {
     let b = budget("redis://127.0.0.1:1", &unique_key("down"), 100, 1, 3);
