@@ -5,6 +5,7 @@
 //! blocks jobs of another.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,19 +48,30 @@ impl LoadError {
     }
 }
 
-/// One data store's slot: its live state and the lock that makes loading it single-flight.
+/// One data store's slot: its live state (with the epoch it was loaded in) and the lock that
+/// makes loading it single-flight.
 #[derive(Default)]
 struct Slot {
-    live: Mutex<Option<Arc<LiveDataStore>>>,
+    live: Mutex<Option<(u64, Arc<LiveDataStore>)>>,
     loading: tokio::sync::Mutex<()>,
 }
 
 impl Slot {
-    fn current(&self) -> Option<Arc<LiveDataStore>> {
-        self.live.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// The live state, if it was loaded in `epoch`.
+    fn current(&self, epoch: u64) -> Option<Arc<LiveDataStore>> {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.as_ref()
+            .filter(|(loaded_in, _)| *loaded_in == epoch)
+            .map(|(_, live)| live.clone())
     }
 
-    fn set(&self, live: Option<Arc<LiveDataStore>>) {
+    /// The live state, whatever epoch it was loaded in (to retire it).
+    fn any(&self) -> Option<Arc<LiveDataStore>> {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.as_ref().map(|(_, live)| live.clone())
+    }
+
+    fn set(&self, live: Option<(u64, Arc<LiveDataStore>)>) {
         *self.live.lock().unwrap_or_else(|e| e.into_inner()) = live;
     }
 }
@@ -74,6 +86,10 @@ pub struct DataStores {
     store: StoreClient,
     refresh_interval: Duration,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
+    /// Bumped by [`forget_all`](Self::forget_all): a graph loaded in an earlier epoch (even one
+    /// whose load finished after the bump, for a job of a consume session that has ended) is
+    /// never handed out again.
+    epoch: AtomicU64,
 }
 
 impl DataStores {
@@ -82,29 +98,33 @@ impl DataStores {
             store,
             refresh_interval,
             slots: Mutex::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
         }
     }
 
     /// The live state of `datastore`, loading it when absent, stale or built for other fields.
     pub async fn get(&self, datastore: &str) -> Result<Arc<LiveDataStore>, LoadError> {
+        // Taken before anything waits: a forget_all meanwhile makes what this call loads stale.
+        let epoch = self.epoch();
         let schema = self.store.schema(datastore).await?;
         let slot = self.slot(datastore);
-        if let Some(live) = self.usable(&slot, &schema) {
+        if let Some(live) = self.usable(&slot, &schema, epoch) {
             return Ok(live);
         }
         let _single_flight = slot.loading.lock().await;
-        if let Some(live) = self.usable(&slot, &schema) {
+        if let Some(live) = self.usable(&slot, &schema, epoch) {
             return Ok(live);
         }
-        self.replace(&slot, datastore, schema).await
+        self.replace(&slot, datastore, schema, epoch).await
     }
 
     /// Loads `datastore` again (its schema re-read), after jobs writing to the old graph finish.
     pub async fn reload(&self, datastore: &str) -> Result<Arc<LiveDataStore>, LoadError> {
+        let epoch = self.epoch();
         let slot = self.slot(datastore);
-        let stale = slot.current();
+        let stale = slot.current(epoch);
         let _single_flight = slot.loading.lock().await;
-        let current = slot.current();
+        let current = slot.current(epoch);
         if let (Some(now), Some(old)) = (&current, &stale)
             && !Arc::ptr_eq(now, old)
         {
@@ -112,20 +132,26 @@ impl DataStores {
         }
         self.store.invalidate_schema(datastore);
         let schema = self.store.schema(datastore).await?;
-        self.replace(&slot, datastore, schema).await
+        self.replace(&slot, datastore, schema, epoch).await
     }
 
     /// Forgets every graph: the next job of each data store loads it again. Called when this
-    /// worker (re)gains the jobs queue, since another replica may have written meanwhile.
+    /// worker (re)gains the jobs queue, since another replica may have written meanwhile. Loads
+    /// still running for jobs of the ended session finish into the old epoch, never served again.
     pub async fn forget_all(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         let slots: Vec<Arc<Slot>> = self.slots().values().cloned().collect();
         for slot in slots {
             let _single_flight = slot.loading.lock().await;
-            if let Some(old) = slot.current() {
+            if let Some(old) = slot.any() {
                 old.retire(RETIRE_LIMIT).await;
             }
             slot.set(None);
         }
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
     }
 
     /// Re-reads one record (after a 412, a 404, or to confirm a verdict) into the graph.
@@ -192,8 +218,8 @@ impl DataStores {
 
     /// The current live state if it is young enough and fits `schema` (whose constraints it
     /// adopts when only those changed).
-    fn usable(&self, slot: &Slot, schema: &Arc<Schema>) -> Option<Arc<LiveDataStore>> {
-        let live = slot.current()?;
+    fn usable(&self, slot: &Slot, schema: &Arc<Schema>, epoch: u64) -> Option<Arc<LiveDataStore>> {
+        let live = slot.current(epoch)?;
         let fits = Arc::ptr_eq(&live.schema(), schema) || live.adopt_schema(schema.clone());
         (fits && live.age() < self.refresh_interval).then_some(live)
     }
@@ -204,8 +230,9 @@ impl DataStores {
         slot: &Slot,
         datastore: &str,
         schema: Arc<Schema>,
+        epoch: u64,
     ) -> Result<Arc<LiveDataStore>, LoadError> {
-        if let Some(old) = slot.current() {
+        if let Some(old) = slot.any() {
             old.retire(RETIRE_LIMIT).await;
         }
         slot.set(None);
@@ -215,7 +242,7 @@ impl DataStores {
         tracing::info!(datastore, records, elapsed = ?started.elapsed(), "relationship graph loaded");
         metrics::gauge!("cxrel_graph_records", "datastore" => datastore.to_owned())
             .set(records as f64);
-        slot.set(Some(live.clone()));
+        slot.set(Some((epoch, live.clone())));
         Ok(live)
     }
 

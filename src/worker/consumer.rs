@@ -1,6 +1,8 @@
 //! The consume loop: connect, declare, consume with prefetch, hand each delivery to a bounded set of
 //! tasks, settle it; on connection loss reconnect with backoff and resume (in-flight work whose
-//! channel died is left to redelivery); on shutdown stop consuming and drain within the deadline.
+//! channel died is left to redelivery); on shutdown stop taking deliveries, drain within the
+//! deadline while still the queue's active consumer, then close (the standby takes over only
+//! once this replica no longer writes).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,7 +10,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionStatus};
 use tokio::sync::Semaphore;
@@ -91,11 +93,11 @@ impl<H: JobHandler> Consumer<H> {
         let permits = Arc::new(Semaphore::new(self.config.max_in_flight));
         let mut tasks = JoinSet::new();
         let mut delay = Duration::from_millis(200);
-        let mut last_connection = None;
+        let mut last_session = None;
         while !cancel.is_cancelled() {
             let lease = CancellationToken::new();
             match self.session(&cancel, &permits, &mut tasks, &lease).await {
-                Ok(connection) => last_connection = Some(connection),
+                Ok(held) => last_session = Some(held),
                 Err((error, connected)) => {
                     // Jobs of the lost session must not write any more (another replica may own
                     // the queue now); a graceful shutdown keeps the lease so they can finish.
@@ -115,8 +117,10 @@ impl<H: JobHandler> Consumer<H> {
             }
         }
         self.drain(&mut tasks).await;
-        if let Some(connection) = last_connection {
-            let _ = connection.close(200, "shutdown".into()).await;
+        if let Some(held) = last_session {
+            // Only now the consumer goes, and with it the queue, to the standby.
+            let _ = held.connection.close(200, "shutdown".into()).await;
+            drop(held.consumer);
         }
     }
 
@@ -139,15 +143,16 @@ impl<H: JobHandler> Consumer<H> {
         }
     }
 
-    /// One connection's life. Returns the open connection on shutdown (so draining jobs can still
-    /// ack), or the error that ended it and whether it had got as far as consuming.
+    /// One connection's life. Returns the open connection and the live consumer on shutdown (so
+    /// draining jobs can still ack, and no standby is handed the queue meanwhile), or the error
+    /// that ended it and whether it had got as far as consuming.
     async fn session(
         &self,
         cancel: &CancellationToken,
         permits: &Arc<Semaphore>,
         tasks: &mut JoinSet<()>,
         lease: &CancellationToken,
-    ) -> Result<Connection, (AmqpError, bool)> {
+    ) -> Result<HeldSession, (AmqpError, bool)> {
         let not_yet = |e: AmqpError| (e, false);
         let connection = amqp::connect(&self.config.url, &self.config.connection_name)
             .await
@@ -216,10 +221,10 @@ impl<H: JobHandler> Consumer<H> {
                     }
                     continue;
                 }
-                () = cancel.cancelled() => {
-                    let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
-                    return Ok(connection);
-                }
+                // The consumer stays registered until the drain ends: cancelling it now would
+                // hand the queue (single active consumer) to a standby while this replica's jobs
+                // still write. What arrives meanwhile stays unread and goes back at the close.
+                () = cancel.cancelled() => return Ok(HeldSession { connection, consumer: deliveries }),
             };
             let delivery = match next {
                 Some(Ok(delivery)) => delivery,
@@ -229,14 +234,14 @@ impl<H: JobHandler> Consumer<H> {
             settler.acks.read(delivery.delivery_tag);
             let permit = tokio::select! {
                 permit = permits.clone().acquire_owned() => permit,
-                () = cancel.cancelled() => {
-                    // Not started: stays unacked and is redelivered to whoever consumes next.
-                    let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
-                    return Ok(connection);
-                }
+                // Not started: stays unacked and is redelivered to whoever consumes next.
+                () = cancel.cancelled() => return Ok(HeldSession { connection, consumer: deliveries }),
             };
             let Ok(permit) = permit else {
-                return Ok(connection);
+                return Ok(HeldSession {
+                    connection,
+                    consumer: deliveries,
+                });
             };
             let handler = self.handler.clone();
             let settler = settler.clone();
@@ -253,6 +258,13 @@ impl<H: JobHandler> Consumer<H> {
             }
         }
     }
+}
+
+/// A session kept open through the drain: dropping the consumer would cancel it (lapin does on
+/// drop), and the broker would hand the queue to a standby while this replica still writes.
+struct HeldSession {
+    connection: Connection,
+    consumer: lapin::Consumer,
 }
 
 /// Counts a job in `cxrel_jobs_in_flight` for as long as it lives, however its task ends.

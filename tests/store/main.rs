@@ -8,6 +8,7 @@ mod support;
 mod auth;
 mod bounds;
 mod faults;
+mod graph_cache;
 mod observability;
 mod rate_adaptation;
 mod records;

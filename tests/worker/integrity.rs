@@ -329,6 +329,73 @@ async fn conflicting_jobs_on_three_workers_with_the_active_one_killed_break_no_r
 }
 
 /// Loads records through the control API, as another writer of the store would create them.
+/// The active replica is stopped (SIGTERM) while its jobs wait on a slow store, and the reverse
+/// edges are published at once: the standby may take the queue only when the draining replica
+/// no longer writes, so each reverse edge sees its forward edge and is rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_draining_after_sigterm_keeps_the_queue_until_its_writes_landed() {
+    const PAIRS: usize = 10;
+    let mut s = setup("integrity-drain", 2 * PAIRS, &[]).await;
+    let config = test_config(&s.emu.base, s.q.topology.prefix());
+    let mut procs = vec![WorkerProcess::spawn(&config)];
+    procs[0].wait_ready(Duration::from_secs(30)).await;
+    // Started second: the standby of the single active consumer.
+    procs.push(WorkerProcess::spawn(&config));
+    procs[1].wait_ready(Duration::from_secs(30)).await;
+    s.emu.set_faults(json!({"latency_ms": 800})).await;
+    let pair = |i: usize| (rid("g", 2 * i + 1), rid("g", 2 * i + 2));
+    let forward: Vec<Value> = (0..PAIRS)
+        .map(|i| {
+            let (a, b) = pair(i);
+            job(
+                &format!("fwd-{i}"),
+                DS,
+                true,
+                vec![link(&a, LINK, &[&b], "none")],
+            )
+        })
+        .collect();
+    let reverse: Vec<Value> = (0..PAIRS)
+        .map(|i| {
+            let (a, b) = pair(i);
+            job(
+                &format!("rev-{i}"),
+                DS,
+                true,
+                vec![link(&b, LINK, &[&a], "none")],
+            )
+        })
+        .collect();
+    publish_jobs(&s.q.publisher, &s.q.topology, &forward).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    procs[0].signal("TERM");
+    publish_jobs(&s.q.publisher, &s.q.topology, &reverse).await;
+    assert_eq!(procs[0].wait_exit(Duration::from_secs(60)), Some(0));
+    let all: HashSet<String> = forward
+        .iter()
+        .chain(&reverse)
+        .map(|j| j["job_id"].as_str().unwrap().to_owned())
+        .collect();
+    let done =
+        s.q.tap
+            .until(Duration::from_secs(120), |e| completed(e).is_superset(&all))
+            .await;
+    assert!(done, "not every job completed");
+    let dead = dead_letters(&s, PAIRS).await;
+    for i in 0..PAIRS {
+        let id = format!("rev-{i}");
+        assert_eq!(
+            dead.get(&id).map(String::as_str),
+            Some("cycle_detected"),
+            "{id}"
+        );
+    }
+    assert_eq!(dead.len(), PAIRS, "only the reverse edges lose: {dead:?}");
+    assert_rules_hold(&stored_graph(&s.emu).await);
+    drop(procs);
+    broker::teardown(&s.q.channel, &s.q.topology).await;
+}
+
 async fn create_records(emu: &EmulatorProcess, ids: &[String]) {
     let records: Vec<Value> = ids.iter().map(|id| named_record(id, "late")).collect();
     let response = emu
