@@ -1,8 +1,11 @@
 //! Tracing subscriber set-up: human format on a terminal, JSON otherwise or when
-//! `[log].format = "json"`; level from `RUST_LOG` when set, else `[log].level`.
+//! `[log].format = "json"`; level from `RUST_LOG` when set, else `[log].level`; wire-level crates
+//! never log below DEBUG (their TRACE output carries frames with credentials).
 
 use std::io::IsTerminal;
 
+use tracing::{Level, Metadata};
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 use crate::settings::{LogFormat, LogSettings};
@@ -17,7 +20,9 @@ pub fn init(log: &LogSettings) {
         LogFormat::Human => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
-    let registry = tracing_subscriber::registry().with(filter);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(filter_fn(|meta| !wire_trace(meta)));
     let result = if json {
         registry
             .with(
@@ -35,4 +40,23 @@ pub fn init(log: &LogSettings) {
     };
     // A second init (tests, embedded use) keeps the first subscriber.
     let _ = result;
+}
+
+/// Crates whose TRACE events dump protocol frames: lapin's include the AMQP `connection.start-ok`
+/// with the SASL response (user and password as a byte list), and HTTP frames carry bearer
+/// tokens and the token request's form body. However verbose `RUST_LOG` is, these stop at DEBUG.
+const WIRE_CRATES: [&str; 6] = [
+    "lapin",
+    "amq_protocol",
+    "hyper",
+    "hyper_util",
+    "h2",
+    "reqwest",
+];
+
+fn wire_trace(meta: &Metadata<'_>) -> bool {
+    *meta.level() == Level::TRACE
+        && WIRE_CRATES
+            .iter()
+            .any(|krate| meta.target().starts_with(krate))
 }

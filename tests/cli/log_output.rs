@@ -5,6 +5,8 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+use crate::helpers::broker;
+
 /// `cxrel topology declare` against a closed port: fails at once with an error log line.
 fn failing_command(envs: &[(&str, &str)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cxrel"));
@@ -75,6 +77,36 @@ fn the_broker_password_never_appears() {
         ]));
         assert!(!text.contains("secretpw"), "{format}: {text}");
     }
+}
+
+#[tokio::test]
+async fn the_broker_password_is_not_in_the_trace_of_a_real_login() {
+    // A real handshake: lapin's TRACE dumps the connection.start-ok frame, whose SASL response
+    // ("\0user\0password") it prints as a list of bytes, not as text.
+    let prefix = format!("cli-trace-{}", uuid::Uuid::new_v4().simple());
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cxrel"));
+    command
+        .args(["topology", "declare"])
+        .env_remove("CXREL_ENV")
+        .env("RUST_LOG", "trace")
+        .env("CXREL__AMQP__PREFIX", &prefix);
+    let out = command.output().expect("run cxrel");
+    let text = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("lapin"), "lapin's own log is there: {text}");
+    // The default URL's user and password are both "guest".
+    let guest = "103, 117, 101, 115, 116";
+    let sasl = format!("0, {guest}, 0, {guest}");
+    assert!(!text.contains(&sasl), "the SASL response was logged");
+    assert!(
+        !text.contains("start-ok") && !text.contains("StartOk"),
+        "{text}"
+    );
+    // The default hold delays: 1s, 5s, 30s, 2m, 10m.
+    let declared = broker::topology(&prefix, &[1_000, 5_000, 30_000, 120_000, 600_000]);
+    let connection = broker::connect().await;
+    let channel = connection.create_channel().await.expect("channel");
+    broker::teardown(&channel, &declared).await;
 }
 
 #[test]
