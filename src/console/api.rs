@@ -3,10 +3,12 @@
 //! origin, one at a time, each audited). Writes take `"dry_run": true` to count without acting,
 //! which the page uses for its confirmations.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -14,6 +16,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::auth::{self, Access};
+use super::params;
 use super::{ConsoleError, SharedConsole};
 use crate::dlq::{
     self, DeadLetter, Filter, Pace, PurgeGuard, ReplayRequest, Summary, audit, ledger,
@@ -50,10 +53,13 @@ pub fn matching<'a>(letters: &'a [DeadLetter], filter: &Filter) -> Vec<&'a DeadL
 /// GET /api/dead-letters?code=&stage=&job_id=&datastore=&older_than=&newer_than=&page=&per_page=
 pub async fn list(
     State(console): State<SharedConsole>,
-    Query(filter): Query<Filter>,
-    Query(paging): Query<Paging>,
+    keys: Result<Query<HashMap<String, String>>, QueryRejection>,
+    filter: Result<Query<Filter>, QueryRejection>,
+    paging: Result<Query<Paging>, QueryRejection>,
 ) -> ApiResult {
-    let filter = filter.normalized();
+    params::known_query(keys, &["page", "per_page"])?;
+    let filter = params::query(filter)?.normalized();
+    let paging = params::query(paging)?;
     let snapshot = console.snapshot().await?;
     let all = matching(&snapshot.letters, &filter);
     let per_page = paging.per_page.clamp(1, 500);
@@ -117,9 +123,11 @@ pub async fn export(
     State(console): State<SharedConsole>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Query(filter): Query<Filter>,
+    keys: Result<Query<HashMap<String, String>>, QueryRejection>,
+    filter: Result<Query<Filter>, QueryRejection>,
 ) -> Result<Response, ConsoleError> {
-    let filter = filter.normalized();
+    params::known_query(keys, &[])?;
+    let filter = params::query(filter)?.normalized();
     let actor = match auth::access(&console, &headers, peer) {
         Access::Operator(name) => name,
         _ => format!("anonymous@{}", peer.ip()),
@@ -167,9 +175,10 @@ pub async fn replay(
     State(console): State<SharedConsole>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Json(body): Json<ReplayBody>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult {
     let actor = auth::writer(&console, &headers, peer)?;
+    let body: ReplayBody = params::body(body, &["reason", "rate", "limit", "dry_run"])?;
     let filter = body.filter.clone().normalized();
     let rate = body
         .rate
@@ -230,9 +239,10 @@ pub async fn purge(
     State(console): State<SharedConsole>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Json(body): Json<PurgeBody>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult {
     let actor = auth::writer(&console, &headers, peer)?;
+    let body: PurgeBody = params::body(body, &["without_export", "dry_run"])?;
     let filter = body.filter.clone().normalized();
     if body.dry_run {
         let exported = ledger::load(console.topology.prefix()).count();

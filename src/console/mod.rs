@@ -11,6 +11,7 @@ pub mod gauges;
 pub mod html;
 pub mod message;
 pub mod page;
+pub mod params;
 pub mod state;
 
 use std::net::SocketAddr;

@@ -437,3 +437,55 @@ async fn purge_needs_a_complete_export_first_unless_told_otherwise() {
     );
     broker::teardown(&channel, &topo).await;
 }
+
+#[tokio::test]
+async fn a_misspelt_key_or_a_bad_value_is_a_json_400_and_nothing_is_touched() {
+    let (topo, _conn, channel) = support::seeded("console-strict").await;
+    let c = ConsoleProcess::spawn(topo.prefix(), TOKEN, &[]);
+    let depth = cxrel::dlq::depth(&channel, &topo.dead()).await.unwrap();
+    let purge = json!({"jobid": "m0", "without_export": true});
+    let (status, error) = post(&c, "/api/dead-letters/purge", Some(TOKEN), purge).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    let message = error["error"].as_str().unwrap();
+    assert!(
+        message.contains("jobid") && message.contains("job_id"),
+        "{error}"
+    );
+    let replay = json!({"cod": "timeout", "reason": "typo", "dry_run": true});
+    let (status, error) = post(&c, "/api/dead-letters/replay", Some(TOKEN), replay).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    let (status, error) = post(
+        &c,
+        "/api/dead-letters/purge",
+        Some(TOKEN),
+        json!({"code": 5}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    assert!(error["error"].is_string(), "{error}");
+    for path in [
+        "/api/dead-letters?jobid=m0",
+        "/api/dead-letters?per_page=many",
+        "/api/dead-letters/export?stag=apply",
+    ] {
+        let (status, error) = get(&c, path).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {error}");
+        assert!(error["error"].is_string(), "{path}: {error}");
+    }
+    let r = client()
+        .post(c.url("/api/dead-letters/purge"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let error: Value = r.json().await.expect("a JSON error");
+    assert!(error["error"].is_string(), "{error}");
+    assert_eq!(
+        cxrel::dlq::depth(&channel, &topo.dead()).await.unwrap(),
+        depth
+    );
+    broker::teardown(&channel, &topo).await;
+}

@@ -1,0 +1,92 @@
+//! The JSON API's request parameters, read strictly: an unknown key or a value of the wrong kind
+//! is a 400 with a JSON error naming it. A misspelt filter key (`jobid`) must never widen a purge
+//! or replay to every dead letter.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::Query;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::ConsoleError;
+
+/// The keys of a dead-letter filter (`dlq::Filter`).
+pub const FILTER: &[&str] = &[
+    "code",
+    "stage",
+    "job_id",
+    "datastore",
+    "older_than",
+    "newer_than",
+    "ids",
+];
+
+/// A typed query, its rejection turned into a JSON 400.
+pub fn query<T>(extracted: Result<Query<T>, QueryRejection>) -> Result<T, ConsoleError> {
+    extracted
+        .map(|Query(value)| value)
+        .map_err(|e| bad_request(format!("query string: {}", e.body_text())))
+}
+
+/// Checks that every query key is a filter key or one of `extra`.
+pub fn known_query(
+    extracted: Result<Query<HashMap<String, String>>, QueryRejection>,
+    extra: &[&str],
+) -> Result<(), ConsoleError> {
+    let keys = query(extracted)?;
+    known(keys.keys().map(String::as_str), extra)
+}
+
+/// A JSON object body whose keys are all filter keys or in `extra`, read as `T`.
+pub fn body<T: DeserializeOwned>(
+    extracted: Result<Json<Value>, JsonRejection>,
+    extra: &[&str],
+) -> Result<T, ConsoleError> {
+    let Json(value) = extracted.map_err(|e| bad_request(format!("body: {}", e.body_text())))?;
+    let Some(object) = value.as_object() else {
+        return Err(bad_request("body: expected a JSON object".into()));
+    };
+    known(object.keys().map(String::as_str), extra)?;
+    serde_json::from_value(value).map_err(|e| bad_request(format!("body: {e}")))
+}
+
+fn known<'a>(keys: impl Iterator<Item = &'a str>, extra: &[&str]) -> Result<(), ConsoleError> {
+    let mut unknown: Vec<&str> = keys
+        .filter(|k| !FILTER.contains(k) && !extra.contains(k))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    unknown.sort_unstable();
+    let allowed: Vec<&str> = FILTER.iter().chain(extra).copied().collect();
+    Err(bad_request(format!(
+        "unknown parameter(s) {}: nothing was done (known: {})",
+        unknown.join(", "),
+        allowed.join(", ")
+    )))
+}
+
+fn bad_request(message: String) -> ConsoleError {
+    ConsoleError::new(StatusCode::BAD_REQUEST, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_misspelt_filter_key_is_named_in_the_error() {
+        let error = known(["jobid", "code"].into_iter(), &["dry_run"]).unwrap_err();
+        assert_eq!(error.status, StatusCode::BAD_REQUEST);
+        assert!(error.message.contains("jobid"), "{}", error.message);
+        assert!(error.message.contains("job_id"), "{}", error.message);
+    }
+
+    #[test]
+    fn filter_keys_and_the_extra_ones_pass() {
+        assert!(known(["job_id", "code", "dry_run"].into_iter(), &["dry_run"]).is_ok());
+    }
+}
