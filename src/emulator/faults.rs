@@ -49,6 +49,9 @@ pub struct Faults {
     /// PATCHes are applied, then answered 502 (a proxy lost the answer): the write's outcome is
     /// unknown to the client.
     pub lose_patch_answers: bool,
+    /// PATCHes are answered 200 with the record as it was, and nothing is stored (a store that
+    /// accepts a write and drops it).
+    pub drop_patches: bool,
     /// The only client authentication the token endpoint takes (401 `invalid_client` for the
     /// other); `null` = both.
     pub token_client_auth: Option<ClientMethod>,
@@ -66,6 +69,7 @@ pub struct FaultsUpdate {
     pub latency_jitter_ms: Option<u64>,
     pub token_ttl_ms: Option<u64>,
     pub lose_patch_answers: Option<bool>,
+    pub drop_patches: Option<bool>,
     #[serde(default, deserialize_with = "present")]
     pub token_client_auth: Option<Option<ClientMethod>>,
 }
@@ -105,6 +109,11 @@ impl FaultState {
         read(&self.active).faults.token_client_auth
     }
 
+    /// Whether PATCHes are answered without being stored (`drop_patches`).
+    pub fn drops_patches(&self) -> bool {
+        self.snapshot().faults.drop_patches
+    }
+
     pub fn token_ttl(&self) -> Duration {
         Duration::from_millis(read(&self.active).faults.token_ttl_ms)
     }
@@ -125,6 +134,7 @@ impl FaultState {
         faults.lose_patch_answers = update
             .lose_patch_answers
             .unwrap_or(faults.lose_patch_answers);
+        faults.drop_patches = update.drop_patches.unwrap_or(faults.drop_patches);
         if let Some(only) = update.token_client_auth {
             faults.token_client_auth = only;
         }
@@ -163,6 +173,7 @@ fn defaults(token_ttl: Duration) -> Faults {
         latency_jitter_ms: 0,
         token_ttl_ms: u64::try_from(token_ttl.as_millis()).unwrap_or(u64::MAX),
         lose_patch_answers: false,
+        drop_patches: false,
         token_client_auth: None,
     }
 }

@@ -142,6 +142,8 @@ pub async fn patch(
             href: format!("{RECORDS_PATH}/{datastore}/records/{id}"),
         },
     };
+    // The `drop_patches` fault: 200 with the record as it was, nothing stored.
+    let drop = state.faults.drops_patches();
     let (bytes, version) = {
         let mut records = store.records();
         writable(&records, &id, expected)?;
@@ -149,8 +151,10 @@ pub async fn patch(
             .map
             .get_mut(&id)
             .ok_or_else(|| record_not_found(&id))?;
-        record.fields.extend(fields);
-        record.version += 1;
+        if !drop {
+            record.fields.extend(fields);
+            record.version += 1;
+        }
         (to_json(&view(&id, record, Some(links))), record.version)
     };
     state.stats.patch_applied();

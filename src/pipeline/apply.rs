@@ -227,13 +227,20 @@ async fn send(
             .patch_record(live.id(), parent, &body(values), if_match)
             .await
         {
-            Ok(record) => {
+            Ok(record) if holds(&record, values) => {
                 record_written(live, parent, values, record.version);
                 return PatchResult::Applied {
                     version: record.version,
                     wrote: true,
                 };
             }
+            // A 2xx whose record lacks the values sent (a store answering with what it had, or a
+            // partial representation): only a read shows whether they were stored.
+            Ok(record) => StoreError::NotStored {
+                record: parent.to_owned(),
+                status: 200,
+                version: record.version,
+            },
             // 412: changed since the graph was read; the parent is read again and the job
             // revalidated. (A 404 is the store saying the parent is gone: permanent, compensated.)
             Err(StoreError::VersionMismatch { .. }) => return PatchResult::Conflict,
@@ -288,6 +295,7 @@ fn outcome_unknown(error: &StoreError) -> bool {
             | StoreError::Server { .. }
             | StoreError::InvalidResponse { .. }
             | StoreError::UnreadableResponse { .. }
+            | StoreError::NotStored { .. }
     )
 }
 

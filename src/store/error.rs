@@ -117,6 +117,17 @@ pub enum StoreError {
         route: &'static str,
         message: String,
     },
+    /// A PATCH answered 2xx, but neither its answer nor a read of the record holds the values
+    /// sent, and the record's version did not move: the store accepted the request and wrote
+    /// nothing. Transient: retried through the hold queues, then dead-lettered; never "applied".
+    #[error(
+        "the store answered the PATCH of {record} with HTTP {status} but did not store it (version still {version})"
+    )]
+    NotStored {
+        record: String,
+        status: u16,
+        version: u64,
+    },
     /// A 2xx answer that is not JSON at all, typically a proxy's or load balancer's HTML page in
     /// front of the store. Transient: the store itself may answer on the next try. Not retried in
     /// the client, since for a PATCH the write may have happened (the caller reads it back).
@@ -153,6 +164,7 @@ impl StoreError {
             | Self::Server { .. }
             | Self::Timeout { .. }
             | Self::Connection { .. }
+            | Self::NotStored { .. }
             | Self::UnreadableResponse { .. } => ErrorClass::Transient,
             Self::Unauthorized { .. }
             | Self::Forbidden { .. }
@@ -184,6 +196,7 @@ impl StoreError {
             Self::Connection { .. } => "connection",
             Self::InvalidResponse { .. } => "invalid_response",
             Self::UnreadableResponse { .. } => "unreadable_response",
+            Self::NotStored { .. } => "not_stored",
             Self::ResponseTooLarge { .. } => "response_too_large",
             Self::InvalidSchema(_) => "invalid_schema",
             Self::Config(_) => "config",
@@ -197,6 +210,7 @@ impl StoreError {
             | Self::BadRequest { status, .. }
             | Self::RetryLater { status, .. }
             | Self::UnreadableResponse { status, .. }
+            | Self::NotStored { status, .. }
             | Self::Server { status, .. } => Some(*status),
             Self::Forbidden { .. } => Some(403),
             Self::NotFound { .. } => Some(404),

@@ -319,6 +319,38 @@ async fn a_patch_whose_answer_is_lost_is_read_back_and_counted_applied_at_once()
 }
 
 #[tokio::test]
+async fn a_patch_answered_200_that_stored_nothing_is_never_reported_applied() {
+    let emu = emulator_with(2).await;
+    let mut q = queues("dropped", &[200]).await;
+    let worker = WorkerProcess::spawn(&test_config(&emu.base, q.topology.prefix()));
+    worker.wait_ready(Duration::from_secs(30)).await;
+    emu.set_faults(json!({"drop_patches": true})).await;
+    publish_jobs(&q.publisher, &q.topology, &pair_jobs("dropped", 1)).await;
+    let dead = |e: &[Value]| e.iter().any(|e| e["type"] == "cxrel.job.dead_lettered");
+    let ended = q.tap.until(Duration::from_secs(60), dead).await;
+    assert!(ended, "{:#?}", q.tap.events);
+    assert_eq!(
+        q.tap.count("cxrel.relationship.applied"),
+        0,
+        "never applied"
+    );
+    let failed: Vec<_> = q.tap.of_type("cxrel.relationship.failed").collect();
+    assert!(
+        !failed.is_empty() && failed.iter().all(|e| e["data"]["code"] == "not_stored"),
+        "{failed:?}"
+    );
+    let (_, parent) = emu.get_record("accounts", &rid("r", 0)).await;
+    assert!(workers::stored_ids(&parent, FIELD).is_empty(), "{parent}");
+    let letters = broker::take(&q.channel, &q.topology.dead(), 1, Duration::from_secs(5)).await;
+    let table = headers::table(&letters[0].delivery.properties);
+    assert_eq!(
+        headers::get_str(&table, headers::ERROR_CODE).as_deref(),
+        Some("not_stored")
+    );
+    broker::teardown(&q.channel, &q.topology).await;
+}
+
+#[tokio::test]
 async fn an_atomic_job_whose_first_answer_is_lost_and_second_parent_locked_restores_the_first() {
     let emu = emulator_with(4).await;
     let mut q = queues("lostlocked", &[200, 400]).await;
