@@ -126,6 +126,26 @@ impl Pipeline {
         job: &Job,
         lease: &CancellationToken,
     ) -> (Vec<OpStatus>, Option<Failure>) {
+        let mut undone = vec![None; job.operations.len()];
+        let (mut statuses, failure) = self.rounds(job, lease, &mut undone).await;
+        // Written and undone in an earlier round (a 412 elsewhere in an atomic job), then not
+        // written again: the store held the value for a while, so the report says rolled back.
+        for (status, undone) in statuses.iter_mut().zip(undone) {
+            if let (OpStatus::Unprocessed, Some(rolled_back)) = (&*status, undone) {
+                *status = rolled_back;
+            }
+        }
+        (statuses, failure)
+    }
+
+    /// The rounds of [`execute`](Self::execute); `undone` collects the operations an atomic
+    /// round wrote and rolled back before revalidating.
+    async fn rounds(
+        &self,
+        job: &Job,
+        lease: &CancellationToken,
+        undone: &mut [Option<OpStatus>],
+    ) -> (Vec<OpStatus>, Option<Failure>) {
         let unprocessed = || vec![OpStatus::Unprocessed; job.operations.len()];
         let datastore = job.datastore_id.as_str();
         let mut live = match self.datastores.get(datastore).await {
@@ -197,6 +217,11 @@ impl Pipeline {
                     // The retry then validates against what the 412s said is stored.
                     let _ = self.refresh(&live, &conflicts).await;
                     return (statuses, failure);
+                }
+                for (slot, status) in undone.iter_mut().zip(&statuses) {
+                    if matches!(status, OpStatus::RolledBack { .. }) {
+                        *slot = Some(status.clone());
+                    }
                 }
             } else {
                 mark_results(&plan, &results, &mut statuses);

@@ -10,6 +10,7 @@ use lapin::BasicProperties;
 use lapin::types::FieldTable;
 use serde_json::{Value, json};
 
+use crate::helpers::emulator::EmulatorProcess;
 use crate::helpers::workers::pairs::{
     FIELD, assert_pairs_stored, completed, emulator_with, pair_jobs,
 };
@@ -347,6 +348,75 @@ async fn a_patch_answered_200_that_stored_nothing_is_never_reported_applied() {
         headers::get_str(&table, headers::ERROR_CODE).as_deref(),
         Some("not_stored")
     );
+    broker::teardown(&q.channel, &q.topology).await;
+}
+
+#[tokio::test]
+async fn a_write_undone_after_a_412_and_then_rejected_is_reported_rolled_back() {
+    let emu = EmulatorProcess::spawn();
+    let fields = json!([{"name": "name", "type": "string"},
+                        {"name": "kids", "type": "relationship",
+                         "constraints": {"max_children": 2, "acyclic": true}}]);
+    let records: Vec<Value> = (0..6)
+        .map(|n| emulator::named_record(&rid("k", n), "x"))
+        .collect();
+    emu.create_datastore("limited", fields, Value::Array(records))
+        .await;
+    let mut q = queues("undone", &[200]).await;
+    let worker = WorkerProcess::spawn(&test_config(&emu.base, q.topology.prefix()));
+    worker.wait_ready(Duration::from_secs(30)).await;
+    // The graph is loaded by a first job (k0 -> k1) ...
+    let warm = job(
+        "undone-warm",
+        "limited",
+        true,
+        vec![op(&rid("k", 0), "kids", &[&rid("k", 1)])],
+    );
+    publish_jobs(&q.publisher, &q.topology, &[warm]).await;
+    assert!(
+        q.tap
+            .until(Duration::from_secs(30), |e| completed(e).len() == 1)
+            .await
+    );
+    // ... then another client fills k2's two places behind the worker.
+    let token = emu.token().await;
+    let filled = emulator::client()
+        .patch(emu.record_url("limited", &rid("k", 2)))
+        .bearer_auth(&token)
+        .header("If-Match", "\"1\"")
+        .json(&json!({"fields": {"kids": {"ids": [rid("k", 3), rid("k", 4)]}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(filled.status(), 200);
+    // k1 -> k5 is written; adding a third child to k2 answers 412, so k1 is restored, k2 read
+    // again, and the job rejected: k1's write happened and was undone.
+    let add = json!({"parent_id": rid("k", 2), "relationship_field": "kids",
+                     "child_ids": [rid("k", 5)], "mode": "add"});
+    let j = job(
+        "undone",
+        "limited",
+        true,
+        vec![op(&rid("k", 1), "kids", &[&rid("k", 5)]), add],
+    );
+    publish_jobs(&q.publisher, &q.topology, &[j]).await;
+    assert!(
+        q.tap
+            .until(Duration::from_secs(30), |e| completed(e).len() == 2)
+            .await
+    );
+    let last = q
+        .tap
+        .of_type("cxrel.job.completed")
+        .find(|e| e["data"]["job_id"] == "undone")
+        .unwrap()
+        .clone();
+    let ops = &last["data"]["operations"];
+    assert_eq!(ops[1]["code"], "max_children_exceeded", "{last}");
+    assert_eq!(ops[0]["status"], "rolled_back", "{last}");
+    assert_eq!(q.tap.count("cxrel.relationship.rolled_back"), 1);
+    let (_, k1) = emu.get_record("limited", &rid("k", 1)).await;
+    assert!(workers::stored_ids(&k1, "kids").is_empty(), "{k1}");
     broker::teardown(&q.channel, &q.topology).await;
 }
 
