@@ -7,7 +7,9 @@
 //! re-checks: if another task refreshed meanwhile it uses that token. While the token is only *near*
 //! expiry (inside the refresh margin) and still valid, a task that cannot take the mutex at once
 //! keeps using the old token instead of waiting. A 401 invalidates the token by its generation, so
-//! fifty tasks that get 401 with the same token cause one refresh, not fifty.
+//! fifty tasks that get 401 with the same token cause one refresh, not fifty. A failed fetch is
+//! shared the same way: tasks that waited for it, and any asking within `FAILURE_HOLD`, get its
+//! error.
 
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
@@ -23,6 +25,10 @@ use crate::settings::{AuthMode, AuthSettings, ClientAuth};
 
 /// Lifetime assumed when the token endpoint does not say (`expires_in` absent).
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
+
+/// After a failed token fetch, callers get that failure for this long before the endpoint is
+/// asked again: a failing endpoint sees about two requests a second, not one per waiting task.
+const FAILURE_HOLD: Duration = Duration::from_millis(500);
 
 /// Longest lifetime believed: a token endpoint answering `expires_in: 18446744073709551615` must
 /// neither overflow `Instant` (a panic) nor make cxrel keep a token forever.
@@ -92,6 +98,9 @@ pub(crate) struct TokenSource {
     configured_api_base: String,
     current: RwLock<Option<Token>>,
     refresh: Mutex<u64>,
+    /// The last failed fetch: tasks that were already waiting when it failed get its error
+    /// instead of asking the token endpoint again each in turn.
+    failed: RwLock<Option<(Instant, StoreError)>>,
     token_endpoint: OnceCell<String>,
     api_base: OnceCell<String>,
     tenant_id: RwLock<Option<String>>,
@@ -113,6 +122,7 @@ impl TokenSource {
             configured_api_base: api_base.trim_end_matches('/').to_owned(),
             current: RwLock::new(None),
             refresh: Mutex::new(0),
+            failed: RwLock::new(None),
             token_endpoint: OnceCell::new(),
             api_base: OnceCell::new(),
             tenant_id: RwLock::new(None),
@@ -140,7 +150,11 @@ impl TokenSource {
                 let Ok(mut guard) = self.refresh.try_lock() else {
                     return Ok(t);
                 };
-                return match self.refresh_locked(&mut guard, Some(t.generation)).await {
+                let asked = Instant::now();
+                return match self
+                    .refresh_locked(&mut guard, Some(t.generation), asked)
+                    .await
+                {
                     Ok(fresh) => Ok(fresh),
                     Err(error) if !t.expired(Instant::now()) => {
                         tracing::warn!(%error, "token refresh failed; the current token is still valid");
@@ -151,8 +165,9 @@ impl TokenSource {
             }
         }
         let stale = self.cached().map(|t| t.generation);
+        let asked = Instant::now();
         let mut guard = self.refresh.lock().await;
-        self.refresh_locked(&mut guard, stale).await
+        self.refresh_locked(&mut guard, stale, asked).await
     }
 
     /// Drops the token of `generation` after a 401 (a newer one is kept).
@@ -163,11 +178,14 @@ impl TokenSource {
         }
     }
 
-    /// Inside the refresh mutex: fetch unless another task already replaced the `stale` token.
+    /// Inside the refresh mutex: fetch unless another task already replaced the `stale` token,
+    /// or a fetch failed after this task `asked` (one request however many tasks wait, also
+    /// while the token endpoint fails: they share that failure).
     async fn refresh_locked(
         &self,
         last_generation: &mut u64,
         stale: Option<u64>,
+        asked: Instant,
     ) -> Result<Token, StoreError> {
         if let Some(t) = self.cached() {
             let now = Instant::now();
@@ -176,7 +194,24 @@ impl TokenSource {
                 return Ok(t);
             }
         }
-        let fetched = self.fetch().await?;
+        let failed = self
+            .failed
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some((at, error)) = failed
+            && (at >= asked || at.elapsed() < FAILURE_HOLD)
+        {
+            return Err(error);
+        }
+        let fetched = match self.fetch().await {
+            Ok(fetched) => fetched,
+            Err(error) => {
+                *self.failed.write().unwrap_or_else(|e| e.into_inner()) =
+                    Some((Instant::now(), error.clone()));
+                return Err(error);
+            }
+        };
         *last_generation += 1;
         let lifetime = token_lifetime(fetched.expires_in);
         let (expires_at, refresh_at) =

@@ -119,6 +119,31 @@ async fn refused_credentials_are_a_permanent_unauthorized_error_without_retries(
     assert_eq!(route_count(&stats, "GET", "/schema", None), 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_callers_waiting_on_a_failing_token_endpoint_share_one_request() {
+    let emu = EmulatorProcess::spawn();
+    let ids = ids(50);
+    create_store(&emu, "auth-bad-flight", &ids).await;
+    let client = client_for(&emu, |s| {
+        s.cxone.auth.access_key_secret = Secret::new("not-the-s3cret-value");
+        s.rate_limit.requests_per_second = 100_000;
+        s.rate_limit.burst = 1000;
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for id in ids {
+        let client = client.clone();
+        tasks.spawn(async move { client.get_record("auth-bad-flight", &id).await });
+    }
+    while let Some(done) = tasks.join_next().await {
+        let err = done.unwrap().unwrap_err();
+        assert_eq!(err.code(), "unauthorized", "{err}");
+    }
+    let stats = emu.stats().await;
+    let tokens = route_count(&stats, "POST", "/auth/token", None);
+    // Not one per waiting caller (50): they share the failure.
+    assert!(tokens <= 2, "{tokens} token requests");
+}
+
 #[tokio::test]
 async fn a_401_refreshes_once_and_retries_once_then_is_permanent() {
     let emu = EmulatorProcess::spawn();
