@@ -10,6 +10,7 @@ use std::time::Duration;
 use config::{Config, Environment, File, FileFormat};
 use serde::{Deserialize, Serialize};
 
+use crate::events::EventType;
 use crate::secret::Secret;
 
 /// The defaults, compiled in so the binary runs from any directory.
@@ -393,8 +394,40 @@ impl Settings {
                 "may only be empty in auth mode \"cxone\" (discovered from the tenant)",
             );
         }
+        for (i, hook) in self.webhooks.iter().enumerate() {
+            check_webhook(i, hook)?;
+        }
         Ok(())
     }
+}
+
+/// A webhook's URL is http(s) with a host, and its `events` filter names event types cxrel
+/// publishes (a filter of `relationship.applied`, without the `cxrel.` prefix, would silently
+/// match nothing). Messages name the webhook by position, never by URL (it may carry a token).
+fn check_webhook(index: usize, hook: &WebhookSettings) -> Result<(), SettingsError> {
+    let url_ok = url::Url::parse(&hook.url)
+        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+    if !url_ok {
+        return Err(SettingsError::Check {
+            key: "webhooks.url",
+            reason: format!(
+                "webhook #{} needs an http:// or https:// URL with a host",
+                index + 1
+            ),
+        });
+    }
+    let known: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
+    if let Some(unknown) = hook.events.iter().find(|e| !known.contains(&e.as_str())) {
+        return Err(SettingsError::Check {
+            key: "webhooks.events",
+            reason: format!(
+                "webhook #{}: {unknown:?} is no event type (known: {})",
+                index + 1,
+                known.join(", ")
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// A list of human-readable durations: a list (`["1s", "2m"]`, files) or one comma-separated
@@ -576,5 +609,42 @@ mod tests {
         let dump = format!("{s:?}");
         assert!(!dump.contains("T0KEN"), "{dump}");
         assert!(dump.contains("https://h.example/***"), "{dump}");
+    }
+
+    fn with_hook(url: &str, events: &str) -> Result<Settings, SettingsError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hooks.toml");
+        let hook = format!(
+            "[[webhooks]]\nurl = \"{url}\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\nevents = [{events}]\n"
+        );
+        std::fs::write(&path, hook).unwrap();
+        let sources = Sources {
+            file: Some(path),
+            ..Sources::default()
+        };
+        Settings::load_with_env(&sources, Some(HashMap::new()))
+    }
+
+    #[test]
+    fn a_webhook_filter_naming_no_event_type_stops_the_start_naming_the_key() {
+        let err = with_hook("https://h.example/in", "\"relationship.applied\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("webhooks.events"), "{err}");
+        assert!(err.contains("cxrel.relationship.applied"), "{err}");
+        assert!(with_hook("https://h.example/in", "\"cxrel.job.completed\"").is_ok());
+    }
+
+    #[test]
+    fn a_webhook_url_must_be_http_with_a_host_and_the_error_does_not_show_it() {
+        for url in [
+            "ftp://user:pw@h.example/x",
+            "ht!tp://h.example",
+            "file:///etc/passwd",
+        ] {
+            let err = with_hook(url, "").unwrap_err().to_string();
+            assert!(err.contains("webhooks.url"), "{url}: {err}");
+            assert!(!err.contains("pw@"), "{err}");
+        }
     }
 }
