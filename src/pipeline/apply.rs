@@ -4,6 +4,7 @@
 //! a parent back when a PATCH's outcome is unknown, and restores parents when an atomic job must be
 //! compensated.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,7 @@ use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::datastore::LiveDataStore;
+use crate::graph::canonical_id as canonical;
 use crate::graph::{FieldValue, PatchPlan, Plan};
 use crate::job::CascadeAction;
 use crate::store::{Record, RelationshipValue, StoreClient, StoreError};
@@ -357,13 +359,14 @@ fn holds(record: &Record, values: &[FieldValue]) -> bool {
 }
 
 /// True when `ids` and `cascade` are `value`: the same children in any order and the same cascade.
-/// This is how a read-back tells that a write landed (a store may keep ids sorted).
+/// This is how a read-back tells that a write landed (a store may keep ids sorted, and may print
+/// a UUID in another case than it was sent in).
 fn is_value<S: AsRef<str>>(ids: &[S], cascade: CascadeAction, value: &FieldValue) -> bool {
     if cascade != value.cascade || ids.len() != value.ids.len() {
         return false;
     }
-    let mut stored: Vec<&str> = ids.iter().map(AsRef::as_ref).collect();
-    let mut wanted: Vec<&str> = value.ids.iter().map(|id| id.as_str()).collect();
+    let mut stored: Vec<Cow<'_, str>> = ids.iter().map(|id| canonical(id.as_ref())).collect();
+    let mut wanted: Vec<Cow<'_, str>> = value.ids.iter().map(|id| canonical(id.as_str())).collect();
     stored.sort_unstable();
     wanted.sort_unstable();
     stored == wanted
@@ -377,7 +380,7 @@ fn is_exactly<S: AsRef<str>>(ids: &[S], cascade: CascadeAction, value: &FieldVal
         && ids
             .iter()
             .zip(&value.ids)
-            .all(|(a, b)| a.as_ref() == b.as_str())
+            .all(|(a, b)| canonical(a.as_ref()) == canonical(b.as_str()))
 }
 
 /// Records a landed PATCH in the graph.
@@ -436,5 +439,24 @@ mod tests {
         assert!(!is_value(&["a", "b"], CascadeAction::None, &wanted));
         assert!(is_exactly(&["a", "b"], CascadeAction::Update, &wanted));
         assert!(!is_exactly(&["b", "a"], CascadeAction::Update, &wanted));
+    }
+
+    #[test]
+    fn a_store_printing_a_uuid_in_upper_case_still_holds_the_value_sent_in_lower_case() {
+        let id = "550e8400-e29b-41d4-a716-446655440000";
+        let wanted = value(&[id], CascadeAction::Update);
+        let upper = id.to_ascii_uppercase();
+        assert!(is_value(&[upper.as_str()], CascadeAction::Update, &wanted));
+        assert!(is_exactly(
+            &[upper.as_str()],
+            CascadeAction::Update,
+            &wanted
+        ));
+        // Other ids are compared exactly.
+        assert!(!is_value(
+            &["A"],
+            CascadeAction::Update,
+            &value(&["a"], CascadeAction::Update)
+        ));
     }
 }
