@@ -19,6 +19,9 @@ pub struct Interner {
     arena: String,
     ends: Vec<u32>,
     table: HashTable<Ix>,
+    /// The first spelling of ids not kept as given (upper-case UUIDs): the store owns its ids, so
+    /// requests name a record as the store printed it. Empty for a store printing lower case.
+    spellings: rustc_hash::FxHashMap<Ix, Box<str>>,
 }
 
 impl Interner {
@@ -27,6 +30,7 @@ impl Interner {
             arena: String::with_capacity(bytes),
             ends: Vec::with_capacity(records),
             table: HashTable::with_capacity(records),
+            spellings: Default::default(),
         }
     }
 
@@ -43,19 +47,34 @@ impl Interner {
         self.find(&canonical(s))
     }
 
+    /// How `ix` was first spelled when that differs from its canonical form, else the canonical.
+    pub fn spelling(&self, ix: Ix) -> &str {
+        match self.spellings.get(&ix) {
+            Some(spelled) => spelled,
+            None => self.resolve(ix),
+        }
+    }
+
     /// The index of `s`, adding it when new.
-    pub fn intern(&mut self, s: &str) -> Result<Ix, GraphError> {
-        let s = canonical(s);
+    pub fn intern(&mut self, given: &str) -> Result<Ix, GraphError> {
+        let s = canonical(given);
+        let respelled = matches!(s, Cow::Owned(_));
         let s = s.as_ref();
         if let Some(ix) = self.find(s) {
             return Ok(ix);
+        }
+        if respelled {
+            let ix = Ix::try_from(self.ends.len()).map_err(|_| GraphError::TooLarge)?;
+            self.spellings.insert(ix, given.into());
         }
         let ix = Ix::try_from(self.ends.len()).map_err(|_| GraphError::TooLarge)?;
         let end = u32::try_from(self.arena.len() + s.len()).map_err(|_| GraphError::TooLarge)?;
         self.arena.push_str(s);
         self.ends.push(end);
         let hash = FxBuildHasher.hash_one(s);
-        let Self { arena, ends, table } = self;
+        let Self {
+            arena, ends, table, ..
+        } = self;
         table.insert_unique(hash, ix, |&other| {
             FxBuildHasher.hash_one(resolve_in(arena, ends, other))
         });
@@ -72,13 +91,18 @@ impl Interner {
     pub fn shrink_to_fit(&mut self) {
         self.arena.shrink_to_fit();
         self.ends.shrink_to_fit();
-        let Self { arena, ends, table } = self;
+        let Self {
+            arena, ends, table, ..
+        } = self;
         table.shrink_to_fit(|&ix| FxBuildHasher.hash_one(resolve_in(arena, ends, ix)));
     }
 
     /// Bytes allocated on the heap (capacities, not lengths).
     pub fn heap_bytes(&self) -> usize {
-        self.arena.capacity() + self.ends.capacity() * 4 + self.table.allocation_size()
+        self.arena.capacity()
+            + self.ends.capacity() * 4
+            + self.table.allocation_size()
+            + self.spellings.len() * 56
     }
 }
 
@@ -119,6 +143,18 @@ mod tests {
         let b = i.intern("Acct-1").unwrap();
         assert_eq!(i.get("acct-1"), None);
         assert_eq!(i.get("Acct-1"), Some(b));
+    }
+
+    #[test]
+    fn an_upper_case_uuid_keeps_its_spelling_for_the_store() {
+        let mut i = Interner::default();
+        let upper = "550E8400-E29B-41D4-A716-446655440000";
+        let a = i.intern(upper).unwrap();
+        assert_eq!(i.spelling(a), upper);
+        assert_eq!(i.intern(&upper.to_ascii_lowercase()).unwrap(), a);
+        assert_eq!(i.spelling(a), upper);
+        let b = i.intern("6ba7b810-9dad-11d1-80b4-00c04fd430c8").unwrap();
+        assert_eq!(i.spelling(b), "6ba7b810-9dad-11d1-80b4-00c04fd430c8");
     }
 
     #[test]

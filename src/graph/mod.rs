@@ -91,6 +91,12 @@ impl Graph {
         self.ix(id).is_some()
     }
 
+    /// `id` as the store spells it (a record the store printed as an upper-case UUID), for the
+    /// URLs and bodies of requests; `None` for an id the graph does not know.
+    pub fn store_spelling(&self, id: &str) -> Option<&str> {
+        self.ix(id).map(|ix| self.ids.spelling(ix))
+    }
+
     /// The record's `_version`, for `If-Match`.
     pub fn version(&self, id: &str) -> Option<u64> {
         self.ix(id)

@@ -226,7 +226,12 @@ async fn send(
     let mut delays = policy.backoff();
     loop {
         let error = match store
-            .patch_record(live.id(), parent, &body(values), if_match)
+            .patch_record(
+                live.id(),
+                &live.store_spelling(parent),
+                &body(live, values),
+                if_match,
+            )
             .await
         {
             Ok(record) if holds(&record, values) => {
@@ -345,7 +350,9 @@ async fn read_parent(
     live: &LiveDataStore,
     parent: &str,
 ) -> Result<Record, StoreError> {
-    let record = store.get_record(live.id(), parent).await?;
+    let record = store
+        .get_record(live.id(), &live.store_spelling(parent))
+        .await?;
     let _ = live.update_record(&record);
     Ok(record)
 }
@@ -405,16 +412,19 @@ fn already_stored(live: &LiveDataStore, parent: &str, values: &[FieldValue]) -> 
     })
 }
 
-/// `{"<field>": {"ids": […], "cascade_action": "…"}, …}`.
-fn body(values: &[FieldValue]) -> Map<String, Value> {
-    values
-        .iter()
-        .map(|v| {
-            let ids = v.ids.iter().map(|id| id.as_str().to_owned()).collect();
-            let value = RelationshipValue::new(ids, v.cascade);
-            (v.field.as_str().to_owned(), value.to_json())
-        })
-        .collect()
+/// `{"<field>": {"ids": […], "cascade_action": "…"}, …}`, ids spelled as the store spells them.
+fn body(live: &LiveDataStore, values: &[FieldValue]) -> Map<String, Value> {
+    live.with_graph(|graph| {
+        let spelled = |id: &str| graph.store_spelling(id).unwrap_or(id).to_owned();
+        values
+            .iter()
+            .map(|v| {
+                let ids = v.ids.iter().map(|id| spelled(id.as_str())).collect();
+                let value = RelationshipValue::new(ids, v.cascade);
+                (v.field.as_str().to_owned(), value.to_json())
+            })
+            .collect()
+    })
 }
 
 #[cfg(test)]

@@ -154,6 +154,11 @@ impl LiveDataStore {
         f(&mut self.lock().graph)
     }
 
+    /// `id` as the store spells it, for a request's URL or body (as given when unknown).
+    pub fn store_spelling(&self, id: &str) -> String {
+        self.with_graph(|g| g.store_spelling(id).unwrap_or(id).to_owned())
+    }
+
     /// Brings one record up to date from its stored form (a fresh GET or a PATCH answer); a record
     /// the graph did not know joins it.
     pub fn update_record(&self, record: &Record) -> Result<(), GraphError> {

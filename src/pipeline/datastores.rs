@@ -157,7 +157,11 @@ impl DataStores {
     /// Re-reads one record (after a 412, a 404, or to confirm a verdict) into the graph.
     pub async fn refresh_record(&self, live: &LiveDataStore, id: &str) -> Result<(), LoadError> {
         metrics::counter!("cxrel_confirm_reads_total").increment(1);
-        match self.store.get_record(live.id(), id).await {
+        match self
+            .store
+            .get_record(live.id(), &live.store_spelling(id))
+            .await
+        {
             Ok(record) => Ok(live.update_record(&record)?),
             Err(StoreError::NotFound { .. }) => {
                 live.remove_record(id);

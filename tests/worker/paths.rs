@@ -421,6 +421,42 @@ async fn a_write_undone_after_a_412_and_then_rejected_is_reported_rolled_back() 
 }
 
 #[tokio::test]
+async fn a_store_spelling_its_uuids_in_upper_case_is_written_as_it_spells_them() {
+    let emu = EmulatorProcess::spawn();
+    // The emulator, like many stores, matches ids exactly: "…ABC" is not "…abc".
+    let upper: Vec<String> = (0..2).map(|n| rid("u", n).to_ascii_uppercase()).collect();
+    let records: Vec<Value> = upper
+        .iter()
+        .map(|id| emulator::named_record(id, "x"))
+        .collect();
+    emu.create_datastore("upper", emulator::test_schema(), Value::Array(records))
+        .await;
+    let mut q = queues("upper", &[200]).await;
+    let worker = WorkerProcess::spawn(&test_config(&emu.base, q.topology.prefix()));
+    worker.wait_ready(Duration::from_secs(30)).await;
+    // The job names them in lower case (UUIDs are case-insensitive).
+    let (p, c) = (rid("u", 0), rid("u", 1));
+    let j = job("upper", "upper", true, vec![op(&p, FIELD, &[&c])]);
+    publish_jobs(&q.publisher, &q.topology, &[j]).await;
+    assert!(
+        q.tap
+            .until(Duration::from_secs(30), |e| completed(e).len() == 1)
+            .await
+    );
+    assert_eq!(
+        q.tap.count("cxrel.relationship.applied"),
+        1,
+        "{:#?}",
+        q.tap.events
+    );
+    let (status, parent) = emu.get_record("upper", &upper[0]).await;
+    assert_eq!(status, 200);
+    assert_eq!(workers::stored_ids(&parent, FIELD), vec![upper[1].clone()]);
+    broker::assert_no_dead_letters(&q.channel, &q.topology).await;
+    broker::teardown(&q.channel, &q.topology).await;
+}
+
+#[tokio::test]
 async fn an_atomic_job_whose_first_answer_is_lost_and_second_parent_locked_restores_the_first() {
     let emu = emulator_with(4).await;
     let mut q = queues("lostlocked", &[200, 400]).await;
