@@ -63,8 +63,13 @@ fn first_byte<R: BufRead>(reader: &mut R) -> std::io::Result<Option<u8>> {
 }
 
 fn read_array<R: Read>(reader: R, sink: &mut dyn FnMut(Result<Item, BadItem>) -> bool) {
+    let (reader, lines) = LineCounter::new(reader);
     let mut de = serde_json::Deserializer::from_reader(reader);
-    let result = serde::Deserializer::deserialize_seq(&mut de, ArrayVisitor { sink: &mut *sink });
+    let visitor = ArrayVisitor {
+        sink: &mut *sink,
+        lines,
+    };
+    let result = serde::Deserializer::deserialize_seq(&mut de, visitor);
     let result = result.and_then(|()| de.end());
     if let Err(e) = result {
         sink(Err(BadItem {
@@ -77,6 +82,37 @@ fn read_array<R: Read>(reader: R, sink: &mut dyn FnMut(Result<Item, BadItem>) ->
 
 struct ArrayVisitor<'a> {
     sink: &'a mut dyn FnMut(Result<Item, BadItem>) -> bool,
+    lines: Lines,
+}
+
+/// Newlines read so far, shared between a [`LineCounter`] and whoever reports positions.
+type Lines = std::rc::Rc<std::cell::Cell<u64>>;
+
+/// Counts the newlines passing through, so an element parsed from a stream knows its line
+/// (serde_json reports positions only in errors).
+struct LineCounter<R> {
+    inner: R,
+    lines: Lines,
+}
+
+impl<R> LineCounter<R> {
+    fn new(inner: R) -> (Self, Lines) {
+        let lines = Lines::default();
+        let counter = LineCounter {
+            inner,
+            lines: lines.clone(),
+        };
+        (counter, lines)
+    }
+}
+
+impl<R: Read> Read for LineCounter<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let newlines = buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+        self.lines.set(self.lines.get() + newlines);
+        Ok(n)
+    }
 }
 
 impl<'de> Visitor<'de> for ArrayVisitor<'_> {
@@ -90,7 +126,8 @@ impl<'de> Visitor<'de> for ArrayVisitor<'_> {
         let mut index = 0;
         while let Some(raw) = seq.next_element_seed(RawSeed)? {
             index += 1;
-            let item = object_item(index, 0, raw.get().to_owned());
+            let line = self.lines.get() + 1;
+            let item = object_item(index, line, raw.get().to_owned());
             if !(self.sink)(item) {
                 return Ok(());
             }
@@ -166,13 +203,14 @@ fn read_lines<R: BufRead>(
 }
 
 fn read_stream<R: Read>(reader: R, sink: &mut dyn FnMut(Result<Item, BadItem>) -> bool) {
+    let (reader, lines) = LineCounter::new(reader);
     let values = serde_json::Deserializer::from_reader(reader).into_iter::<Box<RawValue>>();
     let mut index = 0;
     for next in values {
         let item = match next {
             Ok(raw) => {
                 index += 1;
-                object_item(index, 0, raw.get().to_owned())
+                object_item(index, lines.get() + 1, raw.get().to_owned())
             }
             Err(e) => Err(BadItem {
                 line: e.line() as u64,
@@ -285,6 +323,16 @@ mod tests {
         let items = read("{\n  \"parentId\": \"x\",\n  \"childIds\": []\n}\n");
         assert_eq!(items.len(), 1);
         assert!(items[0].as_ref().unwrap().json.contains("parentId"));
+    }
+
+    #[test]
+    fn an_array_element_that_is_no_object_is_reported_with_the_line_it_ends_on() {
+        let items = read("[\n  {\"a\": 1},\n  2,\n  {\n    \"b\": 2\n  },\n  \"x\"\n]");
+        assert_eq!(items.len(), 4);
+        assert_eq!(items[0].as_ref().unwrap().line, 2);
+        assert_eq!(items[1].as_ref().unwrap_err().line, 3);
+        assert_eq!(items[2].as_ref().unwrap().line, 6);
+        assert_eq!(items[3].as_ref().unwrap_err().line, 7);
     }
 
     #[test]
