@@ -84,14 +84,22 @@ fn name() -> Value {
     json!({"minLength": 1, "maxLength": MAX_NAME_CHARS, "pattern": PRINTABLE})
 }
 
+/// No `%` in a data store id, so `.` and `..` are its only dot segments.
 fn datastore() -> Value {
-    json!({"minLength": 1, "maxLength": MAX_NAME_CHARS, "pattern": DATASTORE})
+    json!({"minLength": 1, "maxLength": MAX_NAME_CHARS, "pattern": DATASTORE,
+           "not": {"enum": [".", ".."]}})
 }
 
+/// Free-form record ids: not a dot segment, plain or percent-encoded up to three times (the
+/// parser also undoes stranger encodings such as `%%32e`).
 fn record_id(ctx: &ParseContext) -> Value {
     match ctx.id_format {
         IdFormat::Uuid => json!({"pattern": UUID, "format": "uuid"}),
-        IdFormat::Any => name(),
+        IdFormat::Any => {
+            let mut id = name();
+            id["not"] = json!({"pattern": r"^(\.|%(25){0,2}2[eE]){1,2}$"});
+            id
+        }
     }
 }
 
@@ -141,6 +149,19 @@ mod tests {
         let parent = &s["$defs"]["Operation"]["properties"]["parent_id"];
         assert_eq!(parent["pattern"], PRINTABLE);
         assert_eq!(parent["maxLength"], MAX_NAME_CHARS);
+    }
+
+    #[test]
+    fn free_form_record_ids_that_are_dot_segments_are_refused_by_the_schema_too() {
+        let s = schema(&[("CXREL__VALIDATION__ID_FORMAT", "any")]);
+        let parent = s["$defs"]["Operation"]["properties"]["parent_id"].clone();
+        let check = jsonschema::validator_for(&parent).unwrap();
+        for id in [".", "..", "%2e", "%2E%2e", ".%2e", "%252e%252e"] {
+            assert!(!check.is_valid(&json!(id)), "{id}");
+        }
+        for id in ["a.b", "...", "acct-1", "%2e%2e%2e"] {
+            assert!(check.is_valid(&json!(id)), "{id}");
+        }
     }
 
     #[test]

@@ -256,6 +256,14 @@ fn bad_jobs() -> Vec<(&'static str, Value)> {
             with_job("datastore_id", Value::Null),
         ),
         (
+            "data store that is a dot segment",
+            with_job("datastore_id", json!("..")),
+        ),
+        (
+            "data store that is a dot",
+            with_job("datastore_id", json!(".")),
+        ),
+        (
             "data store with a slash",
             with_job("datastore_id", json!("a/b")),
         ),
@@ -334,7 +342,7 @@ fn structurally_bad_jobs_are_refused_by_the_schema_and_the_parser() {
         assert!(!parses(job), "the parser accepts a job with {why}");
         assert!(!schema.is_valid(job), "the schema accepts a job with {why}");
     }
-    assert_eq!(cases.len(), 34);
+    assert_eq!(cases.len(), 36);
 }
 
 #[test]
