@@ -25,7 +25,10 @@ pub async fn connect(url: &Secret, connection_name: &str) -> Result<Connection, 
     )
     .await
     {
-        Ok(connected) => Ok(connected?),
+        Ok(connected) => connected.map_err(|error| AmqpError::Connect {
+            url: redact_url(url.expose()),
+            error,
+        }),
         Err(_) => Err(AmqpError::ConnectTimeout(CONNECT_TIMEOUT)),
     }
 }

@@ -39,6 +39,11 @@ pub enum AmqpError {
     NotConnected,
     #[error("no connection to the broker within {0:?} (is it up, and is [amqp].url right?)")]
     ConnectTimeout(std::time::Duration),
+    /// The connect itself failed: names the address (password redacted) and what to check.
+    #[error(
+        "cannot connect to the broker at {url}: {error} (is it up, is [amqp].url right, and does that port speak AMQP?)"
+    )]
+    Connect { url: String, error: lapin::Error },
     #[error("the broker cancelled the consumer (queue deleted?)")]
     ConsumerEnded,
     #[error("no queue is bound for {exchange:?}/{routing_key:?}; run `cxrel topology declare`")]
@@ -58,7 +63,7 @@ impl AmqpError {
     pub fn is_connection_gone(&self) -> bool {
         use lapin::ErrorKind;
         match self {
-            Self::NotConnected | Self::ConnectTimeout(_) => true,
+            Self::NotConnected | Self::ConnectTimeout(_) | Self::Connect { .. } => true,
             Self::Broker(e) => matches!(
                 e.kind(),
                 ErrorKind::InvalidChannelState(..)
