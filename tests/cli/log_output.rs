@@ -69,6 +69,18 @@ fn level_off_silences_the_log_but_not_the_error_message() {
 }
 
 #[test]
+fn a_refused_broker_connect_names_the_address_without_the_password() {
+    let out = failing_command(&[("CXREL__LOG__LEVEL", "off")]);
+    let text = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("cannot connect to the broker at amqp://guest:***@127.0.0.1:1/"),
+        "{text}"
+    );
+    assert!(text.contains("[amqp].url"), "{text}");
+}
+
+#[test]
 fn the_broker_password_never_appears() {
     for format in ["json", "human"] {
         let text = stderr(&failing_command(&[
