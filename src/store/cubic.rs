@@ -8,9 +8,10 @@
 //!   (0.9: a little). From there the rate follows `w_max × (1 + c·(t − K)³)`: concave and fast
 //!   back to just below `w_max` (in `recover`, K), flat around it, then convex probing above it
 //!   (a quarter as steep as the climb back: the limit is usually where it was). A 429 once the
-//!   rate is back at `w_max` again puts `w_max` 1% lower and cuts only to 97% of it: a limit that
-//!   refuses exactly there (a sliding window counting every second) is met just below it, with a
-//!   small dip at each return instead of a 10% one.
+//!   rate is back at `w_max` again (from 1% below to 2.5% above it) puts `w_max` 1% below that
+//!   rate and cuts only to 97% of it: a limit that refuses exactly there (a sliding window
+//!   counting every second) is met just below it, with a small dip at each return instead of a
+//!   10% one.
 //! - **Closed.** A 429 while nothing sent since the last cut has been admitted is no signal: a
 //!   window whose count is used up refuses everything until it ends, whatever the rate, and
 //!   cutting at every such 429 took 150 rps to 19 in a third of a second. The rate stays, and
