@@ -79,13 +79,35 @@ pub fn router(console: SharedConsole, loopback: bool) -> Router {
         .route("/api/dead-letters/{message_id}", get(api::one))
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok" }))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(64 * 1024))
+        .fallback(|| async {
+            ConsoleError::new(StatusCode::NOT_FOUND, "no such page or API route")
+        })
+        .method_not_allowed_fallback(|| async {
+            ConsoleError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this route does not take that method",
+            )
+        })
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(BODY_LIMIT))
+        .layer(axum::middleware::map_response(json_body_limit))
         .with_state(console);
     if loopback {
         router.layer(axum::middleware::from_fn(auth::loopback_host_only))
     } else {
         router
     }
+}
+
+/// Largest request body the console takes.
+const BODY_LIMIT: usize = 64 * 1024;
+
+/// The body limit's 413 as the API's JSON error (the layer itself answers in plain text).
+async fn json_body_limit(response: Response) -> Response {
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        let message = format!("the request body is larger than {} KiB", BODY_LIMIT / 1024);
+        return ConsoleError::new(StatusCode::PAYLOAD_TOO_LARGE, message).into_response();
+    }
+    response
 }
 
 async fn render_metrics() -> Response {

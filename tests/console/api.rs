@@ -483,6 +483,17 @@ async fn a_misspelt_key_or_a_bad_value_is_a_json_400_and_nothing_is_touched() {
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let error: Value = r.json().await.expect("a JSON error");
     assert!(error["error"].is_string(), "{error}");
+    // Unknown routes, wrong methods and oversized bodies answer JSON errors too.
+    let (status, error) = get(&c, "/api/nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{error}");
+    assert!(error["error"].is_string(), "{error}");
+    let (status, error) = get(&c, "/api/dead-letters/purge").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{error}");
+    assert!(error["error"].is_string(), "{error}");
+    let huge = json!({"reason": "x".repeat(200_000), "dry_run": true});
+    let (status, error) = post(&c, "/api/dead-letters/replay", Some(TOKEN), huge).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{error}");
+    assert!(error["error"].is_string(), "{error}");
     assert_eq!(
         cxrel::dlq::depth(&channel, &topo.dead()).await.unwrap(),
         depth
