@@ -63,12 +63,11 @@ impl Interner {
         if let Some(ix) = self.find(s) {
             return Ok(ix);
         }
-        if respelled {
-            let ix = Ix::try_from(self.ends.len()).map_err(|_| GraphError::TooLarge)?;
-            self.spellings.insert(ix, given.into());
-        }
         let ix = Ix::try_from(self.ends.len()).map_err(|_| GraphError::TooLarge)?;
         let end = u32::try_from(self.arena.len() + s.len()).map_err(|_| GraphError::TooLarge)?;
+        if respelled {
+            self.spellings.insert(ix, given.into());
+        }
         self.arena.push_str(s);
         self.ends.push(end);
         let hash = FxBuildHasher.hash_one(s);

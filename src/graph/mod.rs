@@ -92,9 +92,9 @@ impl Graph {
     }
 
     /// `id` as the store spells it (a record the store printed as an upper-case UUID), for the
-    /// URLs and bodies of requests; `None` for an id the graph does not know.
-    pub fn store_spelling(&self, id: &str) -> Option<&str> {
-        self.ix(id).map(|ix| self.ids.spelling(ix))
+    /// URLs and bodies of requests; `id` itself when the graph does not know it.
+    pub fn store_spelling<'a>(&'a self, id: &'a str) -> &'a str {
+        self.ix(id).map_or(id, |ix| self.ids.spelling(ix))
     }
 
     /// The record's `_version`, for `If-Match`.

@@ -415,11 +415,14 @@ fn already_stored(live: &LiveDataStore, parent: &str, values: &[FieldValue]) -> 
 /// `{"<field>": {"ids": […], "cascade_action": "…"}, …}`, ids spelled as the store spells them.
 fn body(live: &LiveDataStore, values: &[FieldValue]) -> Map<String, Value> {
     live.with_graph(|graph| {
-        let spelled = |id: &str| graph.store_spelling(id).unwrap_or(id).to_owned();
         values
             .iter()
             .map(|v| {
-                let ids = v.ids.iter().map(|id| spelled(id.as_str())).collect();
+                let ids = v
+                    .ids
+                    .iter()
+                    .map(|id| graph.store_spelling(id.as_str()).to_owned())
+                    .collect();
                 let value = RelationshipValue::new(ids, v.cascade);
                 (v.field.as_str().to_owned(), value.to_json())
             })

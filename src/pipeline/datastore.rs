@@ -156,7 +156,7 @@ impl LiveDataStore {
 
     /// `id` as the store spells it, for a request's URL or body (as given when unknown).
     pub fn store_spelling(&self, id: &str) -> String {
-        self.with_graph(|g| g.store_spelling(id).unwrap_or(id).to_owned())
+        self.with_graph(|g| g.store_spelling(id).to_owned())
     }
 
     /// Brings one record up to date from its stored form (a fresh GET or a PATCH answer); a record

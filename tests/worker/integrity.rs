@@ -343,29 +343,20 @@ async fn a_replica_draining_after_sigterm_keeps_the_queue_until_its_writes_lande
     procs.push(WorkerProcess::spawn(&config));
     procs[1].wait_ready(Duration::from_secs(30)).await;
     s.emu.set_faults(json!({"latency_ms": 800})).await;
-    let pair = |i: usize| (rid("g", 2 * i + 1), rid("g", 2 * i + 2));
-    let forward: Vec<Value> = (0..PAIRS)
-        .map(|i| {
-            let (a, b) = pair(i);
-            job(
-                &format!("fwd-{i}"),
-                DS,
-                true,
-                vec![link(&a, LINK, &[&b], "none")],
-            )
-        })
-        .collect();
-    let reverse: Vec<Value> = (0..PAIRS)
-        .map(|i| {
-            let (a, b) = pair(i);
-            job(
-                &format!("rev-{i}"),
-                DS,
-                true,
-                vec![link(&b, LINK, &[&a], "none")],
-            )
-        })
-        .collect();
+    // Pair i links g(2i+1) -> g(2i+2) forward, the other way in reverse.
+    let edges = |name: &str, reversed: bool| -> Vec<Value> {
+        (0..PAIRS)
+            .map(|i| {
+                let (mut a, mut b) = (rid("g", 2 * i + 1), rid("g", 2 * i + 2));
+                if reversed {
+                    std::mem::swap(&mut a, &mut b);
+                }
+                let op = link(&a, LINK, &[&b], "none");
+                job(&format!("{name}-{i}"), DS, true, vec![op])
+            })
+            .collect()
+    };
+    let (forward, reverse) = (edges("fwd", false), edges("rev", true));
     publish_jobs(&s.q.publisher, &s.q.topology, &forward).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     procs[0].signal("TERM");
