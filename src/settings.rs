@@ -405,8 +405,14 @@ impl Settings {
 /// publishes (a filter of `relationship.applied`, without the `cxrel.` prefix, would silently
 /// match nothing). Messages name the webhook by position, never by URL (it may carry a token).
 fn check_webhook(index: usize, hook: &WebhookSettings) -> Result<(), SettingsError> {
-    let url_ok = url::Url::parse(&hook.url)
-        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+    // The url crate reads `http:///path` as host "path"; a typo like that must not pass.
+    let empty_authority = hook
+        .url
+        .split_once("://")
+        .is_some_and(|(_, rest)| rest.starts_with('/'));
+    let url_ok = !empty_authority
+        && url::Url::parse(&hook.url)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
     if !url_ok {
         return Err(SettingsError::Check {
             key: "webhooks.url",
@@ -641,6 +647,8 @@ mod tests {
             "ftp://user:pw@h.example/x",
             "ht!tp://h.example",
             "file:///etc/passwd",
+            "http:///in",
+            "https:////h.example/in",
         ] {
             let err = with_hook(url, "").unwrap_err().to_string();
             assert!(err.contains("webhooks.url"), "{url}: {err}");

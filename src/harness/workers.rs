@@ -123,9 +123,13 @@ impl WorkerChild {
 }
 
 impl Drop for WorkerChild {
-    /// The process goes with `kill_on_drop`; its settings file goes here, on every path.
+    /// The process goes with `kill_on_drop`; its settings file goes here, on every path, and so
+    /// does its log when the worker wrote nothing (a log with content stays for the operator).
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.config);
+        if std::fs::metadata(&self.log).is_ok_and(|m| m.len() == 0) {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 
