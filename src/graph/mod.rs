@@ -29,7 +29,7 @@ pub use validate::{validate, validate_reserved};
 pub use verdict::{JobOutcome, OpVerdict, Verdict, Violation, ViolationCode};
 
 use crate::error::ErrorClass;
-use crate::job::CascadeAction;
+use crate::job::{CascadeAction, Mode};
 use crate::schema::Schema;
 
 /// `_version` of an id that is referenced by some record but is not (or no longer) a record.
@@ -230,6 +230,16 @@ impl Graph {
     fn ix(&self, id: &str) -> Option<Ix> {
         let ix = self.ids.get(id)?;
         (self.versions.get(ix as usize).copied()? != ABSENT).then_some(ix)
+    }
+
+    /// The index of a child named by an operation in `mode`. Adds and replaces name records; a
+    /// remove may also name an id the graph only references (a record deleted behind the worker,
+    /// whose reference it clears): after the job it is no child, so it need not exist (SPEC §2).
+    fn child_ix(&self, id: &str, mode: Mode) -> Option<Ix> {
+        match mode {
+            Mode::Remove => self.ids.get(id),
+            Mode::Add | Mode::Replace => self.ix(id),
+        }
     }
 
     fn field_index(&self, name: &str) -> Option<usize> {

@@ -62,7 +62,7 @@ pub fn plan(graph: &Graph, job: &Job, verdict: &Verdict) -> Plan {
         };
         let mut kids: Vec<Ix> = Vec::with_capacity(op.children.len());
         for c in &op.children {
-            if let Some(ix) = graph.ix(c.as_str()) {
+            if let Some(ix) = graph.child_ix(c.as_str(), op.mode) {
                 names.entry(ix).or_insert_with(|| c.clone());
                 kids.push(ix);
             }

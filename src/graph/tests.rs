@@ -145,6 +145,20 @@ fn missing_records_are_all_listed_in_record_not_found() {
 }
 
 #[test]
+fn a_remove_may_name_ids_that_are_no_records_and_clears_a_dangling_reference() {
+    // "gone" was deleted behind the worker and p still lists it; "never" was never a record.
+    let g = graph(&["p", "1"], &[("p", "m", &["1", "gone"], NONE)]);
+    let j = job(true, vec![op("p", "m", &["gone", "never"], Mode::Remove)]);
+    let v = check(&g, &j);
+    assert_eq!(v.outcome(), JobOutcome::Accepted);
+    let plan = plan(&g, &j, &v);
+    assert_eq!(plan.patches[0].fields[0].ids, vec![RecordId::new("1")]);
+    // An add still needs its children to exist.
+    let v = check(&g, &job(true, vec![op("p", "m", &["gone"], Mode::Add)]));
+    assert_eq!(codes(&v), vec![Some("record_not_found")]);
+}
+
+#[test]
 fn a_duplicate_child_in_one_operation_is_rejected() {
     let g = graph(&["p", "c"], &[]);
     let v = check(

@@ -222,8 +222,10 @@ fn resolve(
     }
     let mut kids = Vec::with_capacity(op.children.len());
     for c in &op.children {
-        match graph.ix(c.as_str()) {
+        match graph.child_ix(c.as_str(), op.mode) {
             Some(ix) => kids.push(ix),
+            // An id the graph never held: a no-op for a remove, whatever the graph's age.
+            None if op.mode == Mode::Remove => {}
             None if missing.contains(c) => {}
             None => missing.push(c.clone()),
         }

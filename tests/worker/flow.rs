@@ -459,3 +459,45 @@ async fn a_job_delivered_twice_reaches_the_same_state_with_the_same_event_ids() 
     worker.stop().await;
     broker::teardown(&s.q.channel, &s.q.topology).await;
 }
+
+#[tokio::test]
+async fn a_remove_clears_a_reference_to_a_record_deleted_behind_the_worker() {
+    let mut s = setup("dangling", "accounts", 4).await;
+    let config = test_config(&s.emu.base, s.q.topology.prefix());
+    let (p, gone, kept) = (rid("r", 0), rid("r", 1), rid("r", 2));
+    let worker = InProcessWorker::start(&config).await;
+    let link = job(
+        "link",
+        "accounts",
+        true,
+        vec![op(&p, FIELD, &[&gone, &kept])],
+    );
+    publish_jobs(&s.q.publisher, &s.q.topology, &[link]).await;
+    let linked = s.q.tap.until(Duration::from_secs(30), |e| {
+        completed_jobs(e).contains("link")
+    });
+    assert!(linked.await);
+    worker.stop().await;
+    // Deleted while no worker runs: the next one loads a graph where p lists an id that is no
+    // record (the emulator, like many stores, keeps dangling ids).
+    assert_eq!(s.emu.delete_record("accounts", &gone).await, 204);
+
+    let worker = InProcessWorker::start(&config).await;
+    let mut remove = op(&p, FIELD, &[&gone]);
+    remove["mode"] = json!("remove");
+    let clean = job("clean", "accounts", true, vec![remove]);
+    publish_jobs(&s.q.publisher, &s.q.topology, &[clean]).await;
+    let cleaned = s.q.tap.until(Duration::from_secs(30), |e| {
+        completed_jobs(e).contains("clean")
+    });
+    assert!(cleaned.await);
+    let applied: Vec<_> = s.q.tap.of_type("cxrel.relationship.applied").collect();
+    assert!(
+        applied.iter().any(|e| e["data"]["job_id"] == "clean"),
+        "the remove is applied, not rejected as record_not_found"
+    );
+    let (_, record) = s.emu.get_record("accounts", &p).await;
+    assert_eq!(stored_ids(&record, FIELD), vec![kept.clone()]);
+    worker.stop().await;
+    broker::teardown(&s.q.channel, &s.q.topology).await;
+}
