@@ -8,6 +8,8 @@ pub const ERROR_MESSAGE: &str = "x-cxrel-error-message";
 pub const STAGE: &str = "x-cxrel-stage";
 pub const ATTEMPTS: &str = "x-cxrel-attempts";
 pub const JOB_ID: &str = "x-cxrel-job-id";
+/// The job's data store as the worker resolved it (either job shape, or `default_datastore`).
+pub const DATASTORE_ID: &str = "x-cxrel-datastore-id";
 pub const FIRST_FAILED_AT: &str = "x-cxrel-first-failed-at";
 pub const LAST_FAILED_AT: &str = "x-cxrel-last-failed-at";
 pub const REPLAYED: &str = "x-cxrel-replayed";

@@ -33,6 +33,10 @@ pub struct FailureHeaders {
     /// The job's id, fixed at first sight; stable across retries and replays.
     #[serde(rename = "x-cxrel-job-id")]
     pub job_id: String,
+    /// The job's data store as the worker resolved it (either job shape, or
+    /// `[cxone].default_datastore`); absent when the body names none it could read.
+    #[serde(rename = "x-cxrel-datastore-id", default)]
+    pub datastore_id: Option<String>,
     /// RFC 3339 time of the first failure.
     #[serde(rename = "x-cxrel-first-failed-at")]
     pub first_failed_at: String,
@@ -126,6 +130,7 @@ mod tests {
             headers::STAGE,
             headers::ATTEMPTS,
             headers::JOB_ID,
+            headers::DATASTORE_ID,
             headers::FIRST_FAILED_AT,
             headers::LAST_FAILED_AT,
             headers::REPLAYED,

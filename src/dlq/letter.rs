@@ -138,10 +138,15 @@ impl DeadLetter {
             .unwrap_or_else(|| "unknown".to_owned())
     }
 
-    /// The job body's `datastore_id`, when the body is a JSON object that names one.
+    /// The job's data store: as the worker resolved it (any job shape, or its
+    /// `default_datastore`), else as the body names it (`datastore_id` or the tutorial's
+    /// `datastoreId`), for letters written before the header existed.
     pub fn datastore(&self) -> Option<String> {
-        let body: Value = serde_json::from_slice(&self.body).ok()?;
-        body.get("datastore_id")?.as_str().map(str::to_owned)
+        self.header(headers::DATASTORE_ID).or_else(|| {
+            std::str::from_utf8(&self.body)
+                .ok()
+                .and_then(crate::jobfile::declared_datastore_id)
+        })
     }
 
     pub fn replay_count(&self) -> u64 {
@@ -447,7 +452,20 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn the_data_store_comes_from_the_body() {
+    fn the_data_store_comes_from_the_worker_header_else_from_either_body_shape() {
         assert_eq!(letter("x", "j", 1).datastore().as_deref(), Some("ds1"));
+        let tutorial = DeadLetter {
+            properties: BasicProperties::default(),
+            body: br#"{"parentId":"p","childIds":[],"relationshipField":"f","datastoreId":"ds2"}"#
+                .to_vec(),
+        };
+        assert_eq!(tutorial.datastore().as_deref(), Some("ds2"));
+        let mut t = FieldTable::default();
+        headers::set_str(&mut t, headers::DATASTORE_ID, "ds3");
+        let defaulted = DeadLetter {
+            properties: BasicProperties::default().with_headers(t),
+            body: br#"{"operations":[]}"#.to_vec(),
+        };
+        assert_eq!(defaulted.datastore().as_deref(), Some("ds3"));
     }
 }

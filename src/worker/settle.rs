@@ -224,6 +224,12 @@ fn failure_properties(
     headers::set_str(&mut table, headers::STAGE, failure.stage.as_str());
     headers::set_u64(&mut table, headers::ATTEMPTS, attempts);
     headers::set_str(&mut table, headers::JOB_ID, outcome.context.job_id.clone());
+    // A data store the worker could not resolve is not taken from the producer's headers.
+    let mut table = headers::without(&table, headers::DATASTORE_ID);
+    let datastore = &outcome.context.datastore_id;
+    if !datastore.is_empty() {
+        headers::set_str(&mut table, headers::DATASTORE_ID, datastore.clone());
+    }
     // The old message's redelivery count would read as this copy's own.
     let table = headers::without(&table, headers::DELIVERY_COUNT);
     headers::copy_properties(&delivery.properties, table)

@@ -301,6 +301,10 @@ async fn every_rejection_code_ends_as_a_coded_dead_letter_and_rejected_events_wi
                 Some("validate")
             );
             assert_eq!(headers::get_u64(&t, headers::ATTEMPTS), Some(1));
+            assert_eq!(
+                headers::get_str(&t, headers::DATASTORE_ID).as_deref(),
+                Some("rules")
+            );
             (
                 headers::get_str(&t, headers::JOB_ID).unwrap(),
                 headers::get_str(&t, headers::ERROR_CODE).unwrap(),
