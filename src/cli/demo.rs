@@ -33,14 +33,6 @@ pub struct DemoArgs {
 
 const RECEIVER: &str = "demo";
 
-/// `println!` that ignores a closed stdout (`cxrel demo | head`), so cleanup still runs.
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
-}
-
 pub async fn run(args: DemoArgs, settings: Settings) -> anyhow::Result<i32> {
     let seed: Value = serde_json::from_str(sample::SEED_JSON).context("bundled seed")?;
     let datastore = &seed["datastores"][0];
@@ -66,7 +58,7 @@ pub async fn run(args: DemoArgs, settings: Settings) -> anyhow::Result<i32> {
     };
     // Whatever happened above, the demo's queues go (unless kept after a clean run).
     if args.keep && result.is_ok() {
-        say!(
+        outln!(
             "\nqueues kept: CXREL__AMQP__PREFIX={} cxrel dlq list",
             topology.prefix()
         );
@@ -105,7 +97,7 @@ async fn run_batch(
     };
     let worker = WorkerChild::spawn(&spec, 1).await?;
     worker.wait_ready(Duration::from_secs(30)).await?;
-    say!(
+    outln!(
         "cxrel demo: emulator {}, queues {}.*, worker log {}",
         emulator.base(),
         topology.prefix(),
@@ -120,7 +112,7 @@ async fn run_batch(
             .to_queue(&topology.jobs(), &job.body, props)
             .await?;
     }
-    say!(
+    outln!(
         "enqueued {} jobs; waiting for them to settle…\n",
         batch.len()
     );
@@ -137,7 +129,7 @@ async fn run_batch(
     print_totals(&events, &hooks, dead);
     print_stored(emulator, &batch[0]).await;
     if !all_settled {
-        say!("\nnot every job settled within {:?}", args.timeout);
+        outln!("\nnot every job settled within {:?}", args.timeout);
     }
     Ok(if ok && all_settled { 0 } else { 1 })
 }
@@ -226,7 +218,7 @@ fn print_jobs(
     settled: &std::collections::HashMap<String, Settlement>,
     events: &[Value],
 ) -> bool {
-    say!("{:<26} {:<34} WHAT HAPPENED", "JOB", "EXPECTED");
+    outln!("{:<26} {:<34} WHAT HAPPENED", "JOB", "EXPECTED");
     let mut all_ok = true;
     for job in batch {
         let result = JobResult::of(&job.id, settled.get(&job.id), events);
@@ -238,7 +230,7 @@ fn print_jobs(
             "not settled".to_owned()
         };
         let mark = if ok { "" } else { "  <- unexpected" };
-        say!("{:<26} {:<34} {what}{mark}", job.id, job.expect.to_string());
+        outln!("{:<26} {:<34} {what}{mark}", job.id, job.expect.to_string());
     }
     all_ok
 }
@@ -248,17 +240,17 @@ fn print_totals(events: &[Value], hooks: &[Value], dead: Option<u32>) {
     for event in events {
         *by_type.entry(text(&event["type"])).or_default() += 1;
     }
-    say!("\nevents published:");
+    outln!("\nevents published:");
     for (ty, n) in &by_type {
-        say!("  {ty:<32} {n}");
+        outln!("  {ty:<32} {n}");
     }
     let verified = hooks.iter().filter(|d| d["verified"] == true).count();
-    say!(
+    outln!(
         "webhooks: {} delivered, {verified} with a valid signature",
         hooks.len()
     );
     if let Some(dead) = dead {
-        say!("dead-letter queue: {dead} messages (reason in x-cxrel-error-code)");
+        outln!("dead-letter queue: {dead} messages (reason in x-cxrel-error-code)");
     }
 }
 
@@ -276,7 +268,7 @@ async fn print_stored(emulator: &LocalEmulator, job: &SampleJob) {
     if let Ok(record) = emulator.record(&datastore, &parent).await {
         let name = text(&record["fields"]["name"]);
         let ids = &record["fields"][&field]["ids"];
-        say!(
+        outln!(
             "data store: {datastore}/{parent} ({name}) now holds {field} = {ids}, version {}",
             record["_version"]
         );

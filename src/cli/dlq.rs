@@ -189,12 +189,15 @@ fn describe(letter: &DeadLetter) -> String {
 }
 
 fn print_groups(title: &str, groups: &[Group]) {
-    println!(
+    outln!(
         "{:<28} {:>8} {:>10} {:>10}",
-        title, "COUNT", "OLDEST", "NEWEST"
+        title,
+        "COUNT",
+        "OLDEST",
+        "NEWEST"
     );
     for g in groups {
-        println!(
+        outln!(
             "{:<28} {:>8} {:>10} {:>10}",
             g.key,
             g.count,
@@ -206,23 +209,23 @@ fn print_groups(title: &str, groups: &[Group]) {
 
 fn list(snapshot: &dlq::Snapshot, newest: usize) {
     let summary = Summary::of(snapshot, SystemTime::now());
-    println!("{} dead letters", summary.total);
+    outln!("{} dead letters", summary.total);
     if summary.missed > 0 {
-        println!(
+        outln!(
             "({} more present but not read: held by another reader or beyond --scan)",
             summary.missed
         );
     }
     print_groups("CODE", &summary.by_code);
-    println!();
+    outln!();
     print_groups("STAGE", &summary.by_stage);
     let mut sorted: Vec<_> = snapshot.letters.iter().collect();
     sorted.sort_by_key(|l| std::cmp::Reverse(l.last_failed_at()));
     if !sorted.is_empty() {
-        println!("\nnewest:");
+        outln!("\nnewest:");
     }
     for letter in sorted.into_iter().take(newest) {
-        println!("  {}", describe(letter));
+        outln!("  {}", describe(letter));
     }
 }
 
@@ -234,7 +237,7 @@ fn show(letters: &[DeadLetter], id: &str) -> i32 {
     match matching.first() {
         Some(letter) => {
             let pretty = serde_json::to_string_pretty(&letter.to_json()).unwrap_or_default();
-            println!("{pretty}");
+            outln!("{pretty}");
             if matching.len() > 1 {
                 eprintln!(
                     "cxrel: {} more dead letters have this id (this is the newest); `cxrel dlq export --job-id {id}` prints all",
@@ -260,9 +263,9 @@ fn dry_run(snapshot: &dlq::Snapshot, filter: &Filter, limit: Option<u64>) {
         .take(limit)
         .collect();
     for letter in &chosen {
-        println!("would replay {}", describe(letter));
+        outln!("would replay {}", describe(letter));
     }
-    println!(
+    outln!(
         "dry run: {} of {} dead letters would be replayed",
         chosen.len(),
         snapshot.letters.len()
@@ -284,9 +287,9 @@ async fn replay(
         Ok(report) => {
             entry.finish(report.acted, Ok(()));
             for id in &report.ids {
-                println!("replayed {id}");
+                outln!("replayed {id}");
             }
-            println!(
+            outln!(
                 "replayed {} of {} dead letters scanned to {}",
                 report.acted,
                 report.scanned,
@@ -308,7 +311,7 @@ async fn purge(
     match dlq::purge(connection, topology, filter, guard).await {
         Ok(report) => {
             entry.finish(report.acted, Ok(()));
-            println!(
+            outln!(
                 "purged {} dead letters from {} ({})",
                 report.acted,
                 topology.dead(),

@@ -196,7 +196,7 @@ fn progress_bar(size: Option<u64>) -> ProgressBar {
 
 fn print_summary(summary: &EnqueueSummary, elapsed: Duration, queue: &str) {
     let rate = summary.published as f64 / elapsed.as_secs_f64().max(1e-9);
-    println!(
+    outln!(
         "published {} jobs to {queue} in {:.2}s ({rate:.0} jobs/s); skipped {}; failed publishes {}",
         summary.published,
         elapsed.as_secs_f64(),
@@ -204,9 +204,9 @@ fn print_summary(summary: &EnqueueSummary, elapsed: Duration, queue: &str) {
         summary.failed_publishes
     );
     for bad in &summary.skipped {
-        println!("  skipped {bad}");
+        outln!("  skipped {bad}");
     }
     if let Some(bad) = &summary.aborted {
-        println!("aborted at {bad}; nothing after it was published");
+        outln!("aborted at {bad}; nothing after it was published");
     }
 }

@@ -1,5 +1,24 @@
 //! The command line (SPEC §9): global options, one subcommand per file in this folder.
 
+/// `println!` for a command's output. A reader that goes away (`cxrel dlq list | head`) ends the
+/// output, not the command: `println!` would panic, and a replay or purge that has done its work
+/// must still finish and write its audit line.
+macro_rules! outln {
+    () => {
+        $crate::cli::write_out(format_args!(""), true)
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::write_out(format_args!($($arg)*), true)
+    };
+}
+
+/// [`outln!`] without the newline.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_out(format_args!($($arg)*), false)
+    };
+}
+
 #[cfg(feature = "tools")]
 mod bench;
 mod console;
@@ -91,5 +110,21 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
         Command::Bench(args) => bench::run(args, settings).await,
         Command::Validate(args) => validate::run(args, settings).await,
         Command::Schema(args) => schema::run(args, settings).await,
+    }
+}
+
+/// Writes command output to stdout; a closed pipe is not an error (see [`outln!`]), other write
+/// errors are reported on stderr.
+pub(crate) fn write_out(args: std::fmt::Arguments<'_>, newline: bool) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout.write_fmt(args).and_then(|()| match newline {
+        true => stdout.write_all(b"\n"),
+        false => Ok(()),
+    });
+    if let Err(error) = written
+        && error.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("cxrel: cannot write the output: {error}");
     }
 }

@@ -29,13 +29,13 @@ async fn declare(settings: &Settings) -> anyhow::Result<i32> {
     let connection = amqp::connect(&settings.amqp.url, "cxrel topology").await?;
     let channel = connection.create_channel().await?;
     amqp::topology::declare(&channel, &topology).await?;
-    println!("declared queue    {}", topology.jobs());
+    outln!("declared queue    {}", topology.jobs());
     for delay in topology.retry_delays() {
-        println!("declared queue    {}", topology.retry_queue(*delay));
+        outln!("declared queue    {}", topology.retry_queue(*delay));
     }
-    println!("declared queue    {}", topology.dead());
-    println!("declared queue    {}", topology.webhooks_dead());
-    println!("declared exchange {} (topic)", topology.events());
+    outln!("declared queue    {}", topology.dead());
+    outln!("declared queue    {}", topology.webhooks_dead());
+    outln!("declared exchange {} (topic)", topology.events());
     let _ = connection.close(200, "bye".into()).await;
     Ok(0)
 }

@@ -47,8 +47,8 @@ pub async fn run(args: ValidateArgs, settings: Settings) -> anyhow::Result<i32> 
     match dry_run(&args.file, &settings).await {
         Ok(findings) => {
             match args.output {
-                ValidateOutput::Table => print!("{}", findings.to_table()),
-                ValidateOutput::Json => println!("{}", findings.to_json()),
+                ValidateOutput::Table => out!("{}", findings.to_table()),
+                ValidateOutput::Json => outln!("{}", findings.to_json()),
             }
             Ok(findings.exit_code())
         }

@@ -192,6 +192,26 @@ async fn dlq_list_counts_by_code_and_show_prints_headers_and_body() {
 }
 
 #[tokio::test]
+async fn dlq_list_into_a_closed_pipe_ends_quietly_instead_of_panicking() {
+    let (topo, _conn, channel) = seeded_dead_queue("dlq-pipe").await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cxrel"))
+        .args(["dlq", "list"])
+        .env("CXREL__AMQP__PREFIX", topo.prefix())
+        .env("CXREL__LOG__LEVEL", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before the first line is written, as `| head -0` would.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    broker::teardown(&channel, &topo).await;
+}
+
+#[tokio::test]
 async fn dlq_replay_dry_run_changes_nothing_and_filters_select_what_moves() {
     let (topo, _conn, channel) = seeded_dead_queue("dlq-replay").await;
     let out = cxrel(
