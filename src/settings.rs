@@ -397,8 +397,47 @@ impl Settings {
         for (i, hook) in self.webhooks.iter().enumerate() {
             check_webhook(i, hook)?;
         }
+        self.limits.check()?;
+        check_instance(&self.worker.instance)
+    }
+}
+
+impl LimitSettings {
+    /// A limit of 0 would reject every job while the worker looked healthy.
+    fn check(&self) -> Result<(), SettingsError> {
+        for (key, value) in [
+            ("limits.max_body_bytes", self.max_body_bytes),
+            ("limits.max_operations_per_job", self.max_operations_per_job),
+            (
+                "limits.max_children_per_operation",
+                self.max_children_per_operation,
+            ),
+        ] {
+            if value == 0 {
+                return Err(SettingsError::Check {
+                    key,
+                    reason: "must be ≥ 1 (0 would reject every job)".to_owned(),
+                });
+            }
+        }
         Ok(())
     }
+}
+
+/// The instance name is the authority of every event's `source` (`cxrel://{instance}`), which
+/// CloudEvents wants a URI-reference: host-name characters only, as a pod or host name has.
+fn check_instance(instance: &str) -> Result<(), SettingsError> {
+    let valid = instance.len() <= 255
+        && instance
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b));
+    if valid {
+        return Ok(());
+    }
+    Err(SettingsError::Check {
+        key: "worker.instance",
+        reason: "use at most 255 letters, digits, '.', '_', '~' or '-' (it becomes the events' source, cxrel://{instance})".to_owned(),
+    })
 }
 
 /// A webhook's URL is http(s) with a host, and its `events` filter names event types cxrel
@@ -484,6 +523,33 @@ mod tests {
         assert_eq!(s.amqp.retry_delays.len(), 5);
         assert_eq!(s.rate_limit.requests_per_second, 100);
         assert_eq!(s.cxone.auth.mode, AuthMode::Cxone);
+    }
+
+    #[test]
+    fn a_job_limit_of_zero_stops_the_start_naming_the_key() {
+        for key in [
+            "MAX_BODY_BYTES",
+            "MAX_OPERATIONS_PER_JOB",
+            "MAX_CHILDREN_PER_OPERATION",
+        ] {
+            let var = format!("CXREL__LIMITS__{key}");
+            let err = load_env(&[(var.as_str(), "0")]).unwrap_err().to_string();
+            assert!(err.contains(&key.to_lowercase()), "{err}");
+        }
+    }
+
+    #[test]
+    fn an_instance_name_that_is_no_uri_authority_stops_the_start() {
+        for bad in ["my worker", "w#1", "a/b", "é", &"x".repeat(256)] {
+            let err = load_env(&[("CXREL__WORKER__INSTANCE", bad)]).unwrap_err();
+            assert!(err.to_string().contains("worker.instance"), "{bad}: {err}");
+        }
+        for good in ["", "cxrel-7f9c4-x2k", "host.example_1~a"] {
+            assert!(
+                load_env(&[("CXREL__WORKER__INSTANCE", good)]).is_ok(),
+                "{good}"
+            );
+        }
     }
 
     #[test]

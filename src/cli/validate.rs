@@ -160,7 +160,9 @@ fn job_level(datastore: &str, error: LoadError) -> anyhow::Result<EntryError> {
     match &error {
         LoadError::Store(e @ (StoreError::NotFound { .. } | StoreError::InvalidSchema(_))) => {
             Ok(EntryError {
-                code: e.store_code().unwrap_or(e.code()).to_owned(),
+                // The worker's code, so that `dlq replay --code` finds what validate predicted;
+                // the store's own code stays in the message.
+                code: e.code().to_owned(),
                 message: format!("data store {datastore:?}: {e}"),
             })
         }
@@ -380,13 +382,18 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_data_store_rejects_the_job_with_the_stores_code() {
+    fn a_missing_data_store_rejects_the_job_with_the_workers_code_and_the_stores_in_the_message() {
         let body = crate::store::ErrorBody {
             error: Some("datastore_not_found".into()),
             description: None,
         };
         let error = job_level("nope", LoadError::Store(StoreError::NotFound { body })).unwrap();
-        assert_eq!(error.code, "datastore_not_found");
+        assert_eq!(error.code, "not_found");
+        assert!(
+            error.message.contains("datastore_not_found"),
+            "{}",
+            error.message
+        );
     }
 
     #[test]

@@ -109,7 +109,11 @@ fn constrain_envelope(defs: &mut Defs) -> Result<(), ContractError> {
         json!({"const": DATA_CONTENT_TYPE}),
     )?;
     defs.merge(&name, "/properties/id", json!({"format": "uuid"}))?;
-    defs.merge(&name, "/properties/source", json!({"pattern": "^cxrel://"}))?;
+    defs.merge(
+        &name,
+        "/properties/source",
+        json!({"pattern": "^cxrel://[A-Za-z0-9._~-]{1,255}$"}),
+    )?;
     defs.merge(&name, "/properties/time", json!({"format": "date-time"}))?;
     let traceparent = json!({"pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"});
     defs.merge(&name, "/properties/traceparent", traceparent)

@@ -252,7 +252,7 @@ async fn an_unknown_data_store_rejects_its_jobs() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let doc = json_report(&out);
     let job = entry(&doc, "elsewhere");
-    assert_eq!(job["error"]["code"], "datastore_not_found", "{job}");
+    assert_eq!(job["error"]["code"], "not_found", "{job}");
     assert_eq!(job["operations"][0]["verdict"], "rejected");
 }
 
