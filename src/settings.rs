@@ -490,7 +490,16 @@ fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D:
     };
     items
         .iter()
-        .map(|s| humantime::parse_duration(s.trim()).map_err(serde::de::Error::custom))
+        .enumerate()
+        .map(|(i, s)| {
+            humantime::parse_duration(s.trim()).map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "delay #{} {:?} is no duration such as 500ms, 5s or 2m ({e})",
+                    i + 1,
+                    s.trim()
+                ))
+            })
+        })
         .collect()
 }
 
@@ -523,6 +532,15 @@ mod tests {
         assert_eq!(s.amqp.retry_delays.len(), 5);
         assert_eq!(s.rate_limit.requests_per_second, 100);
         assert_eq!(s.cxone.auth.mode, AuthMode::Cxone);
+    }
+
+    #[test]
+    fn a_bad_retry_delay_is_named_by_its_position_and_text() {
+        let err = load_env(&[("CXREL__AMQP__RETRY_DELAYS", "1s,xx")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("delay #2 \"xx\""), "{err}");
+        assert!(err.contains("amqp.retry_delays"), "{err}");
     }
 
     #[test]

@@ -23,10 +23,10 @@ pub enum AmqpError {
         routing_key: String,
     },
     #[error(
-        "declaring {queue:?} failed: {error}; if it exists with other arguments (a queue from a \
-         cxrel before single-active-consumer), drain it and delete it, or use a new [amqp].prefix"
+        "declaring {name:?} failed: {error}; if it exists with another type or other arguments \
+         (e.g. from an older cxrel), drain it and delete it, or use a new [amqp].prefix"
     )]
-    Declare { queue: String, error: lapin::Error },
+    Declare { name: String, error: lapin::Error },
     #[error(
         "the broker did not confirm a publish to {exchange:?}/{routing_key:?} within {timeout:?} (memory or disk alarm?)"
     )]
@@ -64,7 +64,7 @@ impl AmqpError {
         use lapin::ErrorKind;
         match self {
             Self::NotConnected | Self::ConnectTimeout(_) | Self::Connect { .. } => true,
-            Self::Broker(e) => matches!(
+            Self::Broker(e) | Self::Declare { error: e, .. } => matches!(
                 e.kind(),
                 ErrorKind::InvalidChannelState(..)
                     | ErrorKind::InvalidConnectionState(..)

@@ -102,9 +102,10 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), AmqpE
     for delay in topology.retry_delays() {
         declare_hold_queue(channel, topology, *delay).await?;
     }
+    let events = topology.events();
     channel
         .exchange_declare(
-            topology.events().into(),
+            events.as_str().into(),
             ExchangeKind::Topic,
             ExchangeDeclareOptions {
                 durable: true,
@@ -112,8 +113,17 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), AmqpE
             },
             FieldTable::default(),
         )
-        .await?;
+        .await
+        .map_err(declare_error(&events))?;
     Ok(())
+}
+
+/// Names the object a declare failed on and what to do (a PRECONDITION_FAILED alone does not).
+fn declare_error(name: &str) -> impl FnOnce(lapin::Error) -> AmqpError + '_ {
+    move |error| AmqpError::Declare {
+        name: name.to_owned(),
+        error,
+    }
 }
 
 /// Deletes every queue and the exchange of `topology` (the demo's and the bench's throw-away
@@ -144,7 +154,10 @@ pub async fn declare_quorum(channel: &Channel, name: &str) -> Result<(), AmqpErr
         ShortString::from("x-queue-type"),
         AMQPValue::LongString(LongString::from("quorum")),
     );
-    channel.queue_declare(name.into(), durable(), args).await?;
+    channel
+        .queue_declare(name.into(), durable(), args)
+        .await
+        .map_err(declare_error(name))?;
     Ok(())
 }
 
@@ -166,7 +179,7 @@ async fn declare_jobs(channel: &Channel, topology: &Topology) -> Result<(), Amqp
     channel
         .queue_declare(name.as_str().into(), durable(), args)
         .await
-        .map_err(|error| AmqpError::Declare { queue: name, error })?;
+        .map_err(declare_error(&name))?;
     Ok(())
 }
 
@@ -188,9 +201,11 @@ async fn declare_hold_queue(
         "x-dead-letter-routing-key".into(),
         AMQPValue::LongString(LongString::from(topology.jobs())),
     );
+    let name = topology.retry_queue(delay);
     channel
-        .queue_declare(topology.retry_queue(delay).into(), durable(), args)
-        .await?;
+        .queue_declare(name.as_str().into(), durable(), args)
+        .await
+        .map_err(declare_error(&name))?;
     Ok(())
 }
 

@@ -51,3 +51,28 @@ async fn publishing_to_a_queue_that_does_not_exist_is_an_error_not_a_silent_drop
         .unwrap_err();
     assert!(err.to_string().contains("no queue is bound"), "{err}");
 }
+
+#[tokio::test]
+async fn an_existing_object_of_another_kind_fails_the_declare_naming_it_and_what_to_do() {
+    let topo = broker::topology(&broker::unique_prefix("topology-clash"), &[200]);
+    let connection = broker::connect().await;
+    let channel = connection.create_channel().await.unwrap();
+    // An events exchange of another type, as a hand-made or older setup might leave.
+    channel
+        .exchange_declare(
+            topo.events().as_str().into(),
+            lapin::ExchangeKind::Fanout,
+            lapin::options::ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let error = topology::declare(&channel, &topo).await.unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains(&format!("{:?}", topo.events())), "{text}");
+    assert!(text.contains("new [amqp].prefix"), "{text}");
+
+    let channel = connection.create_channel().await.unwrap();
+    broker::teardown(&channel, &topo).await;
+}
