@@ -5,7 +5,8 @@
 --
 -- Fields: tat, pause_until, generation (bumped by every cut and closed probe), cut_at (0 = no 429
 -- yet), w_max, k (seconds), traffic_start, successes, refused, ep_start, ep_successes, ep_refused,
--- ep_signals, cut_ok (successes of requests sent after the cut), closed_run, probe
+-- ep_signals, cut_ok (successes of requests sent after the cut), closed_run, probe, tat_rate (the rate
+-- tat's lead over now was taken at; 0 = unknown),
 -- (us between probes while closed, 0 = open), closed_since, last_closed, first_cut, t_newest and the trailing
 -- second's slots t_adm / t_ref (20 comma-separated counts of 50 ms each).
 --
@@ -51,7 +52,7 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
 local names = {'tat', 'pause_until', 'generation', 'cut_at', 'w_max', 'k', 'traffic_start',
   'successes', 'refused', 'ep_start', 'ep_successes', 'ep_refused', 'ep_signals', 'cut_ok',
-  'closed_run', 'probe', 'last_closed', 'first_cut', 't_newest', 'closed_since'}
+  'closed_run', 'probe', 'last_closed', 'first_cut', 't_newest', 'closed_since', 'tat_rate'}
 local raw = redis.call('HMGET', key, unpack(names))
 local s = {}
 for i, name in ipairs(names) do s[name] = tonumber(raw[i]) or 0 end
@@ -139,6 +140,12 @@ end
 
 if op == 'acquire' then
   local rate = rate_at(now)
+  -- tat's lead is a number of requests at tat_rate; at another rate it takes another time
+  -- (see pacer.rs, rescale): an empty bucket at a 1 rps probe must not hold a risen rate.
+  if s.tat_rate > 0 and s.tat_rate ~= rate and s.tat > now then
+    s.tat = now + math.min((s.tat - now) * s.tat_rate / rate, 3600000000)
+  end
+  s.tat_rate = rate
   local interval = 1000000 / rate
   local allowance = burst * interval
   local start = math.max(now, s.pause_until)
@@ -195,6 +202,7 @@ if op == 'throttle' then
     s.generation = s.generation + 1
     local probe_rate = rate_at(now)
     s.tat = now + burst * 1000000 / probe_rate
+    s.tat_rate = probe_rate
     save()
     return {0, milli(probe_rate), milli(s.w_max), -1, s.generation}
   end
@@ -261,6 +269,7 @@ if op == 'throttle' then
   s.generation = s.generation + 1
   -- Reservations at the old rate are void; the new rate starts without burst.
   s.tat = now + burst * 1000000 / rate
+  s.tat_rate = rate
   local pause_left = -1
   -- A server that admitted plenty in the last second is no penalty box: no pause.
   if floor < estimate_successes and (s.ep_signals >= escalate_after or rate <= min_rate) then

@@ -218,6 +218,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn once_a_probe_is_admitted_the_risen_rate_is_not_held_by_the_probes_empty_bucket() {
+        let budget = LocalBudget::new(150, 10);
+        let ra = Some(Duration::from_secs(1));
+        budget.on_throttled(Instant::now(), ra);
+        // Everything refused for over a second (a penalty box): probes then go as Retry-After
+        // says, 1 s apart, and a bucket of 10 at 1 rps is empty for 10 s.
+        let closed = Instant::now();
+        while closed.elapsed() < Duration::from_millis(1100) {
+            budget.on_throttled(Instant::now(), ra);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            budget.effective_rate() <= 1.0,
+            "{}",
+            budget.effective_rate()
+        );
+        budget.acquire().await;
+        budget.on_success(Instant::now());
+        assert!(
+            budget.effective_rate() > 100.0,
+            "{}",
+            budget.effective_rate()
+        );
+        let start = Instant::now();
+        for _ in 0..5 {
+            budget.acquire().await;
+        }
+        // Five requests at ~140 rps: milliseconds. Before, the probe's bucket held them ~9 s.
+        let took = start.elapsed();
+        assert!(took < Duration::from_secs(2), "{took:?}");
+    }
+
+    #[tokio::test]
     async fn a_cut_applies_at_once_and_leaves_no_burst() {
         let budget = LocalBudget::new(100, 10);
         budget.on_throttled(Instant::now(), Some(Duration::from_secs(1)));

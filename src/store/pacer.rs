@@ -36,6 +36,8 @@ pub enum Grant {
 #[derive(Debug, Clone)]
 pub struct Pacer {
     tat: Instant,
+    /// The rate `tat` is measured at: its lead over now is that many requests at this rate.
+    rate: f64,
     generation: u64,
 }
 
@@ -43,6 +45,7 @@ impl Pacer {
     pub fn new(now: Instant) -> Self {
         Self {
             tat: now,
+            rate: f64::INFINITY,
             generation: 0,
         }
     }
@@ -55,6 +58,7 @@ impl Pacer {
     /// is no pacing at all.
     pub fn reserve(&mut self, now: Instant, rate: f64, burst: u32, not_before: Instant) -> Grant {
         let start = now.max(not_before);
+        self.rescale(now, rate);
         if !rate.is_finite() {
             return Grant::Slot(self.slot(start));
         }
@@ -77,9 +81,28 @@ impl Pacer {
     pub fn reset(&mut self, now: Instant, rate: f64, burst: u32) {
         self.generation += 1;
         self.tat = now;
+        self.rate = rate;
         if rate.is_finite() {
             self.tat += interval(rate).saturating_mul(burst.max(1));
         }
+    }
+
+    /// The TAT's lead over `now` is a number of requests at the rate it was taken at; at a new
+    /// rate the same number takes another time. Without this an empty bucket at a probing rate
+    /// of 1 rps (a lead of `burst` seconds) kept every request waiting for seconds after the
+    /// rate had risen again.
+    fn rescale(&mut self, now: Instant, rate: f64) {
+        if rate == self.rate {
+            return;
+        }
+        let lead = self.tat.saturating_duration_since(now).as_secs_f64();
+        let requests = lead * self.rate;
+        self.tat = if rate.is_finite() && requests.is_finite() {
+            now + Duration::from_secs_f64((requests / rate.max(1e-3)).min(3600.0))
+        } else {
+            now
+        };
+        self.rate = rate;
     }
 
     fn slot(&self, at: Instant) -> Slot {
@@ -120,14 +143,14 @@ mod tests {
     }
 
     #[test]
-    fn a_rate_change_applies_from_the_next_reservation() {
+    fn a_rate_change_spaces_the_queue_ahead_at_the_new_rate() {
         let t0 = Instant::now();
         let mut p = Pacer::new(t0);
         p.reserve(t0, 100.0, 1, t0);
         assert_eq!(at(p.reserve(t0, 100.0, 1, t0)) - t0, ms(10));
-        // The next interval is taken at the new rate.
-        assert_eq!(at(p.reserve(t0, 50.0, 1, t0)) - t0, ms(20));
+        // Two requests of debt at 100 rps are 40 ms at 50 rps; the next slot follows them.
         assert_eq!(at(p.reserve(t0, 50.0, 1, t0)) - t0, ms(40));
+        assert_eq!(at(p.reserve(t0, 50.0, 1, t0)) - t0, ms(60));
     }
 
     #[test]
@@ -155,6 +178,25 @@ mod tests {
         for _ in 0..100 {
             assert_eq!(at(p.reserve(t0, f64::INFINITY, 1, t0)), t0);
         }
+    }
+
+    #[test]
+    fn an_empty_bucket_at_a_low_rate_empties_no_longer_once_the_rate_rises() {
+        let t0 = Instant::now();
+        let mut p = Pacer::new(t0);
+        // A probe interval of 1 s with burst 10: the bucket is empty for 10 s at that rate…
+        p.reset(t0, 1.0, 10);
+        assert_eq!(p.reserve(t0, 1.0, 10, t0), Grant::Later(t0 + ms(900)));
+        // …but once the rate is 20 rps the same 10 requests take half a second, not ten: the
+        // next one goes one interval after they would have.
+        let grant = p.reserve(t0 + ms(100), 20.0, 10, t0);
+        assert_eq!(at(grant) - t0, ms(145));
+        // And the other way: a queue taken at 100 rps lasts ten times as long at 10 rps.
+        let mut p = Pacer::new(t0);
+        for _ in 0..10 {
+            p.reserve(t0, 100.0, 1, t0);
+        }
+        assert_eq!(p.reserve(t0, 10.0, 1, t0), Grant::Later(t0 + ms(900)));
     }
 
     #[test]

@@ -173,6 +173,39 @@ async fn a_429_back_at_the_ceiling_after_a_small_step_is_again_a_small_step() {
     assert!((95.5..=97.0).contains(&rate), "{rate}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_a_probe_is_admitted_the_risen_rate_is_not_held_by_the_probes_empty_bucket() {
+    let _measurement = crate::helpers::measurement("store::redis_budget").await;
+    let key = unique_key("penalty");
+    let b = budget(REDIS, &key, 150, 10, 1);
+    until_shared(&b).await;
+    b.acquire().await;
+    let ra = Some(Duration::from_secs(1));
+    b.on_throttled(Instant::now(), ra);
+    // Everything refused for over a second (a penalty box): probes then go as Retry-After says,
+    // 1 s apart, and a bucket of 10 at 1 rps is empty for 10 s.
+    let closed = Instant::now();
+    while closed.elapsed() < Duration::from_millis(1200) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        b.on_throttled(Instant::now(), ra);
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    b.acquire().await;
+    assert!(b.effective_rate() <= 1.0, "{}", b.effective_rate());
+    let probe_sent = Instant::now();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    b.on_success(probe_sent);
+    // The success reaches the script with the next acquire; then six requests at ~140 rps
+    // take milliseconds. Before, the probe's bucket held them ~9 s.
+    let start = Instant::now();
+    for _ in 0..6 {
+        b.acquire().await;
+    }
+    assert!(b.effective_rate() > 100.0, "{}", b.effective_rate());
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(2), "{took:?}");
+}
+
 /// One request admitted, then one refused, both sent now: the shared rate after that signal.
 async fn refused_after_a_success(budget: &RedisBudget) -> f64 {
     // Acquired first: a replica reports successes of the newest cut it has seen.
