@@ -75,3 +75,39 @@ impl AmqpError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use amq_protocol::frame::{AMQPFrame, parse_frame};
+
+    /// A content header frame (channel 1, class basic, 2-byte body) whose content type is
+    /// `application/json` and whose message id is `message_id`, as RabbitMQ passes it on.
+    fn content_header(message_id: &[u8]) -> Vec<u8> {
+        let mut payload = vec![0, 60, 0, 0];
+        payload.extend_from_slice(&2u64.to_be_bytes());
+        payload.extend_from_slice(&0x8080u16.to_be_bytes());
+        payload.push(16);
+        payload.extend_from_slice(b"application/json");
+        payload.push(u8::try_from(message_id.len()).unwrap());
+        payload.extend_from_slice(message_id);
+        let mut frame = vec![2, 0, 1];
+        frame.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
+        frame.extend_from_slice(&payload);
+        frame.push(0xCE);
+        frame
+    }
+
+    #[test]
+    fn a_message_id_that_is_not_utf8_is_read_lossily_instead_of_failing_the_connection() {
+        let frame = content_header(&[0xff, 0xfe]);
+        let (rest, parsed) = parse_frame(frame.as_slice()).expect("the frame parses");
+        assert!(rest.is_empty());
+        let AMQPFrame::Header(1, header) = parsed else {
+            panic!("a content header: {parsed:?}")
+        };
+        let id = header.properties.message_id().clone().unwrap();
+        assert_eq!(id.as_str(), "\u{FFFD}\u{FFFD}");
+        let content_type = header.properties.content_type().clone().unwrap();
+        assert_eq!(content_type.as_str(), "application/json");
+    }
+}
