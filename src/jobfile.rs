@@ -247,7 +247,7 @@ pub fn declared_job_id(json: &str) -> Option<String> {
     serde_json::from_str::<Peek>(json)
         .ok()?
         .job_id
-        .filter(|id| !id.is_empty())
+        .filter(|id| crate::job::printable_name(id))
 }
 
 /// The data store a job that failed to parse names (`datastore_id`, or the tutorial's
@@ -286,6 +286,12 @@ mod tests {
         );
         assert_eq!(declared_job_id(r#"{"parentId":"p"}"#), None);
         assert_eq!(declared_job_id(r#"{"job_id":""}"#), None);
+        // The parser's rule: a job id with control characters is no identity to use.
+        assert_eq!(declared_job_id(r#"{"job_id":"a\u0000b\nc"}"#), None);
+        assert_eq!(
+            declared_job_id(&format!(r#"{{"job_id":"{}"}}"#, "x".repeat(129))),
+            None
+        );
         assert_eq!(declared_job_id("not json"), None);
     }
 

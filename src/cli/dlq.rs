@@ -173,8 +173,10 @@ async fn act(
     })
 }
 
+/// One line per letter; control characters (a producer's message id, an echoed value) are
+/// escaped so they cannot move the cursor, recolour or fake lines on the operator's terminal.
 fn describe(letter: &DeadLetter) -> String {
-    format!(
+    escape_controls(&format!(
         "{} code={} stage={} attempts={} last_failed_at={}: {}",
         letter.display_id(),
         letter.code(),
@@ -185,7 +187,16 @@ fn describe(letter: &DeadLetter) -> String {
             .map(|t| humantime::format_rfc3339_seconds(t).to_string())
             .unwrap_or_else(|| "-".into()),
         letter.error_message()
-    )
+    ))
+}
+
+fn escape_controls(line: &str) -> String {
+    line.chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_default().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
 }
 
 fn print_groups(title: &str, groups: &[Group]) {
@@ -348,5 +359,17 @@ async fn export(
             Ok(0)
         }
         Err(error) => Ok(failed(entry, error)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_in_a_listed_line_are_escaped_not_sent_to_the_terminal() {
+        let line = escape_controls("evil\u{1b}[31mRED\nfake-job code=none");
+        assert_eq!(line, "evil\\u{1b}[31mRED\\nfake-job code=none");
+        assert_eq!(escape_controls("j-1 code=x: é ok"), "j-1 code=x: é ok");
     }
 }

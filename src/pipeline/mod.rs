@@ -318,12 +318,11 @@ fn unparsed_job_id(incoming: &IncomingJob) -> String {
     job_id_of_unparsed(&incoming.body, &incoming.default_job_id)
 }
 
-/// The `job_id` a body that did not parse declares (≤ 128 characters), else `default`.
+/// The `job_id` a body that did not parse declares (one the parser would accept), else `default`.
 pub fn job_id_of_unparsed(body: &[u8], default: &str) -> String {
     std::str::from_utf8(body)
         .ok()
         .and_then(crate::jobfile::declared_job_id)
-        .filter(|id| id.chars().count() <= 128)
         .unwrap_or_else(|| default.to_owned())
 }
 
@@ -513,6 +512,8 @@ mod tests {
     fn an_unparsed_body_keeps_the_job_id_it_declares() {
         assert_eq!(job_id_of_unparsed(br#"{"job_id":"own","x":1}"#, "d"), "own");
         assert_eq!(job_id_of_unparsed(b"not json", "d"), "d");
+        // An id the parser refuses (control characters) is no identity either.
+        assert_eq!(job_id_of_unparsed(br#"{"job_id":"a\u001bb"}"#, "d"), "d");
         let long = format!(r#"{{"job_id":"{}"}}"#, "x".repeat(200));
         assert_eq!(job_id_of_unparsed(long.as_bytes(), "d"), "d");
     }
