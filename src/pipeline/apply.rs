@@ -46,6 +46,7 @@ pub async fn apply(
     lease: &CancellationToken,
 ) -> Vec<PatchResult> {
     let stop = AtomicBool::new(false);
+    let store = &store.with_lease(lease.clone());
     let gate = Gate {
         atomic,
         stop: &stop,
@@ -251,6 +252,7 @@ async fn send(
             // 412: changed since the graph was read; the parent is read again and the job
             // revalidated. (A 404 is the store saying the parent is gone: permanent, compensated.)
             Err(StoreError::VersionMismatch { .. }) => return PatchResult::Conflict,
+            Err(StoreError::NotStarted) => return PatchResult::NotSent,
             Err(error) if outcome_unknown(&error) => error,
             Err(error) => return PatchResult::Failed(error),
         };

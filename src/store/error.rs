@@ -151,6 +151,11 @@ pub enum StoreError {
     /// Settings that cannot work (bad URL, missing credentials).
     #[error("invalid data-store client configuration: {0}")]
     Config(String),
+    /// Never sent: the worker lost the jobs queue while the request waited for its rate slot.
+    #[error(
+        "not sent: this worker lost the jobs queue while the request waited for its turn (the job is redelivered)"
+    )]
+    NotStarted,
 }
 
 impl StoreError {
@@ -165,6 +170,7 @@ impl StoreError {
             | Self::Timeout { .. }
             | Self::Connection { .. }
             | Self::NotStored { .. }
+            | Self::NotStarted
             | Self::UnreadableResponse { .. } => ErrorClass::Transient,
             Self::Unauthorized { .. }
             | Self::Forbidden { .. }
@@ -200,6 +206,7 @@ impl StoreError {
             Self::ResponseTooLarge { .. } => "response_too_large",
             Self::InvalidSchema(_) => "invalid_schema",
             Self::Config(_) => "config",
+            Self::NotStarted => "lease_lost",
         }
     }
 
@@ -223,6 +230,7 @@ impl StoreError {
             | Self::InvalidResponse { .. }
             | Self::ResponseTooLarge { .. }
             | Self::InvalidSchema(_)
+            | Self::NotStarted
             | Self::Config(_) => None,
         }
     }

@@ -55,6 +55,9 @@ pub const CORRELATION_HEADER: &str = "x-correlation-id";
 #[derive(Clone)]
 pub struct StoreClient {
     inner: Arc<Inner>,
+    /// Set by [`with_lease`](Self::with_lease): once cancelled, a request still waiting for its
+    /// turn in the rate budget is not sent ([`StoreError::NotStarted`]).
+    lease: Option<tokio_util::sync::CancellationToken>,
 }
 
 struct Inner {
@@ -147,7 +150,19 @@ impl StoreClient {
                 schema_fetch: tokio::sync::Mutex::new(()),
                 records_root: Mutex::new(None),
             }),
+            lease: None,
         })
+    }
+
+    /// This client for the writes of one job: when `lease` is cancelled (the worker lost the
+    /// jobs queue), requests still waiting for a rate slot give up instead of spending it on a
+    /// job another replica now owns, and the consume session ends without waiting for them.
+    /// A request already sent is not interrupted.
+    pub fn with_lease(&self, lease: tokio_util::sync::CancellationToken) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            lease: Some(lease),
+        }
     }
 
     /// Gets a valid token (cached or fresh): the readiness check of the worker.
@@ -430,7 +445,14 @@ impl StoreClient {
         request: reqwest::RequestBuilder,
     ) -> Result<(Answer, u64), StoreError> {
         let waiting = Instant::now();
-        self.inner.budget.acquire().await;
+        match &self.lease {
+            Some(lease) => tokio::select! {
+                biased;
+                () = lease.cancelled() => return Err(StoreError::NotStarted),
+                () = self.inner.budget.acquire() => {}
+            },
+            None => self.inner.budget.acquire().await,
+        }
         instrumentation::limiter_wait(waiting.elapsed());
         let token = self.inner.tokens.token().await?;
         let request = request
@@ -462,10 +484,13 @@ impl StoreClient {
             instrumentation::status_label(status.as_u16()),
             elapsed,
         );
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            self.inner
-                .budget
-                .on_throttled(started, parse_retry_after(&headers));
+        let retry_after = parse_retry_after(&headers);
+        // A 503 with Retry-After is a gateway's way of saying "too many" (RFC 9110 §15.6.4):
+        // the same signal as a 429, or the worker would keep its rate against a server that asks
+        // it to back off.
+        let unavailable = status == StatusCode::SERVICE_UNAVAILABLE && retry_after.is_some();
+        if status == StatusCode::TOO_MANY_REQUESTS || unavailable {
+            self.inner.budget.on_throttled(started, retry_after);
         } else if !status.is_server_error() {
             self.inner.budget.on_success(started);
         }

@@ -61,6 +61,10 @@ async fn odd_record(Path((_ds, id)): Path<(String, String)>, hits: Arc<AtomicU32
             (StatusCode::BAD_GATEWAY, page).into_response()
         }
         "408" => StatusCode::REQUEST_TIMEOUT.into_response(),
+        "503-retry-after" => {
+            (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "1")]).into_response()
+        }
+        "503" => StatusCode::SERVICE_UNAVAILABLE.into_response(),
         "425" => StatusCode::from_u16(425).unwrap().into_response(),
         _ => StatusCode::NOT_FOUND.into_response(),
     }
@@ -240,4 +244,51 @@ async fn request_timeout_and_too_early_are_retried_then_transient() {
         let sent = store.hits.load(Ordering::SeqCst) - before;
         assert_eq!(sent, 3, "{id}: retried up to [retry].max_attempts");
     }
+}
+
+#[tokio::test]
+async fn a_503_with_retry_after_lowers_the_rate_like_a_429_and_a_bare_503_does_not() {
+    let store = odd_store().await;
+    let client = client(&store, |s| s.rate_limit.requests_per_second = 100);
+    let _ = client.get_record("ds", "503").await.unwrap_err();
+    assert_eq!(client.budget().effective_rate(), 100.0);
+    let err = client
+        .get_record("ds", "503-retry-after")
+        .await
+        .unwrap_err();
+    assert_eq!((err.code(), err.status()), ("server_error", Some(503)));
+    let rate = client.budget().effective_rate();
+    assert!(
+        rate < 100.0,
+        "the gateway's 'back off' lowered the rate: {rate}"
+    );
+}
+
+#[tokio::test]
+async fn a_request_waiting_for_its_rate_slot_is_not_sent_once_the_lease_is_lost() {
+    let store = odd_store().await;
+    let client = client(&store, |s| {
+        s.rate_limit.requests_per_second = 1;
+        s.rate_limit.burst = 1;
+    });
+    client.get_record("ds", "ok").await.unwrap();
+    let lease = tokio_util::sync::CancellationToken::new();
+    let leased = client.with_lease(lease.clone());
+    let before = store.hits.load(Ordering::SeqCst);
+    let cancel = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        lease.cancel();
+    };
+    // The next slot is a second away; the lease goes after 100 ms.
+    let (result, ()) = tokio::join!(leased.get_record("ds", "ok"), cancel);
+    let err = result.unwrap_err();
+    assert_eq!(
+        (err.code(), err.class()),
+        ("lease_lost", ErrorClass::Transient)
+    );
+    assert_eq!(
+        store.hits.load(Ordering::SeqCst),
+        before,
+        "nothing was sent"
+    );
 }
