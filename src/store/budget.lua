@@ -101,6 +101,19 @@ local function trailing()
   local first = math.max(s.t_newest - (SLOTS - 1), 0)
   return a, r, now - (s.traffic_start + first * SLOT)
 end
+-- Answers in the last n slots (the current one included): what came back lately.
+local function recent_answers(n)
+  local total = 0
+  for k = 0, n - 1 do
+    local idx = s.t_newest - k
+    if idx >= 0 then
+      local i = idx % SLOTS + 1
+      total = total + adm[i] + ref[i]
+    end
+  end
+  return total
+end
+local DEMAND_SLOTS = 4
 local function admitted_last_second()
   local a, _, span = trailing()
   return a / math.max(span / 1000000, 1)
@@ -111,7 +124,9 @@ local function rate_at(at)
   if s.cut_at == 0 then
     if max_rate > 0 then return max_rate end
     local d = math.min((at - s.traffic_start) / math.max(doubling, 1000), 30)
-    return start_rate * 2 ^ d
+    -- At most twice what came back lately (see cubic.rs, slow_start).
+    local answered = recent_answers(DEMAND_SLOTS) * 1000000 / (DEMAND_SLOTS * SLOT)
+    return math.min(start_rate * 2 ^ d, math.max(2 * answered, start_rate))
   end
   local dt = (at - s.cut_at) / 1000000
   -- Past w_max the probe climbs a quarter as steeply.

@@ -46,7 +46,9 @@
 //! - Further signals of an episode cut deeper (`beta^n` for the n-th) until an estimate is there,
 //!   so a rate far above the limit comes down in a few round trips.
 //! - With no configured maximum (`max_rate: None`) the rate starts at `start_rate` when traffic
-//!   begins and doubles every `doubling` until the first signal (TCP's slow start): the overshoot
+//!   begins and doubles every `doubling` until the first signal (TCP's slow start), but never
+//!   above twice the answers of the last 200 ms (a rate grown while little was sent is no
+//!   evidence the server takes it): the overshoot
 //!   is at most about twice the limit against a bucket (a window hides its limit until its count
 //!   is used up, so there it can be tenfold), and the estimates correct it. A configured maximum
 //!   is the start rate instead and caps the rate at every step.
@@ -68,6 +70,10 @@ const AGAIN_ABOVE: f64 = 1.025;
 
 /// How long a closed run may last and still be a window closing until its second ends.
 const CLOSED_WINDOW: Duration = Duration::from_secs(1);
+
+/// Slots of the trailing second (50 ms each) whose answers bound the slow start: it doubles only
+/// while traffic keeps up with it.
+const DEMAND_SLOTS: usize = 4;
 
 /// Refused probes in one closed run that show a window (an empty bucket refills within one): the
 /// curve is then rebased on what the server admitted.
@@ -256,7 +262,13 @@ impl Cubic {
         };
         let doublings =
             now.saturating_duration_since(start).as_secs_f64() / p.doubling.as_secs_f64().max(1e-3);
-        Some(p.start_rate * 2f64.powf(doublings.min(60.0)))
+        let doubling = p.start_rate * 2f64.powf(doublings.min(60.0));
+        // At most twice what came back lately (RFC 7661's idea): a rate that doubled while the
+        // worker sent little (a graph load of a few pages) would let the first wave of writes
+        // go at once, far above any limit, and every request of it come back refused.
+        let window = super::trailing::SLOT.as_secs_f64() * DEMAND_SLOTS as f64;
+        let answered = self.trailing.recent(now, DEMAND_SLOTS) as f64 / window;
+        Some(doubling.min((2.0 * answered).max(p.start_rate)))
     }
 
     /// A request is about to be scheduled: starts the slow start's clock on the first one.
@@ -578,6 +590,10 @@ mod tests {
         let t0 = Instant::now();
         let mut c = Cubic::new(CubicParams::new(None), t0);
         c.on_request(t0);
+        // Traffic keeps up with the slow start: plenty came back in the last 200 ms.
+        for i in 0..100 {
+            c.on_success(t0 + ms(200 + i * 2), t0 + ms(195 + i * 2));
+        }
         let at_429 = c.rate(t0 + ms(400));
         assert!((at_429 - 160.0).abs() < 1e-6, "slow start: {at_429}");
         c.on_throttled(t0 + ms(400), t0 + ms(400), None);
@@ -718,16 +734,36 @@ mod tests {
     }
 
     #[test]
+    fn the_slow_start_grows_no_faster_than_twice_what_came_back() {
+        let t0 = Instant::now();
+        let mut c = Cubic::new(CubicParams::new(None), t0);
+        c.on_request(t0);
+        // A second of a few sequential reads (a graph load): the doubling alone would be at
+        // 10 × 2^10, but 5 answers in the last 200 ms allow 2 × 25/s.
+        for i in 0..5 {
+            c.on_success(t0 + ms(860 + i * 30), t0 + ms(850 + i * 30));
+        }
+        assert!(
+            (c.rate(t0 + ms(1000)) - 50.0).abs() < 1e-9,
+            "{}",
+            c.rate(t0 + ms(1000))
+        );
+        // Nothing came back lately: the start rate, not the doubled one.
+        assert_eq!(c.rate(t0 + ms(2000)), 10.0);
+    }
+
+    #[test]
     fn three_refused_probes_rebase_the_slow_starts_cut_on_what_the_window_admitted() {
         let t0 = Instant::now();
         let mut c = Cubic::new(CubicParams::new(None), t0);
         c.on_request(t0);
-        // A window admitted 100 in the slow start's first 600 ms, then refused at 640/s.
+        // A window admitted 100 in the slow start's first 600 ms, then refused at twice what came
+        // back in the last 200 ms (about 260/s; the doubling alone would be at 640/s).
         for i in 0..100 {
             c.on_success(t0 + ms(i * 6 + 3), t0 + ms(i * 6));
         }
         cut_rate(c.on_throttled(t0 + ms(600), t0 + ms(600), None));
-        assert!(c.w_max().unwrap() > 600.0, "{:?}", c.w_max());
+        assert!(c.w_max().unwrap() > 200.0, "{:?}", c.w_max());
         for i in 0..3 {
             let t = t0 + ms(610 + i * 30);
             c.on_throttled(t, t - ms(1), None);

@@ -60,6 +60,21 @@ impl Trailing {
         }
     }
 
+    /// Answers (admitted and refused) in the last `n` slots up to `now`'s, without moving the
+    /// window (slots not written since they passed count as empty).
+    pub fn recent(&self, now: Instant, n: usize) -> u64 {
+        let index =
+            (now.saturating_duration_since(self.origin).as_millis() / SLOT.as_millis()) as u64;
+        (0..n.min(SLOTS) as u64)
+            .filter_map(|k| index.checked_sub(k))
+            .filter(|&i| i <= self.newest && self.newest - i < SLOTS as u64)
+            .map(|i| {
+                let p = (i % SLOTS as u64) as usize;
+                self.admitted[p] + self.refused[p]
+            })
+            .sum()
+    }
+
     /// Moves to the slot of `now`, clearing the slots it passes; returns its position.
     fn advance(&mut self, now: Instant) -> usize {
         let index =
