@@ -153,6 +153,12 @@ fn a_remove_may_name_ids_that_are_no_records_and_clears_a_dangling_reference() {
     assert_eq!(v.outcome(), JobOutcome::Accepted);
     let plan = plan(&g, &j, &v);
     assert_eq!(plan.patches[0].fields[0].ids, vec![RecordId::new("1")]);
+    // Named twice, an id that is no record is still a duplicate.
+    let v = check(
+        &g,
+        &job(true, vec![op("p", "m", &["never", "never"], Mode::Remove)]),
+    );
+    assert_eq!(codes(&v), vec![Some("duplicate_child")]);
     // An add still needs its children to exist.
     let v = check(&g, &job(true, vec![op("p", "m", &["gone"], Mode::Add)]));
     assert_eq!(codes(&v), vec![Some("record_not_found")]);

@@ -261,7 +261,9 @@ fn local_code(op: &Operation) -> Option<&'static str> {
         _ => return Some("unknown_field"),
     }
     let exists = |r: &RecordId| r.as_str() != "missing";
-    if !exists(&op.parent) || !op.children.iter().all(exists) {
+    // The children of a remove need not exist: after the job they are no children.
+    let children_exist = op.mode == Mode::Remove || op.children.iter().all(exists);
+    if !exists(&op.parent) || !children_exist {
         return Some("record_not_found");
     }
     let distinct: BTreeSet<&RecordId> = op.children.iter().collect();
