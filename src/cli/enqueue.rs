@@ -63,7 +63,8 @@ pub async fn run(args: EnqueueArgs, settings: Settings) -> anyhow::Result<i32> {
     }
     let publisher = Publisher::open(&connection).await?;
     let started = Instant::now();
-    let summary = publish_file(&args, &publisher, &topology.jobs()).await?;
+    let max_body = settings.limits.max_body_bytes;
+    let summary = publish_file(&args, &publisher, &topology.jobs(), max_body).await?;
     let _ = connection.close(200, "done".into()).await;
     print_summary(&summary, started.elapsed(), &topology.jobs());
     let clean =
@@ -72,10 +73,13 @@ pub async fn run(args: EnqueueArgs, settings: Settings) -> anyhow::Result<i32> {
 }
 
 /// Reads the file on a blocking thread and publishes what it yields, `window` confirms at a time.
+/// A job above `max_body` bytes (`[limits].max_body_bytes`) is a bad item, not a publish the
+/// worker would only dead-letter as `payload_too_large`.
 pub async fn publish_file(
     args: &EnqueueArgs,
     publisher: &Publisher,
     queue: &str,
+    max_body: usize,
 ) -> anyhow::Result<EnqueueSummary> {
     let (tx, rx) = mpsc::channel::<Result<Item, BadItem>>(args.window.max(1) * 2);
     let (input, size) = open_input(&args.file)?;
@@ -90,7 +94,7 @@ pub async fn publish_file(
     let mut items = ReceiverStream::new(rx);
     let mut publishes = futures::stream::FuturesUnordered::new();
     while let Some(item) = items.next().await {
-        match item {
+        match item.and_then(|item| within_limit(item, max_body)) {
             Ok(item) => {
                 if let Some(limiter) = &limiter {
                     limiter.until_ready().await;
@@ -117,6 +121,22 @@ pub async fn publish_file(
     progress.finish_and_clear();
     let _ = reader.await;
     Ok(summary)
+}
+
+/// `item`, or a recoverable bad item when its body is above the worker's limit.
+fn within_limit(item: Item, max_body: usize) -> Result<Item, BadItem> {
+    if item.json.len() <= max_body {
+        return Ok(item);
+    }
+    Err(BadItem {
+        line: item.line,
+        message: format!(
+            "job {} is {} bytes, above [limits].max_body_bytes ({max_body}): the worker would dead-letter it as payload_too_large",
+            item.index,
+            item.json.len()
+        ),
+        recoverable: true,
+    })
 }
 
 async fn settle_one<F: std::future::Future<Output = Result<(), String>>>(

@@ -92,6 +92,26 @@ async fn enqueue_skips_a_bad_json_line_and_reports_its_number() {
 }
 
 #[tokio::test]
+async fn enqueue_refuses_a_job_above_the_body_limit_instead_of_publishing_it() {
+    let (topo, _conn, channel) = declared("enqueue-big").await;
+    // Above the default [limits].max_body_bytes (1 MiB): the worker would only dead-letter it.
+    let big = format!(
+        "{{\"job_id\":\"big\",\"pad\":\"{}\"}}",
+        "x".repeat(1_100_000)
+    );
+    let text = format!("{{\"job_id\":\"a\"}}\n{big}\n{{\"job_id\":\"b\"}}\n");
+    let out = enqueue(topo.prefix(), "jobs.jsonl", &text, &["--on-error", "skip"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(text.contains("published 2 jobs"), "{text}");
+    assert!(text.contains("skipped line 2"), "{text}");
+    assert!(text.contains("payload_too_large"), "{text}");
+    let left = cxrel::dlq::depth(&channel, &topo.jobs()).await.unwrap();
+    assert_eq!(left, 2, "only the two small jobs were published");
+    broker::teardown(&channel, &topo).await;
+}
+
+#[tokio::test]
 async fn enqueue_aborts_at_a_bad_line_by_default() {
     let (topo, _conn, channel) = declared("enqueue-abort").await;
     let out = enqueue(
