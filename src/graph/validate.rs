@@ -221,13 +221,11 @@ fn resolve(
         missing.push(op.parent.clone());
     }
     let mut kids = Vec::with_capacity(op.children.len());
-    let mut unknown: Vec<&RecordId> = Vec::new();
     for c in &op.children {
         match graph.child_ix(c.as_str(), op.mode) {
             Some(ix) => kids.push(ix),
-            // An id the graph never held: a no-op for a remove, whatever the graph's age (named
-            // twice it is still a duplicate).
-            None if op.mode == Mode::Remove => unknown.push(c),
+            // An id the graph never held: a no-op for a remove, whatever the graph's age.
+            None if op.mode == Mode::Remove => {}
             None if missing.contains(c) => {}
             None => missing.push(c.clone()),
         }
@@ -237,17 +235,9 @@ fn resolve(
         let msg = format!("records not found: {}", list.join(", "));
         return Err(local(ViolationCode::RecordNotFound, msg, missing));
     };
-    if let Some(dup) = unknown
-        .iter()
-        .enumerate()
-        .find(|(i, c)| unknown[..*i].contains(c))
-    {
-        let id = (*dup.1).clone();
-        let msg = format!("child {id} appears more than once in the operation");
-        return Err(local(ViolationCode::DuplicateChild, msg, vec![id]));
-    }
-    if let Some(dup) = first_duplicate(&kids) {
-        let id = RecordId::new(graph.ids.resolve(dup));
+    // By name, so an id a remove names twice counts even when the graph never held it.
+    if let Some(dup) = first_duplicate(&op.children) {
+        let id = dup.clone();
         let msg = format!("child {id} appears more than once in the operation");
         return Err(local(ViolationCode::DuplicateChild, msg, vec![id]));
     }
@@ -267,9 +257,9 @@ fn resolve(
     })
 }
 
-fn first_duplicate(kids: &[Ix]) -> Option<Ix> {
+fn first_duplicate(children: &[RecordId]) -> Option<&RecordId> {
     let mut seen = rustc_hash::FxHashSet::default();
-    kids.iter().copied().find(|c| !seen.insert(*c))
+    children.iter().find(|c| !seen.insert(c.as_str()))
 }
 
 /// The operations behind a finding: for an edge, the last operation that put the child there; for
