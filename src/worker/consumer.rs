@@ -347,6 +347,9 @@ async fn settle_with_backoff(
             }
             Err(error) => {
                 tracing::warn!(%error, retry_in = ?delay, "could not settle the job; trying again");
+                if matches!(error, AmqpError::Unroutable { .. }) {
+                    settler.restore_topology().await;
+                }
                 last = Some(error);
             }
         }
@@ -356,7 +359,10 @@ async fn settle_with_backoff(
     let error = last.map(|e| e.to_string()).unwrap_or_default();
     let failure = Failure::new(
         "settle_failed",
-        format!("the broker refused what replaces the job {SETTLE_ATTEMPTS} times: {error}"),
+        format!(
+            "the broker refused what replaces the job {SETTLE_ATTEMPTS} times: {error}; {}",
+            own_result(outcome)
+        ),
         Stage::Settle,
         ErrorClass::Permanent,
     );
@@ -366,6 +372,22 @@ async fn settle_with_backoff(
     {
         tracing::error!(%error, "could not dead-letter the job either; handing it back to the broker");
         settler.requeue(delivery).await;
+    }
+}
+
+/// What the job itself came to, for a `settle_failed` dead letter: the operator's next step
+/// depends on it, and the dead letter's code no longer says.
+fn own_result(outcome: &Outcome) -> String {
+    match &outcome.failure {
+        None => "the job itself completed (what it wrote is in the store; a replay finds it \
+                 stored and writes nothing again)"
+            .to_owned(),
+        Some(failure) => format!(
+            "the job itself failed at {} with {}: {}",
+            failure.stage.as_str(),
+            failure.code,
+            failure.message
+        ),
     }
 }
 

@@ -99,7 +99,35 @@ impl Settler {
         metrics::counter!("cxrel_jobs_total", "outcome" => Settled::DeadLettered.as_str())
             .increment(1);
         tracing::warn!(job_id = %outcome.context.job_id, code = %failure.code, "job dead-lettered: {}", failure.message);
+        self.announce_dead_letter(outcome, failure, attempts).await;
         Ok(())
+    }
+
+    /// Publishes `job.dead_lettered` for a dead letter made without events, as every dead letter
+    /// is announced; best effort, since what refused the job's events may refuse this one too.
+    async fn announce_dead_letter(&self, outcome: &Outcome, failure: &Failure, attempts: u64) {
+        let dead = outcome.context.job_dead_lettered(
+            &failure.code,
+            &failure.message,
+            failure.stage.as_str(),
+            attempts,
+        );
+        match self.publish_events(std::slice::from_ref(&dead)).await {
+            Ok(()) => self.offer_webhooks(vec![dead]).await,
+            Err(error) => {
+                tracing::warn!(%error, "the dead letter is in the queue, but its job.dead_lettered event could not be published");
+            }
+        }
+    }
+
+    /// Declares the topology again after a publish found a queue of it missing (a hold queue or
+    /// the dead queue deleted by hand): the next settle attempt then finds it.
+    pub async fn restore_topology(&self) {
+        let channel = self.publisher.channel();
+        match crate::amqp::topology::declare(channel, &self.topology).await {
+            Ok(()) => tracing::warn!("a queue of the topology was missing; declared it again"),
+            Err(error) => tracing::warn!(%error, "could not declare the topology again"),
+        }
     }
 
     /// Acks once the successor is confirmed (the frame may carry earlier settled deliveries too).

@@ -89,6 +89,33 @@ async fn jobs_wait_in_the_hold_queues_while_the_store_fails_and_complete_when_it
 }
 
 #[tokio::test]
+async fn a_hold_queue_deleted_behind_the_worker_is_declared_again_and_the_job_retried() {
+    let emu = emulator_with(4).await;
+    let mut q = queues("holdgone", &HOLD_DELAYS_MS).await;
+    let worker = ready_worker(&emu, &q, 1).await;
+    let first_hold = q
+        .topology
+        .retry_queue(Duration::from_millis(HOLD_DELAYS_MS[0]));
+    q.channel
+        .queue_delete(first_hold.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    emu.set_faults(json!({"error_ratio": 1.0})).await;
+    publish_jobs(&q.publisher, &q.topology, &pair_jobs("holdgone", 1)).await;
+    // Before, every settle attempt found no queue and the job was dead-lettered `settle_failed`.
+    assert!(counter_reaches(&worker, RETRIED, 1.0, Duration::from_secs(20)).await);
+    emu.set_faults(json!({"error_ratio": 0.0})).await;
+    let done = q
+        .tap
+        .until(Duration::from_secs(30), |e| completed(e).len() == 1)
+        .await;
+    assert!(done, "the retried job completed");
+    assert_pairs_stored(&emu, 1).await;
+    broker::assert_no_dead_letters(&q.channel, &q.topology).await;
+    broker::teardown(&q.channel, &q.topology).await;
+}
+
+#[tokio::test]
 async fn a_locked_parent_sends_the_job_to_a_hold_queue_until_it_is_unlocked() {
     let emu = emulator_with(4).await;
     let mut q = queues("locked", &HOLD_DELAYS_MS).await;

@@ -231,7 +231,8 @@ async fn a_job_whose_worker_dies_before_settling_ends_coded_in_the_dead_queue() 
 }
 
 #[tokio::test]
-async fn a_broker_that_keeps_refusing_the_events_ends_the_job_coded_in_the_dead_queue_once() {
+async fn a_broker_that_keeps_refusing_the_events_ends_the_job_coded_and_announced_in_the_dead_queue_once()
+ {
     let emu = emulator_with(2).await;
     let prefix = broker::unique_prefix("refused");
     let topology = broker::topology(&prefix, &[200]);
@@ -240,7 +241,9 @@ async fn a_broker_that_keeps_refusing_the_events_ends_the_job_coded_in_the_dead_
     cxrel::amqp::topology::declare(&channel, &topology)
         .await
         .unwrap();
-    // A full queue that rejects publishes, bound to every event: each event publish is nacked.
+    let mut tap = EventTap::bind_key(&channel, &topology, "job.dead_lettered").await;
+    // A full queue that rejects publishes, bound to the relationship events: each of those
+    // publishes is nacked.
     let mut args = lapin::types::FieldTable::default();
     args.insert(
         "x-max-length".into(),
@@ -263,7 +266,7 @@ async fn a_broker_that_keeps_refusing_the_events_ends_the_job_coded_in_the_dead_
         .queue_bind(
             refusing.as_str().into(),
             topology.events().into(),
-            "#".into(),
+            "relationship.#".into(),
             lapin::options::QueueBindOptions::default(),
             lapin::types::FieldTable::default(),
         )
@@ -288,6 +291,22 @@ async fn a_broker_that_keeps_refusing_the_events_ends_the_job_coded_in_the_dead_
         headers::get_str(&t, headers::STAGE).as_deref(),
         Some("settle")
     );
+    // The operator learns what the job itself came to: here it was applied.
+    let message = headers::get_str(&t, headers::ERROR_MESSAGE).unwrap_or_default();
+    assert!(
+        message.contains("the job itself completed"),
+        "message: {message}"
+    );
+    // Every dead letter is announced, this one too (its event is not refused).
+    assert!(
+        tap.until(Duration::from_secs(10), |e| e
+            .iter()
+            .any(|e| e["type"] == "cxrel.job.dead_lettered"))
+            .await,
+        "no job.dead_lettered event"
+    );
+    let event = tap.of_type("cxrel.job.dead_lettered").next().unwrap();
+    assert_eq!(event["data"]["code"], "settle_failed");
     let stats = emu.stats().await;
     assert_eq!(stats["patch_count"], 1, "handled once: {stats}");
     let jobs = broker::take(&channel, &topology.jobs(), 1, Duration::from_millis(500)).await;

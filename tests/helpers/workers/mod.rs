@@ -220,6 +220,15 @@ pub struct EventTap {
 impl EventTap {
     /// Declares the events exchange (idempotent) and binds an exclusive auto-delete queue to it.
     pub async fn bind(channel: &lapin::Channel, topology: &cxrel::amqp::Topology) -> Self {
+        Self::bind_key(channel, topology, "#").await
+    }
+
+    /// As [`Self::bind`], with the tap taking only the events of `routing_key`.
+    pub async fn bind_key(
+        channel: &lapin::Channel,
+        topology: &cxrel::amqp::Topology,
+        routing_key: &str,
+    ) -> Self {
         cxrel::amqp::topology::declare(channel, topology)
             .await
             .expect("declare");
@@ -239,7 +248,7 @@ impl EventTap {
             .queue_bind(
                 queue.name().clone(),
                 topology.events().into(),
-                "#".into(),
+                routing_key.into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
