@@ -77,8 +77,8 @@ pub struct FilterArgs {
     #[arg(long)]
     pub code: Option<String>,
     /// Only this stage (x-cxrel-stage: parse, validate, apply, compensate, settle; broker for what
-    /// RabbitMQ dead-lettered itself).
-    #[arg(long)]
+    /// RabbitMQ dead-lettered itself; unknown for a message without the header).
+    #[arg(long, value_parser = ["parse", "validate", "apply", "compensate", "settle", "broker", "unknown"])]
     pub stage: Option<String>,
     /// Only this job id (x-cxrel-job-id or message id).
     #[arg(long)]

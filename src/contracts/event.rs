@@ -65,8 +65,12 @@ pub fn summary(ty: EventType) -> &'static str {
         EventType::RolledBack => {
             "An applied operation of an atomic job was undone because another one failed."
         }
-        EventType::JobCompleted => "A job finished: every operation's result, with a summary.",
-        EventType::JobDeadLettered => "A job was moved to the dead-letter queue.",
+        EventType::JobCompleted => {
+            "A job whose body could be read finished: every operation's result, with a summary."
+        }
+        EventType::JobDeadLettered => {
+            "A job was moved to the dead-letter queue; the only end event of a body that could not be read as a job and of a job never settled (delivery_limit_exceeded)."
+        }
     }
 }
 

@@ -402,3 +402,14 @@ async fn dlq_export_fails_with_what_it_missed_and_purge_needs_a_covering_export(
     assert!(stdout(&out).contains("purged 2"), "{}", stdout(&out));
     broker::teardown(&channel, &topo).await;
 }
+
+#[test]
+fn a_misspelt_stage_filter_is_refused_with_the_stages_there_are() {
+    let out = cxrel(
+        &broker::unique_prefix("stage"),
+        &["dlq", "replay", "--stage", "parsee", "--dry-run"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("parse, validate, apply"), "stderr: {err}");
+}
