@@ -239,7 +239,11 @@ fn failure_properties(
 ) -> BasicProperties {
     let mut table = headers::table(&delivery.properties);
     let now = now_rfc3339();
-    if headers::get_str(&table, headers::FIRST_FAILED_AT).is_none() {
+    // Kept only from cxrel's own earlier failures (a retry, or a replay of a dead letter): on a
+    // job's first failure the header can only be the producer's.
+    let failed_before =
+        attempts > 1 || headers::get_u64(&table, headers::REPLAY_COUNT).unwrap_or(0) > 0;
+    if !failed_before || headers::get_str(&table, headers::FIRST_FAILED_AT).is_none() {
         headers::set_str(&mut table, headers::FIRST_FAILED_AT, now.clone());
     }
     headers::set_str(&mut table, headers::LAST_FAILED_AT, now);

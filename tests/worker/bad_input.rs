@@ -81,6 +81,7 @@ impl Bench {
                     code: headers::get_str(&t, headers::ERROR_CODE).unwrap_or_default(),
                     attempts: headers::get_u64(&t, headers::ATTEMPTS),
                     dropped: headers::get_str(&t, headers::DROPPED),
+                    first_failed_at: headers::get_str(&t, headers::FIRST_FAILED_AT),
                 };
                 (id.unwrap_or_default(), letter)
             })
@@ -127,6 +128,7 @@ struct DeadLetter {
     code: String,
     attempts: Option<u64>,
     dropped: Option<String>,
+    first_failed_at: Option<String>,
 }
 
 fn ids() -> Ids {
@@ -207,6 +209,15 @@ async fn bad_bodies_with_odd_headers_still_end_coded_in_the_dead_queue() {
             letter.attempts.is_some_and(|a| a >= 1),
             "case {:?}",
             case.name
+        );
+        assert!(
+            letter
+                .first_failed_at
+                .as_deref()
+                .is_some_and(|at| at != corpus::FORGED_FIRST_FAILED_AT),
+            "case {:?}: first failed at {:?}",
+            case.name,
+            letter.first_failed_at
         );
         if case.name.contains("frame limit") {
             assert_eq!(letter.dropped.as_deref(), Some("x-junk"), "{:?}", case.name);

@@ -498,6 +498,12 @@ pub fn odd_metadata_for_bad_bodies() -> Vec<OddMetadata> {
             cxrel::amqp::headers::ERROR_CODE,
             long_string("applied"),
         ),
+        // A producer's own first-failed-at says nothing about cxrel's failures.
+        with_header(
+            "bad body, forged first failed at",
+            cxrel::amqp::headers::FIRST_FAILED_AT,
+            long_string(FORGED_FIRST_FAILED_AT),
+        ),
         // The test waits past the TTL: the dead letter must not expire with it.
         OddMetadata {
             name: "bad body, publisher TTL of 1.5 s",
@@ -505,3 +511,6 @@ pub fn odd_metadata_for_bad_bodies() -> Vec<OddMetadata> {
         },
     ]
 }
+
+/// The `x-cxrel-first-failed-at` of the "forged first failed at" case.
+pub const FORGED_FIRST_FAILED_AT: &str = "2000-01-01T00:00:00.000Z";
