@@ -261,7 +261,7 @@ pub fn declared_datastore_id(json: &str) -> Option<String> {
     serde_json::from_str::<Peek>(json)
         .ok()?
         .datastore_id
-        .filter(|id| crate::job::printable_name(id))
+        .filter(|id| crate::job::is_datastore_id(id))
 }
 
 #[cfg(test)]
@@ -273,6 +273,12 @@ mod tests {
         let read = declared_datastore_id;
         assert_eq!(read(r#"{"datastore_id":"a","x":1}"#).as_deref(), Some("a"));
         assert_eq!(read(r#"{"datastoreId":"b"}"#).as_deref(), Some("b"));
+        assert_eq!(
+            read(r#"{"datastore_id":"a/b"}"#),
+            None,
+            "not one path segment"
+        );
+        assert_eq!(read(r#"{"datastore_id":".."}"#), None, "a dot segment");
         assert_eq!(read(r#"{"datastore_id":""}"#), None);
         assert_eq!(read(r#"{"datastore_id":7}"#), None);
         assert_eq!(read("[]"), None);

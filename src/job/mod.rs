@@ -11,7 +11,7 @@ mod unique_keys;
 mod wire;
 
 pub use error::JobError;
-pub use parse::{JobLimits, MAX_NAME_CHARS, ParseContext, printable_name};
+pub use parse::{JobLimits, MAX_NAME_CHARS, ParseContext, is_datastore_id, printable_name};
 pub use types::{CascadeAction, FieldName, Job, Mode, Operation, RecordId};
 pub(crate) use wire::{JobWire, TutorialWire};
 

@@ -341,13 +341,18 @@ fn datastore_id(given: Option<String>, path: &str, ctx: &ParseContext) -> Result
     if is_dot_segment(&id) {
         return Err(bad(DOT_SEGMENT));
     }
-    let url_safe = !id.contains(['/', '?', '#', '%', ' ']);
-    if !printable_name(&id) || !url_safe {
+    if !is_datastore_id(&id) {
         return Err(bad(
             "data store ids are 1..=128 printable characters without / ? # % or space",
         ));
     }
     Ok(id)
+}
+
+/// Whether `id` can name a data store: a printable name that stays one URL path segment (so it
+/// also never holds the `/` that separates the parts of an event's `subject`).
+pub fn is_datastore_id(id: &str) -> bool {
+    printable_name(id) && !is_dot_segment(id) && !id.contains(['/', '?', '#', '%', ' '])
 }
 
 /// 1..=[`MAX_NAME_CHARS`] characters, none of them control characters: the rule for job ids,
