@@ -50,7 +50,25 @@ pub fn body<T: DeserializeOwned>(
         return Err(bad_request("body: expected a JSON object".into()));
     };
     known(object.keys().map(String::as_str), extra)?;
+    no_empty_selection(object)?;
     serde_json::from_value(value).map_err(|e| bad_request(format!("body: {e}")))
+}
+
+/// Refuses a filter key given with an empty value: read as "no filter", `"ids": []` or
+/// `"code": ""` would widen a replay or purge to every dead letter (a script whose selection came
+/// out empty must act on nothing). The page never sends such keys.
+fn no_empty_selection(object: &serde_json::Map<String, Value>) -> Result<(), ConsoleError> {
+    let empty = FILTER.iter().find(|key| match object.get(**key) {
+        Some(Value::String(text)) => text.trim().is_empty(),
+        Some(Value::Array(items)) => items.is_empty(),
+        _ => false,
+    });
+    match empty {
+        Some(key) => Err(bad_request(format!(
+            "{key} is empty, which would select every dead letter: nothing was done (leave the key out to not filter on it)"
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn known<'a>(keys: impl Iterator<Item = &'a str>, extra: &[&str]) -> Result<(), ConsoleError> {
@@ -83,6 +101,22 @@ mod tests {
         assert_eq!(error.status, StatusCode::BAD_REQUEST);
         assert!(error.message.contains("jobid"), "{}", error.message);
         assert!(error.message.contains("job_id"), "{}", error.message);
+    }
+
+    #[test]
+    fn an_empty_selection_is_refused_instead_of_matching_everything() {
+        for body in [
+            serde_json::json!({"ids": [], "without_export": true}),
+            serde_json::json!({"code": ""}),
+            serde_json::json!({"job_id": "  "}),
+        ] {
+            let object = body.as_object().unwrap();
+            let error = no_empty_selection(object).unwrap_err();
+            assert_eq!(error.status, StatusCode::BAD_REQUEST, "{body}");
+            assert!(error.message.contains("is empty"), "{}", error.message);
+        }
+        let page = serde_json::json!({"code": "x", "stage": null, "ids": ["a"]});
+        assert!(no_empty_selection(page.as_object().unwrap()).is_ok());
     }
 
     #[test]
