@@ -350,6 +350,15 @@ impl Settings {
                 reason: reason.to_owned(),
             })
         };
+        // Checked here, never echoed: lapin's error for a URL it cannot read quotes it whole,
+        // password included (`user:pass@host` without a scheme).
+        let amqp_url = url::Url::parse(self.amqp.url.expose());
+        if !amqp_url.is_ok_and(|u| matches!(u.scheme(), "amqp" | "amqps")) {
+            return fail(
+                "amqp.url",
+                "needs an amqp:// or amqps:// URL (amqp://user:password@host:5672/%2f)",
+            );
+        }
         if self.amqp.retry_delays.is_empty() {
             return fail("amqp.retry_delays", "needs at least one delay");
         }
@@ -686,6 +695,21 @@ mod tests {
     }
 
     #[test]
+    fn an_amqp_url_without_its_scheme_is_refused_without_showing_the_password() {
+        for url in [
+            "guest:SeCrEt@127.0.0.1:5672",
+            "http://guest:SeCrEt@h/",
+            "SeCrEt",
+        ] {
+            let toml = format!("[amqp]\nurl = \"{url}\"\n");
+            let err = from_toml(&toml).unwrap_err().to_string();
+            assert!(err.contains("amqp.url"), "{url}: {err}");
+            assert!(!err.contains("SeCrEt"), "{url}: {err}");
+        }
+        assert!(from_toml("[amqp]\nurl = \"amqps://u:p@h:5671/v\"\n").is_ok());
+    }
+
+    #[test]
     fn webhook_urls_are_redacted_in_debug_output() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hooks.toml");
@@ -708,6 +732,17 @@ mod tests {
             "[[webhooks]]\nurl = \"{url}\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\nevents = [{events}]\n"
         );
         std::fs::write(&path, hook).unwrap();
+        let sources = Sources {
+            file: Some(path),
+            ..Sources::default()
+        };
+        Settings::load_with_env(&sources, Some(HashMap::new()))
+    }
+
+    fn from_toml(text: &str) -> Result<Settings, SettingsError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("settings.toml");
+        std::fs::write(&path, text).unwrap();
         let sources = Sources {
             file: Some(path),
             ..Sources::default()
