@@ -196,6 +196,16 @@ fn incomplete(snapshot: &Snapshot) -> String {
     out
 }
 
+/// `id` as one URL path segment. `.` and `..` are encoded too: a browser would resolve them as
+/// dot segments (`/letters/..` is `/`), never reaching the message.
+fn path_segment(id: &str) -> String {
+    let encoded = query_value(id).replace('+', "%20");
+    if id == "." || id == ".." {
+        return encoded.replace('.', "%2E");
+    }
+    encoded
+}
+
 fn row(letter: &DeadLetter, now: SystemTime) -> String {
     let id = letter.display_id();
     let link_id = letter.message_id().unwrap_or_else(|| id.clone());
@@ -204,7 +214,7 @@ fn row(letter: &DeadLetter, now: SystemTime) -> String {
          {}</a></td><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
          <td class=\"n\">{}</td><td>{}</td></tr>",
         esc(&link_id),
-        esc(&query_value(&link_id).replace('+', "%20")),
+        esc(&path_segment(&link_id)),
         esc(&id),
         esc(&letter.code()),
         esc(&letter.stage()),
@@ -321,6 +331,13 @@ mod tests {
         assert!(!html.contains("<script>"), "{html}");
         assert!(html.contains("&lt;script&gt;"), "{html}");
         assert!(html.contains("href=\"/letters/j%3C1%3E\""), "{html}");
+    }
+
+    #[test]
+    fn dot_ids_link_to_their_message_instead_of_a_parent_path() {
+        assert_eq!(path_segment(".."), "%2E%2E");
+        assert_eq!(path_segment("."), "%2E");
+        assert_eq!(path_segment("a.b"), "a.b");
     }
 
     #[test]
