@@ -1,7 +1,7 @@
 //! Queue and exchange names derived from `[amqp].prefix`, and their idempotent declaration (SPEC §5):
 //! the quorum jobs queue (single active consumer, delivery limit, dead-lettering to the dead queue),
 //! one TTL hold queue per retry delay dead-lettering back to it, the dead-letter queue, the events
-//! topic exchange and the webhook dead queue.
+//! topic exchange, the webhook dead queue and the write-intent log.
 //!
 //! One active consumer on the jobs queue is how cxrel keeps one writer per data store across
 //! replicas: the broker hands every job to one replica at a time and fails over to another when
@@ -68,6 +68,11 @@ impl Topology {
         format!("{}.events", self.prefix)
     }
 
+    /// The write-intent log: what atomic jobs in flight are writing (see `pipeline::intent`).
+    pub fn intents(&self) -> String {
+        format!("{}.intents", self.prefix)
+    }
+
     pub fn webhooks_dead(&self) -> String {
         format!("{}.webhooks.dead", self.prefix)
     }
@@ -99,6 +104,7 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), AmqpE
     declare_jobs(channel, topology).await?;
     declare_quorum(channel, &topology.dead()).await?;
     declare_quorum(channel, &topology.webhooks_dead()).await?;
+    declare_quorum(channel, &topology.intents()).await?;
     for delay in topology.retry_delays() {
         declare_hold_queue(channel, topology, *delay).await?;
     }
@@ -129,7 +135,12 @@ fn declare_error(name: &str) -> impl FnOnce(lapin::Error) -> AmqpError + '_ {
 /// Deletes every queue and the exchange of `topology` (the demo's and the bench's throw-away
 /// prefixes); what does not exist is skipped.
 pub async fn delete(channel: &Channel, topology: &Topology) -> Result<(), AmqpError> {
-    let mut queues = vec![topology.jobs(), topology.dead(), topology.webhooks_dead()];
+    let mut queues = vec![
+        topology.jobs(),
+        topology.dead(),
+        topology.webhooks_dead(),
+        topology.intents(),
+    ];
     queues.extend(
         topology
             .retry_delays()
@@ -238,6 +249,7 @@ mod tests {
         assert_eq!(t.dead(), "t1.dead");
         assert_eq!(t.events(), "t1.events");
         assert_eq!(t.webhooks_dead(), "t1.webhooks.dead");
+        assert_eq!(t.intents(), "t1.intents");
     }
 
     #[test]

@@ -132,6 +132,17 @@ fn channels(topology: &Topology, vhost: &str) -> Value {
         "webhooksDead".into(),
         broker_channel(&address, "parkedWebhook", parked, bindings),
     );
+    let intents =
+        "The write-intent log: one message per atomic job being written, held unacked by \
+                   the active worker until the job's writes are decided. A worker that becomes \
+                   active first writes back the previous values of every intent a dead one left \
+                   here. Nobody else consumes it."
+            .to_owned();
+    let bindings = queue_binding(&topology.intents(), vhost, amqp::quorum_arguments());
+    channels.insert(
+        "intents".into(),
+        broker_channel(&topology.intents(), "writeIntent", intents, bindings),
+    );
     for ty in EventType::ALL {
         let about = format!(
             "`{}` events on the `{}` topic exchange. {}",
@@ -215,6 +226,16 @@ fn operations(topology: &Topology) -> Value {
         persistent_publish(),
     );
     ops.insert("parkWebhook".into(), op);
+    let record = "Before the first PATCH of an atomic job with several parents, its intent is \
+                  recorded (confirmed); it is acked once the job's writes are decided.";
+    let op = operation(
+        "send",
+        "intents",
+        "writeIntent",
+        record,
+        persistent_publish(),
+    );
+    ops.insert("recordIntent".into(), op);
     for ty in EventType::ALL {
         let key = ty.routing_key();
         let op = operation(

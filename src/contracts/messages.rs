@@ -41,6 +41,17 @@ pub fn all(defs: &mut Defs) -> Value {
         "payload": defs.reference(event::ROOT),
     });
     messages.insert("parkedWebhook".into(), parked);
+    let intent = json!({
+        "name": "writeIntent",
+        "title": "Write intent",
+        "contentType": "application/json",
+        "description": "What an atomic job with several PATCHes writes and the values it \
+                        replaces, recorded before its first PATCH. AMQP `message_id` is the \
+                        intent's id. Internal to cxrel: the active worker alone publishes and \
+                        consumes it.",
+        "payload": defs.subschema::<crate::pipeline::intent::Intent>(),
+    });
+    messages.insert("writeIntent".into(), intent);
     let webhook = json!({
         "name": "webhookEvent",
         "title": "Webhook delivery",

@@ -415,7 +415,7 @@ fn already_stored(live: &LiveDataStore, parent: &str, values: &[FieldValue]) -> 
 }
 
 /// `{"<field>": {"ids": […], "cascade_action": "…"}, …}`, ids spelled as the store spells them.
-fn body(live: &LiveDataStore, values: &[FieldValue]) -> Map<String, Value> {
+pub(super) fn body(live: &LiveDataStore, values: &[FieldValue]) -> Map<String, Value> {
     live.with_graph(|graph| {
         values
             .iter()

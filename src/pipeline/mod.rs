@@ -5,6 +5,7 @@
 pub mod apply;
 pub mod datastore;
 pub mod datastores;
+pub mod intent;
 pub mod locks;
 pub mod outcome;
 pub mod results;
@@ -17,6 +18,7 @@ use std::time::Instant;
 use apply::PatchResult;
 use datastore::{Check, LiveDataStore};
 use datastores::{DataStores, LoadError};
+use intent::{Intent, IntentId, Journal};
 use results::OpStatus;
 use tokio_util::sync::CancellationToken;
 
@@ -73,6 +75,11 @@ impl Pipeline {
         self.datastores.forget_all().await;
     }
 
+    /// Puts back what a replica that died mid-job left written (see [`intent`]).
+    pub async fn restore_leftover(&self, intent: &Intent) {
+        intent::restore_leftover(&self.store, intent).await;
+    }
+
     /// Runs one job message through every stage to its outcome.
     pub async fn handle_job(&self, incoming: IncomingJob) -> Outcome {
         let started = Instant::now();
@@ -105,7 +112,7 @@ impl Pipeline {
             replay: incoming.replay,
         };
         let _guard = self.locks.acquire(lock_keys(&job)).await;
-        let (statuses, failure) = self.execute(&job, &incoming.lease).await;
+        let (statuses, failure) = self.execute(&job, &incoming.lease, &incoming.journal).await;
         results::audit(&job, &statuses, started.elapsed(), attempt);
         metrics::histogram!("cxrel_job_duration_seconds").record(started.elapsed().as_secs_f64());
         let (events, final_events) = results::events(&context, &job, &statuses);
@@ -125,9 +132,10 @@ impl Pipeline {
         &self,
         job: &Job,
         lease: &CancellationToken,
+        journal: &Journal,
     ) -> (Vec<OpStatus>, Option<Failure>) {
         let mut undone = vec![None; job.operations.len()];
-        let (mut statuses, failure) = self.rounds(job, lease, &mut undone).await;
+        let (mut statuses, failure) = self.rounds(job, lease, journal, &mut undone).await;
         // Written and undone in an earlier round (a 412 elsewhere in an atomic job), then not
         // written again: the store held the value for a while, so the report says rolled back.
         for (status, undone) in statuses.iter_mut().zip(undone) {
@@ -144,6 +152,7 @@ impl Pipeline {
         &self,
         job: &Job,
         lease: &CancellationToken,
+        journal: &Journal,
         undone: &mut [Option<OpStatus>],
     ) -> (Vec<OpStatus>, Option<Failure>) {
         let unprocessed = || vec![OpStatus::Unprocessed; job.operations.len()];
@@ -194,6 +203,10 @@ impl Pipeline {
             if verdict.outcome() == JobOutcome::Rejected {
                 return (statuses, rejection);
             }
+            let intent = match record_intent(journal, Intent::of(job, &live, &plan)).await {
+                Ok(intent) => intent,
+                Err(failure) => return (statuses, Some(failure)),
+            };
             let results = apply::apply(
                 &self.store,
                 &live,
@@ -204,31 +217,36 @@ impl Pipeline {
             )
             .await;
             if lease.is_cancelled() {
-                // Another replica owns the queue now and gets the job again: write nothing more.
+                // Another replica owns the queue now and gets the job again (and the intent, to
+                // undo what landed): write nothing more.
                 return (unprocessed(), Some(lease_lost()));
             }
             let conflicts = conflicted_parents(&plan, &results);
             let failed = first_failure(&results);
-            if job.atomic && (failed.is_some() || !conflicts.is_empty()) {
+            let ended = if job.atomic && (failed.is_some() || !conflicts.is_empty()) {
                 let failure = self
                     .roll_back(&live, &plan, &results, &mut statuses, failed)
                     .await;
-                if failure.is_some() {
-                    // The retry then validates against what the 412s said is stored.
-                    let _ = self.refresh(&live, &conflicts).await;
-                    return (statuses, failure);
-                }
-                for (slot, status) in undone.iter_mut().zip(&statuses) {
-                    if matches!(status, OpStatus::RolledBack { .. }) {
-                        *slot = Some(status.clone());
+                if failure.is_none() {
+                    for (slot, status) in undone.iter_mut().zip(&statuses) {
+                        if matches!(status, OpStatus::RolledBack { .. }) {
+                            *slot = Some(status.clone());
+                        }
                     }
                 }
+                failure
             } else {
                 mark_results(&plan, &results, &mut statuses);
-                if let Some(error) = failed {
-                    let _ = self.refresh(&live, &conflicts).await;
-                    return (statuses, Some(apply_failure(error)));
-                }
+                failed.map(apply_failure)
+            };
+            // The writes are decided (landed or undone): the intent goes before the job is acked.
+            if let Err(failure) = release_intent(journal, intent).await {
+                return (statuses, Some(failure));
+            }
+            if ended.is_some() {
+                // The retry then validates against what the 412s said is stored.
+                let _ = self.refresh(&live, &conflicts).await;
+                return (statuses, ended);
             }
             drop(reservation);
             if conflicts.is_empty() {
@@ -440,6 +458,39 @@ fn load_failure(error: &LoadError) -> Failure {
         Stage::Validate,
         error.class(),
     )
+}
+
+/// Records `intent` in the session's log before the job's first PATCH; a job with nothing to
+/// record, or run without a log, goes ahead.
+async fn record_intent(
+    journal: &Journal,
+    intent: Option<Intent>,
+) -> Result<Option<IntentId>, Failure> {
+    let (Some(log), Some(intent)) = (&journal.0, intent) else {
+        return Ok(None);
+    };
+    log.record(&intent).await.map(Some).map_err(|error| {
+        Failure::new(
+            "intent_not_recorded",
+            format!("could not record the job's write intent on the broker before writing ({error}); nothing was written"),
+            Stage::Apply,
+            ErrorClass::Transient,
+        )
+    })
+}
+
+async fn release_intent(journal: &Journal, intent: Option<IntentId>) -> Result<(), Failure> {
+    let (Some(log), Some(intent)) = (&journal.0, intent) else {
+        return Ok(());
+    };
+    log.release(intent).await.map_err(|error| {
+        Failure::new(
+            "intent_not_released",
+            format!("the job's writes are decided but its intent could not be released ({error}); the session was closed so that the next owner undoes the writes and runs the job again"),
+            Stage::Apply,
+            ErrorClass::Transient,
+        )
+    })
 }
 
 fn lease_lost() -> Failure {

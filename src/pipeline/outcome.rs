@@ -24,6 +24,8 @@ pub struct IncomingJob {
     /// Cancelled when this worker's consume session ends (it may have lost the single-active
     /// consumer slot to another replica): no new write may start after that.
     pub lease: CancellationToken,
+    /// Where the job records its write intents (the session's log).
+    pub journal: super::intent::Journal,
 }
 
 /// Where in the pipeline a job failed (the `x-cxrel-stage` header).

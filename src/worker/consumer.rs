@@ -20,11 +20,13 @@ use tracing::Instrument;
 
 use super::acks::Acks;
 use super::identity;
+use super::journal::BrokerJournal;
 use super::settle::{Settler, previous_attempts};
 use crate::amqp::{self, AmqpError, Publisher, PublisherSlot, Topology, headers};
 use crate::error::ErrorClass;
 use crate::events::EventContext;
 use crate::http::Readiness;
+use crate::pipeline::intent::{Intent, Journal};
 use crate::pipeline::{Failure, IncomingJob, Outcome, Stage};
 use crate::secret::Secret;
 use crate::trace::TraceParent;
@@ -39,6 +41,12 @@ pub trait JobHandler: Send + Sync + 'static {
     fn session_started(&self) -> impl Future<Output = ()> + Send {
         async {}
     }
+
+    /// Puts back what a job of a dead session left half-written (see `pipeline::intent`).
+    fn restore_leftover(&self, intent: Intent) -> impl Future<Output = ()> + Send {
+        let _ = intent;
+        async {}
+    }
 }
 
 impl JobHandler for crate::pipeline::Pipeline {
@@ -49,6 +57,10 @@ impl JobHandler for crate::pipeline::Pipeline {
     fn session_started(&self) -> impl Future<Output = ()> + Send {
         self.forget_graphs()
     }
+
+    async fn restore_leftover(&self, intent: Intent) {
+        crate::pipeline::Pipeline::restore_leftover(self, &intent).await;
+    }
 }
 
 impl<T: JobHandler> JobHandler for Arc<T> {
@@ -58,6 +70,10 @@ impl<T: JobHandler> JobHandler for Arc<T> {
 
     fn session_started(&self) -> impl Future<Output = ()> + Send {
         self.as_ref().session_started()
+    }
+
+    fn restore_leftover(&self, intent: Intent) -> impl Future<Output = ()> + Send {
+        self.as_ref().restore_leftover(intent)
     }
 }
 
@@ -208,6 +224,7 @@ impl<H: JobHandler> Consumer<H> {
         );
         tracing::info!(queue = %self.topology.jobs(), prefetch = self.config.prefetch, "consuming");
         let mut health = tokio::time::interval(Duration::from_secs(1));
+        let mut journal = Journal::default();
         loop {
             let next = tokio::select! {
                 next = deliveries.next() => next,
@@ -232,6 +249,22 @@ impl<H: JobHandler> Consumer<H> {
                 None => return Err((AmqpError::ConsumerEnded, true)),
             };
             settler.acks.read(delivery.delivery_tag);
+            if journal.0.is_none() {
+                // The first job: this replica is the active one now. What a dead one left
+                // half-written is put back before any job is checked.
+                let activated = tokio::select! {
+                    activated = Box::pin(BrokerJournal::activate(
+                        &connection,
+                        channel.clone(),
+                        settler.publisher.clone(),
+                        self.topology.intents(),
+                        self.handler.clone(),
+                        lease.clone(),
+                    )) => activated,
+                    () = cancel.cancelled() => return Ok(HeldSession { connection, consumer: deliveries }),
+                };
+                journal = Journal(Some(activated.map_err(|e| (e, true))?));
+            }
             let permit = tokio::select! {
                 permit = permits.clone().acquire_owned() => permit,
                 // Not started: stays unacked and is redelivered to whoever consumes next.
@@ -246,9 +279,10 @@ impl<H: JobHandler> Consumer<H> {
             let handler = self.handler.clone();
             let settler = settler.clone();
             let lease = lease.clone();
+            let journal = journal.clone();
             tasks.spawn(async move {
                 let _in_flight = InFlight::enter();
-                process(handler, settler, delivery, lease).await;
+                process(handler, settler, delivery, lease, journal).await;
                 drop(permit);
             });
             while let Some(result) = tasks.try_join_next() {
@@ -289,6 +323,7 @@ async fn process<H: JobHandler>(
     settler: Settler,
     delivery: Delivery,
     lease: CancellationToken,
+    journal: Journal,
 ) {
     let table = headers::table(&delivery.properties);
     let trace = headers::get_str(&table, headers::TRACEPARENT)
@@ -302,6 +337,7 @@ async fn process<H: JobHandler>(
         redelivered: delivery.redelivered,
         trace: trace.clone(),
         lease: lease.clone(),
+        journal,
     };
     let span = tracing::info_span!(
         "job",

@@ -4,6 +4,7 @@
 pub mod acks;
 pub mod consumer;
 pub mod identity;
+pub mod journal;
 pub mod run;
 pub mod settle;
 

@@ -465,7 +465,10 @@ async fn the_declared_queues_carry_the_arguments_the_asyncapi_document_states() 
         }
         checked += 1;
     }
-    assert_eq!(checked, 5, "jobs, two hold queues, dead, webhooks dead");
+    assert_eq!(
+        checked, 6,
+        "jobs, two hold queues, dead, webhooks dead, intents"
+    );
     let stated = &document["channels"]["job.completed"]["bindings"]["amqp"]["exchange"];
     let actual = declared_exchange(&topology.events());
     assert_eq!(

@@ -5,14 +5,14 @@
 //! every rule of SPEC §2.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cxrel::amqp::headers;
 use serde_json::{Value, json};
 
 use crate::helpers::emulator::{EmulatorProcess, named_record};
 use crate::helpers::workers::{
-    InProcessWorker, WorkerProcess, job, publish_jobs, rid, test_config,
+    InProcessWorker, QUICK_BACKOFF, WorkerProcess, job, publish_jobs, rid, test_config,
 };
 use crate::helpers::{broker, emulator, workers};
 
@@ -544,5 +544,101 @@ async fn a_deletion_is_reported_only_after_the_store_confirmed_it_and_a_stale_vi
     let metrics = worker.metrics().await;
     assert!(metrics.contains("cxrel_confirm_reads_total"), "{metrics}");
     drop(worker);
+    broker::teardown(&s.q.channel, &s.q.topology).await;
+}
+
+/// A move in one atomic job (C from X to Y in the unique_parent field) whose second parent, X, is
+/// locked throughout. The active replica writes Y and is killed (SIGKILL) before X's 409 reaches
+/// it, so it never restores Y; the standby takes the queue, gets the job again and fails it too.
+/// Y holding C is then the killed replica's half-write, not a value from before the job: nothing
+/// of the failed atomic job may remain, so C is under X only and the store breaks no rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_atomic_job_half_written_by_a_killed_replica_is_undone_by_the_one_that_takes_over() {
+    // Added to every record-API request: Y's PATCH lands this long before X's 409 is answered.
+    const LATENCY_MS: u64 = 1500;
+    const PATCH: &str = "PATCH /api/v2/datastores/{ds}/records/{id}";
+    let (x, y, c) = (rid("move", 1), rid("move", 2), rid("move", 3));
+    let emu = EmulatorProcess::spawn();
+    let mut owner = named_record(&x, "x");
+    owner["fields"][OWNER] = json!({"ids": [c], "cascade_action": "none"});
+    let records = vec![owner, named_record(&y, "y"), named_record(&c, "c")];
+    emu.create_datastore(DS, schema(&[]), Value::Array(records))
+        .await;
+    let q = workers::queues("integrity-takeover", &[200, 400, 800]).await;
+    let mut s = Setup { emu, q };
+    // One PATCH at a time in job order (Y, then X), and a short in-client retry budget.
+    let config = test_config(&s.emu.base, s.q.topology.prefix())
+        .parallel_patches(1)
+        .store_retry(2, QUICK_BACKOFF, Duration::from_secs(3));
+    let mut procs = vec![WorkerProcess::spawn(&config)];
+    procs[0].wait_ready(Duration::from_secs(30)).await;
+    // Started second: the standby of the single active consumer.
+    procs.push(WorkerProcess::spawn(&config));
+    procs[1].wait_ready(Duration::from_secs(30)).await;
+
+    s.emu.lock_record(DS, &x).await;
+    s.emu.set_faults(json!({"latency_ms": LATENCY_MS})).await;
+    let ops = vec![
+        json!({"parent_id": y, "relationship_field": OWNER, "child_ids": [c], "mode": "add"}),
+        json!({"parent_id": x, "relationship_field": OWNER, "child_ids": [c], "mode": "remove"}),
+    ];
+    publish_jobs(&s.q.publisher, &s.q.topology, &[job("move", DS, true, ops)]).await;
+
+    // X is locked, so the first PATCH to land is Y's: the active replica is killed at once.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.emu.stats().await["patch_count"] == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the active replica never wrote Y"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    procs[0].signal("KILL");
+    let stats = s.emu.stats().await;
+    assert_eq!(stats["patch_count"], 1, "Y written once: {stats}");
+    assert_eq!(
+        stats["requests"][PATCH]["409"].as_u64().unwrap_or(0),
+        0,
+        "killed before X's 409 was answered, so before it could restore Y: {stats}"
+    );
+    s.emu.set_faults(json!({"latency_ms": 0})).await;
+
+    let ended =
+        s.q.tap
+            .until(Duration::from_secs(90), |e| completed(e).contains("move"))
+            .await;
+    assert!(ended, "the job never ended");
+    let standby = procs[1].metrics().await;
+    assert!(
+        standby.contains("cxrel_jobs_total{"),
+        "the standby handled the job: {standby}"
+    );
+    assert!(
+        standby.contains("cxrel_intent_restores_total{outcome=\"undone\"} 1"),
+        "the standby put Y back from the intent the killed replica left: {standby}"
+    );
+    let (_, y_record) = s.emu.get_record(DS, &y).await;
+    assert!(
+        workers::stored_ids(&y_record, OWNER).is_empty(),
+        "nothing of the failed atomic job stays written: {y_record}"
+    );
+    let (_, x_record) = s.emu.get_record(DS, &x).await;
+    assert_eq!(
+        workers::stored_ids(&x_record, OWNER),
+        vec![c.clone()],
+        "{x_record}"
+    );
+    assert_rules_hold(&stored_graph(&s.emu).await);
+    let dead = dead_letters(&s, 1).await;
+    assert!(
+        dead.contains_key("move"),
+        "the job is dead-lettered: {dead:?}"
+    );
+    assert_eq!(
+        s.q.tap.count("cxrel.relationship.applied"),
+        0,
+        "no operation of the failed job is reported applied"
+    );
+    drop(procs);
     broker::teardown(&s.q.channel, &s.q.topology).await;
 }

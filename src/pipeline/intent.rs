@@ -1,0 +1,268 @@
+//! Write intents: what an atomic job with several PATCHes is about to write and what it replaces,
+//! recorded durably before its first PATCH and released once the job's writes are decided (all
+//! landed, or undone). A replica that dies between the two leaves its intent behind; the replica
+//! that takes over the jobs queue puts those parents back before it checks any job
+//! ([`restore_leftover`]), so the redelivered job starts again from the store as it was before it.
+//! Without this, the new owner would find the dead one's half-written move already stored, take it
+//! for a value that predates the job, and never undo it (a child under two parents of a
+//! `unique_parent` field, say).
+//!
+//! The log itself (a broker queue) lives in the worker; the pipeline sees it through [`IntentLog`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::datastore::LiveDataStore;
+use crate::graph::{Plan, canonical_id};
+use crate::job::Job;
+use crate::store::{Record, RelationshipValue, StoreClient, StoreError};
+
+/// One job's pending writes, as recorded in the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Intent {
+    pub datastore_id: String,
+    pub job_id: String,
+    /// One entry per parent the job writes.
+    pub patches: Vec<IntentPatch>,
+}
+
+/// One parent: the relationship fields the job writes, and their values before it. Ids are
+/// spelled as the store spells them; `fields` and `previous` are PATCH bodies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct IntentPatch {
+    /// The parent record's id.
+    pub parent: String,
+    /// What the job writes: `{"<field>": {"ids": […], "cascade_action": "…"}}`.
+    pub fields: Map<String, Value>,
+    /// The same fields before the job, written back if the job is left half-done.
+    pub previous: Map<String, Value>,
+}
+
+impl Intent {
+    /// The intent of `plan`, or `None` when nothing can be left half-written: a job that is not
+    /// atomic (its operations stand alone) or writes one parent (one PATCH lands whole or not).
+    pub fn of(job: &Job, live: &LiveDataStore, plan: &Plan) -> Option<Self> {
+        if !job.atomic || plan.patches.len() < 2 {
+            return None;
+        }
+        let patches = plan
+            .patches
+            .iter()
+            .map(|patch| IntentPatch {
+                parent: live.store_spelling(patch.parent.as_str()),
+                fields: super::apply::body(live, &patch.fields),
+                previous: super::apply::body(live, &patch.previous),
+            })
+            .collect();
+        Some(Self {
+            datastore_id: job.datastore_id.clone(),
+            job_id: job.job_id.clone(),
+            patches,
+        })
+    }
+}
+
+/// An intent's handle in the log, to release it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntentId(pub String);
+
+/// Where intents are recorded (the worker's broker queue). `record` returns once the intent is
+/// durable; `release` once it is gone for good, before the job is acked.
+pub trait IntentLog: Send + Sync {
+    fn record<'a>(&'a self, intent: &'a Intent) -> BoxFuture<'a, Result<IntentId, String>>;
+    fn release(&self, id: IntentId) -> BoxFuture<'_, Result<(), String>>;
+}
+
+/// The log of the consume session a job came from (none in tests that run the pipeline alone).
+#[derive(Clone, Default)]
+pub struct Journal(pub Option<Arc<dyn IntentLog>>);
+
+impl fmt::Debug for Journal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Journal(on)"
+        } else {
+            "Journal(off)"
+        })
+    }
+}
+
+/// Puts back the parents a dead replica's job left written: each parent that still holds exactly
+/// what the job wrote gets its previous values (with `If-Match` on the version read); one that
+/// holds anything else was changed since and is left as it is. Tries for `[retry].max_elapsed`
+/// per parent, then logs what it could not restore.
+pub async fn restore_leftover(store: &StoreClient, intent: &Intent) {
+    metrics::counter!("cxrel_intents_left_behind_total").increment(1);
+    for patch in &intent.patches {
+        let outcome = restore_parent(store, &intent.datastore_id, patch).await;
+        match &outcome {
+            Restored::Undone(_) => {
+                metrics::counter!("cxrel_intent_restores_total", "outcome" => "undone").increment(1)
+            }
+            Restored::Untouched(_) => {
+                metrics::counter!("cxrel_intent_restores_total", "outcome" => "untouched")
+                    .increment(1)
+            }
+            Restored::Failed(_) => {
+                metrics::counter!("cxrel_intent_restores_total", "outcome" => "failed").increment(1)
+            }
+        }
+        let (Restored::Undone(what) | Restored::Untouched(what) | Restored::Failed(what)) =
+            &outcome;
+        if matches!(outcome, Restored::Failed(_)) {
+            tracing::error!(datastore = %intent.datastore_id, job_id = %intent.job_id, parent = %patch.parent, "a job a replica left half-written could not be undone: {what}");
+        } else {
+            tracing::info!(datastore = %intent.datastore_id, job_id = %intent.job_id, parent = %patch.parent, "a job a replica left half-written: {what}");
+        }
+    }
+}
+
+/// What became of one parent of a leftover intent (with what happened, for the log).
+#[derive(Debug)]
+enum Restored {
+    Undone(String),
+    Untouched(String),
+    Failed(String),
+}
+
+/// Longest wait between tries of one parent.
+const MAX_DELAY: Duration = Duration::from_secs(2);
+
+async fn restore_parent(store: &StoreClient, datastore: &str, patch: &IntentPatch) -> Restored {
+    let started = Instant::now();
+    let budget = store.retry_policy().max_elapsed;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let last = match restore_once(store, datastore, patch).await {
+            Ok(done) => return done,
+            Err(error) if error.class() == crate::error::ErrorClass::Transient => error.to_string(),
+            Err(error) => return Restored::Failed(error.to_string()),
+        };
+        if started.elapsed() >= budget {
+            return Restored::Failed(format!(
+                "gave up after {:.1} s ([retry].max_elapsed), the last answer: {last}",
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(MAX_DELAY);
+    }
+}
+
+/// One read and, when the parent still holds the job's values, one PATCH back. A 412 (changed
+/// between the two) and a 409 (locked) are transient: read again.
+async fn restore_once(
+    store: &StoreClient,
+    datastore: &str,
+    patch: &IntentPatch,
+) -> Result<Restored, StoreError> {
+    let record = match store.get_record(datastore, &patch.parent).await {
+        Ok(record) => record,
+        Err(StoreError::NotFound { .. }) => {
+            return Ok(Restored::Untouched("the parent is gone".to_owned()));
+        }
+        Err(error) => return Err(error),
+    };
+    if holds(&record, &patch.previous) {
+        return Ok(Restored::Untouched(
+            "holds its values from before the job (the write did not land)".to_owned(),
+        ));
+    }
+    if !holds(&record, &patch.fields) {
+        return Ok(Restored::Untouched(
+            "changed since the job wrote it; left as it is".to_owned(),
+        ));
+    }
+    let stored = store
+        .patch_record(
+            datastore,
+            &patch.parent,
+            &patch.previous,
+            Some(record.version),
+        )
+        .await?;
+    Ok(Restored::Undone(format!(
+        "put back its values from before the job (version {})",
+        stored.version
+    )))
+}
+
+/// True when `record` holds every value of `body` (a PATCH body): the same children in any order
+/// and the same cascade action.
+fn holds(record: &Record, body: &Map<String, Value>) -> bool {
+    body.iter().all(|(field, value)| {
+        let wanted = RelationshipValue::read(Some(value));
+        let stored = record.relationship(field);
+        stored.cascade == wanted.cascade && same_ids(&stored.ids, &wanted.ids)
+    })
+}
+
+fn same_ids(a: &[String], b: &[String]) -> bool {
+    let sorted = |ids: &[String]| {
+        let mut ids: Vec<String> = ids.iter().map(|id| canonical_id(id).into_owned()).collect();
+        ids.sort_unstable();
+        ids
+    };
+    a.len() == b.len() && sorted(a) == sorted(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record(fields: Value) -> Record {
+        serde_json::from_value(json!({"id": "p", "fields": fields, "_version": 3})).unwrap()
+    }
+
+    fn body(value: Value) -> Map<String, Value> {
+        value.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn a_parent_holds_a_body_whatever_the_order_of_its_children() {
+        let stored = record(json!({"o": {"ids": ["b", "a"], "cascade_action": "none"}}));
+        assert!(holds(
+            &stored,
+            &body(json!({"o": {"ids": ["a", "b"], "cascade_action": "none"}}))
+        ));
+        assert!(!holds(
+            &stored,
+            &body(json!({"o": {"ids": ["a"], "cascade_action": "none"}}))
+        ));
+        assert!(!holds(
+            &stored,
+            &body(json!({"o": {"ids": ["a", "b"], "cascade_action": "delete"}}))
+        ));
+    }
+
+    #[test]
+    fn an_absent_field_holds_the_empty_value() {
+        let stored = record(json!({}));
+        assert!(holds(
+            &stored,
+            &body(json!({"o": {"ids": [], "cascade_action": "none"}}))
+        ));
+    }
+
+    #[test]
+    fn an_intent_survives_its_trip_through_json() {
+        let intent = Intent {
+            datastore_id: "ds".into(),
+            job_id: "j".into(),
+            patches: vec![IntentPatch {
+                parent: "p".into(),
+                fields: body(json!({"o": {"ids": ["c"], "cascade_action": "none"}})),
+                previous: body(json!({"o": {"ids": [], "cascade_action": "none"}})),
+            }],
+        };
+        let text = serde_json::to_vec(&intent).unwrap();
+        assert_eq!(serde_json::from_slice::<Intent>(&text).unwrap(), intent);
+    }
+}
