@@ -251,7 +251,9 @@ impl<H: JobHandler> Consumer<H> {
             settler.acks.read(delivery.delivery_tag);
             if journal.0.is_none() {
                 // The first job: this replica is the active one now. What a dead one left
-                // half-written is put back before any job is checked.
+                // half-written is put back before any job is checked, and after this process's
+                // jobs of an earlier session (no new PATCH since its lease ended) are done.
+                self.finish_earlier_sessions(tasks).await;
                 let activated = tokio::select! {
                     activated = Box::pin(BrokerJournal::activate(
                         &connection,
@@ -290,6 +292,29 @@ impl<H: JobHandler> Consumer<H> {
                     tracing::error!(%error, "a job task ended abnormally");
                 }
             }
+        }
+    }
+}
+
+impl<H: JobHandler> Consumer<H> {
+    /// Waits (up to the shutdown timeout) for jobs of an earlier session of this process: a PATCH
+    /// of theirs still under way could land after the restore of their intents.
+    async fn finish_earlier_sessions(&self, tasks: &mut JoinSet<()>) {
+        while tasks.try_join_next().is_some() {}
+        if tasks.is_empty() {
+            return;
+        }
+        let left = tasks.len();
+        let finished = tokio::time::timeout(self.config.shutdown_timeout, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if finished.is_err() {
+            tracing::warn!(
+                left,
+                "jobs of the previous session are still running; aborting them"
+            );
+            tasks.abort_all();
         }
     }
 }

@@ -126,14 +126,15 @@ impl BrokerJournal {
                 }
             };
             if !ours {
+                // Off this loop: this session's own intents keep coming back meanwhile.
                 tracing::warn!(
                     "an intent a dead replica left arrived after activation; restoring it now"
                 );
-                restore(handler.as_ref(), &delivery).await;
-                let _ = self
-                    .channel
-                    .basic_ack(tag, BasicAckOptions::default())
-                    .await;
+                let (handler, channel) = (handler.clone(), self.channel.clone());
+                tokio::spawn(async move {
+                    restore(handler.as_ref(), &delivery).await;
+                    let _ = channel.basic_ack(tag, BasicAckOptions::default()).await;
+                });
             }
         }
         if !self.lease.is_cancelled() {
