@@ -39,6 +39,8 @@ struct Receiver {
     key: Option<SigningKey>,
     /// Status answered to verified (or unverifiable, no secret) deliveries.
     status: StatusCode,
+    /// How long each answer takes (a slow subscriber), after the delivery is recorded.
+    delay: std::time::Duration,
     deliveries: VecDeque<Delivery>,
     /// Sum of the recorded deliveries' `size`.
     bytes: usize,
@@ -49,6 +51,7 @@ impl Default for Receiver {
         Self {
             key: None,
             status: StatusCode::OK,
+            delay: std::time::Duration::ZERO,
             deliveries: VecDeque::new(),
             bytes: 0,
         }
@@ -95,6 +98,9 @@ pub struct ReceiverConfig {
     /// Status answered to accepted deliveries (default 200), e.g. 500 to exercise retries.
     #[serde(default)]
     status: Option<u16>,
+    /// Milliseconds each answer takes (at most 60,000), to play a slow subscriber.
+    #[serde(default)]
+    delay_ms: Option<u64>,
 }
 
 impl WebhookStore {
@@ -140,13 +146,21 @@ pub async fn configure(
             .filter(|s| (200..=599).contains(&s.as_u16()))
             .ok_or_else(|| ApiError::bad_request("invalid_request", "status must be 200..=599"))?,
     };
+    let delay_ms = config.delay_ms.unwrap_or(0);
+    if delay_ms > 60_000 {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "delay_ms must be 0..=60000",
+        ));
+    }
     let mut receivers = lock(&state.webhooks.receivers);
     let receiver = receiver(&mut receivers, name.clone())?;
     receiver.key = key;
     receiver.status = status;
+    receiver.delay = std::time::Duration::from_millis(delay_ms);
     let configured = receiver.key.is_some();
     Ok(Json(
-        json!({"name": name, "secret_configured": configured, "status": status.as_u16()}),
+        json!({"name": name, "secret_configured": configured, "status": status.as_u16(), "delay_ms": delay_ms}),
     ))
 }
 
@@ -159,18 +173,27 @@ pub async fn receive(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(body_error)?;
+    let (answer, delay) = record(&state, name, &headers, &body)?;
+    tokio::time::sleep(delay).await;
+    answer
+}
+
+/// Records one delivery; returns the answer and how long to wait before giving it.
+fn record(
+    state: &Shared,
+    name: String,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(Result<Response, ApiError>, std::time::Duration), ApiError> {
     let mut receivers = lock(&state.webhooks.receivers);
     let receiver = receiver(&mut receivers, name)?;
-    let verdict = receiver
-        .key
-        .as_ref()
-        .map(|key| verify(key, &headers, &body));
+    let verdict = receiver.key.as_ref().map(|key| verify(key, headers, body));
     let (verified, reason) = match &verdict {
         None => (false, Some("no secret configured".to_owned())),
         Some(Ok(())) => (true, None),
         Some(Err(e)) => (false, Some(e.to_string())),
     };
-    let headers_map = header_map(&headers);
+    let headers_map = header_map(headers);
     let size = 2 * body.len()
         + headers_map
             .iter()
@@ -179,13 +202,13 @@ pub async fn receive(
     receiver.record(Delivery {
         received_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
         headers: headers_map,
-        body: String::from_utf8_lossy(&body).into_owned(),
-        json: serde_json::from_slice(&body).ok(),
+        body: String::from_utf8_lossy(body).into_owned(),
+        json: serde_json::from_slice(body).ok(),
         verified,
         reason: reason.clone(),
         size,
     });
-    match verdict {
+    let answer = match verdict {
         Some(Err(_)) => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_signature",
@@ -196,7 +219,8 @@ pub async fn receive(
             Json(json!({"received": true, "verified": verified})),
         )
             .into_response()),
-    }
+    };
+    Ok((answer, receiver.delay))
 }
 
 /// `GET /_emulator/webhooks/{name}`: the recorded deliveries, oldest first.

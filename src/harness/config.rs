@@ -163,6 +163,12 @@ impl WorkerConfig {
         self
     }
 
+    /// `[webhook_delivery].concurrency` (deliveries in flight per endpoint).
+    pub fn webhook_concurrency(mut self, concurrency: usize) -> Self {
+        self.layer.webhook_delivery.concurrency = Some(concurrency);
+        self
+    }
+
     /// `[webhook_delivery].max_attempts`, `min_backoff` and `max_backoff`.
     pub fn webhook_retries(
         mut self,
@@ -294,6 +300,8 @@ struct RetryKeys {
 struct WebhookDeliveryKeys {
     #[serde(skip_serializing_if = "Option::is_none")]
     queue_capacity: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    concurrency: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_attempts: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none", with = "humantime_serde")]

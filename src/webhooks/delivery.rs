@@ -109,6 +109,7 @@ pub fn start(
             // A followed 301/302 turns the POST into a GET without the event, and a 2xx from that
             // page would count as delivered; a redirect is the endpoint's error to report instead.
             .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("cxrel/", env!("CARGO_PKG_VERSION")))
             .build()
             .unwrap_or_default(),
         endpoints: Arc::new(endpoints),
@@ -214,6 +215,9 @@ fn send_error(error: reqwest::Error) -> String {
     crate::error::one_line(&error.without_url())
 }
 
+/// How a 410 answer's error starts (it is not retried).
+const GONE: &str = "endpoint answered 410 Gone";
+
 struct Deliverer {
     client: reqwest::Client,
     endpoints: Arc<Vec<Endpoint>>,
@@ -222,6 +226,9 @@ struct Deliverer {
 }
 
 impl Deliverer {
+    /// Hands each event to the lane of every endpoint that wants it. Each endpoint has its own
+    /// queue and its own `concurrency`, so a slow or failing endpoint delays only its own
+    /// deliveries; what its full queue cannot take is parked for it.
     async fn run(
         self,
         mut rx: mpsc::Receiver<Arc<CloudEvent>>,
@@ -229,31 +236,42 @@ impl Deliverer {
         drain_deadline: Duration,
     ) {
         let this = Arc::new(self);
-        let permits = Arc::new(Semaphore::new(this.config.concurrency));
-        let mut tasks = JoinSet::new();
+        let mut lanes = Vec::with_capacity(this.endpoints.len());
+        let mut lane_tasks = JoinSet::new();
+        for index in 0..this.endpoints.len() {
+            let (tx, lane_rx) = mpsc::channel(this.config.queue_capacity);
+            lanes.push(tx);
+            lane_tasks.spawn(
+                this.clone()
+                    .lane(index, lane_rx, cancel.clone(), drain_deadline),
+            );
+        }
         loop {
             let event = tokio::select! {
                 event = rx.recv() => event,
                 () = cancel.cancelled() => None,
             };
             let Some(event) = event else { break };
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                break;
-            };
-            let this = this.clone();
-            tasks.spawn(async move {
-                this.deliver_everywhere(&event).await;
-                drop(permit);
-            });
-            while tasks.try_join_next().is_some() {}
+            for (endpoint, lane) in this.endpoints.iter().zip(&lanes) {
+                if endpoint.wants(&event) && lane.try_send(event.clone()).is_err() {
+                    metrics::counter!("cxrel_webhook_deliveries_total", "outcome" => "queue_full")
+                        .increment(1);
+                    this.parking
+                        .park(
+                            &event,
+                            &endpoint.shown,
+                            "the endpoint's webhook queue is full",
+                            0,
+                        )
+                        .await;
+                }
+            }
         }
-        // Shutdown: finish what is in flight within the deadline, park everything else.
+        // Cancelled: each lane finishes what is in flight within the deadline and parks the rest.
+        // Closed (every sender gone): each lane delivers what it holds, then ends.
         rx.close();
-        let _ = tokio::time::timeout(drain_deadline, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        tasks.abort_all();
+        drop(lanes);
+        while lane_tasks.join_next().await.is_some() {}
         while let Ok(event) = rx.try_recv() {
             this.parking
                 .park(&event, "", "not delivered before shutdown", 0)
@@ -261,9 +279,53 @@ impl Deliverer {
         }
     }
 
-    async fn deliver_everywhere(&self, event: &CloudEvent) {
-        for endpoint in self.endpoints.iter().filter(|e| e.wants(event)) {
-            self.deliver(endpoint, event).await;
+    /// One endpoint's deliveries, at most `concurrency` at once. At shutdown it stops taking
+    /// events, finishes what is in flight within the deadline and parks what is left for it.
+    async fn lane(
+        self: Arc<Self>,
+        index: usize,
+        mut rx: mpsc::Receiver<Arc<CloudEvent>>,
+        cancel: CancellationToken,
+        drain_deadline: Duration,
+    ) {
+        let Some(endpoint) = self.endpoints.get(index).cloned() else {
+            return;
+        };
+        let permits = Arc::new(Semaphore::new(self.config.concurrency));
+        let mut tasks = JoinSet::new();
+        loop {
+            let event = tokio::select! {
+                event = rx.recv() => event,
+                () = cancel.cancelled() => None,
+            };
+            let Some(event) = event else { break };
+            let permit = tokio::select! {
+                permit = permits.clone().acquire_owned() => permit.ok(),
+                () = cancel.cancelled() => None,
+            };
+            let Some(permit) = permit else {
+                self.parking
+                    .park(&event, &endpoint.shown, "not delivered before shutdown", 0)
+                    .await;
+                break;
+            };
+            let (this, endpoint) = (self.clone(), endpoint.clone());
+            tasks.spawn(async move {
+                this.deliver(&endpoint, &event).await;
+                drop(permit);
+            });
+            while tasks.try_join_next().is_some() {}
+        }
+        rx.close();
+        let _ = tokio::time::timeout(drain_deadline, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        tasks.abort_all();
+        while let Ok(event) = rx.try_recv() {
+            self.parking
+                .park(&event, &endpoint.shown, "not delivered before shutdown", 0)
+                .await;
         }
     }
 
@@ -280,6 +342,8 @@ impl Deliverer {
             self.post(endpoint, event, &body).await
         })
         .retry(backoff)
+        // 410 Gone: the endpoint says it will never take events again; retrying only delays the park.
+        .when(|error: &String| !error.starts_with(GONE))
         .await;
         let attempts = attempts.into_inner();
         let outcome = if result.is_ok() { "delivered" } else { "dead" };
@@ -320,6 +384,10 @@ impl Deliverer {
         let status = response.status();
         if status.is_success() {
             Ok(())
+        } else if status == reqwest::StatusCode::GONE {
+            Err(format!(
+                "{GONE}: the endpoint no longer takes events (not retried); remove or fix its [[webhooks]] entry"
+            ))
         } else if status.is_redirection() {
             Err(format!(
                 "endpoint answered {status}: webhooks do not follow redirects; configure the final URL"

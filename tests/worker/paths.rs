@@ -228,6 +228,94 @@ async fn webhooks_that_keep_failing_are_parked_and_never_change_the_job_outcome(
     broker::teardown(&q.channel, &q.topology).await;
 }
 
+/// A 410 Gone says the endpoint will never take events: parked after one attempt, not retried.
+#[tokio::test]
+async fn a_webhook_endpoint_that_answers_gone_is_not_retried() {
+    let emu = emulator_with(2).await;
+    let mut q = queues("hookgone", &[200]).await;
+    let hook = emu.url("/_emulator/webhooks/gone");
+    let response = emulator::client()
+        .put(&hook)
+        .json(&json!({"secret": SECRET, "status": 410}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let config = test_config(&emu.base, q.topology.prefix())
+        .webhook_retries(3, Duration::from_millis(50)..=Duration::from_millis(100))
+        .webhook(WebhookTarget::all_events(&hook, SECRET));
+    let _worker = WorkerProcess::spawn(&config);
+    publish_jobs(&q.publisher, &q.topology, &pair_jobs("gone", 1)).await;
+    let parked = broker::take(
+        &q.channel,
+        &q.topology.webhooks_dead(),
+        2,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(parked.len(), 2);
+    let deliveries = emu.webhook_deliveries("gone").await;
+    assert_eq!(deliveries.len(), 2, "2 events × 1 attempt");
+    let agent = deliveries[0]["headers"]["user-agent"]
+        .as_str()
+        .unwrap_or("");
+    assert!(
+        agent.starts_with("cxrel/"),
+        "a User-Agent names the sender: {agent:?}"
+    );
+    broker::teardown(&q.channel, &q.topology).await;
+}
+
+/// Two endpoints, one answering each delivery only after 1.5 s, one delivery in flight per
+/// endpoint: the quick endpoint has every event while the slow one is still on its first.
+#[tokio::test]
+async fn a_slow_webhook_endpoint_does_not_delay_the_others() {
+    const JOBS: usize = 3;
+    let emu = emulator_with(2 * JOBS).await;
+    let mut q = queues("hookslow", &[200]).await;
+    let (slow, quick) = (
+        emu.url("/_emulator/webhooks/slow"),
+        emu.url("/_emulator/webhooks/quick"),
+    );
+    for (hook, delay_ms) in [(&slow, 1500), (&quick, 0)] {
+        let response = emulator::client()
+            .put(hook)
+            .json(&json!({"secret": SECRET, "delay_ms": delay_ms}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let config = test_config(&emu.base, q.topology.prefix())
+        .webhook_concurrency(1)
+        .webhook(WebhookTarget::all_events(&slow, SECRET))
+        .webhook(WebhookTarget::all_events(&quick, SECRET));
+    let _worker = WorkerProcess::spawn(&config);
+    publish_jobs(&q.publisher, &q.topology, &pair_jobs("slowhook", JOBS)).await;
+    assert!(
+        q.tap
+            .until(Duration::from_secs(30), |e| completed(e).len() == JOBS)
+            .await
+    );
+    // Each job: one relationship.applied and one job.completed.
+    let events = 2 * JOBS;
+    let mut quick_count = 0;
+    for _ in 0..300 {
+        quick_count = emu.webhook_deliveries("quick").await.len();
+        if quick_count == events {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(quick_count, events, "the quick endpoint got every event");
+    let slow_count = emu.webhook_deliveries("slow").await.len();
+    assert!(
+        slow_count < events,
+        "the quick endpoint did not wait for the slow one ({slow_count} of {events} there)"
+    );
+    broker::teardown(&q.channel, &q.topology).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_trace_context_of_a_job_continues_into_its_events_and_webhooks() {
     let emu = emulator_with(2).await;
