@@ -232,7 +232,7 @@ async fn webhooks_that_keep_failing_are_parked_and_never_change_the_job_outcome(
 #[tokio::test]
 async fn a_webhook_endpoint_that_answers_gone_is_not_retried() {
     let emu = emulator_with(2).await;
-    let mut q = queues("hookgone", &[200]).await;
+    let q = queues("hookgone", &[200]).await;
     let hook = emu.url("/_emulator/webhooks/gone");
     let response = emulator::client()
         .put(&hook)
