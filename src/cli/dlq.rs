@@ -306,6 +306,7 @@ async fn replay(
                 report.scanned,
                 topology.jobs()
             );
+            warn_unseen(&report, &topology.dead());
             0
         }
         Err(error) => failed(entry, error),
@@ -328,9 +329,26 @@ async fn purge(
                 topology.dead(),
                 filter.describe()
             );
+            warn_unseen(&report, &topology.dead());
             0
         }
         Err(error) => failed(entry, error),
+    }
+}
+
+/// Says what a replay or purge could not look at, so "done" never stands for "all".
+fn warn_unseen(report: &dlq::ScanReport, dead: &str) {
+    if report.unreached > 0 {
+        eprintln!(
+            "cxrel: {} dead letters present at the start were not reached (the --limit, or taken by another reader meanwhile); run again for the rest",
+            report.unreached
+        );
+    }
+    if report.other_readers > 0 {
+        eprintln!(
+            "cxrel: warning: {} other consumer(s) are attached to {dead}; dead letters they hold unacked were not seen (stop them, e.g. a console browse or a shovel, and run again)",
+            report.other_readers
+        );
     }
 }
 

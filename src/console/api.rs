@@ -217,6 +217,7 @@ pub async fn replay(
         "replayed": report.acted,
         "scanned": report.scanned,
         "unreached": report.unreached,
+        "other_readers": report.other_readers,
         "ids": report.ids,
         "filter": filter.describe(),
         "to": console.topology.jobs(),
@@ -262,6 +263,8 @@ pub async fn purge(
     Ok(Json(json!({
         "purged": report.acted,
         "scanned": report.scanned,
+        "unreached": report.unreached,
+        "other_readers": report.other_readers,
         "ids": report.ids,
         "filter": filter.describe(),
     })))

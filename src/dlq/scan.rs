@@ -13,7 +13,7 @@ use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
 use lapin::{BasicProperties, Channel, Connection};
 
 use super::browse::wait_until_ready;
-use super::{DeadLetter, DlqError, depth};
+use super::{DeadLetter, DlqError, counts};
 use crate::amqp::{Publisher, headers};
 
 /// What to do with one message.
@@ -49,6 +49,9 @@ pub struct ScanReport {
     pub unreached: u64,
     /// Ids (job id, else message id) of the messages acted on.
     pub ids: Vec<String>,
+    /// Other consumers attached to the dead queue at the start: what they hold unacked is neither
+    /// seen nor counted in `unreached`.
+    pub other_readers: u32,
 }
 
 /// Runs `decide` over the messages in `dead` at the start (later arrivals are not visited).
@@ -84,7 +87,9 @@ async fn take_each(
     decide: &mut impl FnMut(&DeadLetter) -> Decision,
     report: &mut ScanReport,
 ) -> Result<(), DlqError> {
-    let initial = u64::from(depth(channel, dead).await?);
+    let (ready, readers) = counts(channel, dead).await?;
+    let initial = u64::from(ready);
+    report.other_readers = readers;
     let started = Instant::now();
     let mut moved = 0u64;
     while report.scanned < initial && report.acted < pace.limit {

@@ -303,6 +303,41 @@ async fn dlq_replay_dry_run_changes_nothing_and_filters_select_what_moves() {
     broker::teardown(&channel, &topo).await;
 }
 
+/// Letters another consumer holds unacked are invisible to a replay: it says so instead of
+/// reporting a clean run.
+#[tokio::test]
+async fn a_replay_says_when_another_consumer_holds_dead_letters_it_could_not_see() {
+    use futures::StreamExt;
+    use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+    let (topo, conn, channel) = seeded_dead_queue("dlq-held").await;
+    let holder = conn.create_channel().await.unwrap();
+    holder
+        .basic_qos(2, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut held = holder
+        .basic_consume(
+            topo.dead().as_str().into(),
+            "holder".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        held.next().await.unwrap().unwrap();
+    }
+    let out = cxrel(topo.prefix(), &["dlq", "replay"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout(&out).contains("replayed 2 of 2"), "{}", stdout(&out));
+    assert!(
+        err.contains("1 other consumer(s) are attached"),
+        "the replay names what it could not see: {err}"
+    );
+    let _ = holder.close(200, "done".into()).await;
+    broker::teardown(&channel, &topo).await;
+}
+
 #[tokio::test]
 async fn dlq_export_writes_json_lines_and_purge_needs_yes() {
     let (topo, _conn, channel) = seeded_dead_queue("dlq-export").await;
