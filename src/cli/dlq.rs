@@ -36,11 +36,11 @@ pub enum DlqAction {
     Replay {
         #[command(flatten)]
         filter: FilterArgs,
-        /// Most messages replayed (default: all that match).
-        #[arg(long)]
+        /// Most messages replayed (default: all that match; at least 1).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         limit: Option<u64>,
         /// Most messages replayed per second (default: as fast as the broker confirms).
-        #[arg(long)]
+        #[arg(long, value_parser = positive_rate)]
         rate: Option<f64>,
         /// Why: stamped in x-cxrel-replay-reason and the audit line.
         #[arg(long, default_value = "replayed with cxrel dlq")]
@@ -78,7 +78,7 @@ pub struct FilterArgs {
     pub code: Option<String>,
     /// Only this stage (x-cxrel-stage: parse, validate, apply, compensate, settle; broker for what
     /// RabbitMQ dead-lettered itself; unknown for a message without the header).
-    #[arg(long, value_parser = ["parse", "validate", "apply", "compensate", "settle", "broker", "unknown"])]
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(dlq::filter::STAGES))]
     pub stage: Option<String>,
     /// Only this job id (x-cxrel-job-id or message id).
     #[arg(long)]
@@ -336,6 +336,16 @@ async fn purge(
     }
 }
 
+/// A `--rate`: a finite number above 0 (`NaN`, `inf` and 0 would mean no pacing or no progress).
+fn positive_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!(
+            "{text:?} is not a rate: give messages per second above 0, e.g. 5 or 0.5"
+        )),
+    }
+}
+
 /// Says what a replay or purge could not look at, so "done" never stands for "all".
 fn warn_unseen(report: &dlq::ScanReport, dead: &str) {
     if report.unreached > 0 {
@@ -382,6 +392,15 @@ async fn export(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_rate_is_a_finite_number_above_zero() {
+        assert_eq!(positive_rate("5"), Ok(5.0));
+        assert_eq!(positive_rate("0.5"), Ok(0.5));
+        for bad in ["NaN", "inf", "0", "-1", "fast"] {
+            assert!(positive_rate(bad).is_err(), "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

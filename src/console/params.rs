@@ -37,7 +37,8 @@ pub fn known_query(
     extra: &[&str],
 ) -> Result<(), ConsoleError> {
     let keys = query(extracted)?;
-    known(keys.keys().map(String::as_str), extra)
+    known(keys.keys().map(String::as_str), extra)?;
+    known_stage(keys.get("stage").map(String::as_str))
 }
 
 /// A JSON object body whose keys are all filter keys or in `extra`, read as `T`.
@@ -51,6 +52,7 @@ pub fn body<T: DeserializeOwned>(
     };
     known(object.keys().map(String::as_str), extra)?;
     no_empty_selection(object)?;
+    known_stage(object.get("stage").and_then(Value::as_str))?;
     serde_json::from_value(value).map_err(|e| bad_request(format!("body: {e}")))
 }
 
@@ -68,6 +70,19 @@ fn no_empty_selection(object: &serde_json::Map<String, Value>) -> Result<(), Con
             "{key} is empty, which would select every dead letter: nothing was done (leave the key out to not filter on it)"
         ))),
         None => Ok(()),
+    }
+}
+
+/// Refuses a stage no dead letter can have (a misspelling would match nothing, silently).
+fn known_stage(stage: Option<&str>) -> Result<(), ConsoleError> {
+    match stage.map(str::trim) {
+        Some(stage) if !stage.is_empty() && !crate::dlq::filter::STAGES.contains(&stage) => {
+            Err(bad_request(format!(
+                "stage {stage:?} is not a stage: nothing was done (stages: {})",
+                crate::dlq::filter::STAGES.join(", ")
+            )))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -117,6 +132,19 @@ mod tests {
         }
         let page = serde_json::json!({"code": "x", "stage": null, "ids": ["a"]});
         assert!(no_empty_selection(page.as_object().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn a_stage_no_dead_letter_can_have_is_refused() {
+        let error = known_stage(Some("valdate")).unwrap_err();
+        assert_eq!(error.status, StatusCode::BAD_REQUEST);
+        assert!(error.message.contains("validate"), "{}", error.message);
+        assert!(known_stage(Some("broker")).is_ok());
+        assert!(
+            known_stage(Some("")).is_ok(),
+            "an empty query value does not filter"
+        );
+        assert!(known_stage(None).is_ok());
     }
 
     #[test]

@@ -7,6 +7,18 @@ use serde::{Deserialize, Serialize};
 
 use super::DeadLetter;
 
+/// The values a stage filter can match: the worker's stages, `broker` (RabbitMQ dead-lettered the
+/// message itself) and `unknown` (no stage header).
+pub const STAGES: [&str; 7] = [
+    "parse",
+    "validate",
+    "apply",
+    "compensate",
+    "settle",
+    "broker",
+    "unknown",
+];
+
 /// Empty fields match everything; set fields must all match.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default)]

@@ -304,8 +304,25 @@ fn value_to_json(value: &AMQPValue) -> Value {
         }
         AMQPValue::FieldTable(t) => table_to_json(t),
         AMQPValue::Timestamp(t) => json!(t),
-        other => json!(format!("{other:?}")),
+        AMQPValue::Void => Value::Null,
+        // Raw bytes stay byte for byte, as the body does in `body_base64`.
+        AMQPValue::ByteArray(bytes) => {
+            json!({"base64": base64::engine::general_purpose::STANDARD.encode(bytes.as_slice())})
+        }
+        AMQPValue::DecimalValue(d) => json!(decimal(d.value, d.scale)),
     }
+}
+
+/// An AMQP decimal (`value` × 10^-`scale`) as its exact decimal text, e.g. `12.5`.
+fn decimal(value: u32, scale: u8) -> String {
+    let digits = value.to_string();
+    let scale = usize::from(scale);
+    if scale == 0 {
+        return digits;
+    }
+    let padded = format!("{digits:0>width$}", width = scale + 1);
+    let (whole, fraction) = padded.split_at(padded.len() - scale);
+    format!("{whole}.{fraction}")
 }
 
 #[cfg(test)]
@@ -330,6 +347,32 @@ pub(crate) mod tests {
             properties: BasicProperties::default().with_headers(t),
             body: br#"{"datastore_id":"ds1"}"#.to_vec(),
         }
+    }
+
+    #[test]
+    fn bytes_void_and_decimal_headers_read_as_json_values_not_debug_text() {
+        let mut t = FieldTable::default();
+        t.insert("void".into(), AMQPValue::Void);
+        t.insert(
+            "bytes".into(),
+            AMQPValue::ByteArray(vec![0u8, 255, 7].into()),
+        );
+        t.insert(
+            "price".into(),
+            AMQPValue::DecimalValue(lapin::types::DecimalValue {
+                scale: 3,
+                value: 12_500,
+            }),
+        );
+        t.insert(
+            "tiny".into(),
+            AMQPValue::DecimalValue(lapin::types::DecimalValue { scale: 2, value: 5 }),
+        );
+        let json = table_to_json(&t);
+        assert_eq!(json["void"], Value::Null);
+        assert_eq!(json["bytes"]["base64"], "AP8H");
+        assert_eq!(json["price"], "12.500");
+        assert_eq!(json["tiny"], "0.05");
     }
 
     #[test]
