@@ -246,8 +246,7 @@ pub async fn purge(
     let body: PurgeBody = params::body(body, &["without_export", "dry_run"])?;
     let filter = body.filter.clone().normalized();
     if body.dry_run {
-        let exported = ledger::load(console.topology.prefix()).count();
-        return count_matches(&console, &filter, u64::MAX, json!({"exported": exported})).await;
+        return purge_preview(&console, &filter).await;
     }
     let guard = if body.without_export {
         PurgeGuard::WithoutExport
@@ -283,6 +282,24 @@ fn finish(
 }
 
 /// A dry run: how many match now (at most `limit`), plus `extra` fields.
+/// What a purge would remove, and how many of those the last complete export holds (the page
+/// warns when that is fewer: the rest would go without a copy).
+async fn purge_preview(console: &SharedConsole, filter: &Filter) -> ApiResult {
+    let snapshot = console.snapshot().await?;
+    let matching = matching(&snapshot.letters, filter);
+    let mut left = ledger::load(console.topology.prefix()).letters;
+    let exported = matching
+        .iter()
+        .filter(|letter| ledger::take(&mut left, &ledger::fingerprint(letter)))
+        .count();
+    Ok(Json(json!({
+        "matched": matching.len(),
+        "exported": exported,
+        "filter": filter.describe(),
+        "missed": snapshot.missed,
+    })))
+}
+
 async fn count_matches(
     console: &SharedConsole,
     filter: &Filter,

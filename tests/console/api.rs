@@ -406,6 +406,19 @@ async fn purge_needs_a_complete_export_first_unless_told_otherwise() {
         refused["error"].as_str().unwrap().contains("1 of the 1"),
         "{refused}"
     );
+    // Its preview says so too: of what would go, the export holds none.
+    let (_, dry) = post(
+        &c,
+        path,
+        Some(TOKEN),
+        json!({"code": "timeout", "dry_run": true}),
+    )
+    .await;
+    assert_eq!(
+        (dry["matched"].as_u64(), dry["exported"].as_u64()),
+        (Some(1), Some(0)),
+        "{dry}"
+    );
 
     let (status, dry) = post(
         &c,
