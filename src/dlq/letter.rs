@@ -85,7 +85,18 @@ impl DeadLetter {
         humantime::parse_rfc3339_weak(&self.header(headers::LAST_FAILED_AT)?).ok()
     }
 
+    /// The job id: the worker's `x-cxrel-job-id`. On a letter the broker dead-lettered itself
+    /// (expired, delivery limit) that header may be the producer's own, never checked by a worker,
+    /// so the id the worker would use comes first there: the body's `job_id`, else the message id.
     pub fn job_id(&self) -> Option<String> {
+        if self.broker_death().is_some() {
+            let declared = std::str::from_utf8(&self.body)
+                .ok()
+                .and_then(crate::jobfile::declared_job_id);
+            if let Some(id) = declared.or_else(|| self.message_id()) {
+                return Some(id);
+            }
+        }
         self.header(headers::JOB_ID)
     }
 
@@ -394,6 +405,32 @@ pub(crate) mod tests {
             entry.contains("server_error after 3 attempts: store is back"),
             "{entry}"
         );
+    }
+
+    #[test]
+    fn a_letter_the_broker_dead_lettered_takes_its_job_id_from_the_body_not_a_producers_header() {
+        let mut death = FieldTable::default();
+        headers::set_str(&mut death, "reason", "expired");
+        let mut t = FieldTable::default();
+        headers::set_str(&mut t, headers::JOB_ID, "forged");
+        t.insert(
+            "x-death".into(),
+            AMQPValue::FieldArray(vec![AMQPValue::FieldTable(death)].into()),
+        );
+        let letter = |body: &[u8], message_id: Option<&str>| {
+            let mut properties = BasicProperties::default().with_headers(t.clone());
+            if let Some(id) = message_id {
+                properties = properties.with_message_id(id.into());
+            }
+            DeadLetter {
+                properties,
+                body: body.to_vec(),
+            }
+        };
+        let declared = letter(br#"{"job_id":"real"}"#, Some("m-1"));
+        assert_eq!(declared.display_id(), "real");
+        assert_eq!(letter(b"{}", Some("m-1")).display_id(), "m-1");
+        assert_eq!(letter(b"not json", None).display_id(), "forged");
     }
 
     #[test]
