@@ -46,6 +46,9 @@ pub enum AmqpError {
     Connect { url: String, error: lapin::Error },
     #[error("the broker cancelled the consumer (queue deleted?)")]
     ConsumerEnded,
+    /// A job a dead replica left half-written could not be undone yet; jobs wait until it is.
+    #[error("a job another replica left half-written cannot be undone yet ({0}); trying again")]
+    LeftoverBlocked(String),
     #[error("no queue is bound for {exchange:?}/{routing_key:?}; run `cxrel topology declare`")]
     Unroutable {
         exchange: String,

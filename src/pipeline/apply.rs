@@ -106,14 +106,18 @@ async fn send_unless_stopped(
 }
 
 /// Restores the previous values of the parents this job wrote, with `If-Match` on the version the
-/// job's PATCH produced. Returns, per patch, `None` when nothing had to be restored.
+/// job's PATCH produced. Returns, per patch, `None` when nothing had to be restored. Once `lease`
+/// is cancelled no restore starts: another replica may own the job and its intent now, and a
+/// restore of this one would undo what that replica writes.
 pub async fn compensate(
     store: &StoreClient,
     live: &LiveDataStore,
     plan: &Plan,
     results: &[PatchResult],
     parallel: usize,
+    lease: &CancellationToken,
 ) -> Vec<Option<PatchResult>> {
+    let store = &store.with_lease(lease.clone());
     let restores: Vec<_> = plan
         .patches
         .iter()
@@ -190,6 +194,9 @@ async fn restore(
                 }
             }
             PatchResult::Failed(StoreError::RecordLocked { .. }) => {
+                if store.lease_lost() {
+                    return Some(PatchResult::NotSent);
+                }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(MAX_RESTORE_DELAY);
                 "409 (locked)"

@@ -93,34 +93,63 @@ impl fmt::Debug for Journal {
     }
 }
 
+/// What became of a leftover intent as a whole, which decides what happens to it in the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Leftover {
+    /// Every parent holds its values from before the job, or was changed by another writer (or
+    /// is gone): ack the intent.
+    Settled,
+    /// A parent could not be put back yet (locked, the store unreachable, this session's lease
+    /// lost): keep the intent; no job may be checked before it is settled.
+    Blocked(String),
+    /// The store refused for good (forbidden, unknown field): the intent can never be acted on;
+    /// it is dropped, and the values it held are in the error log.
+    Refused(String),
+}
+
 /// Puts back the parents a dead replica's job left written: each parent that still holds exactly
 /// what the job wrote gets its previous values (with `If-Match` on the version read); one that
-/// holds anything else was changed since and is left as it is. Tries for `[retry].max_elapsed`
-/// per parent, then logs what it could not restore.
-pub async fn restore_leftover(store: &StoreClient, intent: &Intent) {
+/// holds anything else was changed since and is left as it is. Tries each parent for
+/// `[retry].max_elapsed`; `store` carries the session's lease, so nothing is written once another
+/// replica may own the queue.
+pub async fn restore_leftover(store: &StoreClient, intent: &Intent) -> Leftover {
     metrics::counter!("cxrel_intents_left_behind_total").increment(1);
     for patch in &intent.patches {
         let outcome = restore_parent(store, &intent.datastore_id, patch).await;
-        match &outcome {
-            Restored::Undone(_) => {
-                metrics::counter!("cxrel_intent_restores_total", "outcome" => "undone").increment(1)
+        let (label, what) = match &outcome {
+            Restored::Undone(what) => ("undone", what),
+            Restored::Untouched(what) => ("untouched", what),
+            Restored::Blocked(what) => ("blocked", what),
+            Restored::Refused(what) => ("failed", what),
+        };
+        metrics::counter!("cxrel_intent_restores_total", "outcome" => label).increment(1);
+        let (datastore, job_id, parent) = (&intent.datastore_id, &intent.job_id, &patch.parent);
+        match outcome {
+            Restored::Undone(_) | Restored::Untouched(_) => {
+                tracing::info!(
+                    datastore,
+                    job_id,
+                    parent,
+                    "a job a replica left half-written: {what}"
+                );
             }
-            Restored::Untouched(_) => {
-                metrics::counter!("cxrel_intent_restores_total", "outcome" => "untouched")
-                    .increment(1)
+            Restored::Blocked(why) => {
+                tracing::warn!(
+                    datastore,
+                    job_id,
+                    parent,
+                    "a job a replica left half-written cannot be undone yet: {why}; no job is checked until it is"
+                );
+                return Leftover::Blocked(format!("{job_id}: {parent}: {why}"));
             }
-            Restored::Failed(_) => {
-                metrics::counter!("cxrel_intent_restores_total", "outcome" => "failed").increment(1)
+            Restored::Refused(why) => {
+                let previous = serde_json::Value::Object(patch.previous.clone());
+                tracing::error!(datastore, job_id, parent, %previous, "a job a replica left half-written could not be undone, and never will be: {why}; put these values back by hand");
+                return Leftover::Refused(format!("{job_id}: {parent}: {why}"));
             }
-        }
-        let (Restored::Undone(what) | Restored::Untouched(what) | Restored::Failed(what)) =
-            &outcome;
-        if matches!(outcome, Restored::Failed(_)) {
-            tracing::error!(datastore = %intent.datastore_id, job_id = %intent.job_id, parent = %patch.parent, "a job a replica left half-written could not be undone: {what}");
-        } else {
-            tracing::info!(datastore = %intent.datastore_id, job_id = %intent.job_id, parent = %patch.parent, "a job a replica left half-written: {what}");
         }
     }
+    Leftover::Settled
 }
 
 /// What became of one parent of a leftover intent (with what happened, for the log).
@@ -128,7 +157,8 @@ pub async fn restore_leftover(store: &StoreClient, intent: &Intent) {
 enum Restored {
     Undone(String),
     Untouched(String),
-    Failed(String),
+    Blocked(String),
+    Refused(String),
 }
 
 /// Longest wait between tries of one parent.
@@ -141,12 +171,15 @@ async fn restore_parent(store: &StoreClient, datastore: &str, patch: &IntentPatc
     loop {
         let last = match restore_once(store, datastore, patch).await {
             Ok(done) => return done,
+            Err(StoreError::NotStarted) => {
+                return Restored::Blocked("this replica lost the jobs queue".to_owned());
+            }
             Err(error) if error.class() == crate::error::ErrorClass::Transient => error.to_string(),
-            Err(error) => return Restored::Failed(error.to_string()),
+            Err(error) => return Restored::Refused(error.to_string()),
         };
         if started.elapsed() >= budget {
-            return Restored::Failed(format!(
-                "gave up after {:.1} s ([retry].max_elapsed), the last answer: {last}",
+            return Restored::Blocked(format!(
+                "still failing after {:.1} s ([retry].max_elapsed), the last answer: {last}",
                 started.elapsed().as_secs_f64()
             ));
         }
@@ -176,7 +209,7 @@ async fn restore_once(
     }
     if !holds(&record, &patch.fields) {
         return Ok(Restored::Untouched(
-            "changed since the job wrote it; left as it is".to_owned(),
+            "holds neither the job's values nor those from before it (another writer changed it); left as it is".to_owned(),
         ));
     }
     let stored = store

@@ -18,7 +18,7 @@ use std::time::Instant;
 use apply::PatchResult;
 use datastore::{Check, LiveDataStore};
 use datastores::{DataStores, LoadError};
-use intent::{Intent, IntentId, Journal};
+use intent::{Intent, IntentId, Journal, Leftover};
 use results::OpStatus;
 use tokio_util::sync::CancellationToken;
 
@@ -70,14 +70,15 @@ impl Pipeline {
         }
     }
 
-    /// Forgets every data store's graph (the worker (re)gained the jobs queue).
+    /// Forgets every data store's graph (the worker became the jobs queue's active consumer).
     pub async fn forget_graphs(&self) {
         self.datastores.forget_all().await;
     }
 
-    /// Puts back what a replica that died mid-job left written (see [`intent`]).
-    pub async fn restore_leftover(&self, intent: &Intent) {
-        intent::restore_leftover(&self.store, intent).await;
+    /// Puts back what a replica that died mid-job left written (see [`intent`]); no write starts
+    /// once `lease` is cancelled.
+    pub async fn restore_leftover(&self, intent: &Intent, lease: &CancellationToken) -> Leftover {
+        intent::restore_leftover(&self.store.with_lease(lease.clone()), intent).await
     }
 
     /// Runs one job message through every stage to its outcome.
@@ -225,8 +226,12 @@ impl Pipeline {
             let failed = first_failure(&results);
             let ended = if job.atomic && (failed.is_some() || !conflicts.is_empty()) {
                 let failure = self
-                    .roll_back(&live, &plan, &results, &mut statuses, failed)
+                    .roll_back(&live, &plan, &results, &mut statuses, failed, lease)
                     .await;
+                if lease.is_cancelled() {
+                    // The next owner restores what this job left from its intent, and runs it.
+                    return (unprocessed(), Some(lease_lost()));
+                }
                 if failure.is_none() {
                     for (slot, status) in undone.iter_mut().zip(&statuses) {
                         if matches!(status, OpStatus::RolledBack { .. }) {
@@ -270,9 +275,17 @@ impl Pipeline {
         results: &[PatchResult],
         statuses: &mut [OpStatus],
         failed: Option<&StoreError>,
+        lease: &CancellationToken,
     ) -> Option<Failure> {
-        let restored =
-            apply::compensate(&self.store, live, plan, results, self.parallel_patches).await;
+        let restored = apply::compensate(
+            &self.store,
+            live,
+            plan,
+            results,
+            self.parallel_patches,
+            lease,
+        )
+        .await;
         let (code, message) = match failed {
             Some(e) => (write_code(e).to_owned(), e.to_string()),
             None => (

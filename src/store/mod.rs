@@ -165,6 +165,11 @@ impl StoreClient {
         }
     }
 
+    /// True once this client's lease (see [`with_lease`](Self::with_lease)) is cancelled.
+    pub fn lease_lost(&self) -> bool {
+        self.lease.as_ref().is_some_and(|l| l.is_cancelled())
+    }
+
     /// Gets a valid token (cached or fresh): the readiness check of the worker.
     pub async fn check_auth(&self) -> Result<(), StoreError> {
         self.inner.tokens.token().await.map(|_| ())

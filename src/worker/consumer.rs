@@ -26,7 +26,7 @@ use crate::amqp::{self, AmqpError, Publisher, PublisherSlot, Topology, headers};
 use crate::error::ErrorClass;
 use crate::events::EventContext;
 use crate::http::Readiness;
-use crate::pipeline::intent::{Intent, Journal};
+use crate::pipeline::intent::{Intent, Journal, Leftover};
 use crate::pipeline::{Failure, IncomingJob, Outcome, Stage};
 use crate::secret::Secret;
 use crate::trace::TraceParent;
@@ -36,16 +36,22 @@ use crate::webhooks::WebhookQueue;
 pub trait JobHandler: Send + Sync + 'static {
     fn handle(&self, job: IncomingJob) -> impl Future<Output = Outcome> + Send;
 
-    /// Called when a consume session starts, before its first delivery: another replica may have
-    /// written while this one was not consuming.
-    fn session_started(&self) -> impl Future<Output = ()> + Send {
+    /// Called when this replica becomes the active one (the first delivery of a consume session),
+    /// once this process's jobs of earlier sessions have finished: another replica may have
+    /// written while this one was not active.
+    fn became_active(&self) -> impl Future<Output = ()> + Send {
         async {}
     }
 
-    /// Puts back what a job of a dead session left half-written (see `pipeline::intent`).
-    fn restore_leftover(&self, intent: Intent) -> impl Future<Output = ()> + Send {
-        let _ = intent;
-        async {}
+    /// Puts back what a job of a dead session left half-written (see `pipeline::intent`),
+    /// starting no write once `lease` is cancelled.
+    fn restore_leftover(
+        &self,
+        intent: Intent,
+        lease: CancellationToken,
+    ) -> impl Future<Output = Leftover> + Send {
+        let _ = (intent, lease);
+        async { Leftover::Settled }
     }
 }
 
@@ -54,12 +60,12 @@ impl JobHandler for crate::pipeline::Pipeline {
         self.handle_job(job)
     }
 
-    fn session_started(&self) -> impl Future<Output = ()> + Send {
+    fn became_active(&self) -> impl Future<Output = ()> + Send {
         self.forget_graphs()
     }
 
-    async fn restore_leftover(&self, intent: Intent) {
-        crate::pipeline::Pipeline::restore_leftover(self, &intent).await;
+    async fn restore_leftover(&self, intent: Intent, lease: CancellationToken) -> Leftover {
+        crate::pipeline::Pipeline::restore_leftover(self, &intent, &lease).await
     }
 }
 
@@ -68,12 +74,16 @@ impl<T: JobHandler> JobHandler for Arc<T> {
         self.as_ref().handle(job)
     }
 
-    fn session_started(&self) -> impl Future<Output = ()> + Send {
-        self.as_ref().session_started()
+    fn became_active(&self) -> impl Future<Output = ()> + Send {
+        self.as_ref().became_active()
     }
 
-    fn restore_leftover(&self, intent: Intent) -> impl Future<Output = ()> + Send {
-        self.as_ref().restore_leftover(intent)
+    fn restore_leftover(
+        &self,
+        intent: Intent,
+        lease: CancellationToken,
+    ) -> impl Future<Output = Leftover> + Send {
+        self.as_ref().restore_leftover(intent, lease)
     }
 }
 
@@ -189,12 +199,10 @@ impl<H: JobHandler> Consumer<H> {
             .map_err(not_yet)?
             .with_confirm_timeout(self.config.confirm_timeout);
         self.publisher_slot.set(publisher.clone());
-        self.handler.session_started().await;
         tokio::spawn(watch_blocked(
             connection.status().clone(),
             self.readiness.clone(),
             lease.clone(),
-            cancel.clone(),
         ));
         let settler = Settler {
             publisher,
@@ -254,6 +262,9 @@ impl<H: JobHandler> Consumer<H> {
                 // half-written is put back before any job is checked, and after this process's
                 // jobs of an earlier session (no new PATCH since its lease ended) are done.
                 self.finish_earlier_sessions(tasks).await;
+                // Graphs cached before now (a standby's, or loaded by jobs of an earlier session)
+                // miss what the replica that was active wrote: they are read again.
+                self.handler.became_active().await;
                 let activated = tokio::select! {
                     activated = Box::pin(BrokerJournal::activate(
                         &connection,
@@ -265,7 +276,14 @@ impl<H: JobHandler> Consumer<H> {
                     )) => activated,
                     () = cancel.cancelled() => return Ok(HeldSession { connection, consumer: deliveries }),
                 };
-                journal = Journal(Some(activated.map_err(|e| (e, true))?));
+                match activated {
+                    Ok(activated) => journal = Journal(Some(activated)),
+                    Err(error) => {
+                        // The jobs this session holds go back to the queue with the connection.
+                        let _ = connection.close(320, "not activated".into()).await;
+                        return Err((error, true));
+                    }
+                }
             }
             let permit = tokio::select! {
                 permit = permits.clone().acquire_owned() => permit,
@@ -492,15 +510,17 @@ fn job_context(settler: &Settler, job: &IncomingJob) -> EventContext {
 }
 
 /// Keeps the readiness "broker_publishing" check current: not ready while the broker blocks this
-/// connection's publishers (a memory or disk alarm), so settles would hang.
-async fn watch_blocked(
-    status: ConnectionStatus,
-    readiness: Readiness,
-    lease: CancellationToken,
-    cancel: CancellationToken,
-) {
+/// connection's publishers (a memory or disk alarm), so settles would hang. Ends the session's
+/// lease as soon as the connection is no longer up (also while draining at shutdown).
+async fn watch_blocked(status: ConnectionStatus, readiness: Readiness, lease: CancellationToken) {
     let mut was_blocked = None;
     loop {
+        if !status.connected() {
+            // Jobs (and restores) of this session must start no write from now on: the broker
+            // may already have handed the queue to another replica.
+            lease.cancel();
+            return;
+        }
         let blocked = status.blocked();
         if was_blocked != Some(blocked) {
             if blocked {
@@ -518,9 +538,8 @@ async fn watch_blocked(
             was_blocked = Some(blocked);
         }
         tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
             () = lease.cancelled() => return,
-            () = cancel.cancelled() => return,
         }
     }
 }

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::consumer::JobHandler;
 use crate::amqp::{AmqpError, Publisher};
-use crate::pipeline::intent::{Intent, IntentId, IntentLog};
+use crate::pipeline::intent::{Intent, IntentId, IntentLog, Leftover};
 
 /// Longest a release waits for its intent to come back from the broker (it was confirmed, so it
 /// is on its way).
@@ -67,10 +67,18 @@ impl BrokerJournal {
             .await?
         {
             left += 1;
-            restore(handler.as_ref(), &message.delivery).await;
-            channel
-                .basic_ack(message.delivery.delivery_tag, BasicAckOptions::default())
-                .await?;
+            let tag = message.delivery.delivery_tag;
+            if let Leftover::Blocked(why) =
+                restore(handler.as_ref(), &message.delivery, &lease).await
+            {
+                // Kept for the next activation (this replica's or another's); until then no job
+                // may be checked against the half-written parents.
+                let _ = channel
+                    .close(320, "a leftover intent is blocked".into())
+                    .await;
+                return Err(AmqpError::LeftoverBlocked(why));
+            }
+            channel.basic_ack(tag, BasicAckOptions::default()).await?;
         }
         if left > 0 {
             tracing::warn!(
@@ -130,14 +138,26 @@ impl BrokerJournal {
                 tracing::warn!(
                     "an intent a dead replica left arrived after activation; restoring it now"
                 );
-                let (handler, channel) = (handler.clone(), self.channel.clone());
+                let (handler, journal) = (handler.clone(), self.clone());
                 tokio::spawn(async move {
-                    restore(handler.as_ref(), &delivery).await;
-                    let _ = channel.basic_ack(tag, BasicAckOptions::default()).await;
+                    let leftover = restore(handler.as_ref(), &delivery, &journal.lease).await;
+                    if let Leftover::Blocked(why) = leftover {
+                        // Handed back only by ending the session: a requeue would come straight back.
+                        journal
+                            .fence(&format!("a late leftover intent is blocked: {why}"))
+                            .await;
+                        return;
+                    }
+                    let _ = journal
+                        .channel
+                        .basic_ack(tag, BasicAckOptions::default())
+                        .await;
                 });
             }
         }
-        if !self.lease.is_cancelled() {
+        // Only the log's own channel failing needs the session ended; a connection that closed
+        // (shutdown, or lost) has ended it already.
+        if !self.lease.is_cancelled() && self.jobs_channel.status().connected() {
             self.fence("the intent log's consumer ended").await;
         }
     }
@@ -250,11 +270,16 @@ fn message_id(delivery: &Delivery) -> Option<String> {
 
 /// Restores one leftover intent; one that does not parse is logged and dropped (it cannot be
 /// acted on, and keeping it would stop every activation).
-async fn restore<H: JobHandler>(handler: &H, delivery: &Delivery) {
+async fn restore<H: JobHandler>(
+    handler: &H,
+    delivery: &Delivery,
+    lease: &CancellationToken,
+) -> Leftover {
     match serde_json::from_slice::<Intent>(&delivery.data) {
-        Ok(intent) => handler.restore_leftover(intent).await,
+        Ok(intent) => handler.restore_leftover(intent, lease.clone()).await,
         Err(error) => {
             tracing::error!(%error, "dropping an unreadable write intent");
+            Leftover::Refused(error.to_string())
         }
     }
 }
