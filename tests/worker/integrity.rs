@@ -642,3 +642,90 @@ async fn an_atomic_job_half_written_by_a_killed_replica_is_undone_by_the_one_tha
     drop(procs);
     broker::teardown(&s.q.channel, &s.q.topology).await;
 }
+
+/// The active replica half-writes a move (X emptied; Y locked), then keeps trying to put X back
+/// while X is locked too; the broker then closes its connection, the process living on. The
+/// standby restores from the intent and completes the job once the locks go. The old process
+/// must start no write after losing its connection: its compensation, had it gone on, would find
+/// the job's values on X (now the new owner's) and put C back under X as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_lost_its_connection_never_undoes_what_the_new_owner_wrote() {
+    let (x, y, c) = (rid("zombie", 1), rid("zombie", 2), rid("zombie", 3));
+    let emu = EmulatorProcess::spawn();
+    let mut owner = named_record(&x, "x");
+    owner["fields"][OWNER] = json!({"ids": [c], "cascade_action": "none"});
+    let records = vec![owner, named_record(&y, "y"), named_record(&c, "c")];
+    emu.create_datastore(DS, schema(&[]), Value::Array(records))
+        .await;
+    let q = workers::queues("integrity-zombie", &[200, 400, 800]).await;
+    let mut s = Setup { emu, q };
+    // A restore budget ([retry].max_elapsed) that outlasts the locks.
+    let config = |name: &str| {
+        test_config(&s.emu.base, s.q.topology.prefix())
+            .instance(name)
+            .parallel_patches(1)
+            .store_retry(3, QUICK_BACKOFF, Duration::from_secs(30))
+    };
+    let old = WorkerProcess::spawn(&config("zombie-old"));
+    old.wait_ready(Duration::from_secs(30)).await;
+    let new = WorkerProcess::spawn(&config("zombie-new"));
+    new.wait_ready(Duration::from_secs(30)).await;
+
+    s.emu.lock_record(DS, &y).await;
+    s.emu.set_faults(json!({"latency_ms": 1000})).await;
+    let ops = vec![
+        json!({"parent_id": x, "relationship_field": OWNER, "child_ids": [], "mode": "replace"}),
+        json!({"parent_id": y, "relationship_field": OWNER, "child_ids": [c], "mode": "replace"}),
+    ];
+    publish_jobs(
+        &s.q.publisher,
+        &s.q.topology,
+        &[job("zombie", DS, true, ops)],
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.emu.stats().await["patch_count"] == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the active replica never wrote X"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // X is written: its restore, after Y's 409, now keeps meeting a lock too.
+    s.emu.lock_record(DS, &x).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let closed = tokio::task::spawn_blocking(|| {
+        workers::close_broker_connections("cxrel worker zombie-old")
+    })
+    .await
+    .unwrap();
+    assert_eq!(closed, 1, "the old owner's connection was found and closed");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    s.emu.set_faults(json!({"latency_ms": 0})).await;
+    s.emu.unlock_record(DS, &y).await;
+    s.emu.unlock_record(DS, &x).await;
+
+    let applied = |events: &[Value]| {
+        events.iter().any(|e| {
+            e["type"] == "cxrel.job.completed"
+                && e["data"]["job_id"] == "zombie"
+                && e["data"]["summary"]["applied"] == 2
+        })
+    };
+    assert!(
+        s.q.tap.until(Duration::from_secs(90), applied).await,
+        "the new owner completed the job"
+    );
+    // The old owner's restore tried every 2 s at most: give it time to strike, had it gone on.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (_, x_record) = s.emu.get_record(DS, &x).await;
+    let (_, y_record) = s.emu.get_record(DS, &y).await;
+    assert!(
+        workers::stored_ids(&x_record, OWNER).is_empty(),
+        "X stays as the completed job left it: {x_record}"
+    );
+    assert_eq!(workers::stored_ids(&y_record, OWNER), vec![c.clone()]);
+    assert_rules_hold(&stored_graph(&s.emu).await);
+    drop((old, new));
+    broker::teardown(&s.q.channel, &s.q.topology).await;
+}
