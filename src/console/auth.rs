@@ -178,6 +178,14 @@ pub async fn login(
             "this console is read-only: there is nothing to log in to",
         ));
     };
+    if console.logins.check().is_err() {
+        tracing::warn!(target: "cxrel::audit", peer = %peer.ip(), "console login refused: too many attempts");
+        let mut page = page::login(Some(
+            "too many login attempts in the last minute (all clients together); wait a minute and try again",
+        ));
+        *page.status_mut() = axum::http::StatusCode::TOO_MANY_REQUESTS;
+        return page;
+    }
     if !same(form.token.trim().as_bytes(), token.expose().as_bytes()) {
         tracing::warn!(target: "cxrel::audit", peer = %peer.ip(), "console login refused");
         // A pause makes guessing slow.

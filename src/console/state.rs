@@ -37,7 +37,13 @@ pub struct Console {
     /// Session id → (login time, a short label for audit lines that reveals nothing of the id).
     sessions: Mutex<HashMap<String, (Instant, String)>>,
     recent: Mutex<VecDeque<audit::Entry>>,
+    /// Login attempts, all peers together: a guesser gets [`LOGINS_PER_MINUTE`], however many
+    /// requests it sends at once (the 500 ms pause alone slows only one at a time).
+    pub logins: governor::DefaultDirectRateLimiter,
 }
+
+/// Login attempts the console takes per minute (a burst of as many).
+pub const LOGINS_PER_MINUTE: u32 = 10;
 
 pub type SharedConsole = Arc<Console>;
 
@@ -56,6 +62,9 @@ impl Console {
             action: tokio::sync::Mutex::new(()),
             sessions: Mutex::new(HashMap::new()),
             recent: Mutex::new(VecDeque::new()),
+            logins: governor::RateLimiter::direct(governor::Quota::per_minute(
+                std::num::NonZeroU32::new(LOGINS_PER_MINUTE).unwrap_or(std::num::NonZeroU32::MIN),
+            )),
         }
     }
 

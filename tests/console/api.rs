@@ -227,6 +227,25 @@ async fn writes_need_the_token_and_the_same_origin() {
     let cross = with_cookie("http://127.0.0.2:1").send().await.unwrap();
     assert_eq!(cross.status(), StatusCode::FORBIDDEN);
 
+    // Guesses sent all at once are held to the per-minute budget (two were spent above).
+    let guesses = (0..12).map(|i| {
+        client()
+            .post(c.url("/login"))
+            .form(&[("token", format!("guess-{i}"))])
+            .send()
+    });
+    let statuses: Vec<StatusCode> = futures::future::join_all(guesses)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status())
+        .collect();
+    let throttled = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    // 10 a minute, two spent above: 4 refused, or 3 if a slow run let one cell come back.
+    assert!(throttled >= 3, "10 attempts a minute: {statuses:?}");
+
     assert!(
         !c.log_text().contains(TOKEN),
         "the token never reaches the log"
