@@ -151,6 +151,10 @@ pub enum StoreError {
     /// Settings that cannot work (bad URL, missing credentials).
     #[error("invalid data-store client configuration: {0}")]
     Config(String),
+    /// The request was never sent: getting an access token (or discovering the API) failed first.
+    /// Classed, coded and retried as the token call's own error; a write it stopped did not land.
+    #[error("getting an access token: {0}")]
+    AccessToken(Box<StoreError>),
     /// Never sent: the worker lost the jobs queue while the request waited for its rate slot.
     #[error(
         "not sent: this worker lost the jobs queue while the request waited for its turn (the job is redelivered)"
@@ -162,6 +166,7 @@ impl StoreError {
     /// Permanent errors dead-letter at once; Transient ones retry through the hold queues.
     pub fn class(&self) -> ErrorClass {
         match self {
+            Self::AccessToken(inner) => inner.class(),
             Self::RecordLocked { .. }
             | Self::VersionMismatch { .. }
             | Self::RateLimited { .. }
@@ -187,6 +192,7 @@ impl StoreError {
     /// Stable snake_case code, used in events and dead-letter headers.
     pub fn code(&self) -> &'static str {
         match self {
+            Self::AccessToken(inner) => inner.code(),
             Self::Unauthorized { .. } => "unauthorized",
             Self::Forbidden { .. } => "forbidden",
             Self::NotFound { .. } => "not_found",
@@ -213,6 +219,7 @@ impl StoreError {
     /// The HTTP status the store answered, when there was an answer.
     pub fn status(&self) -> Option<u16> {
         match self {
+            Self::AccessToken(inner) => inner.status(),
             Self::Unauthorized { status, .. }
             | Self::BadRequest { status, .. }
             | Self::RetryLater { status, .. }
@@ -256,6 +263,7 @@ impl StoreError {
             | Self::BadRequest { body, .. }
             | Self::RetryLater { body, .. }
             | Self::Server { body, .. } => Some(body),
+            Self::AccessToken(inner) => inner.body(),
             _ => None,
         }
     }
@@ -263,6 +271,9 @@ impl StoreError {
     /// Whether the client itself retries this (408, 425, 429, 5xx, timeout, connection); 409/412
     /// are not.
     pub fn is_retryable_in_client(&self) -> bool {
+        if let Self::AccessToken(inner) = self {
+            return inner.is_retryable_in_client();
+        }
         matches!(
             self,
             Self::RateLimited { .. }
@@ -278,7 +289,19 @@ impl StoreError {
     /// outcome unknown; sent again with the same `If-Match`, a write that did land draws a 412 of
     /// its own making, so the apply stage reads the parent back instead.
     pub fn is_retryable_before_write(&self) -> bool {
+        if let Self::AccessToken(inner) = self {
+            // The write was not sent: as safe to try again as any call.
+            return inner.is_retryable_in_client();
+        }
         matches!(self, Self::RateLimited { .. } | Self::RetryLater { .. })
+    }
+
+    /// `self` as the failure of the token (or discovery) step before a request.
+    pub fn before_sending(self) -> Self {
+        match self {
+            Self::AccessToken(_) | Self::NotStarted | Self::Config(_) => self,
+            other => Self::AccessToken(Box::new(other)),
+        }
     }
 
     /// Maps a non-success answer of a data-store call to its variant (`attempts` = 1; the retry
@@ -390,6 +413,34 @@ fn names_unknown_field(body: &ErrorBody) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_failure_keeps_its_code_and_class_and_says_the_request_was_never_sent() {
+        let server = StoreError::Server {
+            status: 503,
+            attempts: 3,
+            body: ErrorBody::default(),
+        };
+        let wrapped = server.clone().before_sending();
+        assert_eq!(wrapped.code(), "server_error");
+        assert_eq!(wrapped.class(), ErrorClass::Transient);
+        assert_eq!(wrapped.status(), Some(503));
+        assert!(wrapped.to_string().starts_with("getting an access token: "));
+        // A PATCH never sent may be sent again, unlike one whose 5xx leaves its outcome unknown.
+        assert!(!server.is_retryable_before_write());
+        assert!(wrapped.is_retryable_before_write());
+        let refused = StoreError::Unauthorized {
+            status: 401,
+            body: ErrorBody::default(),
+        }
+        .before_sending();
+        assert_eq!(refused.code(), "unauthorized");
+        assert_eq!(refused.class(), ErrorClass::Permanent);
+        assert!(matches!(
+            StoreError::NotStarted.before_sending(),
+            StoreError::NotStarted
+        ));
+    }
 
     fn body(error: &str, description: &str) -> ErrorBody {
         ErrorBody {

@@ -413,7 +413,12 @@ impl StoreClient {
         attempt: u32,
         make: &impl Fn(&str) -> Result<reqwest::RequestBuilder, StoreError>,
     ) -> Result<Answer, StoreError> {
-        let base = self.inner.tokens.api_base().await?;
+        let base = self
+            .inner
+            .tokens
+            .api_base()
+            .await
+            .map_err(StoreError::before_sending)?;
         let (mut answer, generation) = self
             .send(route, correlation_id, attempt, make(&base)?)
             .await?;
@@ -459,7 +464,12 @@ impl StoreClient {
             None => self.inner.budget.acquire().await,
         }
         instrumentation::limiter_wait(waiting.elapsed());
-        let token = self.inner.tokens.token().await?;
+        let token = self
+            .inner
+            .tokens
+            .token()
+            .await
+            .map_err(StoreError::before_sending)?;
         let request = request
             .bearer_auth(token.value.expose())
             .header(ACCEPT, "application/json")
