@@ -307,26 +307,8 @@ async fn dlq_replay_dry_run_changes_nothing_and_filters_select_what_moves() {
 /// reporting a clean run.
 #[tokio::test]
 async fn a_replay_says_when_another_consumer_holds_dead_letters_it_could_not_see() {
-    use futures::StreamExt;
-    use lapin::options::{BasicConsumeOptions, BasicQosOptions};
     let (topo, conn, channel) = seeded_dead_queue("dlq-held").await;
-    let holder = conn.create_channel().await.unwrap();
-    holder
-        .basic_qos(2, BasicQosOptions::default())
-        .await
-        .unwrap();
-    let mut held = holder
-        .basic_consume(
-            topo.dead().as_str().into(),
-            "holder".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    for _ in 0..2 {
-        held.next().await.unwrap().unwrap();
-    }
+    let (holder, _consumer) = hold_dead_letters(&conn, &topo, 2).await;
     let out = cxrel(topo.prefix(), &["dlq", "replay"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(stdout(&out).contains("replayed 2 of 2"), "{}", stdout(&out));
@@ -369,9 +351,6 @@ async fn dlq_export_writes_json_lines_and_purge_needs_yes() {
 
 #[tokio::test]
 async fn dlq_export_fails_with_what_it_missed_and_purge_needs_a_covering_export() {
-    use futures::StreamExt;
-    use lapin::options::{BasicConsumeOptions, BasicQosOptions};
-
     let (topo, conn, channel) = seeded_dead_queue("dlq-export-all").await;
     let state = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
@@ -387,21 +366,7 @@ async fn dlq_export_fails_with_what_it_missed_and_purge_needs_a_covering_export(
     let file = file.to_str().unwrap();
 
     // Another reader holds one dead letter unacked: export cannot see it and must fail.
-    let holder = conn.create_channel().await.unwrap();
-    holder
-        .basic_qos(1, BasicQosOptions::default())
-        .await
-        .unwrap();
-    let mut consumer = holder
-        .basic_consume(
-            topo.dead().as_str().into(),
-            "holder".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let _held = consumer.next().await.unwrap().unwrap();
+    let (holder, _consumer) = hold_dead_letters(&conn, &topo, 1).await;
     let out = run(&["dlq", "export", "-o", file]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -447,4 +412,32 @@ fn a_misspelt_stage_filter_is_refused_with_the_stages_there_are() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("parse, validate, apply"), "stderr: {err}");
+}
+
+/// Another reader holding `n` dead letters unacked, and attached, until its channel closes.
+async fn hold_dead_letters(
+    conn: &lapin::Connection,
+    topo: &Topology,
+    n: u16,
+) -> (lapin::Channel, lapin::Consumer) {
+    use futures::StreamExt;
+    use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+    let holder = conn.create_channel().await.unwrap();
+    holder
+        .basic_qos(n, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = holder
+        .basic_consume(
+            topo.dead().as_str().into(),
+            "holder".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    for _ in 0..n {
+        consumer.next().await.unwrap().unwrap();
+    }
+    (holder, consumer)
 }

@@ -557,15 +557,7 @@ async fn an_atomic_job_half_written_by_a_killed_replica_is_undone_by_the_one_tha
     // Added to every record-API request: Y's PATCH lands this long before X's 409 is answered.
     const LATENCY_MS: u64 = 1500;
     const PATCH: &str = "PATCH /api/v2/datastores/{ds}/records/{id}";
-    let (x, y, c) = (rid("move", 1), rid("move", 2), rid("move", 3));
-    let emu = EmulatorProcess::spawn();
-    let mut owner = named_record(&x, "x");
-    owner["fields"][OWNER] = json!({"ids": [c], "cascade_action": "none"});
-    let records = vec![owner, named_record(&y, "y"), named_record(&c, "c")];
-    emu.create_datastore(DS, schema(&[]), Value::Array(records))
-        .await;
-    let q = workers::queues("integrity-takeover", &[200, 400, 800]).await;
-    let mut s = Setup { emu, q };
+    let (mut s, [x, y, c]) = move_setup("integrity-takeover", "move").await;
     // One PATCH at a time in job order (Y, then X), and a short in-client retry budget.
     let config = test_config(&s.emu.base, s.q.topology.prefix())
         .parallel_patches(1)
@@ -650,15 +642,7 @@ async fn an_atomic_job_half_written_by_a_killed_replica_is_undone_by_the_one_tha
 /// the job's values on X (now the new owner's) and put C back under X as well.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_lost_its_connection_never_undoes_what_the_new_owner_wrote() {
-    let (x, y, c) = (rid("zombie", 1), rid("zombie", 2), rid("zombie", 3));
-    let emu = EmulatorProcess::spawn();
-    let mut owner = named_record(&x, "x");
-    owner["fields"][OWNER] = json!({"ids": [c], "cascade_action": "none"});
-    let records = vec![owner, named_record(&y, "y"), named_record(&c, "c")];
-    emu.create_datastore(DS, schema(&[]), Value::Array(records))
-        .await;
-    let q = workers::queues("integrity-zombie", &[200, 400, 800]).await;
-    let mut s = Setup { emu, q };
+    let (mut s, [x, y, c]) = move_setup("integrity-zombie", "zombie").await;
     // A restore budget ([retry].max_elapsed) that outlasts the locks.
     let config = |name: &str| {
         test_config(&s.emu.base, s.q.topology.prefix())
@@ -728,4 +712,18 @@ async fn a_replica_that_lost_its_connection_never_undoes_what_the_new_owner_wrot
     assert_rules_hold(&stored_graph(&s.emu).await);
     drop((old, new));
     broker::teardown(&s.q.channel, &s.q.topology).await;
+}
+
+/// Records X, Y and C, with C under X in the `unique_parent` field, for a move of C to Y; and the
+/// test's queues.
+async fn move_setup(test: &str, ids: &str) -> (Setup, [String; 3]) {
+    let (x, y, c) = (rid(ids, 1), rid(ids, 2), rid(ids, 3));
+    let emu = EmulatorProcess::spawn();
+    let mut owner = named_record(&x, "x");
+    owner["fields"][OWNER] = json!({"ids": [c], "cascade_action": "none"});
+    let records = vec![owner, named_record(&y, "y"), named_record(&c, "c")];
+    emu.create_datastore(DS, schema(&[]), Value::Array(records))
+        .await;
+    let q = workers::queues(test, &[200, 400, 800]).await;
+    (Setup { emu, q }, [x, y, c])
 }
