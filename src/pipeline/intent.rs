@@ -113,7 +113,6 @@ pub enum Leftover {
 /// `[retry].max_elapsed`; `store` carries the session's lease, so nothing is written once another
 /// replica may own the queue.
 pub async fn restore_leftover(store: &StoreClient, intent: &Intent) -> Leftover {
-    metrics::counter!("cxrel_intents_left_behind_total").increment(1);
     for patch in &intent.patches {
         let outcome = restore_parent(store, &intent.datastore_id, patch).await;
         let (label, what) = match &outcome {

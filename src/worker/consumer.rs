@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use super::acks::Acks;
 use super::identity;
-use super::journal::BrokerJournal;
+use super::journal::{self, BrokerJournal};
 use super::settle::{Settler, previous_attempts};
 use crate::amqp::{self, AmqpError, Publisher, PublisherSlot, Topology, headers};
 use crate::error::ErrorClass;
@@ -232,6 +232,7 @@ impl<H: JobHandler> Consumer<H> {
         );
         tracing::info!(queue = %self.topology.jobs(), prefetch = self.config.prefetch, "consuming");
         let mut health = tokio::time::interval(Duration::from_secs(1));
+        let mut probe = tokio::time::interval(journal::PROBE_INTERVAL);
         let mut journal = Journal::default();
         loop {
             let next = tokio::select! {
@@ -243,6 +244,14 @@ impl<H: JobHandler> Consumer<H> {
                         // Closed, so the broker hands this session's jobs to the next consumer.
                         let _ = connection.close(320, "publisher channel lost".into()).await;
                         return Err((AmqpError::NotConnected, true));
+                    }
+                    continue;
+                }
+                _ = probe.tick() => {
+                    let (intents, jobs) = (self.topology.intents(), self.topology.jobs());
+                    let probed = journal::probe_if_stranded(&connection, &settler.publisher, &intents, &jobs);
+                    if let Err(error) = probed.await {
+                        tracing::warn!(%error, "could not look for stranded write intents");
                     }
                     continue;
                 }
@@ -284,6 +293,14 @@ impl<H: JobHandler> Consumer<H> {
                         return Err((error, true));
                     }
                 }
+            }
+            if journal::is_probe(&delivery) {
+                // It did its work by arriving: this replica is activated now.
+                let _ = settler
+                    .acks
+                    .settle(delivery.delivery_tag, super::acks::Verdict::Ack)
+                    .await;
+                continue;
             }
             let permit = tokio::select! {
                 permit = permits.clone().acquire_owned() => permit,

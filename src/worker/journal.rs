@@ -67,18 +67,11 @@ impl BrokerJournal {
             .await?
         {
             left += 1;
-            let tag = message.delivery.delivery_tag;
-            if let Leftover::Blocked(why) =
-                restore(handler.as_ref(), &message.delivery, &lease).await
-            {
-                // Kept for the next activation (this replica's or another's); until then no job
-                // may be checked against the half-written parents.
-                let _ = channel
-                    .close(320, "a leftover intent is blocked".into())
-                    .await;
-                return Err(AmqpError::LeftoverBlocked(why));
-            }
-            channel.basic_ack(tag, BasicAckOptions::default()).await?;
+            metrics::counter!("cxrel_intents_left_behind_total").increment(1);
+            restore_until_settled(handler.as_ref(), &message.delivery, &lease).await?;
+            channel
+                .basic_ack(message.delivery.delivery_tag, BasicAckOptions::default())
+                .await?;
         }
         if left > 0 {
             tracing::warn!(
@@ -138,20 +131,19 @@ impl BrokerJournal {
                 tracing::warn!(
                     "an intent a dead replica left arrived after activation; restoring it now"
                 );
+                metrics::counter!("cxrel_intents_left_behind_total").increment(1);
                 let (handler, journal) = (handler.clone(), self.clone());
                 tokio::spawn(async move {
-                    let leftover = restore(handler.as_ref(), &delivery, &journal.lease).await;
-                    if let Leftover::Blocked(why) = leftover {
-                        // Handed back only by ending the session: a requeue would come straight back.
-                        journal
-                            .fence(&format!("a late leftover intent is blocked: {why}"))
+                    let lease = journal.lease.clone();
+                    if restore_until_settled(handler.as_ref(), &delivery, &lease)
+                        .await
+                        .is_ok()
+                    {
+                        let _ = journal
+                            .channel
+                            .basic_ack(tag, BasicAckOptions::default())
                             .await;
-                        return;
                     }
-                    let _ = journal
-                        .channel
-                        .basic_ack(tag, BasicAckOptions::default())
-                        .await;
                 });
             }
         }
@@ -260,12 +252,100 @@ impl IntentLog for BrokerJournal {
     }
 }
 
+/// Header of a probe: an empty message to the jobs queue that only makes the active replica
+/// activate (it is acked unread).
+pub const PROBE_HEADER: &str = "x-cxrel-probe";
+
+/// How often a replica looks for intents nobody is undoing.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Activation is what undoes leftovers, and only a job delivery starts it: intents left when no job
+/// follows (the dead replica's jobs were all dead-lettered by the broker, say) would wait for the
+/// next job. So any replica that finds intents ready in the log, which an activated replica would
+/// have taken, sends a probe to the jobs queue; whichever replica is active gets it and activates.
+pub async fn probe_if_stranded(
+    connection: &Connection,
+    publisher: &Publisher,
+    intents: &str,
+    jobs: &str,
+) -> Result<(), AmqpError> {
+    let channel = connection.create_channel().await?;
+    let declared = channel
+        .queue_declare(
+            intents.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    let _ = channel.close(200, "checked".into()).await;
+    let waiting = declared?.message_count();
+    if waiting == 0 {
+        return Ok(());
+    }
+    tracing::info!(
+        intents = waiting,
+        "write intents wait with no active replica taking them; sending a probe so it undoes them"
+    );
+    let mut table = FieldTable::default();
+    crate::amqp::headers::set_str(&mut table, PROBE_HEADER, "activate");
+    let properties = BasicProperties::default()
+        .with_message_id(ShortString::from(format!(
+            "cxrel-probe-{}",
+            uuid::Uuid::new_v4()
+        )))
+        .with_headers(table);
+    publisher.to_queue(jobs, b"", properties).await
+}
+
+/// True for a probe (empty, with [`PROBE_HEADER`]): acked once the replica is activated, never a
+/// job. A job always has a body.
+pub fn is_probe(delivery: &Delivery) -> bool {
+    delivery.data.is_empty()
+        && crate::amqp::headers::get_str(
+            &crate::amqp::headers::table(&delivery.properties),
+            PROBE_HEADER,
+        )
+        .is_some()
+}
+
 fn message_id(delivery: &Delivery) -> Option<String> {
     delivery
         .properties
         .message_id()
         .as_ref()
         .map(|id| id.as_str().to_owned())
+}
+
+/// Longest pause between tries of a leftover that cannot be undone yet.
+const MAX_BLOCKED_DELAY: Duration = Duration::from_secs(60);
+
+/// Restores one leftover, trying again (1 s, doubling to a minute) while it is blocked. The
+/// session stays as it is meanwhile: its jobs wait, held, instead of going back to the queue with a
+/// closed connection (each return would count towards the broker's delivery limit). Ends with an
+/// error only when the session's lease is lost; the intent then goes back with the channel.
+async fn restore_until_settled<H: JobHandler>(
+    handler: &H,
+    delivery: &Delivery,
+    lease: &CancellationToken,
+) -> Result<(), AmqpError> {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        let Leftover::Blocked(why) = restore(handler, delivery, lease).await else {
+            return Ok(());
+        };
+        if lease.is_cancelled() {
+            return Err(AmqpError::LeftoverBlocked(why));
+        }
+        tracing::warn!(retry_in = ?delay, "jobs wait until a job another replica left half-written is undone: {why}");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = lease.cancelled() => return Err(AmqpError::LeftoverBlocked(why)),
+        }
+        delay = (delay * 2).min(MAX_BLOCKED_DELAY);
+    }
 }
 
 /// Restores one leftover intent; one that does not parse is logged and dropped (it cannot be

@@ -727,3 +727,135 @@ async fn move_setup(test: &str, ids: &str) -> (Setup, [String; 3]) {
     let q = workers::queues(test, &[200, 400, 800]).await;
     (Setup { emu, q }, [x, y, c])
 }
+
+/// The replica that takes over finds a half-written move whose parent stays locked past its
+/// restore budget several times over. Its jobs wait, held, until the parent can be put back: a
+/// session ended and begun again for each try would hand them back each time, and the broker's
+/// delivery limit (11) would dead-letter them unhandled within the 20 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_wait_for_a_leftover_that_cannot_be_undone_yet_without_being_dead_lettered() {
+    let (mut s, [x, y, c]) = move_setup("integrity-blocked", "blocked").await;
+    let config = test_config(&s.emu.base, s.q.topology.prefix())
+        .parallel_patches(1)
+        .store_retry(2, QUICK_BACKOFF, Duration::from_secs(1));
+    let mut procs = vec![WorkerProcess::spawn(&config)];
+    procs[0].wait_ready(Duration::from_secs(30)).await;
+    procs.push(WorkerProcess::spawn(&config));
+    procs[1].wait_ready(Duration::from_secs(30)).await;
+
+    s.emu.lock_record(DS, &x).await;
+    s.emu.set_faults(json!({"latency_ms": 1500})).await;
+    let ops = vec![
+        json!({"parent_id": y, "relationship_field": OWNER, "child_ids": [c], "mode": "add"}),
+        json!({"parent_id": x, "relationship_field": OWNER, "child_ids": [c], "mode": "remove"}),
+    ];
+    publish_jobs(
+        &s.q.publisher,
+        &s.q.topology,
+        &[job("blocked", DS, true, ops)],
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.emu.stats().await["patch_count"] == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the active replica never wrote Y"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Y is written: locked now, the standby cannot put it back for a while.
+    s.emu.lock_record(DS, &y).await;
+    procs[0].signal("KILL");
+    s.emu.set_faults(json!({"latency_ms": 0})).await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    s.emu.unlock_record(DS, &y).await;
+    s.emu.unlock_record(DS, &x).await;
+
+    let applied = |events: &[Value]| {
+        events.iter().any(|e| {
+            e["type"] == "cxrel.job.completed"
+                && e["data"]["job_id"] == "blocked"
+                && e["data"]["summary"]["applied"] == 2
+        })
+    };
+    assert!(
+        s.q.tap.until(Duration::from_secs(90), applied).await,
+        "the job waited and then completed"
+    );
+    let metrics = procs[1].metrics().await;
+    assert!(
+        metrics.contains("cxrel_intent_restores_total{outcome=\"blocked\"}"),
+        "the restore was blocked for a while: {metrics}"
+    );
+    broker::assert_no_dead_letters(&s.q.channel, &s.q.topology).await;
+    assert_rules_hold(&stored_graph(&s.emu).await);
+    drop(procs);
+    broker::teardown(&s.q.channel, &s.q.topology).await;
+}
+
+/// A dead replica's intent with no job left to deliver (its job was dead-lettered by the broker,
+/// say): activation, which undoes leftovers, begins only with a delivery, so the worker sends a
+/// probe through the jobs queue and the active replica (itself here) undoes the write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leftover_intent_with_no_job_behind_it_is_undone_after_a_probe() {
+    use cxrel::pipeline::intent::{Intent, IntentPatch};
+    let (s, [x, y, c]) = move_setup("integrity-probe", "probe").await;
+    // The half-written move: Y holds C as well as X.
+    let value = |ids: &[&str]| json!({"ids": ids, "cascade_action": "none"});
+    let body = json!({"fields": {OWNER: value(&[&c])}});
+    let token = s.emu.token().await;
+    let written = emulator::client()
+        .patch(s.emu.record_url(DS, &y))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(written.status(), 200);
+    let field = |ids: &[&str]| serde_json::Map::from_iter([(OWNER.to_owned(), value(ids))]);
+    let intent = Intent {
+        datastore_id: DS.to_owned(),
+        job_id: "left".to_owned(),
+        patches: vec![
+            IntentPatch {
+                parent: y.clone(),
+                fields: field(&[&c]),
+                previous: field(&[]),
+            },
+            IntentPatch {
+                parent: x.clone(),
+                fields: field(&[]),
+                previous: field(&[&c]),
+            },
+        ],
+    };
+    let properties = lapin::BasicProperties::default().with_message_id("left-intent".into());
+    s.q.publisher
+        .to_queue(
+            &s.q.topology.intents(),
+            &serde_json::to_vec(&intent).unwrap(),
+            properties,
+        )
+        .await
+        .unwrap();
+    let worker = WorkerProcess::spawn(&test_config(&s.emu.base, s.q.topology.prefix()));
+    worker.wait_ready(Duration::from_secs(30)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, y_record) = s.emu.get_record(DS, &y).await;
+        if workers::stored_ids(&y_record, OWNER).is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Y was never put back: {y_record}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, x_record) = s.emu.get_record(DS, &x).await;
+    assert_eq!(workers::stored_ids(&x_record, OWNER), vec![c.clone()]);
+    assert_rules_hold(&stored_graph(&s.emu).await);
+    broker::assert_no_dead_letters(&s.q.channel, &s.q.topology).await;
+    drop(worker);
+    broker::teardown(&s.q.channel, &s.q.topology).await;
+}
