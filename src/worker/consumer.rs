@@ -267,26 +267,13 @@ impl<H: JobHandler> Consumer<H> {
             };
             settler.acks.read(delivery.delivery_tag);
             if journal.0.is_none() {
-                // The first job: this replica is the active one now. What a dead one left
-                // half-written is put back before any job is checked, and after this process's
-                // jobs of an earlier session (no new PATCH since its lease ended) are done.
-                self.finish_earlier_sessions(tasks).await;
-                // Graphs cached before now (a standby's, or loaded by jobs of an earlier session)
-                // miss what the replica that was active wrote: they are read again.
-                self.handler.became_active().await;
+                // The first job: this replica is the active one now.
                 let activated = tokio::select! {
-                    activated = Box::pin(BrokerJournal::activate(
-                        &connection,
-                        channel.clone(),
-                        settler.publisher.clone(),
-                        self.topology.intents(),
-                        self.handler.clone(),
-                        lease.clone(),
-                    )) => activated,
+                    activated = self.activate(&connection, &channel, &settler, tasks, lease) => activated,
                     () = cancel.cancelled() => return Ok(HeldSession { connection, consumer: deliveries }),
                 };
                 match activated {
-                    Ok(activated) => journal = Journal(Some(activated)),
+                    Ok(activated) => journal = activated,
                     Err(error) => {
                         // The jobs this session holds go back to the queue with the connection.
                         let _ = connection.close(320, "not activated".into()).await;
@@ -332,6 +319,32 @@ impl<H: JobHandler> Consumer<H> {
 }
 
 impl<H: JobHandler> Consumer<H> {
+    /// Makes this session the writing one, before any of its jobs is checked: once this process's
+    /// jobs of an earlier session (no new PATCH since its lease ended) are done, it forgets cached
+    /// graphs (a standby's, or loaded by those jobs, miss what the replica that was active wrote)
+    /// and puts back what a dead replica left half-written.
+    async fn activate(
+        &self,
+        connection: &Connection,
+        channel: &lapin::Channel,
+        settler: &Settler,
+        tasks: &mut JoinSet<()>,
+        lease: &CancellationToken,
+    ) -> Result<Journal, AmqpError> {
+        self.finish_earlier_sessions(tasks).await;
+        self.handler.became_active().await;
+        let journal = Box::pin(BrokerJournal::activate(
+            connection,
+            channel.clone(),
+            settler.publisher.clone(),
+            self.topology.intents(),
+            self.handler.clone(),
+            lease.clone(),
+        ))
+        .await?;
+        Ok(Journal(Some(journal)))
+    }
+
     /// Waits (up to the shutdown timeout) for jobs of an earlier session of this process: a PATCH
     /// of theirs still under way could land after the restore of their intents.
     async fn finish_earlier_sessions(&self, tasks: &mut JoinSet<()>) {
