@@ -4,10 +4,11 @@
 //!
 //! Module map, in the order a job flows (each depends only on those above it or beside it):
 //! - [`worker`]: consume (single active consumer, bounded in-flight), then settle the outcome:
-//!   events, retry copy or dead letter, confirmed before the ack.
+//!   events, retry copy or dead letter, confirmed before the ack; the write-intent log on the
+//!   broker (`worker::journal`) that lets the replica taking over undo a dead one's half-written job.
 //! - [`job`]: parse the message into domain types (SPEC §1); [`trace`]: its W3C trace context.
 //! - [`pipeline`]: one job through check-and-reserve → confirm → apply → compensate, against each
-//!   data store's live graph (`pipeline::datastore`).
+//!   data store's live graph (`pipeline::datastore`); write intents (`pipeline::intent`).
 //! - [`graph`]: the relationship graph, the rules of SPEC §2, reservations and the PATCH planner
 //!   (pure, no I/O); [`schema`]: a data store's schema and constraints.
 //! - [`store`]: the data-store client (auth, adaptive rate budget, retries, bounded answers).
