@@ -233,6 +233,7 @@ impl<H: JobHandler> Consumer<H> {
         tracing::info!(queue = %self.topology.jobs(), prefetch = self.config.prefetch, "consuming");
         let mut health = tokio::time::interval(Duration::from_secs(1));
         let mut probe = tokio::time::interval(journal::PROBE_INTERVAL);
+        let mut stranded = journal::StrandedWatch::default();
         let mut journal = Journal::default();
         loop {
             let next = tokio::select! {
@@ -249,7 +250,7 @@ impl<H: JobHandler> Consumer<H> {
                 }
                 _ = probe.tick() => {
                     let (intents, jobs) = (self.topology.intents(), self.topology.jobs());
-                    let probed = journal::probe_if_stranded(&connection, &settler.publisher, &intents, &jobs);
+                    let probed = stranded.look(&connection, &settler.publisher, &intents, &jobs);
                     if let Err(error) = probed.await {
                         tracing::warn!(%error, "could not look for stranded write intents");
                     }

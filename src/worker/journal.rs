@@ -261,14 +261,47 @@ pub const PROBE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Activation is what undoes leftovers, and only a job delivery starts it: intents left when no job
 /// follows (the dead replica's jobs were all dead-lettered by the broker, say) would wait for the
-/// next job. So any replica that finds intents ready in the log, which an activated replica would
-/// have taken, sends a probe to the jobs queue; whichever replica is active gets it and activates.
-pub async fn probe_if_stranded(
-    connection: &Connection,
-    publisher: &Publisher,
-    intents: &str,
-    jobs: &str,
-) -> Result<(), AmqpError> {
+/// next job. So every replica looks at the log each [`PROBE_INTERVAL`]; intents ready there on two
+/// looks in a row (an activated replica takes them at once; one in flight between its publish and
+/// its return is ready for a moment only) make it send a probe to the jobs queue, and whichever
+/// replica is active gets it and activates.
+#[derive(Default)]
+pub struct StrandedWatch {
+    seen_before: bool,
+}
+
+impl StrandedWatch {
+    pub async fn look(
+        &mut self,
+        connection: &Connection,
+        publisher: &Publisher,
+        intents: &str,
+        jobs: &str,
+    ) -> Result<(), AmqpError> {
+        let waiting = ready_intents(connection, intents).await?;
+        let stranded = waiting > 0 && self.seen_before;
+        self.seen_before = waiting > 0;
+        if !stranded {
+            return Ok(());
+        }
+        tracing::info!(
+            intents = waiting,
+            "write intents wait with no active replica taking them; sending a probe so it undoes them"
+        );
+        let mut table = FieldTable::default();
+        crate::amqp::headers::set_str(&mut table, PROBE_HEADER, "activate");
+        let properties = BasicProperties::default()
+            .with_message_id(ShortString::from(format!(
+                "cxrel-probe-{}",
+                uuid::Uuid::new_v4()
+            )))
+            .with_headers(table);
+        publisher.to_queue(jobs, b"", properties).await
+    }
+}
+
+/// Intents ready in the log (a passive declare on a channel of its own: a missing queue closes it).
+async fn ready_intents(connection: &Connection, intents: &str) -> Result<u32, AmqpError> {
     let channel = connection.create_channel().await?;
     let declared = channel
         .queue_declare(
@@ -281,23 +314,7 @@ pub async fn probe_if_stranded(
         )
         .await;
     let _ = channel.close(200, "checked".into()).await;
-    let waiting = declared?.message_count();
-    if waiting == 0 {
-        return Ok(());
-    }
-    tracing::info!(
-        intents = waiting,
-        "write intents wait with no active replica taking them; sending a probe so it undoes them"
-    );
-    let mut table = FieldTable::default();
-    crate::amqp::headers::set_str(&mut table, PROBE_HEADER, "activate");
-    let properties = BasicProperties::default()
-        .with_message_id(ShortString::from(format!(
-            "cxrel-probe-{}",
-            uuid::Uuid::new_v4()
-        )))
-        .with_headers(table);
-    publisher.to_queue(jobs, b"", properties).await
+    Ok(declared?.message_count())
 }
 
 /// True for a probe (empty, with [`PROBE_HEADER`]): acked once the replica is activated, never a

@@ -840,7 +840,8 @@ async fn a_leftover_intent_with_no_job_behind_it_is_undone_after_a_probe() {
         .unwrap();
     let worker = WorkerProcess::spawn(&test_config(&s.emu.base, s.q.topology.prefix()));
     worker.wait_ready(Duration::from_secs(30)).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // Seen on two looks 30 s apart, then probed.
+    let deadline = Instant::now() + Duration::from_secs(75);
     loop {
         let (_, y_record) = s.emu.get_record(DS, &y).await;
         if workers::stored_ids(&y_record, OWNER).is_empty() {
