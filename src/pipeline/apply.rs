@@ -378,14 +378,19 @@ fn holds(record: &Record, values: &[FieldValue]) -> bool {
 /// This is how a read-back tells that a write landed (a store may keep ids sorted, and may print
 /// a UUID in another case than it was sent in).
 fn is_value<S: AsRef<str>>(ids: &[S], cascade: CascadeAction, value: &FieldValue) -> bool {
-    if cascade != value.cascade || ids.len() != value.ids.len() {
+    cascade == value.cascade && same_children(ids, &value.ids)
+}
+
+/// True when `a` and `b` name the same children in any order (ids compared canonically).
+pub(super) fn same_children<A: AsRef<str>, B: AsRef<str>>(a: &[A], b: &[B]) -> bool {
+    if a.len() != b.len() {
         return false;
     }
-    let mut stored: Vec<Cow<'_, str>> = ids.iter().map(|id| canonical(id.as_ref())).collect();
-    let mut wanted: Vec<Cow<'_, str>> = value.ids.iter().map(|id| canonical(id.as_str())).collect();
-    stored.sort_unstable();
-    wanted.sort_unstable();
-    stored == wanted
+    let mut a: Vec<Cow<'_, str>> = a.iter().map(|id| canonical(id.as_ref())).collect();
+    let mut b: Vec<Cow<'_, str>> = b.iter().map(|id| canonical(id.as_ref())).collect();
+    a.sort_unstable();
+    b.sort_unstable();
+    a == b
 }
 
 /// True when `ids` (in order) and `cascade` are exactly `value`: a job that reorders children is

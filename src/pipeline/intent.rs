@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::datastore::LiveDataStore;
-use crate::graph::{Plan, canonical_id};
+use crate::graph::Plan;
 use crate::job::Job;
 use crate::store::{Record, RelationshipValue, StoreClient, StoreError};
 
@@ -231,17 +231,8 @@ fn holds(record: &Record, body: &Map<String, Value>) -> bool {
     body.iter().all(|(field, value)| {
         let wanted = RelationshipValue::read(Some(value));
         let stored = record.relationship(field);
-        stored.cascade == wanted.cascade && same_ids(&stored.ids, &wanted.ids)
+        stored.cascade == wanted.cascade && super::apply::same_children(&stored.ids, &wanted.ids)
     })
-}
-
-fn same_ids(a: &[String], b: &[String]) -> bool {
-    let sorted = |ids: &[String]| {
-        let mut ids: Vec<String> = ids.iter().map(|id| canonical_id(id).into_owned()).collect();
-        ids.sort_unstable();
-        ids
-    };
-    a.len() == b.len() && sorted(a) == sorted(b)
 }
 
 #[cfg(test)]

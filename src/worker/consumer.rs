@@ -156,17 +156,22 @@ impl<H: JobHandler> Consumer<H> {
         while tasks.try_join_next().is_some() {}
         let in_flight = tasks.len();
         tracing::info!(in_flight, timeout = ?self.config.shutdown_timeout, "draining in-flight jobs");
-        let drained = tokio::time::timeout(self.config.shutdown_timeout, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
+        if !self.join_within_shutdown_timeout(tasks).await {
             tracing::warn!(
                 left = tasks.len(),
                 "shutdown timeout: unfinished jobs are left for redelivery"
             );
             tasks.abort_all();
         }
+    }
+
+    /// Waits for every task for at most the shutdown timeout; false when some are still running.
+    async fn join_within_shutdown_timeout(&self, tasks: &mut JoinSet<()>) -> bool {
+        tokio::time::timeout(self.config.shutdown_timeout, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await
+        .is_ok()
     }
 
     /// One connection's life. Returns the open connection and the live consumer on shutdown (so
@@ -350,15 +355,8 @@ impl<H: JobHandler> Consumer<H> {
     /// of theirs still under way could land after the restore of their intents.
     async fn finish_earlier_sessions(&self, tasks: &mut JoinSet<()>) {
         while tasks.try_join_next().is_some() {}
-        if tasks.is_empty() {
-            return;
-        }
         let left = tasks.len();
-        let finished = tokio::time::timeout(self.config.shutdown_timeout, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if finished.is_err() {
+        if left > 0 && !self.join_within_shutdown_timeout(tasks).await {
             tracing::warn!(
                 left,
                 "jobs of the previous session are still running; aborting them"

@@ -570,21 +570,11 @@ async fn an_atomic_job_half_written_by_a_killed_replica_is_undone_by_the_one_tha
 
     s.emu.lock_record(DS, &x).await;
     s.emu.set_faults(json!({"latency_ms": LATENCY_MS})).await;
-    let ops = vec![
-        json!({"parent_id": y, "relationship_field": OWNER, "child_ids": [c], "mode": "add"}),
-        json!({"parent_id": x, "relationship_field": OWNER, "child_ids": [c], "mode": "remove"}),
-    ];
+    let ops = move_ops(&x, &y, &c);
     publish_jobs(&s.q.publisher, &s.q.topology, &[job("move", DS, true, ops)]).await;
 
     // X is locked, so the first PATCH to land is Y's: the active replica is killed at once.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while s.emu.stats().await["patch_count"] == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the active replica never wrote Y"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    first_patch_landed(&s.emu, "Y").await;
     procs[0].signal("KILL");
     let stats = s.emu.stats().await;
     assert_eq!(stats["patch_count"], 1, "Y written once: {stats}");
@@ -667,14 +657,7 @@ async fn a_replica_that_lost_its_connection_never_undoes_what_the_new_owner_wrot
         &[job("zombie", DS, true, ops)],
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while s.emu.stats().await["patch_count"] == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the active replica never wrote X"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    first_patch_landed(&s.emu, "X").await;
     // X is written: its restore, after Y's 409, now keeps meeting a lock too.
     s.emu.lock_record(DS, &x).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -689,13 +672,7 @@ async fn a_replica_that_lost_its_connection_never_undoes_what_the_new_owner_wrot
     s.emu.unlock_record(DS, &y).await;
     s.emu.unlock_record(DS, &x).await;
 
-    let applied = |events: &[Value]| {
-        events.iter().any(|e| {
-            e["type"] == "cxrel.job.completed"
-                && e["data"]["job_id"] == "zombie"
-                && e["data"]["summary"]["applied"] == 2
-        })
-    };
+    let applied = |events: &[Value]| completed_applying(events, "zombie", 2);
     assert!(
         s.q.tap.until(Duration::from_secs(90), applied).await,
         "the new owner completed the job"
@@ -745,24 +722,14 @@ async fn jobs_wait_for_a_leftover_that_cannot_be_undone_yet_without_being_dead_l
 
     s.emu.lock_record(DS, &x).await;
     s.emu.set_faults(json!({"latency_ms": 1500})).await;
-    let ops = vec![
-        json!({"parent_id": y, "relationship_field": OWNER, "child_ids": [c], "mode": "add"}),
-        json!({"parent_id": x, "relationship_field": OWNER, "child_ids": [c], "mode": "remove"}),
-    ];
+    let ops = move_ops(&x, &y, &c);
     publish_jobs(
         &s.q.publisher,
         &s.q.topology,
         &[job("blocked", DS, true, ops)],
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while s.emu.stats().await["patch_count"] == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the active replica never wrote Y"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    first_patch_landed(&s.emu, "Y").await;
     // Y is written: locked now, the standby cannot put it back for a while.
     s.emu.lock_record(DS, &y).await;
     procs[0].signal("KILL");
@@ -771,13 +738,7 @@ async fn jobs_wait_for_a_leftover_that_cannot_be_undone_yet_without_being_dead_l
     s.emu.unlock_record(DS, &y).await;
     s.emu.unlock_record(DS, &x).await;
 
-    let applied = |events: &[Value]| {
-        events.iter().any(|e| {
-            e["type"] == "cxrel.job.completed"
-                && e["data"]["job_id"] == "blocked"
-                && e["data"]["summary"]["applied"] == 2
-        })
-    };
+    let applied = |events: &[Value]| completed_applying(events, "blocked", 2);
     assert!(
         s.q.tap.until(Duration::from_secs(90), applied).await,
         "the job waited and then completed"
@@ -859,4 +820,33 @@ async fn a_leftover_intent_with_no_job_behind_it_is_undone_after_a_probe() {
     broker::assert_no_dead_letters(&s.q.channel, &s.q.topology).await;
     drop(worker);
     broker::teardown(&s.q.channel, &s.q.topology).await;
+}
+
+/// Waits (up to a minute) until the store answered its first PATCH, `parent`'s.
+async fn first_patch_landed(emu: &EmulatorProcess, parent: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while emu.stats().await["patch_count"] == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the active replica never wrote {parent}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// True once `job_id` completed with `applied` operations applied.
+fn completed_applying(events: &[Value], job_id: &str, applied: u64) -> bool {
+    events.iter().any(|e| {
+        e["type"] == "cxrel.job.completed"
+            && e["data"]["job_id"] == job_id
+            && e["data"]["summary"]["applied"] == applied
+    })
+}
+
+/// The move of C from X to Y, Y's write first (parents are written in the order they appear).
+fn move_ops(x: &str, y: &str, c: &str) -> Vec<Value> {
+    vec![
+        json!({"parent_id": y, "relationship_field": OWNER, "child_ids": [c], "mode": "add"}),
+        json!({"parent_id": x, "relationship_field": OWNER, "child_ids": [c], "mode": "remove"}),
+    ]
 }
