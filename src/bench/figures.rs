@@ -24,6 +24,9 @@ pub struct RunFigures {
     pub max_in_flight: usize,
     pub rate_backend: String,
     pub elapsed_seconds: f64,
+    /// From the first publish to the first settled job: token, schema and graph load, once per
+    /// worker start; part of `elapsed_seconds`.
+    pub first_settled_ms: f64,
     pub jobs_per_second: f64,
     pub operations_per_second: f64,
     pub store_requests: u64,
@@ -102,6 +105,10 @@ impl RunFigures {
                 format!("{} / {}", self.prefetch, self.max_in_flight),
             ),
             ("elapsed", format!("{:.1} s", self.elapsed_seconds)),
+            (
+                "first job settled after",
+                format!("{:.1} ms", self.first_settled_ms),
+            ),
             ("jobs/s", format!("{:.1}", self.jobs_per_second)),
             ("operations/s", format!("{:.1}", self.operations_per_second)),
             ("data-store requests", self.store_requests.to_string()),

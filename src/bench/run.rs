@@ -249,6 +249,10 @@ fn tally(
     latencies.sort();
     let first = published.values().min().copied();
     let last = settled.values().map(|s| s.at).max();
+    let first_settled = match (first, settled.values().map(|s| s.at).min()) {
+        (Some(a), Some(b)) => b.saturating_duration_since(a),
+        _ => Duration::ZERO,
+    };
     let elapsed = match (first, last) {
         (Some(a), Some(b)) => b.saturating_duration_since(a).as_secs_f64().max(1e-9),
         _ => 1e-9,
@@ -269,6 +273,7 @@ fn tally(
         max_in_flight: params.max_in_flight,
         rate_backend: format!("{:?}", params.backend).to_lowercase(),
         elapsed_seconds: (elapsed * 100.0).round() / 100.0,
+        first_settled_ms: millis(first_settled),
         jobs_per_second,
         operations_per_second: ops / elapsed,
         store_requests: stats.store_requests,
