@@ -43,8 +43,17 @@ impl<'g> Overlay<'g> {
 
     /// The graph with other jobs' pending reservations seen through `bound`.
     pub fn with_reservations(graph: &'g Graph, pending: &Reservations, bound: Bound) -> Self {
+        Self::with_context(graph, pending.view(bound))
+    }
+
+    /// The graph with `values` in place of its own for their (field, parent): state the job is
+    /// checked against, not changes of the job.
+    pub fn with_context(
+        graph: &'g Graph,
+        values: impl IntoIterator<Item = (Key, Vec<Ix>, CascadeAction)>,
+    ) -> Self {
         let mut overlay = Overlay::new(graph);
-        for (key, children, cascade) in pending.view(bound) {
+        for (key, children, cascade) in values {
             let mut sorted = children.clone();
             sorted.sort_unstable();
             let entry = OverlayEntry {

@@ -478,3 +478,70 @@ fn a_replace_without_a_cascade_resets_it_to_none() {
     assert_eq!(patch.fields[0].cascade, NONE);
     assert_eq!(patch.previous[0].cascade, DELETE);
 }
+
+/// The graph after the PATCHes of `plan` that `written` marks landed.
+fn written(g: &mut Graph, plan: &Plan, written: &[bool]) {
+    for (patch, _) in plan.patches.iter().zip(written).filter(|(_, w)| **w) {
+        for value in &patch.fields {
+            let ids: Vec<&str> = value.ids.iter().map(RecordId::as_str).collect();
+            g.apply_patch(
+                patch.parent.as_str(),
+                value.field.as_str(),
+                &ids,
+                value.cascade,
+                2,
+            )
+            .unwrap();
+        }
+    }
+}
+
+fn unsupported(g: &Graph, j: &Job, landed: &[bool]) -> Vec<usize> {
+    let v = check(g, j);
+    let plan = plan(g, j, &v);
+    let mut after = g.clone();
+    written(&mut after, &plan, landed);
+    unsupported_writes(&after, &schema(), j, &plan, landed)
+}
+
+#[test]
+fn a_swap_whose_remove_did_not_land_must_undo_its_add() {
+    let g = graph(&["p", "q"], &[("p", "a", &["q"], NONE)]);
+    let swap = job(
+        false,
+        vec![
+            op("p", "a", &["q"], Mode::Remove),
+            op("q", "a", &["p"], Mode::Add),
+        ],
+    );
+    assert_eq!(codes(&check(&g, &swap)), vec![None, None]);
+    assert_eq!(unsupported(&g, &swap, &[false, true]), vec![1]);
+    assert_eq!(unsupported(&g, &swap, &[true, false]), Vec::<usize>::new());
+    assert_eq!(unsupported(&g, &swap, &[true, true]), Vec::<usize>::new());
+}
+
+#[test]
+fn a_move_whose_release_did_not_land_must_undo_its_claim() {
+    let g = graph(&["p", "q", "c"], &[("p", "u", &["c"], NONE)]);
+    let a_move = job(
+        false,
+        vec![
+            op("p", "u", &["c"], Mode::Remove),
+            op("q", "u", &["c"], Mode::Add),
+        ],
+    );
+    assert_eq!(unsupported(&g, &a_move, &[false, true]), vec![1]);
+}
+
+#[test]
+fn operations_that_hold_on_their_own_stay_when_another_did_not_land() {
+    let g = graph(&["p", "q", "c", "d"], &[]);
+    let two = job(
+        false,
+        vec![
+            op("p", "a", &["c"], Mode::Add),
+            op("q", "a", &["d"], Mode::Add),
+        ],
+    );
+    assert_eq!(unsupported(&g, &two, &[false, true]), Vec::<usize>::new());
+}

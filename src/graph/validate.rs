@@ -64,7 +64,7 @@ pub fn validate_reserved(
     )
 }
 
-fn run(start: Overlay<'_>, schema: &Schema, job: &Job) -> Verdict {
+pub(super) fn run(start: Overlay<'_>, schema: &Schema, job: &Job) -> Verdict {
     let graph = start.graph;
     if !graph.is_built_for(schema) {
         return outdated(job);

@@ -149,6 +149,13 @@ impl LiveDataStore {
         true
     }
 
+    /// The landed PATCHes of a non-atomic job written in part that relied on one that did not
+    /// land (see [`crate::graph::unsupported_writes`]).
+    pub fn unsupported_writes(&self, job: &Job, plan: &Plan, written: &[bool]) -> Vec<usize> {
+        let state = self.lock();
+        crate::graph::unsupported_writes(&state.graph, &state.schema, job, plan, written)
+    }
+
     /// Runs `f` on the graph (apply and compensation record what the store answered).
     pub fn with_graph<R>(&self, f: impl FnOnce(&mut Graph) -> R) -> R {
         f(&mut self.lock().graph)

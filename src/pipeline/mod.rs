@@ -242,7 +242,18 @@ impl Pipeline {
                 failure
             } else {
                 mark_results(&plan, &results, &mut statuses);
-                failed.map(apply_failure)
+                let undo = self
+                    .undo_unsupported(&live, job, &plan, &results, &mut statuses, lease)
+                    .await;
+                if lease.is_cancelled() {
+                    return (unprocessed(), Some(lease_lost()));
+                }
+                for (slot, status) in undone.iter_mut().zip(&statuses) {
+                    if matches!(status, OpStatus::RolledBack { .. }) {
+                        *slot = Some(status.clone());
+                    }
+                }
+                undo.or_else(|| failed.map(apply_failure))
             };
             // The writes are decided (landed or undone): the intent goes before the job is acked.
             if let Err(failure) = release_intent(journal, intent).await {
@@ -331,6 +342,95 @@ impl Pipeline {
             ));
         }
         failed.map(apply_failure)
+    }
+
+    /// A non-atomic job written in part: undoes each landed PATCH whose operations were accepted
+    /// only thanks to one that did not land (module [`crate::graph`]'s recheck), reporting them
+    /// rolled back. Returns a failure only when such a write could not be undone.
+    async fn undo_unsupported(
+        &self,
+        live: &LiveDataStore,
+        job: &Job,
+        plan: &Plan,
+        results: &[PatchResult],
+        statuses: &mut [OpStatus],
+        lease: &CancellationToken,
+    ) -> Option<Failure> {
+        let written: Vec<bool> = results
+            .iter()
+            .map(|r| matches!(r, PatchResult::Applied { wrote: true, .. }))
+            .collect();
+        let partial = results
+            .iter()
+            .any(|r| !matches!(r, PatchResult::Applied { .. }));
+        if !partial || !written.contains(&true) {
+            return None;
+        }
+        let undo = live.unsupported_writes(job, plan, &written);
+        if undo.is_empty() {
+            return None;
+        }
+        let targets: Vec<PatchResult> = results
+            .iter()
+            .enumerate()
+            .map(|(i, r)| match undo.contains(&i) {
+                true => r.clone(),
+                false => PatchResult::NotSent,
+            })
+            .collect();
+        let restored = apply::compensate(
+            &self.store,
+            live,
+            plan,
+            &targets,
+            self.parallel_patches,
+            lease,
+        )
+        .await;
+        let why = unwritten_reason(plan, results);
+        let mut stuck = Vec::new();
+        for &i in &undo {
+            let (Some(patch), Some(restore)) = (plan.patches.get(i), restored.get(i)) else {
+                continue;
+            };
+            let status = match restore {
+                Some(PatchResult::Applied { .. }) => OpStatus::RolledBack {
+                    code: "depends_on_unwritten_operation".to_owned(),
+                    message: format!(
+                        "relied on an operation of this job that was not written ({why}); undone"
+                    ),
+                },
+                other => {
+                    stuck.push(patch.parent.as_str().to_owned());
+                    OpStatus::Failed {
+                        code: "compensation_failed".to_owned(),
+                        message: format!(
+                            "relied on an operation of this job that was not written ({why}), and could not be undone: {}",
+                            other
+                                .as_ref()
+                                .map_or_else(|| "nothing to restore".to_owned(), describe)
+                        ),
+                    }
+                }
+            };
+            for &op in &patch.operation_indexes {
+                if let Some(s) = statuses.get_mut(op) {
+                    *s = status.clone();
+                }
+            }
+        }
+        tracing::warn!(job_id = %job.job_id, undone = undo.len() - stuck.len(), stuck = stuck.len(), "a partly written job's writes that relied on an unwritten one were undone");
+        (!stuck.is_empty()).then(|| {
+            Failure::new(
+                "compensation_failed",
+                format!(
+                    "the job was written in part ({why}) and what relied on the rest could not be undone on {}; see the job's failed events",
+                    stuck.join(", ")
+                ),
+                Stage::Compensate,
+                ErrorClass::Permanent,
+            )
+        })
     }
 
     /// Re-reads parents that answered 412 so the next round validates against what is stored.
@@ -434,6 +534,25 @@ fn first_failure(results: &[PatchResult]) -> Option<&StoreError> {
         PatchResult::Failed(e) => Some(e),
         _ => None,
     })
+}
+
+/// What kept a PATCH of the plan from landing, for messages.
+fn unwritten_reason(plan: &Plan, results: &[PatchResult]) -> String {
+    plan.patches
+        .iter()
+        .zip(results)
+        .find(|(_, r)| !matches!(r, PatchResult::Applied { .. }))
+        .map_or_else(String::new, |(patch, r)| {
+            format!("{}: {}", patch.parent.as_str(), describe_unwritten(r))
+        })
+}
+
+fn describe_unwritten(result: &PatchResult) -> String {
+    match result {
+        PatchResult::NotSent => "not sent".to_owned(),
+        PatchResult::Conflict => "it changed since it was read (412)".to_owned(),
+        other => describe(other),
+    }
 }
 
 fn describe(result: &PatchResult) -> String {

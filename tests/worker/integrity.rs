@@ -822,6 +822,65 @@ async fn a_leftover_intent_with_no_job_behind_it_is_undone_after_a_probe() {
     broker::teardown(&s.q.channel, &s.q.topology).await;
 }
 
+/// A non-atomic move of C from X to Y accepts the add to Y only because the remove from X comes
+/// first. With X locked, only Y's PATCH lands: C under both parents would break `unique_parent`,
+/// so the worker undoes Y's write, reports it rolled back, and the retry completes the move once
+/// X is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_atomic_move_whose_release_did_not_land_takes_back_its_claim() {
+    let (mut s, [x, y, c]) = move_setup("integrity-partial", "partial").await;
+    let config = test_config(&s.emu.base, s.q.topology.prefix()).store_retry(
+        2,
+        QUICK_BACKOFF,
+        Duration::from_secs(1),
+    );
+    let worker = WorkerProcess::spawn(&config);
+    worker.wait_ready(Duration::from_secs(30)).await;
+    s.emu.lock_record(DS, &x).await;
+    let ops = vec![
+        json!({"parent_id": x, "relationship_field": OWNER, "child_ids": [c], "mode": "remove"}),
+        json!({"parent_id": y, "relationship_field": OWNER, "child_ids": [c], "mode": "add"}),
+    ];
+    publish_jobs(
+        &s.q.publisher,
+        &s.q.topology,
+        &[job("partial", DS, false, ops)],
+    )
+    .await;
+    let undone = |events: &[Value]| {
+        events.iter().any(|e| {
+            e["type"] == "cxrel.relationship.rolled_back"
+                && e["data"]["code"] == "depends_on_unwritten_operation"
+                && e["data"]["parent_id"] == y.as_str()
+        })
+    };
+    assert!(
+        s.q.tap.until(Duration::from_secs(60), undone).await,
+        "Y's write, which relied on X's, was undone: {:?}",
+        s.q.tap.events
+    );
+    let graph = stored_graph(&s.emu).await;
+    assert_rules_hold(&graph);
+    assert_eq!(
+        graph[OWNER][&x].0,
+        vec![c.clone()],
+        "C is back under X only"
+    );
+    assert!(graph[OWNER][&y].0.is_empty());
+
+    s.emu.unlock_record(DS, &x).await;
+    let applied = |events: &[Value]| completed_applying(events, "partial", 2);
+    assert!(
+        s.q.tap.until(Duration::from_secs(60), applied).await,
+        "the retry moved C once X was free"
+    );
+    let graph = stored_graph(&s.emu).await;
+    assert_rules_hold(&graph);
+    assert_eq!(graph[OWNER][&y].0, vec![c]);
+    drop(worker);
+    broker::teardown(&s.q.channel, &s.q.topology).await;
+}
+
 /// Waits (up to a minute) until the store answered its first PATCH, `parent`'s.
 async fn first_patch_landed(emu: &EmulatorProcess, parent: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
