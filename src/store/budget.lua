@@ -8,7 +8,9 @@
 -- ep_signals, cut_ok (successes of requests sent after the cut), closed_run, probe, tat_rate (the rate
 -- tat's lead over now was taken at; 0 = unknown),
 -- (us between probes while closed, 0 = open), closed_since, last_closed, first_cut, t_newest and the trailing
--- second's slots t_adm / t_ref (20 comma-separated counts of 50 ms each).
+-- second's slots t_adm / t_ref (20 comma-separated counts of 50 ms each), w_max_at_cut and
+-- admitted_at_cut (the last cut's w_max and what the server admitted per second before it), penalty
+-- (when the last penalty box reopened; 0 = none).
 --
 -- ARGV[1] = op: "acquire" | "throttle"
 -- ARGV[2] = max_rate (0 = not configured: slow start), ARGV[3] = burst, ARGV[4] = ttl_ms,
@@ -52,7 +54,8 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
 local names = {'tat', 'pause_until', 'generation', 'cut_at', 'w_max', 'k', 'traffic_start',
   'successes', 'refused', 'ep_start', 'ep_successes', 'ep_refused', 'ep_signals', 'cut_ok',
-  'closed_run', 'probe', 'last_closed', 'first_cut', 't_newest', 'closed_since', 'tat_rate'}
+  'closed_run', 'probe', 'last_closed', 'first_cut', 't_newest', 'closed_since', 'tat_rate',
+  'w_max_at_cut', 'admitted_at_cut', 'penalty'}
 local raw = redis.call('HMGET', key, unpack(names))
 local s = {}
 for i, name in ipairs(names) do s[name] = tonumber(raw[i]) or 0 end
@@ -67,8 +70,11 @@ local adm, ref = slots(slots_raw[1]), slots(slots_raw[2])
 s.successes = s.successes + added
 s.refused = s.refused + added_refused
 if s.traffic_start == 0 then s.traffic_start = now end
--- A success of a request sent after the cut: the server is open (see cubic.rs, "Closed").
+-- A success of a request sent after the cut: the server is open (see cubic.rs, "Closed"); after
+-- a closed run of over a second, a penalty box reopened (see after_penalty below).
+local reopened = false
 if after_count > 0 and after_gen == s.generation then
+  reopened = s.closed_run > 0 and now - s.closed_since > 1000000
   s.cut_ok = s.cut_ok + after_count
   s.closed_run = 0
   s.probe = 0
@@ -120,6 +126,21 @@ local function admitted_last_second()
 end
 
 local scale = (1 - beta) / math.max(recover, 0.001) ^ 3
+-- After a penalty box (see cubic.rs, after_penalty and PENALTY_*): resume below the lower of the
+-- last w_max and what the server admitted before it closed, and probe past it slowly for 60 s.
+local PENALTY_STEP = 0.97
+local PENALTY_MEMORY = 60000000
+local PENALTY_SLOWDOWN = 8
+if reopened then
+  local w = s.w_max_at_cut
+  if s.admitted_at_cut >= estimate_successes then w = math.min(w, s.admitted_at_cut) end
+  w = math.max(w * PENALTY_STEP, min_rate)
+  local rate = math.max(w * beta, min_rate)
+  s.k = (math.max(1 - rate / w, 0) / scale) ^ (1 / 3)
+  s.w_max = w
+  s.cut_at = now
+  s.penalty = now
+end
 local function rate_at(at)
   if s.cut_at == 0 then
     if max_rate > 0 then return max_rate end
@@ -129,9 +150,12 @@ local function rate_at(at)
     return math.min(start_rate * 2 ^ d, math.max(2 * answered, start_rate))
   end
   local dt = (at - s.cut_at) / 1000000
-  -- Past w_max the probe climbs a quarter as steeply.
+  -- Past w_max the probe climbs a quarter as steeply (slower still after a penalty box).
   local sc = scale
-  if dt > s.k then sc = scale / 4 end
+  if dt > s.k then
+    sc = scale / 4
+    if s.penalty > 0 and at - s.penalty < PENALTY_MEMORY then sc = sc / PENALTY_SLOWDOWN ^ 3 end
+  end
   local r = s.w_max * (1 + sc * (dt - s.k) ^ 3)
   if max_rate > 0 and r > max_rate then r = max_rate end
   if r < min_rate then r = min_rate end
@@ -276,6 +300,8 @@ if op == 'throttle' then
   local rate = math.max(w_max * depth, beta * floor, min_rate)
   s.k = (math.max(1 - rate / w_max, 0) / scale) ^ (1 / 3)
   s.w_max = w_max
+  s.w_max_at_cut = w_max
+  s.admitted_at_cut = t_adm / math.max(t_span / 1000000, 0.05)
   s.cut_at = now
   if s.first_cut == 0 then s.first_cut = now end
   s.cut_ok = 0

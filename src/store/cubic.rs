@@ -21,6 +21,10 @@
 //!   third refused probe it is a window, not an empty bucket (which refills within one probe):
 //!   the first cut's curve is rebased on what the server admitted in the last second, so a slow
 //!   start that a window never slowed does not come back at ten times its limit.
+//! - **A penalty box** is a closed run that outlasts a window's second: once it admits again, the
+//!   curve restarts below the lower of the last `w_max` and what the server admitted in the
+//!   second before it closed, and for a minute the probe past `w_max` climbs eight times slower
+//!   (crossing the limit costs the whole penalty there).
 //! - **An episode** is a run of signals each within `recover` of the previous cut while the rate
 //!   had not yet climbed back to `w_max` (the cut did not get the rate below the limit). From
 //!   its second signal on, once `estimate_successes` answers came back fine, `w_max` is capped
@@ -74,6 +78,15 @@ const CLOSED_WINDOW: Duration = Duration::from_secs(1);
 /// Slots of the trailing second (50 ms each) whose answers bound the slow start: it doubles only
 /// while traffic keeps up with it.
 const DEMAND_SLOTS: usize = 4;
+
+/// After a penalty box (a closed run outlasting [`CLOSED_WINDOW`]) the curve resumes this far
+/// below the lower of the last `w_max` and what the server admitted in the second before it
+/// closed; for [`PENALTY_MEMORY`] after it, the probe past `w_max` climbs
+/// [`PENALTY_SLOWDOWN`] times slower. Finding a limit by probing past it costs a whole penalty
+/// there, not a 10% dip.
+const PENALTY_STEP: f64 = 0.97;
+const PENALTY_MEMORY: Duration = Duration::from_secs(60);
+const PENALTY_SLOWDOWN: f64 = 8.0;
 
 /// Refused probes in one closed run that show a window (an empty bucket refills within one): the
 /// curve is then rebased on what the server admitted.
@@ -202,6 +215,11 @@ pub struct Cubic {
     trailing: Trailing,
     /// The first cut (the end of the slow start).
     first_cut: Option<Instant>,
+    /// At the last cut: its `w_max` and what the server admitted per second before it.
+    w_max_at_cut: f64,
+    admitted_at_cut: f64,
+    /// When the last penalty box reopened.
+    penalty: Option<Instant>,
 }
 
 impl Cubic {
@@ -224,6 +242,9 @@ impl Cubic {
             last_closed: None,
             trailing: Trailing::new(now),
             first_cut: None,
+            w_max_at_cut: 0.0,
+            admitted_at_cut: 0.0,
+            penalty: None,
         }
     }
 
@@ -239,11 +260,15 @@ impl Cubic {
             return self.slow_start(now).unwrap_or(ceiling);
         };
         let t = now.saturating_duration_since(cut.at).as_secs_f64();
-        // Past w_max the probe climbs a quarter as steeply: the limit is usually where it was.
-        let scale = if t > cut.k {
-            p.scale() / 4.0
-        } else {
-            p.scale()
+        // Past w_max the probe climbs a quarter as steeply: the limit is usually where it was
+        // (and slower still after a penalty box, where finding it costs the whole penalty).
+        let penalized = self
+            .penalty
+            .is_some_and(|at| now.saturating_duration_since(at) < PENALTY_MEMORY);
+        let scale = match (t > cut.k, penalized) {
+            (false, _) => p.scale(),
+            (true, false) => p.scale() / 4.0,
+            (true, true) => p.scale() / 4.0 / PENALTY_SLOWDOWN.powi(3),
         };
         let curve = cut.w_max * (1.0 + scale * (t - cut.k).powi(3));
         let curve = curve.clamp(p.min_rate, ceiling.max(p.min_rate));
@@ -296,10 +321,31 @@ impl Cubic {
         self.successes += 1;
         self.trailing.admit(now);
         if self.cut.is_some_and(|c| sent >= c.at) {
+            if self.closed_run > 0
+                && now.saturating_duration_since(self.closed_since) > CLOSED_WINDOW
+            {
+                self.after_penalty(now);
+            }
             self.admitted_since_cut += 1;
             self.closed_run = 0;
             self.probe = None;
         }
+    }
+
+    /// The server reopened after refusing everything for longer than a window's second: a
+    /// penalty box. The curve restarts below the lower of the last `w_max` and what the server
+    /// admitted in the second before it closed (a window's rebase, made early in the run, counted
+    /// the closure too), and probes past it slowly for a while.
+    fn after_penalty(&mut self, now: Instant) {
+        let p = &self.params;
+        let mut w = self.w_max_at_cut;
+        if self.admitted_at_cut >= p.estimate_successes as f64 {
+            w = w.min(self.admitted_at_cut);
+        }
+        let w = (w * PENALTY_STEP).max(p.min_rate);
+        let rate = (w * p.beta).max(p.min_rate);
+        self.cut = Some(Cut::new(now, w, rate, p));
+        self.penalty = Some(now);
     }
 
     /// A 429 at `now` for a request sent at `sent`; `retry_after` from the answer.
@@ -325,6 +371,8 @@ impl Cubic {
         let current = self.rate(now);
         self.track_episode(now);
         let (w_max, rate, floor) = self.next_cut(now, current);
+        self.w_max_at_cut = w_max;
+        self.admitted_at_cut = self.admitted_per_second(now);
         // K of the curve through (0, rate) and (K, w_max): longer when the cut went deeper.
         self.cut = Some(Cut::new(now, w_max, rate, &self.params));
         self.first_cut.get_or_insert(now);
@@ -508,6 +556,12 @@ impl Cubic {
         } else {
             0.0
         }
+    }
+
+    /// Admissions in the trailing second, per second of the time it covers (less at the start).
+    fn admitted_per_second(&mut self, now: Instant) -> f64 {
+        let w = self.trailing.window(now);
+        w.admitted as f64 / w.span.as_secs_f64().max(0.05)
     }
 
     /// Admissions in the trailing second, per second (over a whole second even when less has
@@ -701,9 +755,37 @@ mod tests {
         let t = t0 + ms(1200);
         c.on_throttled(t, t - ms(1), Some(ms(1000)));
         assert!((c.rate(t) - 1.0).abs() < 1e-9, "{}", c.rate(t));
-        // The window opens: a probe gets through and the curve is back.
+        // The box opens: a probe gets through and the curve resumes, a little below where the
+        // box closed (nothing was admitted before it to say more): 90% of 97% of 150.
         c.on_success(t0 + ms(2300), t0 + ms(2290));
-        assert!(c.rate(t0 + ms(2300)) > 140.0, "{}", c.rate(t0 + ms(2300)));
+        let resumed = c.rate(t0 + ms(2300));
+        assert!((resumed - 150.0 * 0.97 * 0.9).abs() < 0.01, "{resumed}");
+        // Back at the new w_max after K, then probing past it eight times slower than after a
+        // cut: +0.3% after eight more seconds, where a cut's curve has +20% after four.
+        assert!((c.rate(t0 + ms(4300)) - 145.5).abs() < 0.01);
+        let later = c.rate(t0 + ms(12_300)) / 145.5;
+        assert!((1.0..1.004).contains(&later), "{later}");
+    }
+
+    #[test]
+    fn after_a_penalty_box_the_curve_resumes_below_what_the_server_admitted_before_it_closed() {
+        let t0 = Instant::now();
+        let mut c = Cubic::new(CubicParams::new(Some(150.0)), t0);
+        c.on_request(t0);
+        // 100/s admitted for two seconds, then a 429 at 150 and a box closed for two seconds.
+        for i in 0..200 {
+            c.on_success(t0 + ms(i * 10 + 5), t0 + ms(i * 10));
+        }
+        cut_rate(c.on_throttled(t0 + ms(2000), t0 + ms(1995), Some(ms(2000))));
+        for i in 0..8 {
+            let t = t0 + ms(2010 + i * 160);
+            c.on_throttled(t, t - ms(1), Some(ms(2000)));
+        }
+        c.on_success(t0 + ms(4100), t0 + ms(4090));
+        // 97% of the 100/s admitted, cut by 10%: met from below, not at 150 × 0.9.
+        let resumed = c.rate(t0 + ms(4100));
+        assert!((resumed - 100.0 * 0.97 * 0.9).abs() < 1.5, "{resumed}");
+        assert!(c.w_max().is_some_and(|w| w < 99.0), "{:?}", c.w_max());
     }
 
     #[test]

@@ -49,12 +49,14 @@ impl SimOutcome {
 }
 
 /// The server's limit: `rate`/s enforced by `algorithm` (not GCRA: governor keeps its own
-/// clock) with a bucket of `capacity`.
+/// clock) with a bucket of `capacity`. A `penalty` above zero makes it a penalty box: once it
+/// refuses a request it refuses everything for that long, and says so in Retry-After.
 #[derive(Debug, Clone, Copy)]
 pub struct Server {
     pub algorithm: Algorithm,
     pub rate: f64,
     pub capacity: u32,
+    pub penalty: Duration,
 }
 
 /// `tasks` clients with `params` and `burst` against `server`, for `seconds`, jitter from `seed`.
@@ -72,6 +74,7 @@ pub fn run(
     let mut pacer = Pacer::new(t0);
     let limiter = Limiter::starting_at(server.algorithm, server.rate, server.capacity, t0);
     let end = Duration::from_secs(seconds);
+    let mut penalty_until = Duration::ZERO;
     let mut queue = BinaryHeap::new();
     let mut out = SimOutcome {
         successes: 0,
@@ -117,7 +120,11 @@ pub fn run(
                 queue.push(Reverse((now + jitter(), event)));
             }
             Event::Arrive { task, sent } => {
-                let ok = limiter.check_at(t0 + now).is_ok();
+                let ok = now >= penalty_until && limiter.check_at(t0 + now).is_ok();
+                // (The answer's Retry-After is read when it arrives: the box's end as of then.)
+                if !ok && now >= penalty_until {
+                    penalty_until = now + server.penalty;
+                }
                 let event = Event::Answer { task, sent, ok };
                 queue.push(Reverse((now + jitter(), event)));
             }
@@ -128,7 +135,13 @@ pub fn run(
                     cubic.on_success(at, t0 + sent);
                 } else {
                     out.throttled += 1;
-                    let retry_after = Some(Duration::from_secs(1));
+                    // The time left in the box in whole seconds (at least one), as stores say it.
+                    let left = penalty_until
+                        .saturating_sub(now)
+                        .as_secs_f64()
+                        .ceil()
+                        .max(1.0);
+                    let retry_after = Some(Duration::from_secs_f64(left));
                     let signal = cubic.on_throttled(at, t0 + sent, retry_after);
                     if let Signal::Cut { rate, .. } | Signal::Closed { rate, .. } = signal {
                         pacer.reset(at, rate, burst);
@@ -156,6 +169,7 @@ mod tests {
             algorithm,
             rate: limit,
             capacity: (limit / 10.0).max(2.0) as u32,
+            penalty: Duration::ZERO,
         };
         (1..=3)
             .map(|seed| run(CubicParams::new(max_rate), 1, server, 16, 30, seed))
@@ -197,6 +211,25 @@ mod tests {
         // At 20/s a run is only 600 requests, and discovery costs about the same 20 429s as at
         // 100/s (the tasks' requests in flight when the first ones come back): a larger share.
         check(&runs(None, 20.0), 20.0, 0.95, 0.04);
+    }
+
+    /// A penalty box refuses everything for 2 s once it refuses one request (Retry-After: the
+    /// time left). Over two minutes, so that the first boxes (the price of finding it) do not
+    /// dominate; before the box was told from a window, the worker held 43–45% of the limit.
+    #[test]
+    fn against_a_penalty_box_it_holds_most_of_the_limit_with_few_429s() {
+        for (max_rate, share) in [(Some(150.0), 0.8), (Some(1000.0), 0.8), (None, 0.7)] {
+            let server = Server {
+                algorithm: Algorithm::TokenBucket,
+                rate: 100.0,
+                capacity: 10,
+                penalty: Duration::from_secs(2),
+            };
+            let outcomes: Vec<SimOutcome> = (1..=3)
+                .map(|seed| run(CubicParams::new(max_rate), 1, server, 16, 120, seed))
+                .collect();
+            check(&outcomes, 100.0, share, 0.02);
+        }
     }
 
     #[test]
@@ -263,6 +296,7 @@ mod table {
                     algorithm,
                     rate: limit,
                     capacity: (limit / 10.0).max(2.0) as u32,
+                    penalty: Duration::ZERO,
                 };
                 let line: Vec<String> = (1..=3)
                     .map(|seed| {
@@ -276,6 +310,28 @@ mod table {
                     .collect();
                 println!("{algorithm:?} {max_rate:?} {limit}: {}", line.join(" | "));
             }
+        }
+        for max_rate in [Some(100.0), Some(150.0), Some(1000.0), None] {
+            let server = Server {
+                algorithm: Algorithm::TokenBucket,
+                rate: 100.0,
+                capacity: 10,
+                penalty: Duration::from_secs(2),
+            };
+            let line: Vec<String> = (1..=3)
+                .map(|seed| {
+                    let o = run(CubicParams::new(max_rate), 1, server, 16, 120, seed);
+                    format!(
+                        "{:5.1}% {:4.2}%",
+                        o.goodput() / 100.0 * 100.0,
+                        o.throttled_share() * 100.0
+                    )
+                })
+                .collect();
+            println!(
+                "penalty box 2 s, 120 s {max_rate:?} 100: {}",
+                line.join(" | ")
+            );
         }
     }
 }
