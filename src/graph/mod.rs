@@ -25,7 +25,7 @@ use intern::{Interner, Ix};
 pub use build::GraphBuilder;
 pub use intern::canonical as canonical_id;
 pub use plan::{FieldValue, PatchPlan, Plan, plan};
-pub use recheck::unsupported_writes;
+pub use recheck::{Unsupported, unsupported_writes};
 pub use reserve::{Bound, ReservationId, Reservations};
 pub use validate::{validate, validate_reserved};
 pub use verdict::{JobOutcome, OpVerdict, Verdict, Violation, ViolationCode};

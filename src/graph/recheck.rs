@@ -12,6 +12,16 @@ use super::verdict::OpVerdict;
 use crate::job::{CascadeAction, Job};
 use crate::schema::Schema;
 
+/// What a partly written job must undo.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Unsupported {
+    /// Indexes of the PATCHes to write back to their previous values.
+    pub patches: Vec<usize>,
+    /// The operations that no longer pass; the others in those PATCHes go with them (one PATCH
+    /// per parent).
+    pub refused: Vec<usize>,
+}
+
 /// The PATCHes of `plan` to undo so that the state `graph` holds breaks no rule for the job's
 /// operations. `written[i]` says PATCH `i` landed (the graph holds its values); the others did
 /// not. Checks the landed operations in order against the graph as it was before the job, drops
@@ -22,12 +32,13 @@ pub fn unsupported_writes(
     job: &Job,
     plan: &Plan,
     written: &[bool],
-) -> Vec<usize> {
+) -> Unsupported {
     if !graph.is_built_for(schema) {
-        return Vec::new();
+        return Unsupported::default();
     }
     let before = values_before(graph, plan, written);
     let mut kept = written.to_vec();
+    let mut refused_all = Vec::new();
     loop {
         let mut ops: Vec<usize> = plan
             .patches
@@ -61,15 +72,20 @@ pub fn unsupported_writes(
         if refused.is_empty() {
             break;
         }
+        refused_all.extend(refused.iter().copied());
         for (patch, kept) in plan.patches.iter().zip(kept.iter_mut()) {
             if patch.operation_indexes.iter().any(|i| refused.contains(i)) {
                 *kept = false;
             }
         }
     }
-    (0..plan.patches.len())
-        .filter(|&i| written.get(i) == Some(&true) && kept.get(i) != Some(&true))
-        .collect()
+    refused_all.sort_unstable();
+    Unsupported {
+        patches: (0..plan.patches.len())
+            .filter(|&i| written.get(i) == Some(&true) && kept.get(i) != Some(&true))
+            .collect(),
+        refused: refused_all,
+    }
 }
 
 /// The landed PATCHes' fields as they were before the job, in graph indexes.

@@ -501,7 +501,7 @@ fn unsupported(g: &Graph, j: &Job, landed: &[bool]) -> Vec<usize> {
     let plan = plan(g, j, &v);
     let mut after = g.clone();
     written(&mut after, &plan, landed);
-    unsupported_writes(&after, &schema(), j, &plan, landed)
+    unsupported_writes(&after, &schema(), j, &plan, landed).patches
 }
 
 #[test]
@@ -531,6 +531,26 @@ fn a_move_whose_release_did_not_land_must_undo_its_claim() {
         ],
     );
     assert_eq!(unsupported(&g, &a_move, &[false, true]), vec![1]);
+}
+
+#[test]
+fn an_independent_operation_on_the_same_parent_is_undone_with_the_one_that_relied_on_another() {
+    let g = graph(&["p", "q", "c", "d"], &[("p", "u", &["c"], NONE)]);
+    let j = job(
+        false,
+        vec![
+            op("p", "u", &["c"], Mode::Remove),
+            op("q", "u", &["c"], Mode::Add),
+            op("q", "a", &["d"], Mode::Add),
+        ],
+    );
+    let v = check(&g, &j);
+    let plan = plan(&g, &j, &v);
+    let mut after = g.clone();
+    written(&mut after, &plan, &[false, true]);
+    let undo = unsupported_writes(&after, &schema(), &j, &plan, &[false, true]);
+    assert_eq!(undo.patches, vec![1]);
+    assert_eq!(undo.refused, vec![1], "operation 2 holds on its own");
 }
 
 #[test]

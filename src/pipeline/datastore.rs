@@ -151,7 +151,12 @@ impl LiveDataStore {
 
     /// The landed PATCHes of a non-atomic job written in part that relied on one that did not
     /// land (see [`crate::graph::unsupported_writes`]).
-    pub fn unsupported_writes(&self, job: &Job, plan: &Plan, written: &[bool]) -> Vec<usize> {
+    pub fn unsupported_writes(
+        &self,
+        job: &Job,
+        plan: &Plan,
+        written: &[bool],
+    ) -> crate::graph::Unsupported {
         let state = self.lock();
         crate::graph::unsupported_writes(&state.graph, &state.schema, job, plan, written)
     }

@@ -233,11 +233,7 @@ impl Pipeline {
                     return (unprocessed(), Some(lease_lost()));
                 }
                 if failure.is_none() {
-                    for (slot, status) in undone.iter_mut().zip(&statuses) {
-                        if matches!(status, OpStatus::RolledBack { .. }) {
-                            *slot = Some(status.clone());
-                        }
-                    }
+                    remember_undone(undone, &statuses);
                 }
                 failure
             } else {
@@ -248,11 +244,7 @@ impl Pipeline {
                 if lease.is_cancelled() {
                     return (unprocessed(), Some(lease_lost()));
                 }
-                for (slot, status) in undone.iter_mut().zip(&statuses) {
-                    if matches!(status, OpStatus::RolledBack { .. }) {
-                        *slot = Some(status.clone());
-                    }
-                }
+                remember_undone(undone, &statuses);
                 undo.or_else(|| failed.map(apply_failure))
             };
             // The writes are decided (landed or undone): the intent goes before the job is acked.
@@ -366,7 +358,10 @@ impl Pipeline {
         if !partial || !written.contains(&true) {
             return None;
         }
-        let undo = live.unsupported_writes(job, plan, &written);
+        let crate::graph::Unsupported {
+            patches: undo,
+            refused,
+        } = live.unsupported_writes(job, plan, &written);
         if undo.is_empty() {
             return None;
         }
@@ -393,29 +388,14 @@ impl Pipeline {
             let (Some(patch), Some(restore)) = (plan.patches.get(i), restored.get(i)) else {
                 continue;
             };
-            let status = match restore {
-                Some(PatchResult::Applied { .. }) => OpStatus::RolledBack {
-                    code: "depends_on_unwritten_operation".to_owned(),
-                    message: format!(
-                        "relied on an operation of this job that was not written ({why}); undone"
-                    ),
-                },
-                other => {
-                    stuck.push(patch.parent.as_str().to_owned());
-                    OpStatus::Failed {
-                        code: "compensation_failed".to_owned(),
-                        message: format!(
-                            "relied on an operation of this job that was not written ({why}), and could not be undone: {}",
-                            other
-                                .as_ref()
-                                .map_or_else(|| "nothing to restore".to_owned(), describe)
-                        ),
-                    }
-                }
-            };
+            let undone = matches!(restore, Some(PatchResult::Applied { .. }));
+            if !undone {
+                stuck.push(patch.parent.as_str().to_owned());
+            }
             for &op in &patch.operation_indexes {
+                let status = undone_status(op, refused.contains(&op), undone, &why, restore);
                 if let Some(s) = statuses.get_mut(op) {
-                    *s = status.clone();
+                    *s = status;
                 }
             }
         }
@@ -441,6 +421,19 @@ impl Pipeline {
             }
         }
         None
+    }
+}
+
+/// Notes the operations a round wrote and rolled back, and forgets those a later round wrote
+/// again and kept: only an operation whose last write was undone is reported rolled back when a
+/// later round leaves it unprocessed.
+fn remember_undone(undone: &mut [Option<OpStatus>], statuses: &[OpStatus]) {
+    for (slot, status) in undone.iter_mut().zip(statuses) {
+        match status {
+            OpStatus::RolledBack { .. } => *slot = Some(status.clone()),
+            OpStatus::Applied { .. } => *slot = None,
+            _ => {}
+        }
     }
 }
 
@@ -534,6 +527,40 @@ fn first_failure(results: &[PatchResult]) -> Option<&StoreError> {
         PatchResult::Failed(e) => Some(e),
         _ => None,
     })
+}
+
+/// The status of operation `op` of a PATCH undone (or not, `undone` false) because an operation
+/// in it relied on one that was not written (`why`); `relied` says `op` was that one.
+fn undone_status(
+    op: usize,
+    relied: bool,
+    undone: bool,
+    why: &str,
+    restore: &Option<PatchResult>,
+) -> OpStatus {
+    let reason = match relied {
+        true => format!("relied on an operation of this job that was not written ({why})"),
+        false => format!(
+            "holds on its own, but shares its parent's PATCH with an operation that relied on one of this job that was not written ({why})"
+        ),
+    };
+    if !undone {
+        let what = restore
+            .as_ref()
+            .map_or_else(|| "nothing to restore".to_owned(), describe);
+        return OpStatus::Failed {
+            code: "compensation_failed".to_owned(),
+            message: format!("operation {op} {reason}, and could not be undone: {what}"),
+        };
+    }
+    let code = match relied {
+        true => "depends_on_unwritten_operation",
+        false => "undone_with_dependent_operation",
+    };
+    OpStatus::RolledBack {
+        code: code.to_owned(),
+        message: format!("operation {op} {reason}; undone"),
+    }
 }
 
 /// What kept a PATCH of the plan from landing, for messages.
