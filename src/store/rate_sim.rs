@@ -59,6 +59,15 @@ pub struct Server {
     pub penalty: Duration,
 }
 
+/// A token bucket of 10 at 100/s that, once it refuses, refuses everything for 2 s.
+#[cfg(test)]
+const PENALTY_BOX: Server = Server {
+    algorithm: Algorithm::TokenBucket,
+    rate: 100.0,
+    capacity: 10,
+    penalty: Duration::from_secs(2),
+};
+
 /// `tasks` clients with `params` and `burst` against `server`, for `seconds`, jitter from `seed`.
 pub fn run(
     params: CubicParams,
@@ -219,12 +228,7 @@ mod tests {
     #[test]
     fn against_a_penalty_box_it_holds_most_of_the_limit_with_few_429s() {
         for (max_rate, share) in [(Some(150.0), 0.8), (Some(1000.0), 0.8), (None, 0.7)] {
-            let server = Server {
-                algorithm: Algorithm::TokenBucket,
-                rate: 100.0,
-                capacity: 10,
-                penalty: Duration::from_secs(2),
-            };
+            let server = PENALTY_BOX;
             let outcomes: Vec<SimOutcome> = (1..=3)
                 .map(|seed| run(CubicParams::new(max_rate), 1, server, 16, 120, seed))
                 .collect();
@@ -312,18 +316,13 @@ mod table {
             }
         }
         for max_rate in [Some(100.0), Some(150.0), Some(1000.0), None] {
-            let server = Server {
-                algorithm: Algorithm::TokenBucket,
-                rate: 100.0,
-                capacity: 10,
-                penalty: Duration::from_secs(2),
-            };
+            let server = PENALTY_BOX;
             let line: Vec<String> = (1..=3)
                 .map(|seed| {
                     let o = run(CubicParams::new(max_rate), 1, server, 16, 120, seed);
                     format!(
                         "{:5.1}% {:4.2}%",
-                        o.goodput() / 100.0 * 100.0,
+                        o.goodput() / PENALTY_BOX.rate * 100.0,
                         o.throttled_share() * 100.0
                     )
                 })
