@@ -225,28 +225,20 @@ impl Pipeline {
             let conflicts = conflicted_parents(&plan, &results);
             let failed = first_failure(&results);
             let ended = if job.atomic && (failed.is_some() || !conflicts.is_empty()) {
-                let failure = self
-                    .roll_back(&live, &plan, &results, &mut statuses, failed, lease)
-                    .await;
-                if lease.is_cancelled() {
-                    // The next owner restores what this job left from its intent, and runs it.
-                    return (unprocessed(), Some(lease_lost()));
-                }
-                if failure.is_none() {
-                    remember_undone(undone, &statuses);
-                }
-                failure
+                self.roll_back(&live, &plan, &results, &mut statuses, failed, lease)
+                    .await
             } else {
                 mark_results(&plan, &results, &mut statuses);
-                let undo = self
-                    .undo_unsupported(&live, job, &plan, &results, &mut statuses, lease)
-                    .await;
-                if lease.is_cancelled() {
-                    return (unprocessed(), Some(lease_lost()));
-                }
-                remember_undone(undone, &statuses);
-                undo.or_else(|| failed.map(apply_failure))
+                self.undo_unsupported(&live, job, &plan, &results, &mut statuses, lease)
+                    .await
+                    .or_else(|| failed.map(apply_failure))
             };
+            if lease.is_cancelled() {
+                // The next owner runs the job again (restoring an atomic one's leftovers from its
+                // intent first): report nothing of this attempt.
+                return (unprocessed(), Some(lease_lost()));
+            }
+            remember_undone(undone, &statuses);
             // The writes are decided (landed or undone): the intent goes before the job is acked.
             if let Err(failure) = release_intent(journal, intent).await {
                 return (statuses, Some(failure));
@@ -324,14 +316,9 @@ impl Pipeline {
             }
         }
         if compensation_failed {
-            return Some(Failure::new(
-                "compensation_failed",
-                format!(
-                    "the job failed ({message}) and some parents could not be restored; see the job's failed events"
-                ),
-                Stage::Compensate,
-                ErrorClass::Permanent,
-            ));
+            return Some(compensation_failure(format!(
+                "the job failed ({message}) and some parents could not be restored; see the job's failed events"
+            )));
         }
         failed.map(apply_failure)
     }
@@ -401,15 +388,10 @@ impl Pipeline {
         }
         tracing::warn!(job_id = %job.job_id, undone = undo.len() - stuck.len(), stuck = stuck.len(), "a partly written job's writes that relied on an unwritten one were undone");
         (!stuck.is_empty()).then(|| {
-            Failure::new(
-                "compensation_failed",
-                format!(
-                    "the job was written in part ({why}) and what relied on the rest could not be undone on {}; see the job's failed events",
-                    stuck.join(", ")
-                ),
-                Stage::Compensate,
-                ErrorClass::Permanent,
-            )
+            compensation_failure(format!(
+                "the job was written in part ({why}) and what relied on the rest could not be undone on {}; see the job's failed events",
+                stuck.join(", ")
+            ))
         })
     }
 
@@ -527,6 +509,17 @@ fn first_failure(results: &[PatchResult]) -> Option<&StoreError> {
         PatchResult::Failed(e) => Some(e),
         _ => None,
     })
+}
+
+/// A job some of whose writes could not be put back: permanent, the store may break a rule until
+/// someone does (the job's failed events say where).
+fn compensation_failure(message: String) -> Failure {
+    Failure::new(
+        "compensation_failed",
+        message,
+        Stage::Compensate,
+        ErrorClass::Permanent,
+    )
 }
 
 /// The status of operation `op` of a PATCH undone (or not, `undone` false) because an operation
