@@ -372,7 +372,7 @@ impl Cubic {
         self.track_episode(now);
         let (w_max, rate, floor) = self.next_cut(now, current);
         self.w_max_at_cut = w_max;
-        self.admitted_at_cut = self.admitted_per_second(now);
+        self.admitted_at_cut = self.admitted_per_second(now, 0.05);
         // K of the curve through (0, rate) and (K, w_max): longer when the cut went deeper.
         self.cut = Some(Cut::new(now, w_max, rate, &self.params));
         self.first_cut.get_or_insert(now);
@@ -468,7 +468,7 @@ impl Cubic {
     /// that, so the rate is right when the window opens, instead of ten times too high after a
     /// slow start that a window never slowed.
     fn rebase(&mut self, now: Instant) {
-        let floor = self.admitted_last_second(now);
+        let floor = self.admitted_per_second(now, 1.0);
         let p = &self.params;
         let Some(cut) = self.cut else { return };
         // Only the first cut's: later runs are the trailing estimate's (a sliding window frees
@@ -552,23 +552,18 @@ impl Cubic {
             .last_closed
             .is_some_and(|at| now.saturating_duration_since(at) <= CLOSED_RECENT);
         if closed {
-            self.admitted_last_second(now)
+            self.admitted_per_second(now, 1.0)
         } else {
             0.0
         }
     }
 
-    /// Admissions in the trailing second, per second of the time it covers (less at the start).
-    fn admitted_per_second(&mut self, now: Instant) -> f64 {
+    /// Admissions in the trailing second, per second of the time it covers, counted as at least
+    /// `least` (a whole second for a window, which admits its count per second however soon;
+    /// 50 ms for a penalty box's rate before it closed, which may be early in the run).
+    fn admitted_per_second(&mut self, now: Instant, least: f64) -> f64 {
         let w = self.trailing.window(now);
-        w.admitted as f64 / w.span.as_secs_f64().max(0.05)
-    }
-
-    /// Admissions in the trailing second, per second (over a whole second even when less has
-    /// passed).
-    fn admitted_last_second(&mut self, now: Instant) -> f64 {
-        let w = self.trailing.window(now);
-        w.admitted as f64 / w.span.as_secs_f64().max(1.0)
+        w.admitted as f64 / w.span.as_secs_f64().max(least)
     }
 
     /// The pause when cutting no longer helps (see the module docs), else `None`.
