@@ -52,6 +52,9 @@ pub struct Faults {
     /// PATCHes are answered 200 with the record as it was, and nothing is stored (a store that
     /// accepts a write and drops it).
     pub drop_patches: bool,
+    /// Records another writer keeps changing: each PATCH of one finds its version bumped just
+    /// before it, so an `If-Match` from any earlier read is answered 412.
+    pub conflict_records: Vec<String>,
     /// The only client authentication the token endpoint takes (401 `invalid_client` for the
     /// other); `null` = both.
     pub token_client_auth: Option<ClientMethod>,
@@ -70,6 +73,7 @@ pub struct FaultsUpdate {
     pub token_ttl_ms: Option<u64>,
     pub lose_patch_answers: Option<bool>,
     pub drop_patches: Option<bool>,
+    pub conflict_records: Option<Vec<String>>,
     #[serde(default, deserialize_with = "present")]
     pub token_client_auth: Option<Option<ClientMethod>>,
 }
@@ -114,6 +118,15 @@ impl FaultState {
         self.snapshot().faults.drop_patches
     }
 
+    /// Whether another writer changes record `id` before each PATCH (`conflict_records`).
+    pub fn conflicts_on(&self, id: &str) -> bool {
+        self.snapshot()
+            .faults
+            .conflict_records
+            .iter()
+            .any(|r| r == id)
+    }
+
     pub fn token_ttl(&self) -> Duration {
         Duration::from_millis(read(&self.active).faults.token_ttl_ms)
     }
@@ -135,6 +148,9 @@ impl FaultState {
             .lose_patch_answers
             .unwrap_or(faults.lose_patch_answers);
         faults.drop_patches = update.drop_patches.unwrap_or(faults.drop_patches);
+        if let Some(records) = update.conflict_records {
+            faults.conflict_records = records;
+        }
         if let Some(only) = update.token_client_auth {
             faults.token_client_auth = only;
         }
@@ -174,6 +190,7 @@ fn defaults(token_ttl: Duration) -> Faults {
         token_ttl_ms: u64::try_from(token_ttl.as_millis()).unwrap_or(u64::MAX),
         lose_patch_answers: false,
         drop_patches: false,
+        conflict_records: Vec::new(),
         token_client_auth: None,
     }
 }

@@ -144,8 +144,12 @@ pub async fn patch(
     };
     // The `drop_patches` fault: 200 with the record as it was, nothing stored.
     let drop = state.faults.drops_patches();
+    let conflict = state.faults.conflicts_on(&id);
     let (bytes, version) = {
         let mut records = store.records();
+        if let Some(record) = records.map.get_mut(&id).filter(|_| conflict) {
+            record.version += 1;
+        }
         writable(&records, &id, expected)?;
         let record = records
             .map

@@ -135,26 +135,27 @@ impl Pipeline {
         lease: &CancellationToken,
         journal: &Journal,
     ) -> (Vec<OpStatus>, Option<Failure>) {
-        let mut undone = vec![None; job.operations.len()];
-        let (mut statuses, failure) = self.rounds(job, lease, journal, &mut undone).await;
-        // Written and undone in an earlier round (a 412 elsewhere in an atomic job), then not
-        // written again: the store held the value for a while, so the report says rolled back.
-        for (status, undone) in statuses.iter_mut().zip(undone) {
-            if let (OpStatus::Unprocessed, Some(rolled_back)) = (&*status, undone) {
-                *status = rolled_back;
+        let mut decided = vec![None; job.operations.len()];
+        let (mut statuses, failure) = self.rounds(job, lease, journal, &mut decided).await;
+        // Decided in an earlier round (written and kept, or written and undone after a 412),
+        // then not decided again because a later round ended the job first (its 412s kept
+        // coming, a refresh failed): the report says what the store holds from this job.
+        for (status, earlier) in statuses.iter_mut().zip(decided) {
+            if let (OpStatus::Unprocessed, Some(earlier)) = (&*status, earlier) {
+                *status = earlier;
             }
         }
         (statuses, failure)
     }
 
-    /// The rounds of [`execute`](Self::execute); `undone` collects the operations an atomic
-    /// round wrote and rolled back before revalidating.
+    /// The rounds of [`execute`](Self::execute); `decided` keeps each operation's last decided
+    /// write (applied and kept, or rolled back) from the rounds before the last.
     async fn rounds(
         &self,
         job: &Job,
         lease: &CancellationToken,
         journal: &Journal,
-        undone: &mut [Option<OpStatus>],
+        decided: &mut [Option<OpStatus>],
     ) -> (Vec<OpStatus>, Option<Failure>) {
         let unprocessed = || vec![OpStatus::Unprocessed; job.operations.len()];
         let datastore = job.datastore_id.as_str();
@@ -238,7 +239,7 @@ impl Pipeline {
                 // intent first): report nothing of this attempt.
                 return (unprocessed(), Some(lease_lost()));
             }
-            remember_undone(undone, &statuses);
+            remember_decided(decided, &statuses);
             // The writes are decided (landed or undone): the intent goes before the job is acked.
             if let Err(failure) = release_intent(journal, intent).await {
                 return (statuses, Some(failure));
@@ -406,14 +407,15 @@ impl Pipeline {
     }
 }
 
-/// Notes the operations a round wrote and rolled back, and forgets those a later round wrote
-/// again and kept: only an operation whose last write was undone is reported rolled back when a
-/// later round leaves it unprocessed.
-fn remember_undone(undone: &mut [Option<OpStatus>], statuses: &[OpStatus]) {
-    for (slot, status) in undone.iter_mut().zip(statuses) {
+/// Notes each operation a round decided: written and kept (applied), or written and undone
+/// (rolled back). A later round's decision replaces an earlier one, so an operation undone in one
+/// round and written again in the next is reported applied. A write a later round tried again
+/// and did not land (its parent changed meanwhile) is forgotten: the store may no longer hold it.
+fn remember_decided(decided: &mut [Option<OpStatus>], statuses: &[OpStatus]) {
+    for (slot, status) in decided.iter_mut().zip(statuses) {
         match status {
-            OpStatus::RolledBack { .. } => *slot = Some(status.clone()),
-            OpStatus::Applied { .. } => *slot = None,
+            OpStatus::RolledBack { .. } | OpStatus::Applied { .. } => *slot = Some(status.clone()),
+            OpStatus::Unprocessed if matches!(slot, Some(OpStatus::Applied { .. })) => *slot = None,
             _ => {}
         }
     }
@@ -719,5 +721,32 @@ mod tests {
         assert_eq!(job_id_of_unparsed(br#"{"job_id":"a\u001bb"}"#, "d"), "d");
         let long = format!(r#"{{"job_id":"{}"}}"#, "x".repeat(200));
         assert_eq!(job_id_of_unparsed(long.as_bytes(), "d"), "d");
+    }
+
+    #[test]
+    fn an_earlier_round_s_kept_write_is_remembered_until_a_later_round_misses_it() {
+        let applied = OpStatus::Applied { version: 2 };
+        let rolled_back = OpStatus::RolledBack {
+            code: "c".into(),
+            message: "m".into(),
+        };
+        let mut decided = vec![None; 3];
+        remember_decided(
+            &mut decided,
+            &[applied.clone(), rolled_back.clone(), OpStatus::Unprocessed],
+        );
+        assert_eq!(
+            decided,
+            [Some(applied.clone()), Some(rolled_back.clone()), None]
+        );
+        // A later round: the kept write is tried again and conflicts, the undone one is left.
+        remember_decided(&mut decided, &vec![OpStatus::Unprocessed; 3]);
+        assert_eq!(decided, [None, Some(rolled_back.clone()), None]);
+        // Written again and kept: applied, whatever came before.
+        remember_decided(
+            &mut decided,
+            &[OpStatus::Unprocessed, applied.clone(), applied.clone()],
+        );
+        assert_eq!(decided, [None, Some(applied.clone()), Some(applied)]);
     }
 }

@@ -1,5 +1,6 @@
 //! Fault injection and statistics of the emulator over real HTTP: rate limit with and without
-//! Retry-After, the 5xx ratio, and the counters benchmarks read.
+//! Retry-After, the 5xx ratio, a record another writer keeps changing, and the counters
+//! benchmarks read.
 
 use std::time::Instant;
 
@@ -118,6 +119,33 @@ async fn the_5xx_ratio_is_honoured_within_tolerance_and_changes_nothing() {
     let stats = emu.stats().await;
     assert_eq!(stats["patch_count"], applied);
     assert_eq!(stats["injected_error_count"], failed);
+}
+
+#[tokio::test]
+async fn a_record_with_another_writer_answers_every_version_checked_patch_412() {
+    let emu = EmulatorProcess::spawn();
+    emu.create_test_datastore("ds", json!([named_record("r", "x")]))
+        .await;
+    let token = emu.token().await;
+    emu.set_faults(json!({"conflict_records": ["r"]})).await;
+    let http = client();
+    let patch = |version: u64| {
+        http.patch(emu.record_url("ds", "r"))
+            .bearer_auth(&token)
+            .header("If-Match", version.to_string())
+            .json(&json!({"fields": {"name": "y"}}))
+            .send()
+    };
+    for _ in 0..3 {
+        let (_, record) = emu.get_record("ds", "r").await;
+        let version = record["_version"].as_u64().unwrap();
+        emulator::assert_error(patch(version).await.unwrap(), 412, "version_mismatch").await;
+    }
+    emu.set_faults(json!({"conflict_records": []})).await;
+    let (_, record) = emu.get_record("ds", "r").await;
+    let version = record["_version"].as_u64().unwrap();
+    assert_eq!(version, 4, "each refused PATCH found the record changed");
+    assert_eq!(patch(version).await.unwrap().status().as_u16(), 200);
 }
 
 #[tokio::test]

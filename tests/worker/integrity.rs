@@ -881,6 +881,55 @@ async fn a_non_atomic_move_whose_release_did_not_land_takes_back_its_claim() {
     broker::teardown(&s.q.channel, &s.q.topology).await;
 }
 
+/// A non-atomic job whose one parent keeps changing under it (every PATCH of X answered 412)
+/// runs out of conflict rounds and is retried; the operation it wrote and kept on Y is reported
+/// applied by that attempt, not unprocessed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_out_of_conflict_rounds_reports_the_write_it_kept_as_applied() {
+    let (mut s, [x, y, c]) = move_setup("integrity-rounds", "rounds").await;
+    let worker = WorkerProcess::spawn(&test_config(&s.emu.base, s.q.topology.prefix()));
+    worker.wait_ready(Duration::from_secs(30)).await;
+    s.emu.set_faults(json!({"conflict_records": [x]})).await;
+    let ops = vec![
+        json!({"parent_id": y, "relationship_field": LINK, "child_ids": [c], "mode": "add"}),
+        json!({"parent_id": x, "relationship_field": LINK, "child_ids": [y], "mode": "add"}),
+    ];
+    publish_jobs(
+        &s.q.publisher,
+        &s.q.topology,
+        &[job("rounds", DS, false, ops)],
+    )
+    .await;
+    let kept = |events: &[Value]| {
+        events.iter().any(|e| {
+            e["type"] == "cxrel.relationship.applied"
+                && e["data"]["job_id"] == "rounds"
+                && e["data"]["parent_id"] == y.as_str()
+        })
+    };
+    assert!(
+        s.q.tap.until(Duration::from_secs(60), kept).await,
+        "the attempt that ran out of rounds reported Y's write: {:?}",
+        s.q.tap.events
+    );
+    assert!(
+        !completed_applying(&s.q.tap.events, "rounds", 2),
+        "X still refuses every write"
+    );
+    s.emu.set_faults(json!({"conflict_records": []})).await;
+    let applied = |events: &[Value]| completed_applying(events, "rounds", 2);
+    assert!(
+        s.q.tap.until(Duration::from_secs(60), applied).await,
+        "the retry wrote X once it stopped changing"
+    );
+    let graph = stored_graph(&s.emu).await;
+    assert_rules_hold(&graph);
+    assert_eq!(graph[LINK][&x].0, vec![y.clone()]);
+    assert_eq!(graph[LINK][&y].0, vec![c]);
+    drop(worker);
+    broker::teardown(&s.q.channel, &s.q.topology).await;
+}
+
 /// Waits (up to a minute) until the store answered its first PATCH, `parent`'s.
 async fn first_patch_landed(emu: &EmulatorProcess, parent: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
