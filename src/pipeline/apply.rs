@@ -378,7 +378,21 @@ fn holds(record: &Record, values: &[FieldValue]) -> bool {
 /// This is how a read-back tells that a write landed (a store may keep ids sorted, and may print
 /// a UUID in another case than it was sent in).
 fn is_value<S: AsRef<str>>(ids: &[S], cascade: CascadeAction, value: &FieldValue) -> bool {
-    cascade == value.cascade && same_children(ids, &value.ids)
+    same_value(ids, cascade, &value.ids, value.cascade)
+}
+
+/// True when a stored value (`ids`, `cascade`) is the wanted one: the same children in any order
+/// and the same cascade, except that an empty value has nothing for a cascade to act on and a
+/// store may print it without one (absent, `null`, `{"ids":[]}`). Else the worker would take its
+/// own emptying write for another writer's change and write it again.
+pub(super) fn same_value<A: AsRef<str>, B: AsRef<str>>(
+    ids: &[A],
+    cascade: CascadeAction,
+    wanted: &[B],
+    wanted_cascade: CascadeAction,
+) -> bool {
+    (cascade == wanted_cascade || (ids.is_empty() && wanted.is_empty()))
+        && same_children(ids, wanted)
 }
 
 /// True when `a` and `b` name the same children in any order (ids compared canonically).
@@ -396,7 +410,7 @@ pub(super) fn same_children<A: AsRef<str>, B: AsRef<str>>(a: &[A], b: &[B]) -> b
 /// True when `ids` (in order) and `cascade` are exactly `value`: a job that reorders children is
 /// written, not skipped as already stored.
 fn is_exactly<S: AsRef<str>>(ids: &[S], cascade: CascadeAction, value: &FieldValue) -> bool {
-    cascade == value.cascade
+    (cascade == value.cascade || (ids.is_empty() && value.ids.is_empty()))
         && ids.len() == value.ids.len()
         && ids
             .iter()
@@ -485,5 +499,26 @@ mod tests {
             CascadeAction::Update,
             &value(&["a"], CascadeAction::Update)
         ));
+    }
+
+    #[test]
+    fn an_emptied_field_the_store_prints_absent_or_null_or_without_a_cascade_holds_the_write() {
+        let emptied = [value(&[], CascadeAction::Update)];
+        for fields in [
+            serde_json::json!({}),
+            serde_json::json!({"link": null}),
+            serde_json::json!({"link": {"ids": []}}),
+            serde_json::json!({"link": {"ids": [], "cascade_action": "delete"}}),
+        ] {
+            let record: Record = serde_json::from_value(
+                serde_json::json!({"id": "p", "_version": 2, "fields": fields}),
+            )
+            .unwrap();
+            assert!(holds(&record, &emptied), "{record:?}");
+        }
+        assert!(is_exactly::<&str>(&[], CascadeAction::None, &emptied[0]));
+        // Children still need their cascade.
+        let linked = value(&["a"], CascadeAction::Update);
+        assert!(!is_value(&["a"], CascadeAction::None, &linked));
     }
 }

@@ -226,12 +226,12 @@ async fn restore_once(
 }
 
 /// True when `record` holds every value of `body` (a PATCH body): the same children in any order
-/// and the same cascade action.
+/// and the same cascade action (see [`same_value`](super::apply::same_value)).
 fn holds(record: &Record, body: &Map<String, Value>) -> bool {
     body.iter().all(|(field, value)| {
         let wanted = RelationshipValue::read(Some(value));
         let stored = record.relationship(field);
-        stored.cascade == wanted.cascade && super::apply::same_children(&stored.ids, &wanted.ids)
+        super::apply::same_value(&stored.ids, stored.cascade, &wanted.ids, wanted.cascade)
     })
 }
 
