@@ -28,6 +28,7 @@ use crate::graph::{JobOutcome, OpVerdict, Plan, Verdict};
 use crate::job::{Job, ParseContext};
 use crate::store::{StoreClient, StoreError};
 use locks::KeyLocks;
+pub use locks::Turn;
 
 /// Rounds of validate → apply after 412 answers before the job is retried later.
 const CONFLICT_ROUNDS: usize = 3;
@@ -82,6 +83,12 @@ impl Pipeline {
     }
 
     /// Runs one job message through every stage to its outcome.
+    /// The next delivery's place in line for its parents (see [`locks`]): draw it in delivery
+    /// order, before the job is handed to its task.
+    pub fn turn(&self) -> Turn {
+        self.locks.turn()
+    }
+
     pub async fn handle_job(&self, incoming: IncomingJob) -> Outcome {
         let started = Instant::now();
         let attempt = incoming.previous_attempts + 1;
@@ -112,7 +119,7 @@ impl Pipeline {
             traceparent,
             replay: incoming.replay,
         };
-        let _guard = self.locks.acquire(lock_keys(&job)).await;
+        let _guard = incoming.turn.acquire(lock_keys(&job)).await;
         let (statuses, failure) = self.execute(&job, &incoming.lease, &incoming.journal).await;
         results::audit(&job, &statuses, started.elapsed(), attempt);
         metrics::histogram!("cxrel_job_duration_seconds").record(started.elapsed().as_secs_f64());

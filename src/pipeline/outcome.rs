@@ -9,7 +9,7 @@ use crate::events::{CloudEvent, EventContext};
 use crate::trace::TraceParent;
 
 /// One job message as the pipeline sees it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct IncomingJob {
     pub body: Vec<u8>,
     /// The job id unless the body names one: fixed at first sight (see [`identity`]).
@@ -26,6 +26,8 @@ pub struct IncomingJob {
     pub lease: CancellationToken,
     /// Where the job records its write intents (the session's log).
     pub journal: super::intent::Journal,
+    /// Its place in line for its parents, drawn when it was delivered.
+    pub turn: super::Turn,
 }
 
 /// Where in the pipeline a job failed (the `x-cxrel-stage` header).

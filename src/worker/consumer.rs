@@ -27,7 +27,7 @@ use crate::error::ErrorClass;
 use crate::events::EventContext;
 use crate::http::Readiness;
 use crate::pipeline::intent::{Intent, Journal, Leftover};
-use crate::pipeline::{Failure, IncomingJob, Outcome, Stage};
+use crate::pipeline::{Failure, IncomingJob, Outcome, Stage, Turn};
 use crate::secret::Secret;
 use crate::trace::TraceParent;
 use crate::webhooks::WebhookQueue;
@@ -35,6 +35,10 @@ use crate::webhooks::WebhookQueue;
 /// The pipeline, from the consumer's point of view (tests plug in their own).
 pub trait JobHandler: Send + Sync + 'static {
     fn handle(&self, job: IncomingJob) -> impl Future<Output = Outcome> + Send;
+
+    /// The next delivery's place in line for the parents it writes (jobs on one parent run in
+    /// delivery order); drawn as each delivery arrives.
+    fn turn(&self) -> Turn;
 
     /// Called when this replica becomes the active one (the first delivery of a consume session),
     /// once this process's jobs of earlier sessions have finished: another replica may have
@@ -60,6 +64,10 @@ impl JobHandler for crate::pipeline::Pipeline {
         self.handle_job(job)
     }
 
+    fn turn(&self) -> Turn {
+        crate::pipeline::Pipeline::turn(self)
+    }
+
     fn became_active(&self) -> impl Future<Output = ()> + Send {
         self.forget_graphs()
     }
@@ -72,6 +80,10 @@ impl JobHandler for crate::pipeline::Pipeline {
 impl<T: JobHandler> JobHandler for Arc<T> {
     fn handle(&self, job: IncomingJob) -> impl Future<Output = Outcome> + Send {
         self.as_ref().handle(job)
+    }
+
+    fn turn(&self) -> Turn {
+        self.as_ref().turn()
     }
 
     fn became_active(&self) -> impl Future<Output = ()> + Send {
@@ -310,9 +322,10 @@ impl<H: JobHandler> Consumer<H> {
             let settler = settler.clone();
             let lease = lease.clone();
             let journal = journal.clone();
+            let turn = handler.turn();
             tasks.spawn(async move {
                 let _in_flight = InFlight::enter();
-                process(handler, settler, delivery, lease, journal).await;
+                process(handler, settler, delivery, lease, journal, turn).await;
                 drop(permit);
             });
             while let Some(result) = tasks.try_join_next() {
@@ -396,6 +409,7 @@ async fn process<H: JobHandler>(
     delivery: Delivery,
     lease: CancellationToken,
     journal: Journal,
+    turn: Turn,
 ) {
     let table = headers::table(&delivery.properties);
     let trace = headers::get_str(&table, headers::TRACEPARENT)
@@ -410,6 +424,7 @@ async fn process<H: JobHandler>(
         trace: trace.clone(),
         lease: lease.clone(),
         journal,
+        turn,
     };
     let span = tracing::info_span!(
         "job",
@@ -422,7 +437,12 @@ async fn process<H: JobHandler>(
     async move {
         let limit = settler.topology.delivery_limit();
         let outcome = match unsettled_deliveries(&table, delivery.redelivered, limit) {
-            Some(failure) => Outcome::failed(job_context(&settler, &job), failure),
+            Some(failure) => {
+                let outcome = Outcome::failed(job_context(&settler, &job), failure);
+                // Its place in line goes now, not after the settle.
+                drop(job);
+                outcome
+            }
             None => handler.handle(job).await,
         };
         tracing::Span::current().record("job_id", outcome.context.job_id.as_str());

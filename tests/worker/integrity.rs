@@ -881,6 +881,48 @@ async fn a_non_atomic_move_whose_release_did_not_land_takes_back_its_claim() {
     broker::teardown(&s.q.channel, &s.q.topology).await;
 }
 
+/// Upstream publishes, for each of 20 parents, "set [X]", "add Y", "remove Y" back to back. Jobs
+/// on one parent run in the order the queue delivered them, so every parent ends with [X] (a
+/// remove checked before the add it follows would find nothing to remove and leave Y behind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_on_one_parent_apply_in_the_order_they_were_published() {
+    let mut s = setup("integrity-order", 22, &[]).await;
+    let worker = WorkerProcess::spawn(&test_config(&s.emu.base, s.q.topology.prefix()));
+    worker.wait_ready(Duration::from_secs(30)).await;
+    let (x, y) = (rid("g", 21), rid("g", 22));
+    let mut jobs = Vec::new();
+    for n in 1..=20 {
+        let p = rid("g", n);
+        for (kind, child, mode) in [
+            ("set", &x, "replace"),
+            ("add", &y, "add"),
+            ("rm", &y, "remove"),
+        ] {
+            let op = json!({"parent_id": p, "relationship_field": LINK, "child_ids": [child], "mode": mode});
+            jobs.push(job(&format!("{kind}-{n}"), DS, true, vec![op]));
+        }
+    }
+    publish_jobs(&s.q.publisher, &s.q.topology, &jobs).await;
+    let all = |events: &[Value]| completed(events).len() == jobs.len();
+    assert!(
+        s.q.tap.until(Duration::from_secs(60), all).await,
+        "every job completed"
+    );
+    let graph = stored_graph(&s.emu).await;
+    assert_rules_hold(&graph);
+    let out_of_order: Vec<&String> = (1..=20)
+        .map(|n| rid("g", n))
+        .filter(|p| graph[LINK][p].0 != vec![x.clone()])
+        .map(|p| graph[LINK].get_key_value(&p).unwrap().0)
+        .collect();
+    assert!(
+        out_of_order.is_empty(),
+        "parents not ending with [X] alone: {out_of_order:?}"
+    );
+    drop(worker);
+    broker::teardown(&s.q.channel, &s.q.topology).await;
+}
+
 /// A non-atomic job whose one parent keeps changing under it (every PATCH of X answered 412)
 /// runs out of conflict rounds and is retried; the operation it wrote and kept on Y is reported
 /// applied by that attempt, not unprocessed.
