@@ -123,7 +123,7 @@ impl Pipeline {
         let (statuses, failure) = self.execute(&job, &incoming.lease, &incoming.journal).await;
         results::audit(&job, &statuses, started.elapsed(), attempt);
         metrics::histogram!("cxrel_job_duration_seconds").record(started.elapsed().as_secs_f64());
-        let (events, final_events) = results::events(&context, &job, &statuses);
+        let (events, final_events) = results::events(&context, &job, &statuses, failure.as_ref());
         Outcome {
             context,
             events,

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::Failure;
 use crate::events::{CloudEvent, EventContext, EventType, OperationOutcome, OutcomeStatus};
 use crate::job::Job;
 
@@ -47,14 +48,22 @@ impl OpStatus {
     }
 }
 
-/// Every operation's outcome for the events, in job order.
-pub fn outcomes(job: &Job, statuses: &[OpStatus]) -> Vec<OperationOutcome> {
+/// Every operation's outcome for the events, in job order. An operation left unprocessed carries
+/// the job's failure, if any, as its code (why it was not processed: SPEC §6 wants codes).
+pub fn outcomes(
+    job: &Job,
+    statuses: &[OpStatus],
+    failure: Option<&Failure>,
+) -> Vec<OperationOutcome> {
     job.operations
         .iter()
         .zip(statuses)
         .enumerate()
         .map(|(i, (op, status))| {
-            let (code, message) = status.code_and_message();
+            let (code, message) = match (status, failure) {
+                (OpStatus::Unprocessed, Some(f)) => (Some(f.code.clone()), Some(f.message.clone())),
+                _ => status.code_and_message(),
+            };
             OperationOutcome {
                 operation_index: i,
                 parent_id: op.parent.as_str().to_owned(),
@@ -78,8 +87,9 @@ pub fn events(
     context: &EventContext,
     job: &Job,
     statuses: &[OpStatus],
+    failure: Option<&Failure>,
 ) -> (Vec<CloudEvent>, Vec<CloudEvent>) {
-    let outcomes = outcomes(job, statuses);
+    let outcomes = outcomes(job, statuses, failure);
     let mut now = Vec::new();
     let mut at_end = Vec::new();
     for (outcome, status) in outcomes.iter().zip(statuses) {

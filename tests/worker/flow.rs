@@ -505,3 +505,30 @@ async fn a_remove_clears_a_reference_to_a_record_deleted_behind_the_worker() {
     worker.stop().await;
     broker::teardown(&s.q.channel, &s.q.topology).await;
 }
+
+#[tokio::test]
+async fn an_operation_left_unprocessed_carries_the_job_s_failure_code_in_job_completed() {
+    let mut s = setup("unprocessed-code", "accounts", 2).await;
+    let config = test_config(&s.emu.base, s.q.topology.prefix());
+    let worker = InProcessWorker::start(&config).await;
+    let j = job(
+        "no-store",
+        "no-such-store",
+        true,
+        vec![op(&rid("r", 0), FIELD, &[&rid("r", 1)])],
+    );
+    publish_jobs(&s.q.publisher, &s.q.topology, &[j]).await;
+    assert!(
+        s.q.tap
+            .until(Duration::from_secs(30), |e| completed_jobs(e)
+                .contains("no-store"))
+            .await
+    );
+    let completed = s.q.tap.of_type("cxrel.job.completed").next().unwrap();
+    let operation = &completed["data"]["operations"][0];
+    assert_eq!(operation["status"], "unprocessed", "{completed}");
+    assert_eq!(operation["code"], "not_found", "{completed}");
+    assert!(operation["message"].is_string(), "{completed}");
+    worker.stop().await;
+    broker::teardown(&s.q.channel, &s.q.topology).await;
+}
