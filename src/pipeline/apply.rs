@@ -391,8 +391,17 @@ pub(super) fn same_value<A: AsRef<str>, B: AsRef<str>>(
     wanted: &[B],
     wanted_cascade: CascadeAction,
 ) -> bool {
-    (cascade == wanted_cascade || (ids.is_empty() && wanted.is_empty()))
-        && same_children(ids, wanted)
+    same_cascade(ids.len(), cascade, wanted.len(), wanted_cascade) && same_children(ids, wanted)
+}
+
+/// The cascade half of [`same_value`] and [`is_exactly`]: equal, or both values empty.
+fn same_cascade(
+    len: usize,
+    cascade: CascadeAction,
+    wanted_len: usize,
+    wanted: CascadeAction,
+) -> bool {
+    cascade == wanted || (len == 0 && wanted_len == 0)
 }
 
 /// True when `a` and `b` name the same children in any order (ids compared canonically).
@@ -410,7 +419,7 @@ pub(super) fn same_children<A: AsRef<str>, B: AsRef<str>>(a: &[A], b: &[B]) -> b
 /// True when `ids` (in order) and `cascade` are exactly `value`: a job that reorders children is
 /// written, not skipped as already stored.
 fn is_exactly<S: AsRef<str>>(ids: &[S], cascade: CascadeAction, value: &FieldValue) -> bool {
-    (cascade == value.cascade || (ids.is_empty() && value.ids.is_empty()))
+    same_cascade(ids.len(), cascade, value.ids.len(), value.cascade)
         && ids.len() == value.ids.len()
         && ids
             .iter()

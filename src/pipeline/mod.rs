@@ -82,13 +82,13 @@ impl Pipeline {
         intent::restore_leftover(&self.store.with_lease(lease.clone()), intent).await
     }
 
-    /// Runs one job message through every stage to its outcome.
     /// The next delivery's place in line for its parents (see [`locks`]): draw it in delivery
     /// order, before the job is handed to its task.
     pub fn turn(&self) -> Turn {
         self.locks.turn()
     }
 
+    /// Runs one job message through every stage to its outcome.
     pub async fn handle_job(&self, incoming: IncomingJob) -> Outcome {
         let started = Instant::now();
         let attempt = incoming.previous_attempts + 1;
