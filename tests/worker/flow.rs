@@ -532,3 +532,75 @@ async fn an_operation_left_unprocessed_carries_the_job_s_failure_code_in_job_com
     worker.stop().await;
     broker::teardown(&s.q.channel, &s.q.topology).await;
 }
+
+/// Job statuses by job id, from `job.completed`.
+fn job_statuses(events: &[Value], job_id: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "cxrel.job.completed" && e["data"]["job_id"] == job_id)
+        .flat_map(|e| {
+            e["data"]["operations"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|o| o["status"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_job_that_only_sets_an_empty_field_s_cascade_writes_it_and_later_adds_keep_it() {
+    let mut s = setup("empty-cascade", "accounts", 4).await;
+    let config = test_config(&s.emu.base, s.q.topology.prefix());
+    let worker = InProcessWorker::start(&config).await;
+    let (owner, other, child) = (rid("r", 0), rid("r", 1), rid("r", 2));
+    let set = |id: &str, ops: Vec<Value>| job(id, "accounts", true, ops);
+    let steps = [
+        // The field is absent: empty, but with no cascade of `delete` yet.
+        set(
+            "cascade-only",
+            vec![
+                json!({"parent_id": owner, "relationship_field": FIELD, "child_ids": [],
+                        "cascade_action": "delete"}),
+            ],
+        ),
+        // No cascade given: the field's current one (`delete`) is kept…
+        set(
+            "add-keeps",
+            vec![
+                json!({"parent_id": owner, "relationship_field": FIELD, "child_ids": [child],
+                        "mode": "add"}),
+            ],
+        ),
+        // …so the child is owned, and a second parent is an ownership conflict.
+        set("second-parent", vec![op(&other, OWNER, &[&child])]),
+    ];
+    for step in &steps {
+        let id = step["job_id"].as_str().unwrap().to_owned();
+        publish_jobs(&s.q.publisher, &s.q.topology, std::slice::from_ref(step)).await;
+        assert!(
+            s.q.tap
+                .until(Duration::from_secs(30), |e| completed_jobs(e).contains(&id))
+                .await,
+            "{id} did not complete"
+        );
+    }
+    let events = &s.q.tap.events;
+    assert_eq!(job_statuses(events, "cascade-only"), ["applied"]);
+    assert_eq!(job_statuses(events, "add-keeps"), ["applied"]);
+    assert_eq!(job_statuses(events, "second-parent"), ["rejected"]);
+    let (_, record) = s.emu.get_record("accounts", &owner).await;
+    assert_eq!(
+        record["fields"][FIELD]["cascade_action"], "delete",
+        "{record}"
+    );
+    assert_eq!(stored_ids(&record, FIELD), [child]);
+    let rejected =
+        s.q.tap
+            .of_type("cxrel.relationship.rejected")
+            .next()
+            .unwrap();
+    assert_eq!(rejected["data"]["code"], "ownership_conflict", "{rejected}");
+    worker.stop().await;
+    broker::teardown(&s.q.channel, &s.q.topology).await;
+}
