@@ -81,8 +81,9 @@ pub struct CloudEvent {
     /// When the event was built, RFC 3339 UTC.
     pub time: String,
     /// `{datastore_id}/{parent_id}` for relationship events, `{datastore_id}/jobs/{job_id}` for
-    /// job events. A data store id never holds `/` while a job id may, so split at the first
-    /// slashes only; `data` carries each id on its own.
+    /// job events (`/jobs/{job_id}` when the body named no data store that could be read). A data
+    /// store id never holds `/` while a job id may, so split at the first slashes only; `data`
+    /// carries each id on its own.
     pub subject: String,
     /// Always `application/json`.
     pub datacontenttype: String,

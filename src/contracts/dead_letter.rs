@@ -53,7 +53,11 @@ pub fn constrain(defs: &mut Defs) -> Result<(), ContractError> {
         "/properties/x-cxrel-stage",
         json!({"enum": STAGES}),
     )?;
-    for key in ["x-cxrel-first-failed-at", "x-cxrel-last-failed-at"] {
+    for key in [
+        "x-cxrel-first-failed-at",
+        "x-cxrel-last-failed-at",
+        "x-cxrel-replayed-at",
+    ] {
         defs.merge(&failure, &format!("/properties/{key}"), date_time())?;
     }
     let code = json!({"pattern": "^[a-z][a-z0-9_]*$"});

@@ -103,9 +103,54 @@ impl Defs {
         Ok(())
     }
 
-    /// Every definition, with the draft's transforms applied.
+    /// Every definition, with the draft's transforms applied and only standard `format`s left.
     pub fn take(&mut self) -> Map<String, Value> {
-        self.generator.take_definitions(true)
+        let mut all = self.generator.take_definitions(true);
+        all.values_mut().for_each(standard_formats_only);
+        all
+    }
+}
+
+/// The `format` values JSON Schema 2020-12 defines. schemars adds its own (`uint64`, `uint`, …)
+/// for integers, which strict validators (Ajv) refuse as unknown; the `minimum` it writes beside
+/// them already says what they mean.
+const STANDARD_FORMATS: [&str; 19] = [
+    "date-time",
+    "date",
+    "time",
+    "duration",
+    "email",
+    "idn-email",
+    "hostname",
+    "idn-hostname",
+    "ipv4",
+    "ipv6",
+    "uri",
+    "uri-reference",
+    "iri",
+    "iri-reference",
+    "uuid",
+    "uri-template",
+    "json-pointer",
+    "relative-json-pointer",
+    "regex",
+];
+
+/// Removes every non-standard `format` keyword from `schema` and its subschemas.
+fn standard_formats_only(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            let custom = map
+                .get("format")
+                .and_then(Value::as_str)
+                .is_some_and(|f| !STANDARD_FORMATS.contains(&f));
+            if custom {
+                map.remove("format");
+            }
+            map.values_mut().for_each(standard_formats_only);
+        }
+        Value::Array(items) => items.iter_mut().for_each(standard_formats_only),
+        _ => {}
     }
 }
 

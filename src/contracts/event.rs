@@ -88,15 +88,24 @@ fn data_of(defs: &mut Defs, ty: EventType) -> (Value, &'static [&'static str]) {
 
 fn typed_event(defs: &mut Defs, envelope: &Value, ty: EventType) -> Value {
     let (data, always) = data_of(defs, ty);
+    // Every keyword sits beside the `type` it applies to and every required key beside its
+    // property, so strict validators (Ajv's strict mode) compile the schema as it is.
     let data = if always.is_empty() {
         data
     } else {
-        json!({"allOf": [data], "required": always})
+        let named: serde_json::Map<String, Value> = always
+            .iter()
+            .map(|k| ((*k).to_owned(), json!({})))
+            .collect();
+        json!({"type": "object", "allOf": [data], "properties": named, "required": always})
     };
     json!({
         "title": ty.as_str(),
         "description": format!("{} Routing key `{}`.", summary(ty), ty.routing_key()),
-        "allOf": [envelope, {"properties": {"type": {"const": ty.as_str()}, "data": data}}],
+        "allOf": [envelope, {
+            "type": "object",
+            "properties": {"type": {"const": ty.as_str()}, "data": data},
+        }],
     })
 }
 

@@ -43,9 +43,23 @@ pub struct FailureHeaders {
     /// RFC 3339 time of this failure.
     #[serde(rename = "x-cxrel-last-failed-at")]
     pub last_failed_at: String,
-    /// One entry per earlier `cxrel dlq replay`: "{time} {code} after {n} attempts".
+    /// One entry per earlier `cxrel dlq replay`: "{time} {code} after {n} attempts: {reason}".
     #[serde(rename = "x-cxrel-replayed", default)]
     pub replayed: Option<Vec<String>>,
+    /// Replays of this job from the dead letters so far (absent before the first); part of its
+    /// event ids.
+    #[serde(rename = "x-cxrel-replay-count", default)]
+    pub replay_count: Option<u64>,
+    /// RFC 3339 time of the last replay.
+    #[serde(rename = "x-cxrel-replayed-at", default)]
+    pub replayed_at: Option<String>,
+    /// The operator's `--reason` for the last replay.
+    #[serde(rename = "x-cxrel-replay-reason", default)]
+    pub replay_reason: Option<String>,
+    /// Names of headers left out of this copy because the header table was too large, comma
+    /// separated.
+    #[serde(rename = "x-cxrel-dropped-headers", default)]
+    pub dropped_headers: Option<String>,
 }
 
 /// What RabbitMQ writes when it dead-letters a message itself.
@@ -121,7 +135,7 @@ mod tests {
     }
 
     #[test]
-    fn the_failure_headers_are_exactly_the_ones_the_worker_writes() {
+    fn the_failure_headers_are_exactly_the_ones_the_worker_and_a_replay_write() {
         let mut names = property_names::<FailureHeaders>();
         names.sort();
         let mut expected = [
@@ -134,6 +148,10 @@ mod tests {
             headers::FIRST_FAILED_AT,
             headers::LAST_FAILED_AT,
             headers::REPLAYED,
+            headers::REPLAY_COUNT,
+            crate::dlq::letter::REPLAYED_AT,
+            crate::dlq::letter::REPLAY_REASON,
+            headers::DROPPED,
         ];
         expected.sort_unstable();
         assert_eq!(names, expected);

@@ -258,6 +258,10 @@ fn attaching_a_deep_subtree_under_a_deep_parent_exceeds_the_depth() {
     );
     let v = check(&g, &job(true, vec![op("q", "d", &["r"], Mode::Add)]));
     assert_eq!(codes(&v), vec![Some("max_depth_exceeded")]);
+    // The message names the whole walk, not only the new link.
+    let message = &v.first_violation().unwrap().message;
+    assert!(message.contains("along p → q → r → s"), "{message}");
+    assert!(message.contains("new link q → r"), "{message}");
 }
 
 #[test]

@@ -119,11 +119,13 @@ fn finding(
     capped: bool,
 ) -> Finding {
     let at_least = if capped { "at least " } else { "" };
+    let path: Vec<String> = records.iter().map(|&r| ctx.name(r).to_string()).collect();
     Finding {
         code: ViolationCode::MaxDepthExceeded,
         message: format!(
-            "depth of {} would reach {at_least}{depth} through {} → {} (max_depth {max})",
+            "depth of {} would reach {at_least}{depth} along {} (new link {} → {}; max_depth {max})",
             ctx.field_name(f),
+            path.join(" → "),
             ctx.name(p),
             ctx.name(c)
         ),
