@@ -114,7 +114,7 @@ impl Defs {
 /// The `format` values JSON Schema 2020-12 defines. schemars adds its own (`uint64`, `uint`, …)
 /// for integers, which strict validators (Ajv) refuse as unknown; the `minimum` it writes beside
 /// them already says what they mean.
-const STANDARD_FORMATS: [&str; 19] = [
+pub(super) const STANDARD_FORMATS: [&str; 19] = [
     "date-time",
     "date",
     "time",

@@ -158,6 +158,67 @@ mod tests {
         assert_eq!(back, value);
     }
 
+    /// What Ajv's strict mode refuses (a modelling tool compiling the schemas for code generation):
+    /// formats JSON Schema does not define, and `properties` / `required` without `type: object`
+    /// beside them or required keys not named in the same `properties`.
+    fn strict_mode_complaints(schema: &Value, at: &str, out: &mut Vec<String>) {
+        let Value::Object(map) = schema else { return };
+        if let Some(format) = map.get("format").and_then(Value::as_str) {
+            if !defs::STANDARD_FORMATS.contains(&format) {
+                out.push(format!("{at}: format {format}"));
+            }
+        }
+        let object = map.get("type") == Some(&Value::from("object"));
+        if (map.contains_key("properties") || map.contains_key("required")) && !object {
+            out.push(format!("{at}: properties or required without type object"));
+        }
+        let named = |key: &Value| {
+            map.get("properties")
+                .and_then(|p| p.as_object())
+                .zip(key.as_str())
+                .is_some_and(|(p, k)| p.contains_key(k))
+        };
+        for key in map
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if !named(key) {
+                out.push(format!("{at}: required {key} not in properties"));
+            }
+        }
+        for (key, value) in map {
+            let here = format!("{at}/{key}");
+            match (key.as_str(), value) {
+                ("properties" | "$defs" | "patternProperties", Value::Object(named)) => {
+                    for (name, sub) in named {
+                        strict_mode_complaints(sub, &format!("{here}/{name}"), out);
+                    }
+                }
+                ("allOf" | "anyOf" | "oneOf" | "prefixItems", Value::Array(subs)) => {
+                    for (i, sub) in subs.iter().enumerate() {
+                        strict_mode_complaints(sub, &format!("{here}/{i}"), out);
+                    }
+                }
+                ("items" | "additionalProperties" | "not" | "contains" | "propertyNames", sub) => {
+                    strict_mode_complaints(sub, &here, out);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn the_schemas_hold_to_what_strict_validators_require() {
+        let settings = defaults();
+        for document in [Document::Job, Document::Event, Document::DeadLetter] {
+            let mut complaints = Vec::new();
+            strict_mode_complaints(&generate(document, &settings).unwrap(), "", &mut complaints);
+            assert!(complaints.is_empty(), "{document:?}: {complaints:#?}");
+        }
+    }
+
     #[test]
     fn standalone_schemas_reference_only_their_own_definitions() {
         let settings = defaults();
