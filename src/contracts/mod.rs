@@ -163,10 +163,10 @@ mod tests {
     /// beside them or required keys not named in the same `properties`.
     fn strict_mode_complaints(schema: &Value, at: &str, out: &mut Vec<String>) {
         let Value::Object(map) = schema else { return };
-        if let Some(format) = map.get("format").and_then(Value::as_str) {
-            if !defs::STANDARD_FORMATS.contains(&format) {
-                out.push(format!("{at}: format {format}"));
-            }
+        if let Some(format) = map.get("format").and_then(Value::as_str)
+            && !defs::STANDARD_FORMATS.contains(&format)
+        {
+            out.push(format!("{at}: format {format}"));
         }
         let object = map.get("type") == Some(&Value::from("object"));
         if (map.contains_key("properties") || map.contains_key("required")) && !object {
