@@ -127,19 +127,26 @@ end
 
 local scale = (1 - beta) / math.max(recover, 0.001) ^ 3
 -- After a penalty box (see cubic.rs, after_penalty and PENALTY_*): resume below the lower of the
--- last w_max and what the server admitted before it closed, and probe past it slowly for 60 s.
-local PENALTY_STEP = 0.97
+-- last w_max and what the server admitted before it closed; when it closed near what the server
+-- admitted, probe past it slowly for 60 s.
+local PENALTY_STEP = 0.93
 local PENALTY_MEMORY = 60000000
 local PENALTY_SLOWDOWN = 8
+local PENALTY_NEAR = 0.8
 if reopened then
+  local known = s.admitted_at_cut >= estimate_successes
   local w = s.w_max_at_cut
-  if s.admitted_at_cut >= estimate_successes then w = math.min(w, s.admitted_at_cut) end
+  if known then w = math.min(w, s.admitted_at_cut) end
   w = math.max(w * PENALTY_STEP, min_rate)
   local rate = math.max(w * beta, min_rate)
   s.k = (math.max(1 - rate / w, 0) / scale) ^ (1 / 3)
   s.w_max = w
   s.cut_at = now
-  s.penalty = now
+  if known and s.admitted_at_cut >= PENALTY_NEAR * s.w_max_at_cut then
+    s.penalty = now
+  else
+    s.penalty = 0
+  end
 end
 local function rate_at(at)
   if s.cut_at == 0 then

@@ -23,8 +23,9 @@
 //!   start that a window never slowed does not come back at ten times its limit.
 //! - **A penalty box** is a closed run that outlasts a window's second: once it admits again, the
 //!   curve restarts below the lower of the last `w_max` and what the server admitted in the
-//!   second before it closed, and for a minute the probe past `w_max` climbs eight times slower
-//!   (crossing the limit costs the whole penalty there).
+//!   second before it closed, and when the box closed near that admitted rate, for a minute the
+//!   probe past `w_max` climbs eight times slower (crossing the limit costs the whole penalty
+//!   there; a box far above it, as at the end of a slow start, leaves the limit to be found).
 //! - **An episode** is a run of signals each within `recover` of the previous cut while the rate
 //!   had not yet climbed back to `w_max` (the cut did not get the rate below the limit). From
 //!   its second signal on, once `estimate_successes` answers came back fine, `w_max` is capped
@@ -81,12 +82,19 @@ const DEMAND_SLOTS: usize = 4;
 
 /// After a penalty box (a closed run outlasting [`CLOSED_WINDOW`]) the curve resumes this far
 /// below the lower of the last `w_max` and what the server admitted in the second before it
-/// closed; for [`PENALTY_MEMORY`] after it, the probe past `w_max` climbs
-/// [`PENALTY_SLOWDOWN`] times slower. Finding a limit by probing past it costs a whole penalty
+/// closed (far enough to leave a bucket's burst, which that second also counted, behind).
+const PENALTY_STEP: f64 = 0.93;
+/// For [`PENALTY_MEMORY`] after a box that closed near the limit, the probe past `w_max` climbs
+/// [`PENALTY_SLOWDOWN`] times slower: finding a limit by probing past it costs a whole penalty
 /// there, not a 10% dip.
-const PENALTY_STEP: f64 = 0.97;
 const PENALTY_MEMORY: Duration = Duration::from_secs(60);
 const PENALTY_SLOWDOWN: f64 = 8.0;
+/// "Near the limit": the server admitted at least this share of the rate the box closed at. A
+/// box that ends a slow start (or a configured rate far above the limit) closes at several times
+/// what was admitted, and the limit may lie anywhere between: probing on at a cut's speed finds
+/// it in seconds where the slow probe took most of a minute (simulated over 60 s, unconfigured:
+/// 66% of the limit before, 81% after).
+const PENALTY_NEAR: f64 = 0.8;
 
 /// Refused probes in one closed run that show a window (an empty bucket refills within one): the
 /// curve is then rebased on what the server admitted.
@@ -335,17 +343,20 @@ impl Cubic {
     /// The server reopened after refusing everything for longer than a window's second: a
     /// penalty box. The curve restarts below the lower of the last `w_max` and what the server
     /// admitted in the second before it closed (a window's rebase, made early in the run, counted
-    /// the closure too), and probes past it slowly for a while.
+    /// the closure too). When the box closed near what the server admitted, the limit is about
+    /// there and the curve probes past it slowly for a while; else it probes at a cut's speed.
     fn after_penalty(&mut self, now: Instant) {
         let p = &self.params;
+        let known = self.admitted_at_cut >= p.estimate_successes as f64;
         let mut w = self.w_max_at_cut;
-        if self.admitted_at_cut >= p.estimate_successes as f64 {
+        if known {
             w = w.min(self.admitted_at_cut);
         }
         let w = (w * PENALTY_STEP).max(p.min_rate);
         let rate = (w * p.beta).max(p.min_rate);
         self.cut = Some(Cut::new(now, w, rate, p));
-        self.penalty = Some(now);
+        let near = known && self.admitted_at_cut >= PENALTY_NEAR * self.w_max_at_cut;
+        self.penalty = near.then_some(now);
     }
 
     /// A 429 at `now` for a request sent at `sent`; `retry_after` from the answer.
@@ -750,15 +761,45 @@ mod tests {
         let t = t0 + ms(1200);
         c.on_throttled(t, t - ms(1), Some(ms(1000)));
         assert!((c.rate(t) - 1.0).abs() < 1e-9, "{}", c.rate(t));
-        // The box opens: a probe gets through and the curve resumes, a little below where the
-        // box closed (nothing was admitted before it to say more): 90% of 97% of 150.
+        // The box opens: a probe gets through and the curve resumes below where the box closed
+        // (nothing was admitted before it to say more): 90% of 93% of 150.
         c.on_success(t0 + ms(2300), t0 + ms(2290));
         let resumed = c.rate(t0 + ms(2300));
-        assert!((resumed - 150.0 * 0.97 * 0.9).abs() < 0.01, "{resumed}");
-        // Back at the new w_max after K, then probing past it eight times slower than after a
-        // cut: +0.3% after eight more seconds, where a cut's curve has +20% after four.
-        assert!((c.rate(t0 + ms(4300)) - 145.5).abs() < 0.01);
-        let later = c.rate(t0 + ms(12_300)) / 145.5;
+        let w = 150.0 * PENALTY_STEP;
+        assert!((resumed - w * 0.9).abs() < 0.01, "{resumed}");
+        // Back at the new w_max after K; where the limit lies below 150 is unknown, so the probe
+        // past it climbs as after a cut: +20% four seconds later.
+        assert!((c.rate(t0 + ms(4300)) - w).abs() < 0.01);
+        assert_eq!(
+            c.rate(t0 + ms(8300)),
+            150.0,
+            "at the configured ceiling, 7.5% above"
+        );
+    }
+
+    #[test]
+    fn after_a_penalty_box_that_closed_near_what_the_server_admitted_the_probe_climbs_slowly() {
+        let t0 = Instant::now();
+        let mut c = Cubic::new(CubicParams::new(Some(110.0)), t0);
+        c.on_request(t0);
+        // 110/s sent and admitted for two seconds, then a 429 and a box closed for two seconds.
+        for i in 0..220 {
+            c.on_success(t0 + ms(i * 9 + 5), t0 + ms(i * 9));
+        }
+        let t = t0 + ms(2000);
+        cut_rate(c.on_throttled(t, t - ms(5), Some(ms(2000))));
+        for i in 0..8 {
+            let t = t0 + ms(2010 + i * 160);
+            c.on_throttled(t, t - ms(1), Some(ms(2000)));
+        }
+        c.on_success(t0 + ms(4100), t0 + ms(4090));
+        let w = c.w_max().unwrap();
+        assert!(w < 110.0 * PENALTY_STEP + 1.0, "{w}");
+        // Back at w_max after K, then eight times slower than after a cut: +0.3% after eight
+        // more seconds, where a cut's curve has +20% after four.
+        let k = c.cut.unwrap().k;
+        let back = t0 + ms(4100) + Duration::from_secs_f64(k);
+        let later = c.rate(back + Duration::from_secs(8)) / w;
         assert!((1.0..1.004).contains(&later), "{later}");
     }
 
@@ -777,9 +818,12 @@ mod tests {
             c.on_throttled(t, t - ms(1), Some(ms(2000)));
         }
         c.on_success(t0 + ms(4100), t0 + ms(4090));
-        // 97% of the 100/s admitted, cut by 10%: met from below, not at 150 × 0.9.
+        // 93% of the 100/s admitted, cut by 10%: met from below, not at 150 × 0.9.
         let resumed = c.rate(t0 + ms(4100));
-        assert!((resumed - 100.0 * 0.97 * 0.9).abs() < 1.5, "{resumed}");
+        assert!(
+            (resumed - 100.0 * PENALTY_STEP * 0.9).abs() < 1.5,
+            "{resumed}"
+        );
         assert!(c.w_max().is_some_and(|w| w < 99.0), "{:?}", c.w_max());
     }
 
