@@ -255,11 +255,21 @@ pub async fn token(
     let body = json!({
         "access_token": access_token,
         "token_type": "Bearer",
-        "expires_in": ttl.as_secs(),
+        "expires_in": expires_in(ttl),
         "id_token": id_token,
         "scope": scope,
     });
     Ok(([(CACHE_CONTROL, "no-store")], Json(body)).into_response())
+}
+
+/// `expires_in` of a token living `ttl`: whole seconds as an integer, a shorter or fractional
+/// lifetime (a fault) to the millisecond, so clients can honour a sub-second lifetime.
+fn expires_in(ttl: std::time::Duration) -> serde_json::Value {
+    if ttl.subsec_millis() == 0 {
+        ttl.as_secs().into()
+    } else {
+        (ttl.as_millis() as f64 / 1000.0).into()
+    }
 }
 
 fn oauth(status: StatusCode, code: &'static str, description: &str) -> ApiError {

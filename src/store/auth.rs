@@ -69,11 +69,15 @@ pub(crate) fn refresh_margin(lifetime: Duration, refresh_before: Duration) -> Du
     refresh_before.min(lifetime / 10)
 }
 
-/// The lifetime of a token whose endpoint said `expires_in` seconds, capped at [`MAX_LIFETIME`].
-pub(crate) fn token_lifetime(expires_in: Option<u64>) -> Duration {
-    expires_in.map_or(DEFAULT_LIFETIME, |secs| {
-        Duration::from_secs(secs).min(MAX_LIFETIME)
-    })
+/// The lifetime of a token whose endpoint said `expires_in`, capped at [`MAX_LIFETIME`]. Zero or
+/// less says nothing usable, as absent does: taken at its word it would fetch a token for every
+/// request (a black-box run counted 63 token requests for 62 store calls). If the token really is
+/// expired, the store's 401 refreshes it once.
+pub(crate) fn token_lifetime(expires_in: Option<Duration>) -> Duration {
+    match expires_in {
+        Some(lifetime) if !lifetime.is_zero() => lifetime.min(MAX_LIFETIME),
+        _ => DEFAULT_LIFETIME,
+    }
 }
 
 /// When a token fetched at `now` expires and when to refresh it. Saturating: a clock near the end
@@ -434,14 +438,28 @@ mod tests {
 
     #[test]
     fn a_huge_expires_in_is_capped_instead_of_overflowing_the_clock() {
-        assert_eq!(token_lifetime(Some(u64::MAX)), MAX_LIFETIME);
-        assert_eq!(token_lifetime(Some(60)), Duration::from_secs(60));
+        assert_eq!(token_lifetime(Some(Duration::MAX)), MAX_LIFETIME);
+        assert_eq!(
+            token_lifetime(Some(Duration::from_secs(60))),
+            Duration::from_secs(60)
+        );
         assert_eq!(token_lifetime(None), DEFAULT_LIFETIME);
         let now = Instant::now();
-        let (expires, refresh) =
-            token_deadlines(now, token_lifetime(Some(u64::MAX)), Duration::from_secs(30));
+        let (expires, refresh) = token_deadlines(
+            now,
+            token_lifetime(Some(Duration::MAX)),
+            Duration::from_secs(30),
+        );
         assert_eq!(expires, now + MAX_LIFETIME);
         assert!(refresh < expires && refresh >= now);
+    }
+
+    #[test]
+    fn an_expires_in_of_zero_or_less_is_taken_as_unsaid_not_as_expired() {
+        // The wire reads 0 and negative numbers as zero.
+        assert_eq!(token_lifetime(Some(Duration::ZERO)), DEFAULT_LIFETIME);
+        let short = Duration::from_millis(700);
+        assert_eq!(token_lifetime(Some(short)), short);
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Wire shapes of the data-store API (SPEC §3) and the auth endpoints (SPEC §4), and `Record`.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -140,19 +142,26 @@ pub(crate) struct CxoneConfiguration {
 pub(crate) struct TokenResponse {
     pub access_token: String,
     #[serde(default, deserialize_with = "lenient_seconds")]
-    pub expires_in: Option<u64>,
+    pub expires_in: Option<Duration>,
     #[serde(default)]
     pub id_token: Option<String>,
 }
 
-/// `expires_in` as token endpoints really send it: an integer, but also a float, a numeric string
-/// or a negative number (0: already expired). Anything else counts as absent (the default
-/// lifetime), so a quirky token endpoint never stops the worker from logging in.
-fn lenient_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    // `as` from f64 saturates (NaN becomes 0), which is the wanted clamp.
-    let seconds = |f: f64| f.max(0.0) as u64;
+/// `expires_in` as token endpoints really send it: an integer, but also a float (kept to the
+/// millisecond), a numeric string or a negative number (read as zero, which `token_lifetime`
+/// takes as unsaid). Anything else counts as absent (the default lifetime), so a quirky token
+/// endpoint never stops the worker from logging in.
+fn lenient_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    // Zero for NaN and below; a bound far above any lifetime keeps `from_secs_f64` from panicking.
+    let seconds = |f: f64| {
+        if f > 0.0 {
+            Duration::from_secs_f64(f.min(1e12))
+        } else {
+            Duration::ZERO
+        }
+    };
     Ok(match Option::<Value>::deserialize(d)? {
-        Some(Value::Number(n)) => n.as_u64().or_else(|| n.as_f64().map(seconds)),
+        Some(Value::Number(n)) => n.as_f64().map(seconds),
         Some(Value::String(s)) => s.trim().parse::<f64>().ok().map(seconds),
         _ => None,
     })
@@ -205,15 +214,17 @@ mod tests {
                 .unwrap()
                 .expires_in
         };
-        assert_eq!(read(r#","expires_in":3600"#), Some(3600));
+        let secs = |s: u64| Some(Duration::from_secs(s));
+        assert_eq!(read(r#","expires_in":3600"#), secs(3600));
+        let huge = secs(1_000_000_000_000);
+        assert_eq!(read(r#","expires_in":18446744073709551615"#), huge);
+        assert_eq!(read(r#","expires_in":1e30"#), huge);
+        assert_eq!(read(r#","expires_in":-5"#), Some(Duration::ZERO));
         assert_eq!(
-            read(r#","expires_in":18446744073709551615"#),
-            Some(u64::MAX)
+            read(r#","expires_in":0.7"#),
+            Some(Duration::from_millis(700))
         );
-        assert_eq!(read(r#","expires_in":1e30"#), Some(u64::MAX));
-        assert_eq!(read(r#","expires_in":-5"#), Some(0));
-        assert_eq!(read(r#","expires_in":59.9"#), Some(59));
-        assert_eq!(read(r#","expires_in":" 60 ""#), Some(60));
+        assert_eq!(read(r#","expires_in":" 60 ""#), secs(60));
         assert_eq!(read(r#","expires_in":"soon""#), None);
         assert_eq!(read(r#","expires_in":null"#), None);
         assert_eq!(read(r#","expires_in":[1]"#), None);
