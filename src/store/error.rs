@@ -166,6 +166,11 @@ impl StoreError {
     /// Permanent errors dead-letter at once; Transient ones retry through the hold queues.
     pub fn class(&self) -> ErrorClass {
         match self {
+            // The token endpoint refusing the credentials says nothing about the job: the
+            // worker cannot log in (a rotated key, an identity-provider glitch). Retried through
+            // the hold queues, the backlog waits the whole retry schedule for the fix instead of
+            // being dead-lettered within a second (a black-box run: 50 jobs in 0.3 s).
+            Self::AccessToken(inner) if inner.is_refused_login() => ErrorClass::Transient,
             Self::AccessToken(inner) => inner.class(),
             Self::RecordLocked { .. }
             | Self::VersionMismatch { .. }
@@ -187,6 +192,12 @@ impl StoreError {
             | Self::InvalidSchema(_)
             | Self::Config(_) => ErrorClass::Permanent,
         }
+    }
+
+    /// The credentials or scopes were refused (by the token endpoint, when wrapped in
+    /// [`AccessToken`](Self::AccessToken)).
+    fn is_refused_login(&self) -> bool {
+        matches!(self, Self::Unauthorized { .. } | Self::Forbidden { .. })
     }
 
     /// Stable snake_case code, used in events and dead-letter headers.
@@ -435,7 +446,13 @@ mod tests {
         }
         .before_sending();
         assert_eq!(refused.code(), "unauthorized");
-        assert_eq!(refused.class(), ErrorClass::Permanent);
+        // The worker could not log in: retried, where the store's own second 401 is not.
+        assert_eq!(refused.class(), ErrorClass::Transient);
+        let second_401 = StoreError::Unauthorized {
+            status: 401,
+            body: ErrorBody::default(),
+        };
+        assert_eq!(second_401.class(), ErrorClass::Permanent);
         assert!(matches!(
             StoreError::NotStarted.before_sending(),
             StoreError::NotStarted

@@ -99,16 +99,18 @@ async fn client_auth_picks_one_method_per_request() {
 }
 
 #[tokio::test]
-async fn refused_credentials_are_a_permanent_unauthorized_error_without_retries() {
+async fn refused_credentials_are_unauthorized_without_retries_in_the_client_and_retried_as_a_job() {
     let emu = EmulatorProcess::spawn();
     create_store(&emu, "auth-bad", &ids(1)).await;
     let client = client_for(&emu, |s| {
         s.cxone.auth.access_key_secret = Secret::new("not-the-s3cret-value");
     });
     let err = client.schema("auth-bad").await.unwrap_err();
+    // Transient for the job: the worker cannot log in, the job is not wrong (hold queues give
+    // the operator the retry schedule to fix the credentials).
     assert_eq!(
         (err.code(), err.class()),
-        ("unauthorized", ErrorClass::Permanent)
+        ("unauthorized", ErrorClass::Transient)
     );
     assert!(
         !format!("{err} {err:?}").contains("not-the-s3cret-value"),

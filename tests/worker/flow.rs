@@ -533,6 +533,42 @@ async fn an_operation_left_unprocessed_carries_the_job_s_failure_code_in_job_com
     broker::teardown(&s.q.channel, &s.q.topology).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_the_token_endpoint_refuses_retry_the_job_before_dead_lettering_it() {
+    let mut s = setup("refused-login", "accounts", 2).await;
+    let config = test_config(&s.emu.base, s.q.topology.prefix());
+    let env = HashMap::from([(
+        "CXREL__CXONE__AUTH__ACCESS_KEY_SECRET".to_owned(),
+        "a-rotated-away-secret".to_owned(),
+    )]);
+    let worker = InProcessWorker::start_with_env(&config, env).await;
+    let j = job(
+        "refused-login",
+        "accounts",
+        true,
+        vec![op(&rid("r", 0), FIELD, &[&rid("r", 1)])],
+    );
+    publish_jobs(&s.q.publisher, &s.q.topology, &[j]).await;
+    let dead = broker::take(
+        &s.q.channel,
+        &s.q.topology.dead(),
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(dead.len(), 1, "dead-lettered once the retries ran out");
+    let t = headers::table(&dead[0].delivery.properties);
+    assert_eq!(
+        headers::get_str(&t, headers::ERROR_CODE).as_deref(),
+        Some("unauthorized")
+    );
+    // Not at the first attempt: the worker could not log in, the job was not wrong, so it went
+    // through every hold queue (three here) first.
+    assert_eq!(headers::get_u64(&t, headers::ATTEMPTS), Some(4));
+    worker.stop().await;
+    broker::teardown(&s.q.channel, &s.q.topology).await;
+}
+
 /// Job statuses by job id, from `job.completed`.
 fn job_statuses(events: &[Value], job_id: &str) -> Vec<String> {
     events

@@ -166,8 +166,13 @@ impl InProcessWorker {
     /// Builds the worker of `config` (credentials: the defaults, which the emulator accepts) and
     /// starts consuming.
     pub async fn start(config: &WorkerConfig) -> Self {
+        Self::start_with_env(config, HashMap::new()).await
+    }
+
+    /// As [`start`](Self::start), with `env` as the worker's `CXREL__…` environment.
+    pub async fn start_with_env(config: &WorkerConfig, env: HashMap<String, String>) -> Self {
         let settings = config
-            .settings(HashMap::new())
+            .settings(env)
             .expect("the test worker's settings load");
         let app = cxrel::worker::build(settings)
             .await
