@@ -535,7 +535,7 @@ async fn an_operation_left_unprocessed_carries_the_job_s_failure_code_in_job_com
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_the_token_endpoint_refuses_retry_the_job_before_dead_lettering_it() {
-    let mut s = setup("refused-login", "accounts", 2).await;
+    let s = setup("refused-login", "accounts", 2).await;
     let config = test_config(&s.emu.base, s.q.topology.prefix());
     let env = HashMap::from([(
         "CXREL__CXONE__AUTH__ACCESS_KEY_SECRET".to_owned(),
