@@ -24,7 +24,7 @@ const MAX_CONFIRM_READS: usize = 32;
 const RETIRE_LIMIT: Duration = Duration::from_secs(30);
 
 /// Why a data store's graph could not be loaded.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum LoadError {
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -48,15 +48,33 @@ impl LoadError {
     }
 }
 
-/// One data store's slot: its live state (with the epoch it was loaded in) and the lock that
-/// makes loading it single-flight.
+/// One data store's slot: its live state (with the epoch it was loaded in), the lock that makes
+/// loading it single-flight, and the last failed load.
 #[derive(Default)]
 struct Slot {
     live: Mutex<Option<(u64, Arc<LiveDataStore>)>>,
     loading: tokio::sync::Mutex<()>,
+    failed: Mutex<Option<(Instant, LoadError)>>,
 }
 
 impl Slot {
+    /// The error of a load that failed after `asked`: a task that waited for that load gets its
+    /// answer instead of loading again. Else, during an outage, the jobs waiting on one data store
+    /// would each retry the load in turn, one after another (a black-box run: one job every 2 s
+    /// with 64 in flight).
+    fn failed_since(&self, asked: Instant) -> Option<LoadError> {
+        let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        failed
+            .as_ref()
+            .filter(|(at, _)| *at >= asked)
+            .map(|(_, error)| error.clone())
+    }
+
+    fn record<T>(&self, result: &Result<T, LoadError>) {
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        *failed = result.as_ref().err().map(|e| (Instant::now(), e.clone()));
+    }
+
     /// The live state, if it was loaded in `epoch`.
     fn current(&self, epoch: u64) -> Option<Arc<LiveDataStore>> {
         let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
@@ -111,11 +129,17 @@ impl DataStores {
         if let Some(live) = self.usable(&slot, &schema, epoch) {
             return Ok(live);
         }
+        let asked = Instant::now();
         let _single_flight = slot.loading.lock().await;
         if let Some(live) = self.usable(&slot, &schema, epoch) {
             return Ok(live);
         }
-        self.replace(&slot, datastore, schema, epoch).await
+        if let Some(error) = slot.failed_since(asked) {
+            return Err(error);
+        }
+        let loaded = self.replace(&slot, datastore, schema, epoch).await;
+        slot.record(&loaded);
+        loaded
     }
 
     /// Loads `datastore` again (its schema re-read), after jobs writing to the old graph finish.

@@ -72,6 +72,8 @@ struct Inner {
     default_max_depth: u32,
     schemas: Mutex<HashMap<String, CachedSchema>>,
     schema_fetch: tokio::sync::Mutex<()>,
+    /// The last failed schema fetch per data store, for the tasks that waited on it.
+    schema_failed: Mutex<HashMap<String, (Instant, StoreError)>>,
     /// `{base}{records_path}` parsed for the last base seen: parsing it (IDNA included) on every
     /// request was a visible share of the worker's CPU per PATCH.
     records_root: Mutex<Option<(String, url::Url)>>,
@@ -148,6 +150,7 @@ impl StoreClient {
                 default_max_depth,
                 schemas: Mutex::new(HashMap::new()),
                 schema_fetch: tokio::sync::Mutex::new(()),
+                schema_failed: Mutex::new(HashMap::new()),
                 records_root: Mutex::new(None),
             }),
             lease: None,
@@ -195,10 +198,42 @@ impl StoreClient {
         if let Some(s) = self.cached_schema(datastore) {
             return Ok(s);
         }
+        let asked = Instant::now();
         let _single_flight = self.inner.schema_fetch.lock().await;
         if let Some(s) = self.cached_schema(datastore) {
             return Ok(s);
         }
+        // The fetch this task waited for failed: its answer, not another fetch. Else, during an
+        // outage, waiting jobs would each retry in turn, one after another.
+        if let Some(error) = self.schema_failed_since(datastore, asked) {
+            return Err(error);
+        }
+        let fetched = self.fetch_schema(datastore).await;
+        let mut failed = self
+            .inner
+            .schema_failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match &fetched {
+            Ok(_) => failed.remove(datastore),
+            Err(e) => failed.insert(datastore.to_owned(), (Instant::now(), e.clone())),
+        };
+        fetched
+    }
+
+    fn schema_failed_since(&self, datastore: &str, asked: Instant) -> Option<StoreError> {
+        let failed = self
+            .inner
+            .schema_failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        failed
+            .get(datastore)
+            .filter(|(at, _)| *at >= asked)
+            .map(|(_, error)| error.clone())
+    }
+
+    async fn fetch_schema(&self, datastore: &str) -> Result<Arc<Schema>, StoreError> {
         let answer = self
             .call(
                 Route::Schema,

@@ -179,6 +179,32 @@ async fn persistent_server_errors_fail_transient_after_the_configured_attempts()
     assert_eq!(route_count(&stats, "PATCH", "/records/", None), 1);
 }
 
+/// During an outage, tasks waiting on one schema fetch share its failure: one fetch's attempts,
+/// not one fetch per waiting task made one after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_waiting_on_a_failing_schema_fetch_share_its_error() {
+    let emu = EmulatorProcess::spawn();
+    create_store(&emu, "faults-schema", &ids(1)).await;
+    emu.set_faults(json!({"error_ratio": 1.0})).await;
+    let client = fast_retries(&emu, 3);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let client = client.clone();
+        tasks.spawn(async move { client.schema("faults-schema").await });
+    }
+    while let Some(done) = tasks.join_next().await {
+        let err = done.unwrap().unwrap_err();
+        assert_eq!(err.code(), "server_error", "{err}");
+    }
+    let stats = emu.stats().await;
+    let fetched = route_count(&stats, "GET", "/schema", None);
+    // The first fetch's 3 attempts; a task that asked after it failed may start one more.
+    assert!(
+        fetched <= 6,
+        "{fetched} schema requests for 20 waiting tasks"
+    );
+}
+
 #[tokio::test]
 async fn slow_answers_time_out_as_transient_errors_after_the_configured_attempts() {
     let emu = EmulatorProcess::spawn();
