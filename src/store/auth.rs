@@ -30,6 +30,21 @@ const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
 /// asked again: a failing endpoint sees about two requests a second, not one per waiting task.
 const FAILURE_HOLD: Duration = Duration::from_millis(500);
 
+/// Longest wait a token endpoint's Retry-After imposes on every caller before it is asked again.
+const MAX_RETRY_AFTER_HOLD: Duration = Duration::from_secs(30);
+
+/// How long callers get a failed fetch's error before the token endpoint is asked again: at least
+/// [`FAILURE_HOLD`], and as long as the endpoint's own Retry-After on a 429 says (capped).
+fn failure_hold(error: &StoreError) -> Duration {
+    match error {
+        StoreError::RateLimited {
+            retry_after: Some(wait),
+            ..
+        } => (*wait).clamp(FAILURE_HOLD, MAX_RETRY_AFTER_HOLD),
+        _ => FAILURE_HOLD,
+    }
+}
+
 /// Longest lifetime believed: a token endpoint answering `expires_in: 18446744073709551615` must
 /// neither overflow `Instant` (a panic) nor make cxrel keep a token forever.
 const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -204,7 +219,7 @@ impl TokenSource {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         if let Some((at, error)) = failed
-            && (at >= asked || at.elapsed() < FAILURE_HOLD)
+            && (at >= asked || at.elapsed() < failure_hold(&error))
         {
             return Err(error);
         }
@@ -400,12 +415,13 @@ async fn send_json<T: serde::de::DeserializeOwned>(
     let status = response.status().as_u16();
     m::record(route, m::status_label(status), started.elapsed());
     if !(200..300).contains(&status) {
+        let retry_after = super::parse_retry_after(response.headers());
         let bytes = body::read_excerpt(response, limits).await;
         let body = ErrorBody::parse(&bytes);
         tracing::warn!(route = route.as_str(), status, error = ?body.error, "auth request refused");
         return Err(match status {
             400 | 401 | 403 if route == Route::Token => StoreError::Unauthorized { status, body },
-            _ => StoreError::from_status(status, body, None),
+            _ => StoreError::from_status(status, body, retry_after),
         });
     }
     let bytes = body::read(response, route, limits).await?;

@@ -667,7 +667,7 @@ fn budget_from_settings(settings: &Settings) -> Result<Arc<dyn RateBudget>, Stor
 /// Retry-After as delta seconds (integer or decimal) or as an HTTP date (RFC 9110 §10.2.3), at
 /// most an hour. A date that is not in the future says nothing usable (clocks differ), so it counts
 /// as absent, as does anything unparsable.
-fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
+pub(crate) fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     let wait = match value.parse::<f64>() {
         Ok(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs.min(3600.0)),

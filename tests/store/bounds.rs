@@ -292,3 +292,47 @@ async fn a_request_waiting_for_its_rate_slot_is_not_sent_once_the_lease_is_lost(
         "nothing was sent"
     );
 }
+
+/// A token endpoint answering 429 with Retry-After: 2 is not asked again for those 2 s, however
+/// many callers want a token meanwhile.
+#[tokio::test]
+async fn a_throttled_token_endpoint_is_left_alone_for_its_retry_after() {
+    let hits = Arc::new(AtomicU32::new(0));
+    let counted = hits.clone();
+    let app = Router::new().route(
+        "/auth/token",
+        post(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async {
+                (
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    [("retry-after", "2")],
+                    "",
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let store = OddStore {
+        base,
+        hits: Arc::new(AtomicU32::new(0)),
+    };
+    let client = client(&store, |_| {});
+    let first = client.check_auth().await.unwrap_err();
+    assert_eq!(first.code(), "rate_limited", "{first}");
+    let after_first = hits.load(Ordering::SeqCst);
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            client.check_auth().await.unwrap_err().code(),
+            "rate_limited"
+        );
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        after_first,
+        "asked again within Retry-After"
+    );
+}
