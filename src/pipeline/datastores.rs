@@ -70,9 +70,15 @@ impl Slot {
             .map(|(_, error)| error.clone())
     }
 
+    /// Keeps a failed load for its waiters (not one given up because its job's worker lost the
+    /// queue: that says nothing to others); a successful one clears it.
     fn record<T>(&self, result: &Result<T, LoadError>) {
         let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
-        *failed = result.as_ref().err().map(|e| (Instant::now(), e.clone()));
+        *failed = match result {
+            Err(LoadError::Store(StoreError::NotStarted)) => None,
+            Err(e) => Some((Instant::now(), e.clone())),
+            Ok(_) => None,
+        };
     }
 
     /// The live state, if it was loaded in `epoch`.

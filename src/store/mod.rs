@@ -215,6 +215,8 @@ impl StoreClient {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         match &fetched {
+            // A fetch given up because its job's worker lost the queue says nothing to others.
+            Err(StoreError::NotStarted) => None,
             Ok(_) => failed.remove(datastore),
             Err(e) => failed.insert(datastore.to_owned(), (Instant::now(), e.clone())),
         };
