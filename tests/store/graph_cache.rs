@@ -55,3 +55,36 @@ async fn a_graph_whose_load_outlived_its_session_is_not_served_to_the_next_one()
     });
     assert_eq!(children, Some(vec![ids[1].clone()]));
 }
+
+/// During an outage, jobs waiting on one data store's graph load share its failure: one load's
+/// attempts, not one load per waiting job made one after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_waiting_on_a_failing_graph_load_share_its_error() {
+    let emu = EmulatorProcess::spawn();
+    create_store(&emu, "cache-down", &ids(2)).await;
+    let client = client_for(&emu, |s| {
+        s.retry.max_attempts = 3;
+        s.retry.min_backoff = Duration::from_millis(5);
+        s.retry.max_backoff = Duration::from_millis(20);
+    });
+    // The schema is cached; then every request fails.
+    client.schema("cache-down").await.unwrap();
+    emu.set_faults(json!({"error_ratio": 1.0})).await;
+    let cache = Arc::new(DataStores::new(client, Duration::from_secs(300)));
+    let mut jobs = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let cache = cache.clone();
+        jobs.spawn(async move { cache.get("cache-down").await.map(|_| ()) });
+    }
+    while let Some(done) = jobs.join_next().await {
+        let err = done.unwrap().unwrap_err();
+        assert_eq!(err.code(), "server_error", "{err}");
+    }
+    let stats = emu.stats().await;
+    let pages = crate::support::route_count(&stats, "GET", "/records", None);
+    // The first load's 3 attempts; a job that asked after it failed may start one more.
+    assert!(
+        pages <= 6,
+        "{pages} record-list requests for 20 waiting jobs"
+    );
+}
