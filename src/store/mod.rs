@@ -74,6 +74,9 @@ struct Inner {
     schema_fetch: tokio::sync::Mutex<()>,
     /// The last failed schema fetch per data store, for the tasks that waited on it.
     schema_failed: Mutex<HashMap<String, (Instant, StoreError)>>,
+    /// Set when the store answered a freshly fetched token with 401 again, cleared by any 2xx:
+    /// the token endpoint issues tokens the store does not accept (readiness says so).
+    store_refuses_token: Mutex<Option<String>>,
     /// `{base}{records_path}` parsed for the last base seen: parsing it (IDNA included) on every
     /// request was a visible share of the worker's CPU per PATCH.
     records_root: Mutex<Option<(String, url::Url)>>,
@@ -151,6 +154,7 @@ impl StoreClient {
                 schemas: Mutex::new(HashMap::new()),
                 schema_fetch: tokio::sync::Mutex::new(()),
                 schema_failed: Mutex::new(HashMap::new()),
+                store_refuses_token: Mutex::new(None),
                 records_root: Mutex::new(None),
             }),
             lease: None,
@@ -171,6 +175,27 @@ impl StoreClient {
     /// True once this client's lease (see [`with_lease`](Self::with_lease)) is cancelled.
     pub fn lease_lost(&self) -> bool {
         self.lease.as_ref().is_some_and(|l| l.is_cancelled())
+    }
+
+    /// Why the store refuses the tokens this client gets (it answered a fresh one with 401 and
+    /// has answered nothing with success since), for the worker's readiness.
+    pub fn store_refuses_token(&self) -> Option<String> {
+        self.inner
+            .store_refuses_token
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn note_store_refusal(&self, refusal: Option<String>) {
+        let mut current = self
+            .inner
+            .store_refuses_token
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if current.is_some() || refusal.is_some() {
+            *current = refusal;
+        }
     }
 
     /// Gets a valid token (cached or fresh): the readiness check of the worker.
@@ -471,7 +496,16 @@ impl StoreClient {
                 .await?;
         }
         if (200..300).contains(&answer.status) {
+            self.note_store_refusal(None);
             return Ok(answer);
+        }
+        if answer.status == 401 {
+            let body = ErrorBody::parse(&answer.body);
+            self.note_store_refusal(Some(format!(
+                "{} answered 401 to a fresh token",
+                route.as_str()
+            )));
+            return Err(StoreError::from_status(401, body, None));
         }
         let retry_after = parse_retry_after(&answer.headers);
         Err(StoreError::from_status(

@@ -140,12 +140,14 @@ fn instance_name(settings: &Settings) -> String {
         .unwrap_or_else(|| "cxrel".to_owned())
 }
 
-/// Keeps the readiness "token" check current: a valid data-store token can be had.
+/// Keeps the readiness "token" check current: a data-store token can be had, and the store has
+/// not refused the last fresh one.
 async fn watch_token(store: StoreClient, readiness: Readiness, cancel: CancellationToken) {
     loop {
-        match store.check_auth().await {
-            Ok(()) => readiness.set("token", true, "valid token"),
-            Err(error) => readiness.set("token", false, format!("no token: {error}")),
+        match (store.check_auth().await, store.store_refuses_token()) {
+            (Err(error), _) => readiness.set("token", false, format!("no token: {error}")),
+            (Ok(()), Some(refusal)) => readiness.set("token", false, refusal),
+            (Ok(()), None) => readiness.set("token", true, "valid token"),
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(5)) => {}

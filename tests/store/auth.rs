@@ -166,6 +166,12 @@ async fn a_401_refreshes_once_and_retries_once_then_is_permanent() {
         "{stats}"
     );
     assert_eq!(stats["token_count"], 2, "one token, one refresh");
+    // The worker's readiness says the store refuses the tokens, until a request succeeds again.
+    let refusal = client.store_refuses_token().expect("the refusal is kept");
+    assert!(refusal.contains("401"), "{refusal}");
+    emu.set_faults(json!({"token_ttl_ms": 3_600_000})).await;
+    client.schema("auth-401").await.unwrap();
+    assert_eq!(client.store_refuses_token(), None);
 }
 
 #[tokio::test]
