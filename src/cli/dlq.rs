@@ -379,7 +379,15 @@ async fn export(
         None => Box::new(std::io::BufWriter::new(std::io::stdout())),
     };
     let entry = audit::Entry::new(&audit::cli_actor(), "export", filter, "");
-    match dlq::export(connection, topology, filter, &mut out).await {
+    match dlq::export(
+        connection,
+        topology,
+        filter,
+        &mut out,
+        dlq::LedgerUpdate::Record,
+    )
+    .await
+    {
         Ok(count) => {
             entry.finish(count, Ok(()));
             let to = output.map_or("standard output".into(), |p| p.display().to_string());

@@ -128,15 +128,17 @@ pub async fn export(
 ) -> Result<Response, ConsoleError> {
     params::known_query(keys, &[])?;
     let filter = params::query(filter)?.normalized();
-    let actor = match auth::access(&console, &headers, peer) {
-        Access::Operator(name) => name,
-        _ => format!("anonymous@{}", peer.ip()),
+    // Only an operator's export counts for purge's guard: an anonymous or read-only reader's
+    // (an export sent to /dev/null, say) must not let a purge through that no copy covers.
+    let (actor, ledger) = match auth::access(&console, &headers, peer) {
+        Access::Operator(name) => (name, dlq::LedgerUpdate::Record),
+        _ => (format!("anonymous@{}", peer.ip()), dlq::LedgerUpdate::Leave),
     };
     let _one_at_a_time = console.action.lock().await;
     let entry = audit::Entry::new(&actor, "export", &filter, "");
     let connection = console.connection().await?;
     let mut out = Vec::new();
-    let result = dlq::export(&connection, &console.topology, &filter, &mut out).await;
+    let result = dlq::export(&connection, &console.topology, &filter, &mut out, ledger).await;
     let count = *result.as_ref().unwrap_or(&0);
     console.remember(entry.finish(
         count,

@@ -212,12 +212,14 @@ fn nothing_matched(
 }
 
 /// Writes every matching dead letter as JSON Lines to `out`, removing nothing. Fails when any
-/// message present at the start could not be read; a complete export is recorded in the ledger.
+/// message present at the start could not be read; a complete export is recorded in the ledger
+/// when `ledger` says so.
 pub async fn export(
     connection: &Connection,
     topology: &Topology,
     filter: &Filter,
     out: &mut (dyn Write + Send),
+    ledger: LedgerUpdate,
 ) -> Result<u64, DlqError> {
     let now = SystemTime::now();
     let mut prints = Vec::new();
@@ -245,9 +247,21 @@ pub async fn export(
             missed: seen.missed(),
         });
     }
-    ledger::store(
-        topology.prefix(),
-        &ledger::Ledger::of_export(prints, filter.describe()),
-    )?;
+    if ledger == LedgerUpdate::Record {
+        ledger::store(
+            topology.prefix(),
+            &ledger::Ledger::of_export(prints, filter.describe()),
+        )?;
+    }
     Ok(written)
+}
+
+/// Whether an export counts for purge's guard ("exported first").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedgerUpdate {
+    /// An operator's export: it replaces the ledger.
+    Record,
+    /// A read-only reader's (the console without operator rights): reading must change nothing,
+    /// and it must not let a purge through that no operator's copy covers.
+    Leave,
 }

@@ -404,8 +404,20 @@ async fn purge_needs_a_complete_export_first_unless_told_otherwise() {
         "{refused}"
     );
 
+    // A reader without the token may export, but that does not count for the guard: else anyone
+    // who can reach the console could unlock a purge with an export sent nowhere.
+    let anonymous = client()
+        .get(c.url("/api/dead-letters/export?code=server_error"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::OK);
+    let (status, refused) = post(&c, path, Some(TOKEN), json!({"code": "server_error"})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+
     let export = client()
         .get(c.url("/api/dead-letters/export?code=server_error"))
+        .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap();
