@@ -64,6 +64,11 @@ pub enum DlqError {
          publishers: check `rabbitmqctl status`); the message stays in the dead queue"
     )]
     NoConfirm(std::time::Duration),
+    #[error(
+        "another replay or purge is running on {0} (a `cxrel dlq` command or a console): try \
+         again when it ends; two at once would each miss what the other holds"
+    )]
+    Busy(String),
     #[error("{0} matched nothing (filter: {1})")]
     NothingMatched(&'static str, String),
     #[error(

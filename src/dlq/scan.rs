@@ -9,7 +9,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use lapin::message::BasicGetMessage;
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
 
 use super::browse::wait_until_ready;
@@ -61,6 +64,7 @@ pub async fn scan(
     pace: Pace,
     mut decide: impl FnMut(&DeadLetter) -> Decision,
 ) -> Result<ScanReport, DlqError> {
+    let lock = ScanLock::take(connection, dead).await?;
     let channel = connection.create_channel().await?;
     let publisher = Publisher::open(connection).await?;
     let mut report = ScanReport::default();
@@ -69,6 +73,7 @@ pub async fn scan(
     // when the (maybe long-lived) connection closes.
     let _ = channel.close(200, "scanned".into()).await;
     let _ = publisher.channel().close(200, "scanned".into()).await;
+    lock.release().await;
     match result {
         Ok(()) => Ok(report),
         Err(error) if report.acted > 0 => Err(DlqError::Stopped {
@@ -77,6 +82,51 @@ pub async fn scan(
         }),
         Err(error) => Err(error),
     }
+}
+
+/// One scan of a dead queue at a time, across processes (CLI and consoles): an exclusive queue
+/// `{dead}.scan-lock` held while the scan runs. Two scans at once each rotate what they keep to
+/// the back of the queue while the other holds messages, so each can see its own rotated copies
+/// again instead of the other's and report success with matches left behind (`basic.get` readers
+/// are not consumers, so neither could tell the other was there). The broker drops the lock
+/// with the connection of a crashed holder.
+struct ScanLock {
+    channel: Channel,
+    name: String,
+}
+
+impl ScanLock {
+    async fn take(connection: &Connection, dead: &str) -> Result<Self, DlqError> {
+        let channel = connection.create_channel().await?;
+        let name = format!("{dead}.scan-lock");
+        let options = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        };
+        match channel
+            .queue_declare(name.as_str().into(), options, FieldTable::default())
+            .await
+        {
+            Ok(_) => Ok(Self { channel, name }),
+            // RESOURCE_LOCKED: another connection holds it (the channel is closed by the broker).
+            Err(error) if is_locked(&error) => Err(DlqError::Busy(dead.to_owned())),
+            Err(error) => Err(DlqError::Amqp(error.into())),
+        }
+    }
+
+    async fn release(self) {
+        let _ = self
+            .channel
+            .queue_delete(self.name.as_str().into(), QueueDeleteOptions::default())
+            .await;
+        let _ = self.channel.close(200, "scan done".into()).await;
+    }
+}
+
+/// The broker's 405 RESOURCE_LOCKED: an exclusive queue another connection declared.
+fn is_locked(error: &lapin::Error) -> bool {
+    error.to_string().contains("RESOURCE_LOCKED") || error.to_string().contains("405")
 }
 
 async fn take_each(

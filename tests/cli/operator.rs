@@ -320,6 +320,44 @@ async fn a_replay_says_when_another_consumer_holds_dead_letters_it_could_not_see
     broker::teardown(&channel, &topo).await;
 }
 
+/// Two replays or purges of one dead queue at once would each miss what the other holds and
+/// still report success: the second is refused while the first runs, and works after.
+#[tokio::test]
+async fn a_second_replay_while_one_runs_is_refused_and_says_why() {
+    let (topo, conn, channel) = seeded_dead_queue("dlq-busy").await;
+    // What a running scan holds: the exclusive lock queue, on another connection.
+    let lock = conn.create_channel().await.unwrap();
+    let options = lapin::options::QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    let name = format!("{}.scan-lock", topo.dead());
+    lock.queue_declare(name.as_str().into(), options, Default::default())
+        .await
+        .unwrap();
+    let depth = cxrel::dlq::depth(&channel, &topo.dead()).await.unwrap();
+    let out = cxrel(topo.prefix(), &["dlq", "replay", "--reason", "busy"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("another replay or purge is running"), "{err}");
+    assert_eq!(
+        cxrel::dlq::depth(&channel, &topo.dead()).await.unwrap(),
+        depth
+    );
+    lock.queue_delete(name.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    let out = cxrel(topo.prefix(), &["dlq", "replay", "--reason", "free"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(cxrel::dlq::depth(&channel, &topo.dead()).await.unwrap(), 0);
+    broker::teardown(&channel, &topo).await;
+}
+
 #[tokio::test]
 async fn dlq_export_writes_json_lines_and_purge_needs_yes() {
     let (topo, _conn, channel) = seeded_dead_queue("dlq-export").await;
