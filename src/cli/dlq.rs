@@ -147,6 +147,7 @@ async fn act(
                 pace: Pace {
                     limit: limit.unwrap_or(u64::MAX),
                     rate,
+                    stop: stop_on_ctrl_c(),
                 },
             };
             replay(connection, topology, &request).await
@@ -296,7 +297,12 @@ async fn replay(
     );
     match dlq::replay(connection, topology, request).await {
         Ok(report) => {
-            entry.finish(report.acted, Ok(()));
+            let outcome = if report.interrupted {
+                Err("interrupted".to_owned())
+            } else {
+                Ok(())
+            };
+            entry.finish(report.acted, outcome);
             for id in &report.ids {
                 outln!("replayed {id}");
             }
@@ -306,11 +312,31 @@ async fn replay(
                 report.scanned,
                 topology.jobs()
             );
+            if report.interrupted {
+                eprintln!(
+                    "cxrel: interrupted: the {} above were replayed; the rest are still in the dead queue",
+                    report.acted
+                );
+                return 130;
+            }
             warn_unseen(&report, &topology.dead());
             0
         }
         Err(error) => failed(entry, error),
     }
+}
+
+/// A token cancelled at the first Ctrl-C (SIGINT): a replay then ends after the message in hand
+/// and says what it did, where the signal's default would end the process with no word of it.
+fn stop_on_ctrl_c() -> tokio_util::sync::CancellationToken {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let cancel = stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            cancel.cancel();
+        }
+    });
+    stop
 }
 
 async fn purge(

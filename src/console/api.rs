@@ -207,6 +207,7 @@ pub async fn replay(
         pace: Pace {
             limit,
             rate: Some(rate),
+            ..Pace::default()
         },
     };
     let _one_at_a_time = console.action.lock().await;

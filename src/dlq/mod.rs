@@ -112,18 +112,25 @@ pub async fn replay(
 ) -> Result<ScanReport, DlqError> {
     let now = SystemTime::now();
     let jobs = topology.jobs();
-    let report = scan::scan(connection, &topology.dead(), request.pace, |letter| {
-        if request.filter.matches(letter, now) {
-            Decision::Move {
-                queue: jobs.clone(),
-                properties: Box::new(letter.replay_properties(&request.reason)),
+    let report = scan::scan(
+        connection,
+        &topology.dead(),
+        request.pace.clone(),
+        |letter| {
+            if request.filter.matches(letter, now) {
+                Decision::Move {
+                    queue: jobs.clone(),
+                    properties: Box::new(letter.replay_properties(&request.reason)),
+                }
+            } else {
+                Decision::Keep
             }
-        } else {
-            Decision::Keep
-        }
-    })
+        },
+    )
     .await?;
-    nothing_matched("replay", &request.filter, &report)?;
+    if !report.interrupted {
+        nothing_matched("replay", &request.filter, &report)?;
+    }
     Ok(report)
 }
 
@@ -152,7 +159,7 @@ pub async fn purge(
     };
     let pace = Pace {
         limit: u64::MAX,
-        rate: None,
+        ..Pace::default()
     };
     let mut removed = Vec::new();
     let result = scan::scan(connection, &topology.dead(), pace, |letter| {

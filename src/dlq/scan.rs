@@ -14,6 +14,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
+use tokio_util::sync::CancellationToken;
 
 use super::browse::wait_until_ready;
 use super::{DeadLetter, DlqError, counts};
@@ -33,12 +34,15 @@ pub enum Decision {
 }
 
 /// Bounds of one pass.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct Pace {
     /// Most messages moved or removed.
     pub limit: u64,
     /// Most messages moved per second (`None` = as fast as confirms come back).
     pub rate: Option<f64>,
+    /// Cancelled (an operator's Ctrl-C): the pass ends after the message in hand, and its report
+    /// says what was done.
+    pub stop: CancellationToken,
 }
 
 /// What one pass did.
@@ -55,6 +59,8 @@ pub struct ScanReport {
     /// Other consumers attached to the dead queue at the start: what they hold unacked is neither
     /// seen nor counted in `unreached`.
     pub other_readers: u32,
+    /// The pass was stopped (`Pace::stop`) before it had looked at everything.
+    pub interrupted: bool,
 }
 
 /// Runs `decide` over the messages in `dead` at the start (later arrivals are not visited).
@@ -143,6 +149,10 @@ async fn take_each(
     let started = Instant::now();
     let mut moved = 0u64;
     while report.scanned < initial && report.acted < pace.limit {
+        if pace.stop.is_cancelled() {
+            report.interrupted = true;
+            break;
+        }
         let Some(message) = next(channel, dead).await? else {
             break;
         };

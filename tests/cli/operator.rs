@@ -320,6 +320,49 @@ async fn a_replay_says_when_another_consumer_holds_dead_letters_it_could_not_see
     broker::teardown(&channel, &topo).await;
 }
 
+/// Ctrl-C (SIGINT) during a replay ends it after the message in hand, and it says what it did:
+/// the ids replayed so far, "interrupted", exit 130; nothing is lost.
+#[tokio::test]
+async fn an_interrupted_replay_lists_what_it_replayed_and_exits_130() {
+    let (topo, _conn, channel) = seeded_dead_queue("dlq-interrupt").await;
+    let child = Command::new(env!("CARGO_BIN_EXE_cxrel"))
+        .args(["dlq", "replay", "--rate", "1", "--reason", "slowly"])
+        .env("CXREL__AMQP__PREFIX", topo.prefix())
+        .env("CXREL__LOG__LEVEL", "warn")
+        .env("XDG_STATE_HOME", env!("CARGO_TARGET_TMPDIR"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run cxrel");
+    // At 1 per second, four letters take about 3 s: interrupt once the first has moved.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while cxrel::dlq::depth(&channel, &topo.jobs()).await.unwrap() == 0 {
+        assert!(std::time::Instant::now() < deadline, "nothing replayed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    );
+    assert_eq!(out.status.code(), Some(130), "{stdout}{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    let replayed = stdout
+        .lines()
+        .filter(|l| l.starts_with("replayed j"))
+        .count() as u32;
+    assert!((1..4).contains(&replayed), "{stdout}");
+    let dead = cxrel::dlq::depth(&channel, &topo.dead()).await.unwrap();
+    let jobs = cxrel::dlq::depth(&channel, &topo.jobs()).await.unwrap();
+    assert_eq!((dead, jobs), (4 - replayed, replayed), "{stdout}");
+    broker::teardown(&channel, &topo).await;
+}
+
 /// Two replays or purges of one dead queue at once would each miss what the other holds and
 /// still report success: the second is refused while the first runs, and works after.
 #[tokio::test]
