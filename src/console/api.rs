@@ -192,6 +192,11 @@ pub async fn replay(
         ));
     }
     let limit = body.limit.unwrap_or(u64::MAX);
+    if limit == 0 {
+        return Err(bad_request(
+            "limit must be at least 1 (leave it out to replay every match)",
+        ));
+    }
     if body.dry_run {
         return count_matches(&console, &filter, limit, json!({"rate": rate})).await;
     }

@@ -49,11 +49,24 @@ impl From<DlqError> for ConsoleError {
             DlqError::NothingMatched(..) => StatusCode::NOT_FOUND,
             DlqError::NotExported { .. }
             | DlqError::Incomplete { .. }
-            | DlqError::OtherReaders { .. } => StatusCode::CONFLICT,
+            | DlqError::OtherReaders { .. }
+            | DlqError::Busy(..) => StatusCode::CONFLICT,
             DlqError::NoQueue(..) => StatusCode::NOT_FOUND,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
-        ConsoleError::new(status, error.to_string())
+        // The engine's words name the CLI's flags; an API caller needs the API's.
+        let message = match &error {
+            DlqError::NotExported {
+                matching,
+                unexported,
+            } => format!(
+                "refused: {unexported} of the {matching} dead letters the purge would remove are \
+                 not in the last complete export; export first (GET /api/dead-letters/export with \
+                 the operator token) or purge without an export (\"without_export\": true)"
+            ),
+            _ => error.to_string(),
+        };
+        ConsoleError::new(status, message)
     }
 }
 

@@ -403,6 +403,14 @@ async fn purge_needs_a_complete_export_first_unless_told_otherwise() {
         refused["error"].as_str().unwrap().contains("export first"),
         "{refused}"
     );
+    // In the API's terms, not the CLI's flags.
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains(r#""without_export": true"#),
+        "{refused}"
+    );
 
     // A reader without the token may export, but that does not count for the guard: else anyone
     // who can reach the console could unlock a purge with an export sent nowhere.
@@ -498,6 +506,14 @@ async fn a_misspelt_key_or_a_bad_value_is_a_json_400_and_nothing_is_touched() {
     let replay = json!({"cod": "timeout", "reason": "typo", "dry_run": true});
     let (status, error) = post(&c, "/api/dead-letters/replay", Some(TOKEN), replay).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    // A limit of 0 is refused as the CLI refuses `--limit 0`, not "matched nothing".
+    let replay = json!({"code": "timeout", "reason": "none", "limit": 0});
+    let (status, error) = post(&c, "/api/dead-letters/replay", Some(TOKEN), replay).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    assert!(
+        error["error"].as_str().unwrap().contains("limit"),
+        "{error}"
+    );
     let (status, error) = post(
         &c,
         "/api/dead-letters/purge",
