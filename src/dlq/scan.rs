@@ -130,9 +130,14 @@ impl ScanLock {
     }
 }
 
-/// The broker's 405 RESOURCE_LOCKED: an exclusive queue another connection declared.
+/// The broker's 405 RESOURCE-LOCKED: an exclusive queue another connection declared.
 fn is_locked(error: &lapin::Error) -> bool {
-    error.to_string().contains("RESOURCE_LOCKED") || error.to_string().contains("405")
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(e)
+            if *e.kind() == AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED)
+    )
 }
 
 async fn take_each(
