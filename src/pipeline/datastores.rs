@@ -14,6 +14,7 @@ use futures::TryStreamExt;
 use super::datastore::LiveDataStore;
 use crate::graph::{GraphBuilder, GraphError, Verdict, ViolationCode};
 use crate::schema::Schema;
+use crate::store::shared_failure::{self, Failure};
 use crate::store::{StoreClient, StoreError};
 
 /// Records read back to confirm one verdict, at most (a cycle or depth path is short; a job naming
@@ -54,31 +55,24 @@ impl LoadError {
 struct Slot {
     live: Mutex<Option<(u64, Arc<LiveDataStore>)>>,
     loading: tokio::sync::Mutex<()>,
-    failed: Mutex<Option<(Instant, LoadError)>>,
+    failed: Mutex<Option<Failure<LoadError>>>,
 }
 
 impl Slot {
     /// The error of a load that failed after `asked`: a task that waited for that load gets its
-    /// answer instead of loading again. Else, during an outage, the jobs waiting on one data store
-    /// would each retry the load in turn, one after another (a black-box run: one job every 2 s
-    /// with 64 in flight).
+    /// answer instead of loading again (see [`shared_failure`]).
     fn failed_since(&self, asked: Instant) -> Option<LoadError> {
         let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
-        failed
-            .as_ref()
-            .filter(|(at, _)| *at >= asked)
-            .map(|(_, error)| error.clone())
+        shared_failure::waited_on(failed.as_ref(), asked, shared_failure::no_hold)
     }
 
     /// Keeps a failed load for its waiters (not one given up because its job's worker lost the
     /// queue: that says nothing to others); a successful one clears it.
     fn record<T>(&self, result: &Result<T, LoadError>) {
-        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
-        *failed = match result {
-            Err(LoadError::Store(StoreError::NotStarted)) => None,
-            Err(e) => Some((Instant::now(), e.clone())),
-            Ok(_) => None,
-        };
+        let kept = shared_failure::kept(result, |e| {
+            !matches!(e, LoadError::Store(StoreError::NotStarted))
+        });
+        *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = kept;
     }
 
     /// The live state, if it was loaded in `epoch`.

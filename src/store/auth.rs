@@ -19,6 +19,7 @@ use tokio::sync::{Mutex, OnceCell};
 use super::body::{self, BodyLimits};
 use super::error::{ErrorBody, StoreError, decode_json};
 use super::instrumentation::{self as m, Route};
+use super::shared_failure::{self, Failure};
 use super::wire::{CxoneConfiguration, OidcConfiguration, TokenResponse, tenant_id_claim};
 use crate::secret::Secret;
 use crate::settings::{AuthMode, AuthSettings, ClientAuth};
@@ -119,7 +120,7 @@ pub(crate) struct TokenSource {
     refresh: Mutex<u64>,
     /// The last failed fetch: tasks that were already waiting when it failed get its error
     /// instead of asking the token endpoint again each in turn.
-    failed: RwLock<Option<(Instant, StoreError)>>,
+    failed: RwLock<Option<Failure<StoreError>>>,
     token_endpoint: OnceCell<String>,
     api_base: OnceCell<String>,
     tenant_id: RwLock<Option<String>>,
@@ -213,24 +214,22 @@ impl TokenSource {
                 return Ok(t);
             }
         }
-        let failed = self
-            .failed
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        if let Some((at, error)) = failed
-            && (at >= asked || at.elapsed() < failure_hold(&error))
-        {
+        let waited = shared_failure::waited_on(
+            self.failed
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref(),
+            asked,
+            failure_hold,
+        );
+        if let Some(error) = waited {
             return Err(error);
         }
-        let fetched = match self.fetch().await {
-            Ok(fetched) => fetched,
-            Err(error) => {
-                *self.failed.write().unwrap_or_else(|e| e.into_inner()) =
-                    Some((Instant::now(), error.clone()));
-                return Err(error);
-            }
-        };
+        let fetched = self.fetch().await;
+        if let Some(failure) = shared_failure::kept(&fetched, |_| true) {
+            *self.failed.write().unwrap_or_else(|e| e.into_inner()) = Some(failure);
+        }
+        let fetched = fetched?;
         *last_generation += 1;
         let lifetime = token_lifetime(fetched.expires_in);
         let (expires_at, refresh_at) =

@@ -23,6 +23,7 @@ pub mod pacer;
 mod rate_sim;
 pub mod redis_budget;
 pub mod retry;
+pub(crate) mod shared_failure;
 pub mod trailing;
 pub mod wire;
 
@@ -73,7 +74,7 @@ struct Inner {
     schemas: Mutex<HashMap<String, CachedSchema>>,
     schema_fetch: tokio::sync::Mutex<()>,
     /// The last failed schema fetch per data store, for the tasks that waited on it.
-    schema_failed: Mutex<HashMap<String, (Instant, StoreError)>>,
+    schema_failed: Mutex<HashMap<String, shared_failure::Failure<StoreError>>>,
     /// Set when the store answered a freshly fetched token with 401 again, cleared by any 2xx:
     /// the token endpoint issues tokens the store does not accept (readiness says so).
     store_refuses_token: Mutex<Option<String>>,
@@ -230,34 +231,33 @@ impl StoreClient {
         }
         // The fetch this task waited for failed: its answer, not another fetch. Else, during an
         // outage, waiting jobs would each retry in turn, one after another.
-        if let Some(error) = self.schema_failed_since(datastore, asked) {
+        let waited = shared_failure::waited_on(
+            self.schema_failures().get(datastore),
+            asked,
+            shared_failure::no_hold,
+        );
+        if let Some(error) = waited {
             return Err(error);
         }
         let fetched = self.fetch_schema(datastore).await;
-        let mut failed = self
-            .inner
-            .schema_failed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        match &fetched {
-            // A fetch given up because its job's worker lost the queue says nothing to others.
-            Err(StoreError::NotStarted) => None,
-            Ok(_) => failed.remove(datastore),
-            Err(e) => failed.insert(datastore.to_owned(), (Instant::now(), e.clone())),
+        // A fetch given up because its job's worker lost the queue says nothing to others.
+        let kept = shared_failure::kept(&fetched, |e| !matches!(e, StoreError::NotStarted));
+        let mut failures = self.schema_failures();
+        match kept {
+            Some(failure) => failures.insert(datastore.to_owned(), failure),
+            None if fetched.is_ok() => failures.remove(datastore),
+            None => None,
         };
         fetched
     }
 
-    fn schema_failed_since(&self, datastore: &str, asked: Instant) -> Option<StoreError> {
-        let failed = self
-            .inner
+    fn schema_failures(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, shared_failure::Failure<StoreError>>> {
+        self.inner
             .schema_failed
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        failed
-            .get(datastore)
-            .filter(|(at, _)| *at >= asked)
-            .map(|(_, error)| error.clone())
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     async fn fetch_schema(&self, datastore: &str) -> Result<Arc<Schema>, StoreError> {
