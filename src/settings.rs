@@ -470,6 +470,15 @@ fn check_webhook(index: usize, hook: &WebhookSettings) -> Result<(), SettingsErr
             ),
         });
     }
+    if crate::webhooks::signing::SigningKey::from_secret(hook.secret.expose()).is_err() {
+        return Err(SettingsError::Check {
+            key: "webhooks.secret",
+            reason: format!(
+                "webhook #{}: the secret must be \"whsec_\" followed by base64 (Standard Webhooks)",
+                index + 1
+            ),
+        });
+    }
     let known: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
     if let Some(unknown) = hook.events.iter().find(|e| !known.contains(&e.as_str())) {
         return Err(SettingsError::Check {
@@ -772,6 +781,23 @@ mod tests {
             let err = with_hook(url, "").unwrap_err().to_string();
             assert!(err.contains("webhooks.url"), "{url}: {err}");
             assert!(!err.contains("pw@"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_webhook_secret_that_is_no_signing_key_stops_the_start_naming_the_key_not_the_secret() {
+        for secret in ["plainsecretvalue123", "whsec_!!!notbase64***", "whsec_"] {
+            let text =
+                format!("[[webhooks]]\nurl = \"https://h.example/in\"\nsecret = \"{secret}\"\n");
+            let err = from_toml(&text).unwrap_err().to_string();
+            assert!(
+                err.contains("webhooks.secret") && err.contains("webhook #1"),
+                "{err}"
+            );
+            assert!(
+                !err.contains("plainsecret") && !err.contains("notbase64"),
+                "{err}"
+            );
         }
     }
 }

@@ -83,10 +83,16 @@ pub struct BrokerDeathHeaders {
 /// Headers of a webhook delivery that ran out of attempts (`{prefix}.webhooks.dead`).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct ParkedWebhookHeaders {
-    /// The subscriber's URL; empty when the event never left the worker (delivery queue full or
-    /// stopped).
+    /// The subscriber's URL redacted to scheme, host and port (it often carries a token); empty
+    /// when the event never reached an endpoint's queue (the delivery queue was full, or the job's
+    /// share of it used up, or delivery had stopped): then it was parked once for whichever
+    /// endpoints wanted it.
     #[serde(rename = "x-cxrel-webhook-url")]
     pub webhook_url: String,
+    /// Which `[[webhooks]]` entry the event was for, counted from 1 in the configuration's order
+    /// (the redacted URL cannot tell two endpoints on one host apart); absent with an empty URL.
+    #[serde(rename = "x-cxrel-webhook-number", default)]
+    pub webhook_number: Option<u64>,
     #[serde(rename = "x-cxrel-error-message")]
     pub error_message: String,
     #[serde(rename = "x-cxrel-attempts")]

@@ -20,6 +20,9 @@ use crate::settings::{WebhookDeliverySettings, WebhookSettings};
 /// One configured endpoint.
 #[derive(Debug, Clone)]
 struct Endpoint {
+    /// 1-based position in `[[webhooks]]`: names the endpoint on parked events, where `shown`
+    /// alone cannot tell two endpoints on one host apart.
+    number: usize,
     url: String,
     /// `url` as logs, errors and the `x-cxrel-webhook-url` header show it: it often carries a token.
     shown: String,
@@ -41,7 +44,11 @@ pub struct WebhookQueue {
     overflow: Option<mpsc::Sender<Parked>>,
     /// Events of one job the delivery queue takes at most (a quarter of its capacity), so one
     /// 10,000-operation job cannot fill it alone; the rest of that job's events are parked.
+    /// Only events some endpoint wants count, and the job's last event (how it ended) is never
+    /// refused for the share.
     per_job: usize,
+    /// Each endpoint's `events` filter (empty = all), to leave out events nobody wants.
+    filters: Arc<Vec<Vec<String>>>,
 }
 
 /// An event for the webhook dead queue, and why.
@@ -62,15 +69,23 @@ struct Parking {
     dead_queue: String,
 }
 
-/// The delivery and parking tasks; `drain` waits for them at shutdown.
+/// The delivery and parking tasks; `drain` stops and waits for them at shutdown, after the jobs
+/// drained and while the broker connection is still open (parking needs it).
 pub struct WebhookWorker {
     task: tokio::task::JoinHandle<()>,
     parking: tokio::task::JoinHandle<()>,
     drain_deadline: Duration,
+    /// Delivery's own stop: the jobs' cancellation must not end deliveries while draining jobs
+    /// still hand events over. Dropping the worker stops delivery too.
+    stop: tokio_util::sync::DropGuard,
 }
 
 impl WebhookWorker {
+    /// Stops taking events; deliveries in flight get one request's time, then everything not
+    /// delivered is parked on the webhook dead queue.
     pub async fn drain(self) {
+        let stop = self.stop.disarm();
+        stop.cancel();
         let _ = self.task.await;
         // The parking task ends once every queue handle (the consumer's, and its settlers' clones)
         // is gone.
@@ -84,13 +99,15 @@ pub fn start(
     hooks: &[WebhookSettings],
     publisher: PublisherSlot,
     dead_queue: String,
-    cancel: CancellationToken,
     drain_deadline: Duration,
 ) -> Result<(WebhookQueue, WebhookWorker), SignatureError> {
+    let cancel = CancellationToken::new();
     let endpoints = hooks
         .iter()
-        .map(|h| {
+        .enumerate()
+        .map(|(i, h)| {
             Ok(Endpoint {
+                number: i + 1,
                 url: h.url.clone(),
                 shown: crate::secret::redact_webhook_url(&h.url),
                 key: SigningKey::from_secret(h.secret.expose())?,
@@ -104,6 +121,7 @@ pub fn start(
     };
     let (tx, rx) = mpsc::channel(config.queue_capacity);
     let deliverer = Deliverer {
+        drain_deadline,
         client: reqwest::Client::builder()
             .timeout(config.timeout)
             // A followed 301/302 turns the POST into a GET without the event, and a 2xx from that
@@ -117,18 +135,25 @@ pub fn start(
         parking: parking.clone(),
     };
     let has_endpoints = !deliverer.endpoints.is_empty();
-    let task = tokio::spawn(deliverer.run(rx, cancel, drain_deadline));
+    let filters = deliverer
+        .endpoints
+        .iter()
+        .map(|e| e.events.clone())
+        .collect();
+    let task = tokio::spawn(deliverer.run(rx, cancel.clone(), drain_deadline));
     let (overflow, overflow_rx) = mpsc::channel(OVERFLOW_CAPACITY);
     let parking_task = tokio::spawn(park_batches(overflow_rx, parking));
     let queue = WebhookQueue {
         tx: has_endpoints.then_some(tx),
         overflow: has_endpoints.then_some(overflow),
         per_job: (config.queue_capacity / 4).max(1),
+        filters: Arc::new(filters),
     };
     let worker = WebhookWorker {
         task,
         parking: parking_task,
         drain_deadline,
+        stop: cancel.drop_guard(),
     };
     Ok((queue, worker))
 }
@@ -141,9 +166,11 @@ impl WebhookQueue {
         let (Some(tx), Some(overflow)) = (&self.tx, &self.overflow) else {
             return;
         };
-        for (i, event) in events.into_iter().enumerate() {
+        let wanted: Vec<CloudEvent> = events.into_iter().filter(|e| self.wanted(e)).collect();
+        let last = wanted.len().saturating_sub(1);
+        for (i, event) in wanted.into_iter().enumerate() {
             let event = Arc::new(event);
-            let refused = if i >= self.per_job {
+            let refused = if i >= self.per_job && i != last {
                 Some((event, "the job's share of the webhook queue is used up"))
             } else {
                 match tx.try_send(event) {
@@ -165,6 +192,15 @@ impl WebhookQueue {
     }
 }
 
+impl WebhookQueue {
+    /// Whether some endpoint's filter takes `event`.
+    fn wanted(&self, event: &CloudEvent) -> bool {
+        self.filters
+            .iter()
+            .any(|f| f.is_empty() || f.iter().any(|t| t == event.ty.as_str()))
+    }
+}
+
 /// Publishes overflowing events to the webhook dead queue, up to [`PARK_BATCH`] at a time with
 /// their confirms awaited together.
 async fn park_batches(mut rx: mpsc::Receiver<Parked>, parking: Parking) {
@@ -172,16 +208,31 @@ async fn park_batches(mut rx: mpsc::Receiver<Parked>, parking: Parking) {
     while rx.recv_many(&mut batch, PARK_BATCH).await > 0 {
         let parks = batch
             .iter()
-            .map(|p| parking.park(&p.event, "", p.reason, 0));
+            .map(|p| parking.park(&p.event, None, p.reason, 0));
         futures::future::join_all(parks).await;
         batch.clear();
     }
 }
 
 impl Parking {
-    async fn park(&self, event: &CloudEvent, url: &str, error: &str, attempts: u64) {
+    /// Parks `event` for `endpoint` (None: for whichever endpoints wanted it; the delivery queue
+    /// never took it).
+    async fn park(
+        &self,
+        event: &CloudEvent,
+        endpoint: Option<&Endpoint>,
+        error: &str,
+        attempts: u64,
+    ) {
         let mut table = lapin::types::FieldTable::default();
-        headers::set_str(&mut table, "x-cxrel-webhook-url", url);
+        headers::set_str(
+            &mut table,
+            "x-cxrel-webhook-url",
+            endpoint.map_or("", |e| e.shown.as_str()),
+        );
+        if let Some(endpoint) = endpoint {
+            headers::set_u64(&mut table, "x-cxrel-webhook-number", endpoint.number as u64);
+        }
         headers::set_str(&mut table, headers::ERROR_MESSAGE, error);
         headers::set_u64(&mut table, headers::ATTEMPTS, attempts);
         headers::set_str(
@@ -219,6 +270,8 @@ fn send_error(error: reqwest::Error) -> String {
 const GONE: &str = "endpoint answered 410 Gone";
 
 struct Deliverer {
+    /// How long deliveries in flight may take once stopped, at most.
+    drain_deadline: Duration,
     client: reqwest::Client,
     endpoints: Arc<Vec<Endpoint>>,
     config: WebhookDeliverySettings,
@@ -259,7 +312,7 @@ impl Deliverer {
                     this.parking
                         .park(
                             &event,
-                            &endpoint.shown,
+                            Some(endpoint),
                             "the endpoint's webhook queue is full",
                             0,
                         )
@@ -274,7 +327,7 @@ impl Deliverer {
         while lane_tasks.join_next().await.is_some() {}
         while let Ok(event) = rx.try_recv() {
             this.parking
-                .park(&event, "", "not delivered before shutdown", 0)
+                .park(&event, None, "not delivered before shutdown", 0)
                 .await;
         }
     }
@@ -305,31 +358,36 @@ impl Deliverer {
             };
             let Some(permit) = permit else {
                 self.parking
-                    .park(&event, &endpoint.shown, "not delivered before shutdown", 0)
+                    .park(&event, Some(&endpoint), "not delivered before shutdown", 0)
                     .await;
                 break;
             };
-            let (this, endpoint) = (self.clone(), endpoint.clone());
+            let (this, endpoint, stop) = (self.clone(), endpoint.clone(), cancel.clone());
             tasks.spawn(async move {
-                this.deliver(&endpoint, &event).await;
+                this.deliver(&endpoint, &event, &stop).await;
                 drop(permit);
             });
             while tasks.try_join_next().is_some() {}
         }
         rx.close();
-        let _ = tokio::time::timeout(drain_deadline, async {
+        // Each delivery parks itself once stopped (see `deliver`); the abort is the backstop
+        // for a park the broker never confirms.
+        let _ = tokio::time::timeout(drain_deadline + self.config.timeout, async {
             while tasks.join_next().await.is_some() {}
         })
         .await;
         tasks.abort_all();
         while let Ok(event) = rx.try_recv() {
             self.parking
-                .park(&event, &endpoint.shown, "not delivered before shutdown", 0)
+                .park(&event, Some(&endpoint), "not delivered before shutdown", 0)
                 .await;
         }
     }
 
-    async fn deliver(&self, endpoint: &Endpoint, event: &CloudEvent) {
+    /// Posts `event` with retries; once `stop` fires it has one request's time (at most the drain
+    /// deadline) left, then what is still undelivered (a retry waiting out its backoff, say) is
+    /// parked with the attempts made so far.
+    async fn deliver(&self, endpoint: &Endpoint, event: &CloudEvent, stop: &CancellationToken) {
         let body = event.to_json();
         let attempts = std::sync::atomic::AtomicU64::new(0);
         let backoff = ExponentialBuilder::default()
@@ -337,21 +395,27 @@ impl Deliverer {
             .with_max_delay(self.config.max_backoff)
             .with_max_times(self.config.max_attempts.saturating_sub(1) as usize)
             .with_jitter();
-        let result = (|| async {
+        let retried = (|| async {
             attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.post(endpoint, event, &body).await
         })
         .retry(backoff)
         // 410 Gone: the endpoint says it will never take events again; retrying only delays the park.
-        .when(|error: &String| !error.starts_with(GONE))
-        .await;
+        .when(|error: &String| !error.starts_with(GONE));
+        let grace = self.config.timeout.min(self.drain_deadline);
+        let result = tokio::select! {
+            result = retried => result,
+            () = async { stop.cancelled().await; tokio::time::sleep(grace).await } => {
+                Err("not delivered before shutdown".to_owned())
+            }
+        };
         let attempts = attempts.into_inner();
         let outcome = if result.is_ok() { "delivered" } else { "dead" };
         metrics::counter!("cxrel_webhook_deliveries_total", "outcome" => outcome).increment(1);
         if let Err(error) = result {
             tracing::warn!(url = %endpoint.shown, event_id = %event.id, attempts, %error, "webhook parked on the dead queue");
             self.parking
-                .park(event, &endpoint.shown, &error, attempts)
+                .park(event, Some(endpoint), &error, attempts)
                 .await;
         }
     }

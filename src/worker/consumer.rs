@@ -126,8 +126,10 @@ pub struct Consumer<H> {
 }
 
 impl<H: JobHandler> Consumer<H> {
-    /// Runs until `cancel`, then drains in-flight jobs for at most the shutdown timeout.
-    pub async fn run(self, cancel: CancellationToken) {
+    /// Runs until `cancel`, then drains in-flight jobs for at most the shutdown timeout. Returns
+    /// the last connection still open, for the caller to close once webhook delivery has parked
+    /// what it could not deliver (parking publishes on it).
+    pub async fn run(self, cancel: CancellationToken) -> Option<Closing> {
         let permits = Arc::new(Semaphore::new(self.config.max_in_flight));
         let mut tasks = JoinSet::new();
         let mut delay = Duration::from_millis(200);
@@ -155,11 +157,7 @@ impl<H: JobHandler> Consumer<H> {
             }
         }
         self.drain(&mut tasks).await;
-        if let Some(held) = last_session {
-            // Only now the consumer goes, and with it the queue, to the standby.
-            let _ = held.connection.close(200, "shutdown".into()).await;
-            drop(held.consumer);
-        }
+        last_session.map(|held| Closing { held })
     }
 
     async fn drain(&self, tasks: &mut JoinSet<()>) {
@@ -384,6 +382,20 @@ impl<H: JobHandler> Consumer<H> {
 struct HeldSession {
     connection: Connection,
     consumer: lapin::Consumer,
+}
+
+/// The open connection of a drained worker: still the queue's active consumer (no standby takes
+/// over yet) and still able to publish.
+pub struct Closing {
+    held: HeldSession,
+}
+
+impl Closing {
+    /// Closes the connection: only now the consumer goes, and with it the queue, to the standby.
+    pub async fn close(self) {
+        let _ = self.held.connection.close(200, "shutdown".into()).await;
+        drop(self.held.consumer);
+    }
 }
 
 /// Counts a job in `cxrel_jobs_in_flight` for as long as it lives, however its task ends.

@@ -69,7 +69,6 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         &settings.webhooks,
         slot.clone(),
         topology.webhooks_dead(),
-        stop.clone(),
         settings.worker.shutdown_timeout,
     )?;
     let pipeline = Pipeline::new(
@@ -120,8 +119,13 @@ impl Application {
             stop.cancel();
         });
         tracing::info!(instance = self.instance, "worker starting");
-        self.consumer.run(self.stop.clone()).await;
+        // Jobs drain first (they still hand events to webhook delivery), then webhooks park
+        // what they could not deliver, and only then the connection they park on closes.
+        let closing = self.consumer.run(self.stop.clone()).await;
         self.webhook_worker.drain().await;
+        if let Some(closing) = closing {
+            closing.close().await;
+        }
         forward.abort();
         tracing::info!("worker stopped");
         Ok(())

@@ -369,7 +369,8 @@ async fn one_large_job_takes_only_its_share_of_the_webhook_queue_and_parks_the_r
     let emu = emulator_with(22).await;
     let mut q = queues("hookshare", &[200]).await;
     let hook = emu.webhook_receiver("share", SECRET).await;
-    // Capacity 8: one job may queue 2 of its events; the other 9 of 11 are parked at once.
+    // Capacity 8: one job may queue 2 of its events and its last (job.completed, how it ended);
+    // the other 8 of 11 are parked at once.
     let config = test_config(&emu.base, q.topology.prefix())
         .webhook_queue_capacity(8)
         .webhook(WebhookTarget::all_events(&hook, SECRET));
@@ -395,17 +396,129 @@ async fn one_large_job_takes_only_its_share_of_the_webhook_queue_and_parks_the_r
         Duration::from_secs(5),
     )
     .await;
-    assert_eq!(parked.len(), 9, "10 applied + 1 completed, 2 queued");
+    assert_eq!(parked.len(), 8, "10 applied + 1 completed, 3 queued");
     let t = headers::table(&parked[0].delivery.properties);
     let why = headers::get_str(&t, headers::ERROR_MESSAGE).unwrap_or_default();
     assert!(why.contains("share"), "{why}");
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut deliveries = Vec::new();
-    while deliveries.len() < 2 && Instant::now() < deadline {
+    while deliveries.len() < 3 && Instant::now() < deadline {
         deliveries = emu.webhook_deliveries("share").await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(deliveries.len(), 2, "the job's share was delivered");
+    assert_eq!(
+        deliveries.len(),
+        3,
+        "the job's share and its end were delivered"
+    );
+    let types: Vec<String> = deliveries.iter().map(delivered_type).collect();
+    assert!(
+        types.iter().any(|t| t == "cxrel.job.completed"),
+        "{types:?}"
+    );
+    broker::teardown(&q.channel, &q.topology).await;
+}
+
+fn delivered_type(delivery: &Value) -> String {
+    let body = delivery["body"].as_str().unwrap_or_default();
+    let event: Value = serde_json::from_str(body).unwrap_or_default();
+    event["type"].as_str().unwrap_or_default().to_owned()
+}
+
+/// The job's share counts only events some endpoint wants: an endpoint that filters for
+/// `job.completed` gets it however many operations the job had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_filtering_for_completed_jobs_gets_them_from_large_jobs() {
+    let emu = emulator_with(22).await;
+    let mut q = queues("hookfilter", &[200]).await;
+    let hook = emu.webhook_receiver("ends", SECRET).await;
+    let only_ends = WebhookTarget {
+        events: vec!["cxrel.job.completed".to_owned()],
+        ..WebhookTarget::all_events(&hook, SECRET)
+    };
+    let config = test_config(&emu.base, q.topology.prefix())
+        .webhook_queue_capacity(8)
+        .webhook(only_ends);
+    let _worker = InProcessWorker::start(&config).await;
+    let ops = (0..10)
+        .map(|i| op(&rid("r", 2 * i), FIELD, &[&rid("r", 2 * i + 1)]))
+        .collect();
+    publish_jobs(
+        &q.publisher,
+        &q.topology,
+        &[job("big", "accounts", true, ops)],
+    )
+    .await;
+    assert!(
+        q.tap
+            .until(Duration::from_secs(30), |e| completed(e).len() == 1)
+            .await
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut deliveries = Vec::new();
+    while deliveries.is_empty() && Instant::now() < deadline {
+        deliveries = emu.webhook_deliveries("ends").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let types: Vec<String> = deliveries.iter().map(delivered_type).collect();
+    assert_eq!(types, ["cxrel.job.completed"]);
+    let parked = broker::take(
+        &q.channel,
+        &q.topology.webhooks_dead(),
+        20,
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(parked.len(), 0, "nothing anyone wanted was refused");
+    broker::teardown(&q.channel, &q.topology).await;
+}
+
+/// SIGTERM while an endpoint keeps failing: the deliveries waiting to retry are parked on the
+/// webhook dead queue (naming their endpoint), not dropped with the process.
+#[tokio::test]
+async fn webhooks_still_failing_at_sigterm_are_parked_not_lost() {
+    let emu = emulator_with(2).await;
+    let mut q = queues("hookterm", &[200]).await;
+    let hook = emu.url("/_emulator/webhooks/failing");
+    let response = emulator::client()
+        .put(&hook)
+        .json(&json!({"secret": SECRET, "status": 500}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let config = test_config(&emu.base, q.topology.prefix())
+        .webhook_retries(5, Duration::from_secs(20)..=Duration::from_secs(30))
+        .webhook(WebhookTarget::all_events(&hook, SECRET));
+    let mut worker = WorkerProcess::spawn(&config);
+    publish_jobs(&q.publisher, &q.topology, &pair_jobs("termhook", 1)).await;
+    assert!(
+        q.tap
+            .until(Duration::from_secs(30), |e| completed(e).len() == 1)
+            .await
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while emu.webhook_deliveries("failing").await.len() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Both events failed once and wait 20 s or more for their next attempt.
+    worker.signal("TERM");
+    assert_eq!(worker.wait_exit(Duration::from_secs(30)), Some(0));
+    let parked = broker::take(
+        &q.channel,
+        &q.topology.webhooks_dead(),
+        4,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(parked.len(), 2, "applied + completed, both parked");
+    for message in &parked {
+        let t = headers::table(&message.delivery.properties);
+        let why = headers::get_str(&t, headers::ERROR_MESSAGE).unwrap_or_default();
+        assert!(why.contains("shutdown"), "{why}");
+        assert_eq!(headers::get_u64(&t, "x-cxrel-webhook-number"), Some(1));
+        assert_eq!(headers::get_u64(&t, headers::ATTEMPTS), Some(1));
+    }
     broker::teardown(&q.channel, &q.topology).await;
 }
 
