@@ -41,6 +41,8 @@ struct Receiver {
     status: StatusCode,
     /// How long each answer takes (a slow subscriber), after the delivery is recorded.
     delay: std::time::Duration,
+    /// `Retry-After` (seconds) sent with every answer, to play a subscriber that throttles.
+    retry_after: Option<u64>,
     deliveries: VecDeque<Delivery>,
     /// Sum of the recorded deliveries' `size`.
     bytes: usize,
@@ -52,6 +54,7 @@ impl Default for Receiver {
             key: None,
             status: StatusCode::OK,
             delay: std::time::Duration::ZERO,
+            retry_after: None,
             deliveries: VecDeque::new(),
             bytes: 0,
         }
@@ -101,6 +104,9 @@ pub struct ReceiverConfig {
     /// Milliseconds each answer takes (at most 60,000), to play a slow subscriber.
     #[serde(default)]
     delay_ms: Option<u64>,
+    /// `Retry-After` seconds sent with each answer (e.g. with status 429); absent = none.
+    #[serde(default)]
+    retry_after: Option<u64>,
 }
 
 impl WebhookStore {
@@ -158,6 +164,7 @@ pub async fn configure(
     receiver.key = key;
     receiver.status = status;
     receiver.delay = std::time::Duration::from_millis(delay_ms);
+    receiver.retry_after = config.retry_after;
     let configured = receiver.key.is_some();
     Ok(Json(
         json!({"name": name, "secret_configured": configured, "status": status.as_u16(), "delay_ms": delay_ms}),
@@ -214,11 +221,19 @@ fn record(
             "invalid_signature",
             reason.unwrap_or_default(),
         )),
-        _ => Ok((
-            receiver.status,
-            Json(json!({"received": true, "verified": verified})),
-        )
-            .into_response()),
+        _ => {
+            let mut response = (
+                receiver.status,
+                Json(json!({"received": true, "verified": verified})),
+            )
+                .into_response();
+            if let Some(seconds) = receiver.retry_after {
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, seconds.into());
+            }
+            Ok(response)
+        }
     };
     Ok((answer, receiver.delay))
 }

@@ -266,6 +266,10 @@ fn send_error(error: reqwest::Error) -> String {
     crate::error::one_line(&error.without_url())
 }
 
+/// The longest `Retry-After` a subscriber gets before its next attempt, unless the configured
+/// backoff is longer (a delivery waiting at shutdown is parked, so this never delays a stop).
+const RETRY_AFTER_CAP: Duration = Duration::from_secs(60);
+
 /// How a 410 answer's error starts (it is not retried).
 const GONE: &str = "endpoint answered 410 Gone";
 
@@ -395,16 +399,21 @@ impl Deliverer {
             .with_max_delay(self.config.max_backoff)
             .with_max_times(self.config.max_attempts.saturating_sub(1) as usize)
             .with_jitter();
+        let most = self.config.max_backoff.max(RETRY_AFTER_CAP);
         let retried = (|| async {
             attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.post(endpoint, event, &body).await
         })
         .retry(backoff)
         // 410 Gone: the endpoint says it will never take events again; retrying only delays the park.
-        .when(|error: &String| !error.starts_with(GONE));
+        .when(|error: &PostError| !error.message.starts_with(GONE))
+        // A 429/503 with Retry-After: wait as asked, up to a minute (or the longest backoff).
+        .adjust(move |error: &PostError, next| {
+            next.map(|d| error.retry_after.map_or(d, |asked| d.max(asked.min(most))))
+        });
         let grace = self.config.timeout.min(self.drain_deadline);
         let result = tokio::select! {
-            result = retried => result,
+            result = retried => result.map_err(|e| e.message),
             () = async { stop.cancelled().await; tokio::time::sleep(grace).await } => {
                 Err("not delivered before shutdown".to_owned())
             }
@@ -425,7 +434,7 @@ impl Deliverer {
         endpoint: &Endpoint,
         event: &CloudEvent,
         body: &[u8],
-    ) -> Result<(), String> {
+    ) -> Result<(), PostError> {
         let timestamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
@@ -444,20 +453,45 @@ impl Deliverer {
         if let Some(traceparent) = &event.traceparent {
             request = request.header("traceparent", traceparent);
         }
-        let response = request.send().await.map_err(send_error)?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| PostError::from(send_error(e)))?;
         let status = response.status();
-        if status.is_success() {
-            Ok(())
+        let message = if status.is_success() {
+            return Ok(());
         } else if status == reqwest::StatusCode::GONE {
-            Err(format!(
+            format!(
                 "{GONE}: the endpoint no longer takes events (not retried); remove or fix its [[webhooks]] entry"
-            ))
+            )
         } else if status.is_redirection() {
-            Err(format!(
+            format!(
                 "endpoint answered {status}: webhooks do not follow redirects; configure the final URL"
-            ))
+            )
         } else {
-            Err(format!("endpoint answered {status}"))
+            format!("endpoint answered {status}")
+        };
+        let retry_after = matches!(status.as_u16(), 429 | 503)
+            .then(|| crate::store::parse_retry_after(response.headers()))
+            .flatten();
+        Err(PostError {
+            message,
+            retry_after,
+        })
+    }
+}
+
+/// A failed POST: what to report, and how long the endpoint asked to be left alone.
+struct PostError {
+    message: String,
+    retry_after: Option<Duration>,
+}
+
+impl From<String> for PostError {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            retry_after: None,
         }
     }
 }

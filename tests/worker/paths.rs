@@ -473,6 +473,54 @@ async fn an_endpoint_filtering_for_completed_jobs_gets_them_from_large_jobs() {
     broker::teardown(&q.channel, &q.topology).await;
 }
 
+/// A subscriber answering 429 with Retry-After is left alone that long before the next attempt
+/// (the configured backoff alone would retry within 100 ms).
+#[tokio::test]
+async fn a_webhook_endpoint_s_retry_after_is_honoured() {
+    let emu = emulator_with(2).await;
+    let mut q = queues("hookwait", &[200]).await;
+    let hook = emu.url("/_emulator/webhooks/busy");
+    let response = emulator::client()
+        .put(&hook)
+        .json(&json!({"secret": SECRET, "status": 429, "retry_after": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let config = test_config(&emu.base, q.topology.prefix())
+        .webhook_retries(2, Duration::from_millis(50)..=Duration::from_millis(100))
+        .webhook(WebhookTarget {
+            events: vec!["cxrel.job.completed".to_owned()],
+            ..WebhookTarget::all_events(&hook, SECRET)
+        });
+    let _worker = InProcessWorker::start(&config).await;
+    publish_jobs(&q.publisher, &q.topology, &pair_jobs("busy", 1)).await;
+    assert!(
+        q.tap
+            .until(Duration::from_secs(30), |e| completed(e).len() == 1)
+            .await
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut deliveries = Vec::new();
+    while deliveries.len() < 2 && Instant::now() < deadline {
+        deliveries = emu.webhook_deliveries("busy").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(deliveries.len(), 2, "{deliveries:?}");
+    let at = |d: &Value| {
+        humantime::parse_rfc3339(d["received_at"].as_str().unwrap_or_default()).unwrap()
+    };
+    let gap = at(&deliveries[1])
+        .duration_since(at(&deliveries[0]))
+        .unwrap();
+    // Retry-After is whole seconds; the timestamps are the receiver's, so allow their rounding.
+    assert!(
+        gap >= Duration::from_millis(1900),
+        "second attempt after {gap:?}"
+    );
+    broker::teardown(&q.channel, &q.topology).await;
+}
+
 /// SIGTERM while an endpoint keeps failing: the deliveries waiting to retry are parked on the
 /// webhook dead queue (naming their endpoint), not dropped with the process.
 #[tokio::test]
