@@ -551,7 +551,7 @@ fn unsettled_deliveries(
         Failure::new(
             "delivery_limit_exceeded",
             format!(
-                "delivered {} times without being settled (the worker crashed or lost its connection each time); not handled again",
+                "delivered {} times without being settled (worker crashes or lost connections; before RabbitMQ 4.3 a restart that returned it unstarted counts too); not handled again",
                 count + 1
             ),
             Stage::Settle,

@@ -267,11 +267,12 @@ fn failure_properties(
     headers::copy_properties(&delivery.properties, table)
 }
 
+/// `message` in at most `max` bytes, the ellipsis (3 bytes) included.
 fn truncate(message: &str, max: usize) -> String {
     if message.len() <= max {
         return message.to_owned();
     }
-    let mut end = max;
+    let mut end = max.saturating_sub('…'.len_utf8());
     while !message.is_char_boundary(end) {
         end -= 1;
     }
@@ -283,8 +284,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn long_messages_are_cut_on_a_character_boundary() {
-        let cut = truncate("ééééé", 3);
-        assert_eq!(cut, "é…");
+    fn long_messages_are_cut_on_a_character_boundary_within_the_limit() {
+        assert_eq!(truncate("ééééé", 6), "é…");
+        assert_eq!(truncate("ééééé", 10), "ééééé");
+        let long = "x".repeat(5000);
+        assert_eq!(truncate(&long, 4000).len(), 4000);
     }
 }
