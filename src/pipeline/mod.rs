@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::ErrorClass;
 use crate::events::EventContext;
-use crate::graph::{JobOutcome, OpVerdict, Plan, Verdict};
+use crate::graph::{JobOutcome, OpVerdict, Plan, Verdict, Violation};
 use crate::job::{Job, ParseContext};
 use crate::store::{StoreClient, StoreError};
 use locks::KeyLocks;
@@ -474,14 +474,36 @@ fn verdict_statuses(verdict: &Verdict) -> Vec<OpStatus> {
         .collect()
 }
 
+/// The job's failure when validation rejected it: the first violation's code, and a message that
+/// also counts the others, which only their `relationship.rejected` events detail.
 fn rejection_failure(verdict: &Verdict) -> Option<Failure> {
     let first = verdict.first_violation()?;
     Some(Failure::new(
         first.code.code(),
-        first.message.clone(),
+        with_other_violations(&first.message, &verdict.violations[1..]),
         Stage::Validate,
         first.code.class(),
     ))
+}
+
+fn with_other_violations(message: &str, others: &[Violation]) -> String {
+    if others.is_empty() {
+        return message.to_owned();
+    }
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for violation in others {
+        let code = violation.code.code();
+        match counts.iter_mut().find(|(c, _)| *c == code) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((code, 1)),
+        }
+    }
+    let listed: Vec<String> = counts.iter().map(|(c, n)| format!("{c} ×{n}")).collect();
+    format!(
+        "{message} (and {} more in this job: {}; each operation's reason is in its relationship.rejected event)",
+        others.len(),
+        listed.join(", ")
+    )
 }
 
 fn mark_results(plan: &Plan, results: &[PatchResult], statuses: &mut [OpStatus]) {
@@ -719,6 +741,29 @@ impl Rounds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rejected_job_s_message_counts_the_violations_after_the_first() {
+        let violation = |code| Violation {
+            code,
+            message: "m".into(),
+            records: Vec::new(),
+            operations: vec![0],
+        };
+        assert_eq!(with_other_violations("first", &[]), "first");
+        let others = [
+            violation(crate::graph::ViolationCode::RecordNotFound),
+            violation(crate::graph::ViolationCode::CycleDetected),
+            violation(crate::graph::ViolationCode::RecordNotFound),
+        ];
+        let message = with_other_violations("first", &others);
+        assert!(
+            message.starts_with(
+                "first (and 3 more in this job: record_not_found ×2, cycle_detected ×1;"
+            ),
+            "{message}"
+        );
+    }
 
     #[test]
     fn an_unparsed_body_keeps_the_job_id_it_declares() {
