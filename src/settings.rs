@@ -268,7 +268,9 @@ pub enum SettingsError {
         path: PathBuf,
         source: config::ConfigError,
     },
-    #[error("invalid configuration: {0}")]
+    /// The `config` crate's error with any value it quotes blanked: a value of the wrong type
+    /// may be a secret (a `CXREL__WEBHOOKS` variable holding a webhook secret, say).
+    #[error("invalid configuration: {}", redact_quoted(&.0.to_string()))]
     Invalid(#[from] config::ConfigError),
     #[error("invalid configuration: {key}: {reason}")]
     Check { key: &'static str, reason: String },
@@ -314,8 +316,18 @@ impl Settings {
                     .required(false),
             );
         if let Some(name) = sources.env_name.as_deref().filter(|n| !n.is_empty()) {
+            // Named on purpose, so a missing file is a typo in CXREL_ENV, not an optional layer.
             let path = dir.join(format!("{name}.toml"));
-            builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(false));
+            if !path.is_file() {
+                return Err(SettingsError::Check {
+                    key: "CXREL_ENV",
+                    reason: format!(
+                        "{name:?} selects {}, which does not exist (unset CXREL_ENV or create the file)",
+                        path.display()
+                    ),
+                });
+            }
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
         }
         if let Some(path) = &sources.file {
             check_readable(path)?;
@@ -367,6 +379,12 @@ impl Settings {
         }
         if self.worker.prefetch == 0 || self.worker.max_in_flight == 0 {
             return fail("worker.prefetch", "prefetch and max_in_flight must be ≥ 1");
+        }
+        if !is_log_filter(&self.log.level) {
+            return fail(
+                "log.level",
+                "one of trace, debug, info, warn, error, off, or target=level pairs separated by commas",
+            );
         }
         if self.worker.parallel_patches == 0 {
             return fail("worker.parallel_patches", "must be ≥ 1");
@@ -447,6 +465,31 @@ fn check_instance(instance: &str) -> Result<(), SettingsError> {
         key: "worker.instance",
         reason: "use at most 255 letters, digits, '.', '_', '~' or '-' (it becomes the events' source, cxrel://{instance})".to_owned(),
     })
+}
+
+/// Whether `text` is a level or a list of `target=level` / level directives. `EnvFilter` itself
+/// takes "warning" as a target name and then logs nothing at all.
+fn is_log_filter(text: &str) -> bool {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let level = |l: &str| LEVELS.contains(&l.trim().to_ascii_lowercase().as_str());
+    !text.trim().is_empty()
+        && text.split(',').all(|part| match part.split_once('=') {
+            Some((target, l)) => !target.trim().is_empty() && level(l),
+            None => level(part),
+        })
+}
+
+/// `text` with the value of serde's "invalid type: string \"…\", expected …" blanked.
+fn redact_quoted(text: &str) -> String {
+    const START: &str = "invalid type: string \"";
+    const END: &str = "\", expected";
+    let Some(start) = text.find(START).map(|i| i + START.len()) else {
+        return text.to_owned();
+    };
+    match text[start..].rfind(END) {
+        Some(len) => format!("{}***{}", &text[..start], &text[start + len..]),
+        None => format!("{}***", &text[..start]),
+    }
 }
 
 /// A webhook's URL is http(s) with a host, and its `events` filter names event types cxrel
@@ -782,6 +825,45 @@ mod tests {
             assert!(err.contains("webhooks.url"), "{url}: {err}");
             assert!(!err.contains("pw@"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_log_level_must_be_a_level_or_target_directives() {
+        for good in ["info", "WARN", "cxrel=debug,lapin=warn", "off"] {
+            assert!(is_log_filter(good), "{good}");
+        }
+        for bad in ["warning", "loud", "", "cxrel=loud", "=info"] {
+            assert!(!is_log_filter(bad), "{bad}");
+        }
+        let err = from_toml("[log]\nlevel = \"warning\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("log.level"), "{err}");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_not_echoed_in_the_error() {
+        let env = HashMap::from([(
+            "CXREL__WEBHOOKS".to_owned(),
+            "[{url=\"http://x/\",secret=\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"}]".to_owned(),
+        )]);
+        let err = Settings::load_with_env(&Sources::default(), Some(env))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("webhooks"), "{err}");
+        assert!(!err.contains("whsec_"), "{err}");
+    }
+
+    #[test]
+    fn a_cxrel_env_naming_no_file_stops_the_start() {
+        let sources = Sources {
+            env_name: Some("prdo".to_owned()),
+            ..Sources::default()
+        };
+        let err = Settings::load_with_env(&sources, Some(HashMap::new()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CXREL_ENV") && err.contains("prdo"), "{err}");
     }
 
     #[test]
