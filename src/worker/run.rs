@@ -41,6 +41,10 @@ pub struct Application {
     /// `run_until_stopped`, or when the application is dropped unrun.
     stop: CancellationToken,
     _stop_on_drop: DropGuard,
+    /// Ends `/healthz`, `/readyz` and `/metrics`: only once the worker stopped, so the drain
+    /// stays observable and liveness probes keep passing during it.
+    _http_stop: DropGuard,
+    readiness: Readiness,
 }
 
 /// Wires a worker from `settings`: binds `[http].listen` (`/healthz`, `/readyz`, `/metrics`),
@@ -50,10 +54,12 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
     let stop_on_drop = stop.clone().drop_guard();
     let instance = instance_name(&settings);
     let readiness = Readiness::default();
+    let readiness_handle = readiness.clone();
     readiness.set("broker", false, "not connected yet");
     readiness.set("broker_publishing", true, "publishing");
     readiness.set("token", false, "no token yet");
-    let http_addr = http::serve(settings.http.listen, readiness.clone(), stop.clone()).await?;
+    let http_stop = CancellationToken::new();
+    let http_addr = http::serve(settings.http.listen, readiness.clone(), http_stop.clone()).await?;
 
     let store = StoreClient::from_settings(&settings)?;
     tokio::spawn(watch_token(store.clone(), readiness.clone(), stop.clone()));
@@ -101,6 +107,8 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         webhook_worker,
         stop,
         _stop_on_drop: stop_on_drop,
+        _http_stop: http_stop.drop_guard(),
+        readiness: readiness_handle,
     })
 }
 
@@ -114,8 +122,10 @@ impl Application {
     /// and webhook delivery finished its drain.
     pub async fn run_until_stopped(self, cancel: CancellationToken) -> anyhow::Result<()> {
         let stop = self.stop.clone();
+        let readiness = self.readiness.clone();
         let forward = tokio::spawn(async move {
             cancel.cancelled().await;
+            readiness.set("draining", false, "stopping: draining in-flight jobs");
             stop.cancel();
         });
         tracing::info!(instance = self.instance, "worker starting");

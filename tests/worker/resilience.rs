@@ -317,3 +317,45 @@ async fn a_broker_that_keeps_refusing_the_events_ends_the_job_coded_and_announce
         .await;
     broker::teardown(&channel, &topology).await;
 }
+
+/// After SIGTERM the drain stays observable: `/metrics` and `/healthz` answer, `/readyz` says
+/// draining, until the process exits.
+#[tokio::test]
+async fn during_a_drain_the_health_endpoints_answer_and_readiness_says_draining() {
+    let emu = emulator_with(20).await;
+    let prefix = broker::unique_prefix("drainhttp");
+    let topology = broker::topology(&prefix, &[200]);
+    let conn = broker::connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    let mut tap = EventTap::bind(&channel, &topology).await;
+    let publisher = Publisher::open(&conn).await.unwrap();
+    let mut worker = WorkerProcess::spawn(&test_config(&emu.base, &prefix));
+    worker.wait_ready(Duration::from_secs(30)).await;
+    emu.set_faults(json!({"latency_ms": 3000})).await;
+    publish_jobs(&publisher, &topology, &pair_jobs("slowdrain", 5)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    worker.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let client = reqwest::Client::new();
+    let ready = client
+        .get(format!("{}/readyz", worker.http))
+        .send()
+        .await
+        .expect("/readyz answers during the drain");
+    assert_eq!(ready.status(), 503);
+    let body = ready.text().await.unwrap();
+    assert!(body.contains("draining"), "{body}");
+    let health = client.get(format!("{}/healthz", worker.http)).send().await;
+    assert_eq!(health.expect("/healthz answers").status(), 200);
+    let metrics = worker.metrics().await;
+    assert!(metrics.contains("cxrel_jobs_in_flight"), "{metrics}");
+    let code = tokio::task::spawn_blocking(move || worker.wait_exit(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+    assert!(
+        tap.until(Duration::from_secs(10), |e| completed(e).len() == 5)
+            .await
+    );
+    broker::teardown(&channel, &topology).await;
+}
