@@ -9,6 +9,23 @@ use crate::dlq::Summary;
 /// Codes seen in earlier reads, so a code that emptied reads 0.
 static KNOWN: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
+/// Help texts of the console's series; call once the recorder is installed.
+pub fn describe() {
+    metrics::describe_gauge!(
+        "cxrel_dead_letters_depth",
+        "Messages in the dead queue at the last read."
+    );
+    metrics::describe_gauge!(
+        "cxrel_dead_letters",
+        "Dead letters at the last read, by error code."
+    );
+    metrics::describe_gauge!(
+        "cxrel_dead_letters_oldest_age_seconds",
+        metrics::Unit::Seconds,
+        "Age of the oldest dead letter at the last read, by error code."
+    );
+}
+
 pub fn record(summary: &Summary) {
     metrics::gauge!("cxrel_dead_letters_depth").set(f64::from(summary.depth));
     let mut known = KNOWN.lock().unwrap_or_else(|p| p.into_inner());

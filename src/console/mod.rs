@@ -144,6 +144,7 @@ pub async fn serve(settings: &Settings, listen: Option<SocketAddr>) -> anyhow::R
         )
     })?;
     let _ = crate::http::metrics_handle();
+    gauges::describe();
     let addr = listen.unwrap_or(settings.console.listen);
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         anyhow::anyhow!("cannot listen on {addr} ([console].listen or --listen): {e}")

@@ -5,6 +5,7 @@ pub mod acks;
 pub mod consumer;
 pub mod identity;
 pub mod journal;
+pub mod metrics;
 pub mod run;
 pub mod settle;
 

@@ -60,6 +60,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
     readiness.set("token", false, "no token yet");
     let http_stop = CancellationToken::new();
     let http_addr = http::serve(settings.http.listen, readiness.clone(), http_stop.clone()).await?;
+    super::metrics::describe();
 
     let store = StoreClient::from_settings(&settings)?;
     tokio::spawn(watch_token(store.clone(), readiness.clone(), stop.clone()));
