@@ -417,7 +417,13 @@ async fn send_json<T: serde::de::DeserializeOwned>(
         let retry_after = super::parse_retry_after(response.headers());
         let bytes = body::read_excerpt(response, limits).await;
         let body = ErrorBody::parse(&bytes);
-        tracing::warn!(route = route.as_str(), status, error = ?body.error, "auth request refused");
+        tracing::warn!(
+            route = route.as_str(),
+            status,
+            error = body.error.as_deref().unwrap_or(""),
+            description = body.description.as_deref().unwrap_or(""),
+            "auth request refused"
+        );
         return Err(match status {
             400 | 401 | 403 if route == Route::Token => StoreError::Unauthorized { status, body },
             _ => StoreError::from_status(status, body, retry_after),

@@ -158,11 +158,24 @@ fn instance_name(settings: &Settings) -> String {
 /// Keeps the readiness "token" check current: a data-store token can be had, and the store has
 /// not refused the last fresh one.
 async fn watch_token(store: StoreClient, readiness: Readiness, cancel: CancellationToken) {
+    // What was last logged: a failure is logged when it starts or changes, and its end once.
+    let mut logged: Option<String> = None;
     loop {
-        match (store.check_auth().await, store.store_refuses_token()) {
-            (Err(error), _) => readiness.set("token", false, format!("no token: {error}")),
-            (Ok(()), Some(refusal)) => readiness.set("token", false, refusal),
-            (Ok(()), None) => readiness.set("token", true, "valid token"),
+        let problem = match (store.check_auth().await, store.store_refuses_token()) {
+            (Err(error), _) => Some(format!("no token: {error}")),
+            (Ok(()), Some(refusal)) => Some(refusal),
+            (Ok(()), None) => None,
+        };
+        match &problem {
+            Some(problem) => readiness.set("token", false, problem.clone()),
+            None => readiness.set("token", true, "valid token"),
+        }
+        if problem != logged {
+            match &problem {
+                Some(problem) => tracing::warn!("not ready: {problem}"),
+                None => tracing::info!("token obtained; ready for the data store"),
+            }
+            logged = problem;
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(5)) => {}

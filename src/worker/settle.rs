@@ -158,7 +158,7 @@ impl Settler {
             ErrorClass::Transient => self.topology.retry_after_failure(attempts),
             ErrorClass::Permanent => None,
         };
-        if let Some((hold_queue, _)) = retry {
+        if let Some((hold_queue, delay)) = retry {
             self.publish_events(&outcome.events).await?;
             let properties = failure_properties(delivery, outcome, failure, attempts);
             self.publisher
@@ -166,6 +166,17 @@ impl Settler {
                 .await?;
             self.offer_webhooks(outcome.events.clone()).await;
             metrics::counter!("cxrel_retries_total", "code" => failure.code.clone()).increment(1);
+            // The cause, where the operator looks first: a store or broker outage shows here
+            // while the jobs wait, long before any of them is dead-lettered.
+            tracing::warn!(
+                job_id = %outcome.context.job_id,
+                code = %failure.code,
+                stage = failure.stage.as_str(),
+                attempts,
+                retry_in = ?delay,
+                "job will be retried: {}",
+                failure.message
+            );
             return Ok(Settled::Retried);
         }
         let dead = outcome.context.job_dead_lettered(

@@ -334,7 +334,10 @@ async fn during_a_drain_the_health_endpoints_answer_and_readiness_says_draining(
     // Described, and at 0 from the start: an alert on their increase sees the first one.
     let fresh = worker.metrics().await;
     assert!(fresh.contains("# HELP cxrel_jobs_total "), "{fresh}");
-    assert!(fresh.contains("cxrel_jobs_total{outcome=\"dead_lettered\"} 0"), "{fresh}");
+    assert!(
+        fresh.contains("cxrel_jobs_total{outcome=\"dead_lettered\"} 0"),
+        "{fresh}"
+    );
     emu.set_faults(json!({"latency_ms": 3000})).await;
     publish_jobs(&publisher, &topology, &pair_jobs("slowdrain", 5)).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
