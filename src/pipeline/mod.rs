@@ -121,7 +121,13 @@ impl Pipeline {
         };
         let _guard = incoming.turn.acquire(lock_keys(&job)).await;
         let (statuses, failure) = self.execute(&job, &incoming.lease, &incoming.journal).await;
-        results::audit(&job, &statuses, started.elapsed(), attempt);
+        results::audit(
+            &job,
+            &statuses,
+            failure.as_ref(),
+            started.elapsed(),
+            attempt,
+        );
         metrics::histogram!("cxrel_job_duration_seconds").record(started.elapsed().as_secs_f64());
         let (events, final_events) = results::events(&context, &job, &statuses, failure.as_ref());
         Outcome {

@@ -109,9 +109,17 @@ pub fn events(
 }
 
 /// One structured audit line and one counter per operation.
-pub fn audit(job: &Job, statuses: &[OpStatus], latency: Duration, attempt: u64) {
+pub fn audit(
+    job: &Job,
+    statuses: &[OpStatus],
+    failure: Option<&Failure>,
+    latency: Duration,
+    attempt: u64,
+) {
     for (i, (op, status)) in job.operations.iter().zip(statuses).enumerate() {
+        // An operation left unprocessed carries the job's failure, the reason it was not done.
         let (code, _) = status.code_and_message();
+        let code = code.or_else(|| failure.map(|f| f.code.clone()));
         tracing::info!(
             target: "audit",
             job_id = %job.job_id,
