@@ -142,6 +142,9 @@ impl<H: JobHandler> Consumer<H> {
                     // Jobs of the lost session must not write any more (another replica may own
                     // the queue now); a graceful shutdown keeps the lease so they can finish.
                     lease.cancel();
+                    if cancel.is_cancelled() && !connected {
+                        break;
+                    }
                     if connected {
                         delay = Duration::from_millis(200);
                     }
@@ -195,9 +198,14 @@ impl<H: JobHandler> Consumer<H> {
         lease: &CancellationToken,
     ) -> Result<HeldSession, (AmqpError, bool)> {
         let not_yet = |e: AmqpError| (e, false);
-        let connection = amqp::connect(&self.config.url, &self.config.connection_name)
-            .await
-            .map_err(not_yet)?;
+        // A broker that takes TCP but never speaks AMQP would hold a SIGTERM for the whole
+        // connect timeout.
+        let connection = tokio::select! {
+            connected = amqp::connect(&self.config.url, &self.config.connection_name) => {
+                connected.map_err(not_yet)?
+            }
+            () = cancel.cancelled() => return Err(not_yet(AmqpError::NotConnected)),
+        };
         let channel = connection
             .create_channel()
             .await

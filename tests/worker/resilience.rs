@@ -366,3 +366,55 @@ async fn during_a_drain_the_health_endpoints_answer_and_readiness_says_draining(
     );
     broker::teardown(&channel, &topology).await;
 }
+
+/// A broker address that takes TCP connections and never answers: SIGTERM still ends the worker
+/// at once instead of after the 30 s connect timeout.
+#[tokio::test]
+async fn sigterm_while_connecting_to_a_silent_broker_ends_the_worker_at_once() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        // Accept and hold, never speaking AMQP.
+        let mut kept = Vec::new();
+        for stream in silent.incoming().take(4).flatten() {
+            kept.push(stream);
+        }
+        std::thread::sleep(Duration::from_secs(60));
+    });
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cxrel"))
+        .arg("worker")
+        .env_remove("CXREL_ENV")
+        .env(
+            "CXREL__AMQP__URL",
+            format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+        )
+        .env("CXREL__HTTP__LISTEN", "127.0.0.1:0")
+        .env("CXREL__LOG__LEVEL", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(crate::helpers::listening_url(&mut child, "worker").is_some());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let signalled = std::time::Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let code = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(25);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        None
+    })
+    .await
+    .unwrap();
+    // Well under the connect timeout (30 s) that used to hold it.
+    assert_eq!(code, Some(0), "exit after {:?}", signalled.elapsed());
+    drop(held);
+}
