@@ -60,6 +60,17 @@ pub enum DlqAction {
         #[arg(long)]
         without_export: bool,
     },
+    /// POST the events parked on the webhook dead queue again, once each, to the endpoint each was
+    /// parked for (or every endpoint of `[[webhooks]]` wanting it); delivered ones leave the queue.
+    /// Exit 1 when an endpoint still refuses some.
+    RedeliverWebhooks {
+        /// Only events for this `[[webhooks]]` entry (from 1, in the configuration's order).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        endpoint: Option<u64>,
+        /// Most events handled (default: all; at least 1).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
+    },
     /// Write matching dead letters as JSON Lines; nothing is removed. Fails (exit 1) when any
     /// message could not be read.
     Export {
@@ -107,7 +118,13 @@ impl From<&FilterArgs> for Filter {
 pub async fn run(args: DlqArgs, settings: Settings) -> anyhow::Result<i32> {
     let topology = Topology::from_settings(&settings.amqp);
     let connection = amqp::connect(&settings.amqp.url, "cxrel dlq").await?;
-    let code = act(args, &connection, &topology).await;
+    let code = match args.action {
+        DlqAction::RedeliverWebhooks { endpoint, limit } => {
+            let only = endpoint.and_then(|n| usize::try_from(n).ok());
+            Ok(redeliver_webhooks(&connection, &topology, &settings, only, limit).await)
+        }
+        _ => act(args, &connection, &topology).await,
+    };
     let _ = connection.close(200, "done".into()).await;
     code
 }
@@ -171,7 +188,63 @@ async fn act(
         DlqAction::Export { filter, output } => {
             export(connection, topology, &Filter::from(&filter), output).await?
         }
+        DlqAction::RedeliverWebhooks { .. } => unreachable!("handled in run"),
     })
+}
+
+async fn redeliver_webhooks(
+    connection: &lapin::Connection,
+    topology: &Topology,
+    settings: &Settings,
+    only: Option<usize>,
+    limit: Option<u64>,
+) -> i32 {
+    let dead = topology.webhooks_dead();
+    if settings.webhooks.is_empty() {
+        eprintln!("cxrel: no [[webhooks]] are configured: nothing to redeliver to");
+        return 2;
+    }
+    if only.is_some_and(|n| n > settings.webhooks.len()) {
+        eprintln!(
+            "cxrel: --endpoint: only {} [[webhooks]] entries are configured",
+            settings.webhooks.len()
+        );
+        return 2;
+    }
+    let pace = Pace {
+        limit: limit.unwrap_or(u64::MAX),
+        rate: None,
+        stop: stop_on_ctrl_c(),
+    };
+    let result = crate::webhooks::redeliver::redeliver(
+        connection,
+        &dead,
+        &settings.webhooks,
+        &settings.webhook_delivery,
+        only,
+        pace,
+    )
+    .await;
+    match result {
+        Ok((report, done)) => {
+            outln!(
+                "{} of {} parked events delivered; {} refused again (back on {dead} with the new error); {} left for other or unconfigured endpoints",
+                done.delivered,
+                report.scanned,
+                done.failed,
+                done.left
+            );
+            warn_unseen(&report, &dead);
+            if report.interrupted {
+                return 130;
+            }
+            i32::from(done.failed > 0)
+        }
+        Err(error) => {
+            eprintln!("cxrel: {error}");
+            1
+        }
+    }
 }
 
 /// One line per letter; control characters (a producer's message id, an echoed value) are

@@ -70,6 +70,23 @@ pub async fn scan(
     pace: Pace,
     mut decide: impl FnMut(&DeadLetter) -> Decision,
 ) -> Result<ScanReport, DlqError> {
+    scan_async(connection, dead, pace, move |letter| {
+        std::future::ready(decide(&letter))
+    })
+    .await
+}
+
+/// As [`scan`], with a decision that has to wait for something (a webhook redelivery's POST).
+pub async fn scan_async<F, Fut>(
+    connection: &Connection,
+    dead: &str,
+    pace: Pace,
+    mut decide: F,
+) -> Result<ScanReport, DlqError>
+where
+    F: FnMut(DeadLetter) -> Fut,
+    Fut: Future<Output = Decision>,
+{
     let lock = ScanLock::take(connection, dead).await?;
     let channel = connection.create_channel().await?;
     let publisher = Publisher::open(connection).await?;
@@ -140,14 +157,18 @@ fn is_locked(error: &lapin::Error) -> bool {
     )
 }
 
-async fn take_each(
+async fn take_each<F, Fut>(
     channel: &Channel,
     publisher: &Publisher,
     dead: &str,
     pace: Pace,
-    decide: &mut impl FnMut(&DeadLetter) -> Decision,
+    decide: &mut F,
     report: &mut ScanReport,
-) -> Result<(), DlqError> {
+) -> Result<(), DlqError>
+where
+    F: FnMut(DeadLetter) -> Fut,
+    Fut: Future<Output = Decision>,
+{
     let (ready, readers) = counts(channel, dead).await?;
     let initial = u64::from(ready);
     report.other_readers = readers;
@@ -167,8 +188,9 @@ async fn take_each(
             properties: delivery.properties.clone(),
             body: delivery.data.clone(),
         };
+        let decision = decide(letter.clone()).await;
         let acted = async {
-            match decide(&letter) {
+            match decision {
                 Decision::Move { queue, properties } => {
                     wait_for_rate(pace.rate, started, moved).await;
                     confirmed(publisher.to_queue(&queue, &letter.body, *properties)).await?;

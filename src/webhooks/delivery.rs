@@ -231,7 +231,7 @@ impl Parking {
             endpoint.map_or("", |e| e.shown.as_str()),
         );
         if let Some(endpoint) = endpoint {
-            headers::set_u64(&mut table, "x-cxrel-webhook-number", endpoint.number as u64);
+            headers::set_u64(&mut table, super::redeliver::NUMBER, endpoint.number as u64);
         }
         headers::set_str(&mut table, headers::ERROR_MESSAGE, error);
         headers::set_u64(&mut table, headers::ATTEMPTS, attempts);
@@ -435,24 +435,14 @@ impl Deliverer {
         event: &CloudEvent,
         body: &[u8],
     ) -> Result<(), PostError> {
-        let timestamp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-        let mut request = self
-            .client
-            .post(&endpoint.url)
-            // CloudEvents HTTP structured mode: the body is the whole event.
-            .header("content-type", crate::events::STRUCTURED_CONTENT_TYPE)
-            .header("webhook-id", &event.id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header(
-                "webhook-signature",
-                endpoint.key.sign(&event.id, timestamp, body),
-            )
-            .body(body.to_vec());
-        if let Some(traceparent) = &event.traceparent {
-            request = request.header("traceparent", traceparent);
-        }
+        let request = signed_post(
+            &self.client,
+            &endpoint.url,
+            &endpoint.key,
+            &event.id,
+            event.traceparent.as_deref(),
+            body,
+        );
         let response = request
             .send()
             .await
@@ -478,6 +468,33 @@ impl Deliverer {
             message,
             retry_after,
         })
+    }
+}
+
+/// The POST of one event to one endpoint, signed now (Standard Webhooks): the worker's deliveries
+/// and `cxrel dlq redeliver-webhooks` send exactly this.
+pub(super) fn signed_post(
+    client: &reqwest::Client,
+    url: &str,
+    key: &SigningKey,
+    id: &str,
+    traceparent: Option<&str>,
+    body: &[u8],
+) -> reqwest::RequestBuilder {
+    let timestamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let request = client
+        .post(url)
+        // CloudEvents HTTP structured mode: the body is the whole event.
+        .header("content-type", crate::events::STRUCTURED_CONTENT_TYPE)
+        .header("webhook-id", id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", key.sign(id, timestamp, body))
+        .body(body.to_vec());
+    match traceparent {
+        Some(traceparent) => request.header("traceparent", traceparent),
+        None => request,
     }
 }
 

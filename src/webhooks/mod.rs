@@ -2,6 +2,7 @@
 //! the bounded delivery queue.
 
 pub mod delivery;
+pub mod redeliver;
 pub mod signing;
 
 pub use delivery::{WebhookQueue, WebhookWorker};

@@ -9,3 +9,4 @@ mod demo;
 mod log_output;
 mod operator;
 mod validate;
+mod webhooks;
