@@ -146,7 +146,10 @@ pub fn start(
     let queue = WebhookQueue {
         tx: has_endpoints.then_some(tx),
         overflow: has_endpoints.then_some(overflow),
-        per_job: (config.queue_capacity / 4).max(1),
+        // One slot stays free for the job's last event, even in a queue of one or two.
+        per_job: (config.queue_capacity / 4)
+            .max(1)
+            .min(config.queue_capacity.saturating_sub(1)),
         filters: Arc::new(filters),
     };
     let worker = WebhookWorker {

@@ -425,46 +425,56 @@ fn delivered_type(delivery: &Value) -> String {
 }
 
 /// The job's share counts only events some endpoint wants: an endpoint that filters for
-/// `job.completed` gets it however many operations the job had.
+/// `job.completed` gets it however many operations the job had, alone or beside an endpoint that
+/// wants everything, even in a queue of one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_filtering_for_completed_jobs_gets_them_from_large_jobs() {
-    let emu = emulator_with(22).await;
-    let mut q = queues("hookfilter", &[200]).await;
-    let hook = emu.webhook_receiver("ends", SECRET).await;
-    let only_ends = WebhookTarget {
-        events: vec!["cxrel.job.completed".to_owned()],
-        ..WebhookTarget::all_events(&hook, SECRET)
-    };
-    let config = test_config(&emu.base, q.topology.prefix())
-        .webhook_queue_capacity(8)
-        .webhook(only_ends);
-    let _worker = InProcessWorker::start(&config).await;
-    let ops = (0..10)
-        .map(|i| op(&rid("r", 2 * i), FIELD, &[&rid("r", 2 * i + 1)]))
-        .collect();
-    publish_jobs(
-        &q.publisher,
-        &q.topology,
-        &[job("big", "accounts", true, ops)],
-    )
-    .await;
-    assert!(
-        q.tap
-            .until(Duration::from_secs(30), |e| completed(e).len() == 1)
-            .await
-    );
-    let deliveries = deliveries_at_least(&emu, "ends", 1).await;
-    let types: Vec<String> = deliveries.iter().map(delivered_type).collect();
-    assert_eq!(types, ["cxrel.job.completed"]);
-    let parked = broker::take(
-        &q.channel,
-        &q.topology.webhooks_dead(),
-        20,
-        Duration::from_secs(2),
-    )
-    .await;
-    assert_eq!(parked.len(), 0, "nothing anyone wanted was refused");
-    broker::teardown(&q.channel, &q.topology).await;
+    for (capacity, with_unfiltered) in [(8, false), (1, true)] {
+        let emu = emulator_with(22).await;
+        let mut q = queues("hookfilter", &[200]).await;
+        let hook = emu.webhook_receiver("ends", SECRET).await;
+        let all = emu.webhook_receiver("all", SECRET).await;
+        let only_ends = WebhookTarget {
+            events: vec!["cxrel.job.completed".to_owned()],
+            ..WebhookTarget::all_events(&hook, SECRET)
+        };
+        let mut config = test_config(&emu.base, q.topology.prefix())
+            .webhook_queue_capacity(capacity)
+            .webhook(only_ends);
+        if with_unfiltered {
+            config = config.webhook(WebhookTarget::all_events(&all, SECRET));
+        }
+        let _worker = InProcessWorker::start(&config).await;
+        let ops = (0..10)
+            .map(|i| op(&rid("r", 2 * i), FIELD, &[&rid("r", 2 * i + 1)]))
+            .collect();
+        publish_jobs(
+            &q.publisher,
+            &q.topology,
+            &[job("big", "accounts", true, ops)],
+        )
+        .await;
+        assert!(
+            q.tap
+                .until(Duration::from_secs(30), |e| completed(e).len() == 1)
+                .await
+        );
+        let deliveries = deliveries_at_least(&emu, "ends", 1).await;
+        let types: Vec<String> = deliveries.iter().map(delivered_type).collect();
+        assert_eq!(types, ["cxrel.job.completed"], "capacity {capacity}");
+        let parked = broker::take(
+            &q.channel,
+            &q.topology.webhooks_dead(),
+            20,
+            Duration::from_secs(2),
+        )
+        .await;
+        // Alone: nothing anyone wanted was refused. Beside the unfiltered endpoint in a queue of
+        // one: its 10 applied events are parked, the job's end goes to both.
+        let expected = if with_unfiltered { 10 } else { 0 };
+        assert_eq!(parked.len(), expected, "capacity {capacity}");
+        broker::teardown(&q.channel, &q.topology).await;
+    }
 }
 
 /// A subscriber answering 429 with Retry-After is left alone that long before the next attempt
