@@ -10,7 +10,7 @@ use lapin::types::FieldTable;
 use serde_json::{Value, json};
 
 use crate::helpers::broker;
-use crate::helpers::emulator::{EmulatorProcess, client};
+use crate::helpers::emulator::EmulatorProcess;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -32,15 +32,8 @@ fn redeliver(prefix: &str, config: &std::path::Path, extra: &[&str]) -> Output {
 }
 
 async fn answer(emu: &EmulatorProcess, name: &str, status: u16) -> String {
-    let hook = emu.url(&format!("/_emulator/webhooks/{name}"));
-    let response = client()
-        .put(&hook)
-        .json(&json!({"secret": SECRET, "status": status}))
-        .send()
+    emu.configure_webhook_receiver(name, json!({"secret": SECRET, "status": status}))
         .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    hook
 }
 
 /// A parked event as the worker leaves it: the CloudEvent body, the endpoint's number if any.

@@ -362,14 +362,7 @@ async fn check_dead_letters(channel: &lapin::Channel, queue: &str) {
 }
 
 async fn check_webhooks(emu: &EmulatorProcess, events: usize) {
-    let mut deliveries = Vec::new();
-    for _ in 0..100 {
-        deliveries = emu.webhook_deliveries("contracts").await;
-        if deliveries.len() >= events {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let deliveries = emu.webhook_deliveries_at_least("contracts", events).await;
     assert_eq!(deliveries.len(), events, "one webhook per event");
     let schema = validator(&committed(Document::Event));
     let headers = asyncapi_component("WebhookHeaders");

@@ -146,15 +146,34 @@ impl EmulatorProcess {
     /// Sets up webhook receiver `name` at `{base}/_emulator/webhooks/{name}`, verifying
     /// signatures with `secret` (`whsec_…`); returns the URL to deliver to.
     pub async fn webhook_receiver(&self, name: &str, secret: &str) -> String {
+        self.configure_webhook_receiver(name, json!({"secret": secret}))
+            .await
+    }
+
+    /// Sets up webhook receiver `name` with the emulator's receiver settings (`secret`, `status`,
+    /// `delay_ms`, `retry_after`); returns the URL to deliver to.
+    pub async fn configure_webhook_receiver(&self, name: &str, config: Value) -> String {
         let url = self.url(&format!("/_emulator/webhooks/{name}"));
         let response = client()
             .put(&url)
-            .json(&json!({"secret": secret}))
+            .json(&config)
             .send()
             .await
             .expect("configure webhook receiver");
         assert_eq!(response.status(), 200, "configure webhook receiver {name}");
         url
+    }
+
+    /// The deliveries receiver `name` recorded, once there are `count` of them (or after 10 s).
+    pub async fn webhook_deliveries_at_least(&self, name: &str, count: usize) -> Vec<Value> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let deliveries = self.webhook_deliveries(name).await;
+            if deliveries.len() >= count || std::time::Instant::now() > deadline {
+                return deliveries;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 
     /// The deliveries receiver `name` recorded, oldest first (each with `headers`, `body`,

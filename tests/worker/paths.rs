@@ -193,7 +193,9 @@ async fn a_record_changed_behind_the_cached_graph_is_re_read_revalidated_and_app
 async fn webhooks_that_keep_failing_are_parked_and_never_change_the_job_outcome() {
     let emu = emulator_with(2).await;
     let mut q = queues("hookdead", &[200]).await;
-    let hook = receiver(&emu, "down", json!({"secret": SECRET, "status": 503})).await;
+    let hook = emu
+        .configure_webhook_receiver("down", json!({"secret": SECRET, "status": 503}))
+        .await;
     let config = test_config(&emu.base, q.topology.prefix())
         .webhook_retries(2, Duration::from_millis(50)..=Duration::from_millis(100))
         .webhook(WebhookTarget::all_events(&hook, SECRET));
@@ -226,7 +228,9 @@ async fn webhooks_that_keep_failing_are_parked_and_never_change_the_job_outcome(
 async fn a_webhook_endpoint_that_answers_gone_is_not_retried() {
     let emu = emulator_with(2).await;
     let q = queues("hookgone", &[200]).await;
-    let hook = receiver(&emu, "gone", json!({"secret": SECRET, "status": 410})).await;
+    let hook = emu
+        .configure_webhook_receiver("gone", json!({"secret": SECRET, "status": 410}))
+        .await;
     let config = test_config(&emu.base, q.topology.prefix())
         .webhook_retries(3, Duration::from_millis(50)..=Duration::from_millis(100))
         .webhook(WebhookTarget::all_events(&hook, SECRET));
@@ -259,13 +263,10 @@ async fn a_slow_webhook_endpoint_does_not_delay_the_others() {
     const JOBS: usize = 3;
     let emu = emulator_with(2 * JOBS).await;
     let mut q = queues("hookslow", &[200]).await;
-    let (slow, quick) = (
-        emu.url("/_emulator/webhooks/slow"),
-        emu.url("/_emulator/webhooks/quick"),
-    );
-    for (hook, delay_ms) in [(&slow, 1500), (&quick, 0)] {
-        configure_receiver(hook, json!({"secret": SECRET, "delay_ms": delay_ms})).await;
-    }
+    let slow = emu
+        .configure_webhook_receiver("slow", json!({"secret": SECRET, "delay_ms": 1500}))
+        .await;
+    let quick = emu.webhook_receiver("quick", SECRET).await;
     let config = test_config(&emu.base, q.topology.prefix())
         .webhook_concurrency(1)
         .webhook(WebhookTarget::all_events(&slow, SECRET))
@@ -330,7 +331,7 @@ async fn the_trace_context_of_a_job_continues_into_its_events_and_webhooks() {
         assert!(tp.starts_with(&format!("00-{trace_id}-")), "{event}");
         assert!(!tp.contains("00f067aa0ba902b7"), "a new span id: {tp}");
     }
-    let deliveries = deliveries_at_least(&emu, "traced", 2).await;
+    let deliveries = emu.webhook_deliveries_at_least("traced", 2).await;
     assert_eq!(deliveries.len(), 2);
     for d in &deliveries {
         let tp = d["headers"]["traceparent"].as_str().unwrap_or_default();
@@ -375,7 +376,7 @@ async fn one_large_job_takes_only_its_share_of_the_webhook_queue_and_parks_the_r
     let t = headers::table(&parked[0].delivery.properties);
     let why = headers::get_str(&t, headers::ERROR_MESSAGE).unwrap_or_default();
     assert!(why.contains("share"), "{why}");
-    let deliveries = deliveries_at_least(&emu, "share", 3).await;
+    let deliveries = emu.webhook_deliveries_at_least("share", 3).await;
     assert_eq!(
         deliveries.len(),
         3,
@@ -387,35 +388,6 @@ async fn one_large_job_takes_only_its_share_of_the_webhook_queue_and_parks_the_r
         "{types:?}"
     );
     broker::teardown(&q.channel, &q.topology).await;
-}
-
-/// Configures the emulator's webhook receiver `name` (secret, status, delay…); returns its URL.
-async fn receiver(emu: &EmulatorProcess, name: &str, config: Value) -> String {
-    let hook = emu.url(&format!("/_emulator/webhooks/{name}"));
-    configure_receiver(&hook, config).await;
-    hook
-}
-
-async fn configure_receiver(hook: &str, config: Value) {
-    let response = emulator::client()
-        .put(hook)
-        .json(&config)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-}
-
-/// The deliveries receiver `name` recorded, once there are `count` of them (or after 10 s).
-async fn deliveries_at_least(emu: &EmulatorProcess, name: &str, count: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let deliveries = emu.webhook_deliveries(name).await;
-        if deliveries.len() >= count || Instant::now() > deadline {
-            return deliveries;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn delivered_type(delivery: &Value) -> String {
@@ -459,7 +431,7 @@ async fn an_endpoint_filtering_for_completed_jobs_gets_them_from_large_jobs() {
                 .until(Duration::from_secs(30), |e| completed(e).len() == 1)
                 .await
         );
-        let deliveries = deliveries_at_least(&emu, "ends", 1).await;
+        let deliveries = emu.webhook_deliveries_at_least("ends", 1).await;
         let types: Vec<String> = deliveries.iter().map(delivered_type).collect();
         assert_eq!(types, ["cxrel.job.completed"], "capacity {capacity}");
         let parked = broker::take(
@@ -483,12 +455,12 @@ async fn an_endpoint_filtering_for_completed_jobs_gets_them_from_large_jobs() {
 async fn a_webhook_endpoint_s_retry_after_is_honoured() {
     let emu = emulator_with(2).await;
     let mut q = queues("hookwait", &[200]).await;
-    let hook = receiver(
-        &emu,
-        "busy",
-        json!({"secret": SECRET, "status": 429, "retry_after": 2}),
-    )
-    .await;
+    let hook = emu
+        .configure_webhook_receiver(
+            "busy",
+            json!({"secret": SECRET, "status": 429, "retry_after": 2}),
+        )
+        .await;
     let config = test_config(&emu.base, q.topology.prefix())
         .webhook_retries(2, Duration::from_millis(50)..=Duration::from_millis(100))
         .webhook(WebhookTarget {
@@ -502,7 +474,7 @@ async fn a_webhook_endpoint_s_retry_after_is_honoured() {
             .until(Duration::from_secs(30), |e| completed(e).len() == 1)
             .await
     );
-    let deliveries = deliveries_at_least(&emu, "busy", 2).await;
+    let deliveries = emu.webhook_deliveries_at_least("busy", 2).await;
     assert_eq!(deliveries.len(), 2, "{deliveries:?}");
     let at = |d: &Value| {
         humantime::parse_rfc3339(d["received_at"].as_str().unwrap_or_default()).unwrap()
@@ -524,7 +496,9 @@ async fn a_webhook_endpoint_s_retry_after_is_honoured() {
 async fn webhooks_still_failing_at_sigterm_are_parked_not_lost() {
     let emu = emulator_with(2).await;
     let mut q = queues("hookterm", &[200]).await;
-    let hook = receiver(&emu, "failing", json!({"secret": SECRET, "status": 500})).await;
+    let hook = emu
+        .configure_webhook_receiver("failing", json!({"secret": SECRET, "status": 500}))
+        .await;
     let config = test_config(&emu.base, q.topology.prefix())
         .webhook_retries(5, Duration::from_secs(20)..=Duration::from_secs(30))
         .webhook(WebhookTarget::all_events(&hook, SECRET));
@@ -535,7 +509,7 @@ async fn webhooks_still_failing_at_sigterm_are_parked_not_lost() {
             .until(Duration::from_secs(30), |e| completed(e).len() == 1)
             .await
     );
-    deliveries_at_least(&emu, "failing", 2).await;
+    emu.webhook_deliveries_at_least("failing", 2).await;
     // Both events failed once and wait 20 s or more for their next attempt.
     worker.signal("TERM");
     assert_eq!(worker.wait_exit(Duration::from_secs(30)), Some(0));
