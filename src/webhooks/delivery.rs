@@ -17,22 +17,40 @@ use crate::amqp::{PublisherSlot, headers};
 use crate::events::CloudEvent;
 use crate::settings::{WebhookDeliverySettings, WebhookSettings};
 
-/// One configured endpoint.
+/// One configured endpoint (the worker's deliveries and `cxrel dlq redeliver-webhooks`).
 #[derive(Debug, Clone)]
-struct Endpoint {
+pub(super) struct Endpoint {
     /// 1-based position in `[[webhooks]]`: names the endpoint on parked events, where `shown`
     /// alone cannot tell two endpoints on one host apart.
-    number: usize,
-    url: String,
+    pub(super) number: usize,
+    pub(super) url: String,
     /// `url` as logs, errors and the `x-cxrel-webhook-url` header show it: it often carries a token.
-    shown: String,
-    key: SigningKey,
+    pub(super) shown: String,
+    pub(super) key: SigningKey,
     events: Vec<String>,
 }
 
 impl Endpoint {
-    fn wants(&self, event: &CloudEvent) -> bool {
-        self.events.is_empty() || self.events.iter().any(|e| e == event.ty.as_str())
+    /// Every `[[webhooks]]` entry, numbered from 1.
+    pub(super) fn all(hooks: &[WebhookSettings]) -> Result<Vec<Self>, SignatureError> {
+        hooks
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                Ok(Self {
+                    number: i + 1,
+                    url: h.url.clone(),
+                    shown: crate::secret::redact_webhook_url(&h.url),
+                    key: SigningKey::from_secret(h.secret.expose())?,
+                    events: h.events.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Whether its `events` filter takes events of type `ty` (an empty filter takes all).
+    pub(super) fn wants(&self, ty: &str) -> bool {
+        self.events.is_empty() || self.events.iter().any(|e| e == ty)
     }
 }
 
@@ -47,8 +65,8 @@ pub struct WebhookQueue {
     /// Only events some endpoint wants count, and the job's last event (how it ended) is never
     /// refused for the share.
     per_job: usize,
-    /// Each endpoint's `events` filter (empty = all), to leave out events nobody wants.
-    filters: Arc<Vec<Vec<String>>>,
+    /// The endpoints, to leave out events nobody's filter wants.
+    endpoints: Arc<Vec<Endpoint>>,
 }
 
 /// An event for the webhook dead queue, and why.
@@ -102,19 +120,7 @@ pub fn start(
     drain_deadline: Duration,
 ) -> Result<(WebhookQueue, WebhookWorker), SignatureError> {
     let cancel = CancellationToken::new();
-    let endpoints = hooks
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            Ok(Endpoint {
-                number: i + 1,
-                url: h.url.clone(),
-                shown: crate::secret::redact_webhook_url(&h.url),
-                key: SigningKey::from_secret(h.secret.expose())?,
-                events: h.events.clone(),
-            })
-        })
-        .collect::<Result<Vec<_>, SignatureError>>()?;
+    let endpoints = Endpoint::all(hooks)?;
     let parking = Parking {
         publisher,
         dead_queue,
@@ -135,12 +141,8 @@ pub fn start(
         parking: parking.clone(),
     };
     let has_endpoints = !deliverer.endpoints.is_empty();
-    let filters = deliverer
-        .endpoints
-        .iter()
-        .map(|e| e.events.clone())
-        .collect();
-    let task = tokio::spawn(deliverer.run(rx, cancel.clone(), drain_deadline));
+    let endpoints = deliverer.endpoints.clone();
+    let task = tokio::spawn(deliverer.run(rx, cancel.clone()));
     let (overflow, overflow_rx) = mpsc::channel(OVERFLOW_CAPACITY);
     let parking_task = tokio::spawn(park_batches(overflow_rx, parking));
     let queue = WebhookQueue {
@@ -150,7 +152,7 @@ pub fn start(
         per_job: (config.queue_capacity / 4)
             .max(1)
             .min(config.queue_capacity.saturating_sub(1)),
-        filters: Arc::new(filters),
+        endpoints,
     };
     let worker = WebhookWorker {
         task,
@@ -169,7 +171,10 @@ impl WebhookQueue {
         let (Some(tx), Some(overflow)) = (&self.tx, &self.overflow) else {
             return;
         };
-        let wanted: Vec<CloudEvent> = events.into_iter().filter(|e| self.wanted(e)).collect();
+        let wanted: Vec<CloudEvent> = events
+            .into_iter()
+            .filter(|e| self.endpoints.iter().any(|p| p.wants(e.ty.as_str())))
+            .collect();
         let last = wanted.len().saturating_sub(1);
         for (i, event) in wanted.into_iter().enumerate() {
             let event = Arc::new(event);
@@ -192,15 +197,6 @@ impl WebhookQueue {
                 }
             }
         }
-    }
-}
-
-impl WebhookQueue {
-    /// Whether some endpoint's filter takes `event`.
-    fn wanted(&self, event: &CloudEvent) -> bool {
-        self.filters
-            .iter()
-            .any(|f| f.is_empty() || f.iter().any(|t| t == event.ty.as_str()))
     }
 }
 
@@ -289,22 +285,14 @@ impl Deliverer {
     /// Hands each event to the lane of every endpoint that wants it. Each endpoint has its own
     /// queue and its own `concurrency`, so a slow or failing endpoint delays only its own
     /// deliveries; what its full queue cannot take is parked for it.
-    async fn run(
-        self,
-        mut rx: mpsc::Receiver<Arc<CloudEvent>>,
-        cancel: CancellationToken,
-        drain_deadline: Duration,
-    ) {
+    async fn run(self, mut rx: mpsc::Receiver<Arc<CloudEvent>>, cancel: CancellationToken) {
         let this = Arc::new(self);
         let mut lanes = Vec::with_capacity(this.endpoints.len());
         let mut lane_tasks = JoinSet::new();
         for index in 0..this.endpoints.len() {
             let (tx, lane_rx) = mpsc::channel(this.config.queue_capacity);
             lanes.push(tx);
-            lane_tasks.spawn(
-                this.clone()
-                    .lane(index, lane_rx, cancel.clone(), drain_deadline),
-            );
+            lane_tasks.spawn(this.clone().lane(index, lane_rx, cancel.clone()));
         }
         loop {
             let event = tokio::select! {
@@ -313,7 +301,7 @@ impl Deliverer {
             };
             let Some(event) = event else { break };
             for (endpoint, lane) in this.endpoints.iter().zip(&lanes) {
-                if endpoint.wants(&event) && lane.try_send(event.clone()).is_err() {
+                if endpoint.wants(event.ty.as_str()) && lane.try_send(event.clone()).is_err() {
                     metrics::counter!("cxrel_webhook_deliveries_total", "outcome" => "queue_full")
                         .increment(1);
                     this.parking
@@ -346,7 +334,6 @@ impl Deliverer {
         index: usize,
         mut rx: mpsc::Receiver<Arc<CloudEvent>>,
         cancel: CancellationToken,
-        drain_deadline: Duration,
     ) {
         let Some(endpoint) = self.endpoints.get(index).cloned() else {
             return;
@@ -379,7 +366,7 @@ impl Deliverer {
         rx.close();
         // Each delivery parks itself once stopped (see `deliver`); the abort is the backstop
         // for a park the broker never confirms.
-        let _ = tokio::time::timeout(drain_deadline + self.config.timeout, async {
+        let _ = tokio::time::timeout(self.drain_deadline + self.config.timeout, async {
             while tasks.join_next().await.is_some() {}
         })
         .await;

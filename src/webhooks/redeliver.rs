@@ -6,8 +6,7 @@
 use lapin::Connection;
 use serde_json::Value;
 
-use super::delivery::signed_post;
-use super::signing::SigningKey;
+use super::delivery::{Endpoint, signed_post};
 use crate::amqp::headers;
 use crate::dlq::scan::{self, Decision, Pace, ScanReport};
 use crate::dlq::{DeadLetter, DlqError};
@@ -28,15 +27,6 @@ pub struct Redelivered {
     pub left: u64,
 }
 
-/// One endpoint from the settings, ready to sign.
-struct Target {
-    number: usize,
-    url: String,
-    shown: String,
-    key: SigningKey,
-    events: Vec<String>,
-}
-
 /// Redelivers what `dead` holds; `only` restricts it to one `[[webhooks]]` entry (from 1).
 pub async fn redeliver(
     connection: &Connection,
@@ -46,7 +36,8 @@ pub async fn redeliver(
     only: Option<usize>,
     pace: Pace,
 ) -> Result<(ScanReport, Redelivered), DlqError> {
-    let targets = targets(hooks);
+    // A secret that is no key cannot be configured (the settings check refuses it).
+    let targets = Endpoint::all(hooks).unwrap_or_default();
     let client = reqwest::Client::builder()
         .timeout(delivery.timeout)
         .redirect(reqwest::redirect::Policy::none())
@@ -77,36 +68,20 @@ enum Outcome {
     Left,
 }
 
-fn targets(hooks: &[WebhookSettings]) -> Vec<Target> {
-    hooks
-        .iter()
-        .enumerate()
-        .filter_map(|(i, h)| {
-            Some(Target {
-                number: i + 1,
-                url: h.url.clone(),
-                shown: crate::secret::redact_webhook_url(&h.url),
-                key: SigningKey::from_secret(h.secret.expose()).ok()?,
-                events: h.events.clone(),
-            })
-        })
-        .collect()
-}
-
 /// The endpoints `letter` goes to: the one it was parked for, else every one that wants it.
 fn recipients<'a>(
-    targets: &'a [Target],
+    targets: &'a [Endpoint],
     letter: &DeadLetter,
     ty: &str,
     only: Option<usize>,
-) -> Vec<&'a Target> {
+) -> Vec<&'a Endpoint> {
     let table = letter.properties.headers().clone().unwrap_or_default();
     let parked_for = headers::get_u64(&table, NUMBER).and_then(|n| usize::try_from(n).ok());
     targets
         .iter()
         .filter(|t| match parked_for {
             Some(number) => t.number == number,
-            None => t.events.is_empty() || t.events.iter().any(|e| e == ty),
+            None => t.wants(ty),
         })
         .filter(|t| only.is_none_or(|n| n == t.number))
         .collect()
@@ -114,7 +89,7 @@ fn recipients<'a>(
 
 async fn redeliver_one(
     client: &reqwest::Client,
-    targets: &[Target],
+    targets: &[Endpoint],
     only: Option<usize>,
     dead: &str,
     letter: &DeadLetter,
@@ -149,7 +124,7 @@ async fn redeliver_one(
 
 /// The letter's properties with the new error, one more attempt, and the endpoint when only one
 /// refused it (so the next redelivery goes only there).
-fn parked_again(letter: &DeadLetter, refused: &[(&Target, String)]) -> lapin::BasicProperties {
+fn parked_again(letter: &DeadLetter, refused: &[(&Endpoint, String)]) -> lapin::BasicProperties {
     let mut table = letter.properties.headers().clone().unwrap_or_default();
     let attempts = headers::get_u64(&table, headers::ATTEMPTS).unwrap_or(0);
     let errors: Vec<String> = refused
@@ -173,7 +148,7 @@ fn parked_again(letter: &DeadLetter, refused: &[(&Target, String)]) -> lapin::Ba
 
 async fn post(
     client: &reqwest::Client,
-    target: &Target,
+    target: &Endpoint,
     id: &str,
     traceparent: Option<&str>,
     body: &[u8],
