@@ -118,13 +118,7 @@ impl From<&FilterArgs> for Filter {
 pub async fn run(args: DlqArgs, settings: Settings) -> anyhow::Result<i32> {
     let topology = Topology::from_settings(&settings.amqp);
     let connection = amqp::connect(&settings.amqp.url, "cxrel dlq").await?;
-    let code = match args.action {
-        DlqAction::RedeliverWebhooks { endpoint, limit } => {
-            let only = endpoint.and_then(|n| usize::try_from(n).ok());
-            Ok(redeliver_webhooks(&connection, &topology, &settings, only, limit).await)
-        }
-        _ => act(args, &connection, &topology).await,
-    };
+    let code = act(args, &connection, &topology, &settings).await;
     let _ = connection.close(200, "done".into()).await;
     code
 }
@@ -133,6 +127,7 @@ async fn act(
     args: DlqArgs,
     connection: &lapin::Connection,
     topology: &Topology,
+    settings: &Settings,
 ) -> anyhow::Result<i32> {
     let dead = topology.dead();
     let read = || dlq::snapshot(connection, &dead, args.scan);
@@ -188,7 +183,10 @@ async fn act(
         DlqAction::Export { filter, output } => {
             export(connection, topology, &Filter::from(&filter), output).await?
         }
-        DlqAction::RedeliverWebhooks { .. } => unreachable!("handled in run"),
+        DlqAction::RedeliverWebhooks { endpoint, limit } => {
+            let only = endpoint.and_then(|n| usize::try_from(n).ok());
+            redeliver_webhooks(connection, topology, settings, only, limit).await
+        }
     })
 }
 
