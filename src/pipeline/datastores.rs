@@ -21,6 +21,13 @@ use crate::store::{StoreClient, StoreError};
 /// thousands of missing ids is rejected on the first ones).
 const MAX_CONFIRM_READS: usize = 32;
 
+/// The upper-case spelling of a UUID spelled with lower-case letters, the other spelling a store
+/// may keep it under; `None` for anything else.
+fn upper_case_uuid(id: &str) -> Option<String> {
+    let lower = id.bytes().any(|b| b.is_ascii_lowercase());
+    (lower && id.len() == 36 && uuid::Uuid::try_parse(id).is_ok()).then(|| id.to_ascii_uppercase())
+}
+
 /// How long a reload waits for jobs still writing to the old graph.
 const RETIRE_LIMIT: Duration = Duration::from_secs(30);
 
@@ -181,11 +188,18 @@ impl DataStores {
     /// Re-reads one record (after a 412, a 404, or to confirm a verdict) into the graph.
     pub async fn refresh_record(&self, live: &LiveDataStore, id: &str) -> Result<(), LoadError> {
         metrics::counter!("cxrel_confirm_reads_total").increment(1);
-        match self
-            .store
-            .get_record(live.id(), &live.store_spelling(id))
-            .await
+        let known = live.with_graph(|g| g.contains(id));
+        let spelled = live.store_spelling(id);
+        let mut read = self.store.get_record(live.id(), &spelled).await;
+        if let (Err(StoreError::NotFound { .. }), false) = (&read, known)
+            && let Some(upper) = upper_case_uuid(&spelled)
         {
+            // A record created since the graph was read, on a store that prints upper-case UUIDs
+            // and matches ids exactly: the job's id was kept in lower case (UUIDs are
+            // case-insensitive), so ask for the other spelling before calling it missing.
+            read = self.store.get_record(live.id(), &upper).await;
+        }
+        match read {
             Ok(record) => Ok(live.update_record(&record)?),
             Err(StoreError::NotFound { .. }) => {
                 live.remove_record(id);

@@ -113,6 +113,13 @@ impl EmulatorProcess {
         self.create_datastore(id, test_schema(), records).await;
     }
 
+    /// Adds `records` to data store `datastore` behind whatever reads it; panics unless 200.
+    pub async fn add_records(&self, datastore: &str, records: Value) {
+        let path = format!("/_emulator/datastores/{datastore}/records");
+        let response = self.control_post(&path, &json!({"records": records})).await;
+        assert_eq!(response.status(), 200, "add records to {datastore}");
+    }
+
     /// Sets faults (`PUT /_emulator/faults`; absent keys keep their values); panics unless 200.
     pub async fn set_faults(&self, faults: Value) -> Value {
         let response = client()

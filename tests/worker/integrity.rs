@@ -389,13 +389,7 @@ async fn a_replica_draining_after_sigterm_keeps_the_queue_until_its_writes_lande
 
 async fn create_records(emu: &EmulatorProcess, ids: &[String]) {
     let records: Vec<Value> = ids.iter().map(|id| named_record(id, "late")).collect();
-    let response = emu
-        .control_post(
-            &format!("/_emulator/datastores/{DS}/records"),
-            &json!({"records": records}),
-        )
-        .await;
-    assert_eq!(response.status(), 200);
+    emu.add_records(DS, Value::Array(records)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

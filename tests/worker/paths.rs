@@ -689,6 +689,32 @@ async fn a_store_spelling_its_uuids_in_upper_case_is_written_as_it_spells_them()
     let (status, parent) = emu.get_record("upper", &upper[0]).await;
     assert_eq!(status, 200);
     assert_eq!(workers::stored_ids(&parent, FIELD), vec![upper[1].clone()]);
+
+    // Records created behind the running worker, spelled in upper case: the job still names them
+    // in lower case, and the worker must find them before calling them missing (SPEC §10).
+    let late: Vec<String> = (0..2)
+        .map(|n| rid("late", n).to_ascii_uppercase())
+        .collect();
+    let records = late.iter().map(|id| emulator::named_record(id, "late"));
+    emu.add_records("upper", Value::Array(records.collect()))
+        .await;
+    let (p, c) = (rid("late", 0), rid("late", 1));
+    let j = job("late", "upper", true, vec![op(&p, FIELD, &[&c])]);
+    publish_jobs(&q.publisher, &q.topology, &[j]).await;
+    assert!(
+        q.tap
+            .until(Duration::from_secs(30), |e| completed(e).len() == 2)
+            .await
+    );
+    assert_eq!(
+        q.tap.count("cxrel.relationship.applied"),
+        2,
+        "{:#?}",
+        q.tap.events
+    );
+    let (status, parent) = emu.get_record("upper", &late[0]).await;
+    assert_eq!(status, 200);
+    assert_eq!(workers::stored_ids(&parent, FIELD), vec![late[1].clone()]);
     broker::assert_no_dead_letters(&q.channel, &q.topology).await;
     broker::teardown(&q.channel, &q.topology).await;
 }
