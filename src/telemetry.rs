@@ -3,9 +3,11 @@
 //! never log below DEBUG (their TRACE output carries frames with credentials).
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use tracing::subscriber::Interest;
 use tracing::{Level, Metadata};
-use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::filter::{dynamic_filter_fn, filter_fn};
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 use crate::settings::{LogFormat, LogSettings};
@@ -22,7 +24,11 @@ pub fn init(log: &LogSettings) {
     };
     let registry = tracing_subscriber::registry()
         .with(filter)
-        .with(filter_fn(|meta| !wire_trace(meta)));
+        .with(filter_fn(|meta| !wire_trace(meta)))
+        .with(
+            dynamic_filter_fn(|meta, _| !teardown_noise(meta))
+                .with_callsite_filter(teardown_interest),
+        );
     let result = if json {
         registry
             .with(
@@ -59,4 +65,33 @@ fn wire_trace(meta: &Metadata<'_>) -> bool {
         && WIRE_CRATES
             .iter()
             .any(|krate| meta.target().starts_with(krate))
+}
+
+/// Set once the worker closes its broker connection on purpose, at the end of a normal stop.
+static CLOSING_ON_PURPOSE: AtomicBool = AtomicBool::new(false);
+
+/// Says the broker connection is being closed on purpose: from now on lapin's own ERROR events
+/// are dropped. Its teardown races the close (a consumer's cancel or a channel's close meeting a
+/// connection already closing) and reports each as "Connection error", which at a normal stop
+/// is noise an operator would be paged for.
+pub fn closing_on_purpose() {
+    CLOSING_ON_PURPOSE.store(true, Ordering::Relaxed);
+}
+
+/// A lapin ERROR event after [`closing_on_purpose`].
+fn teardown_noise(meta: &Metadata<'_>) -> bool {
+    CLOSING_ON_PURPOSE.load(Ordering::Relaxed) && lapin_error(meta)
+}
+
+/// Only lapin's ERROR callsites are asked each time; every other one is decided once.
+fn teardown_interest(meta: &'static Metadata<'static>) -> Interest {
+    if lapin_error(meta) {
+        Interest::sometimes()
+    } else {
+        Interest::always()
+    }
+}
+
+fn lapin_error(meta: &Metadata<'_>) -> bool {
+    *meta.level() == Level::ERROR && meta.target().starts_with("lapin")
 }

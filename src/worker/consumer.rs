@@ -401,6 +401,7 @@ pub struct Closing {
 impl Closing {
     /// Closes the connection: only now the consumer goes, and with it the queue, to the standby.
     pub async fn close(self) {
+        crate::telemetry::closing_on_purpose();
         let _ = self.held.connection.close(200, "shutdown".into()).await;
         drop(self.held.consumer);
     }

@@ -418,3 +418,44 @@ async fn sigterm_while_connecting_to_a_silent_broker_ends_the_worker_at_once() {
     assert_eq!(code, Some(0), "exit after {:?}", signalled.elapsed());
     drop(held);
 }
+
+#[tokio::test]
+async fn a_normal_stop_of_the_active_worker_and_its_standby_logs_no_error() {
+    // lapin's teardown used to race the close and log "Connection error" at ERROR, most stops.
+    let emu = emulator_with(40).await;
+    let prefix = broker::unique_prefix("quietstop");
+    let topology = broker::topology(&prefix, &[200]);
+    let conn = broker::connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    let mut tap = EventTap::bind(&channel, &topology).await;
+    let publisher = Publisher::open(&conn).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(&emu.base, &prefix);
+    let logs = [dir.path().join("a.log"), dir.path().join("b.log")];
+    let mut workers: Vec<WorkerProcess> = logs
+        .iter()
+        .map(|log| WorkerProcess::spawn_logged(&config, log))
+        .collect();
+    publish_jobs(&publisher, &topology, &pair_jobs("quiet", 40)).await;
+    assert!(
+        tap.until(Duration::from_secs(30), |e| completed(e).len() == 40)
+            .await
+    );
+
+    for worker in &mut workers {
+        worker.signal("TERM");
+        assert_eq!(worker.wait_exit(Duration::from_secs(20)), Some(0));
+    }
+    for log in &logs {
+        let text = std::fs::read_to_string(log).unwrap();
+        let errors: Vec<&str> = text
+            .lines()
+            .filter(|line| line.contains(r#""level":"ERROR""#))
+            .collect();
+        if !errors.is_empty() {
+            std::fs::copy(log, "/tmp/sb/failed.log").unwrap();
+        }
+        assert!(errors.is_empty(), "{}: {errors:#?}", log.display());
+    }
+    broker::teardown(&channel, &topology).await;
+}
