@@ -671,52 +671,45 @@ async fn a_store_spelling_its_uuids_in_upper_case_is_written_as_it_spells_them()
     let mut q = queues("upper", &[200]).await;
     let worker = WorkerProcess::spawn(&test_config(&emu.base, q.topology.prefix()));
     worker.wait_ready(Duration::from_secs(30)).await;
-    // The job names them in lower case (UUIDs are case-insensitive).
-    let (p, c) = (rid("u", 0), rid("u", 1));
-    let j = job("upper", "upper", true, vec![op(&p, FIELD, &[&c])]);
-    publish_jobs(&q.publisher, &q.topology, &[j]).await;
-    assert!(
-        q.tap
-            .until(Duration::from_secs(30), |e| completed(e).len() == 1)
-            .await
-    );
-    assert_eq!(
-        q.tap.count("cxrel.relationship.applied"),
-        1,
-        "{:#?}",
-        q.tap.events
-    );
-    let (status, parent) = emu.get_record("upper", &upper[0]).await;
-    assert_eq!(status, 200);
-    assert_eq!(workers::stored_ids(&parent, FIELD), vec![upper[1].clone()]);
+    link_in_lower_case(&emu, &mut q, "u", 1).await;
 
     // Records created behind the running worker, spelled in upper case: the job still names them
     // in lower case, and the worker must find them before calling them missing (SPEC §10).
-    let late: Vec<String> = (0..2)
-        .map(|n| rid("late", n).to_ascii_uppercase())
-        .collect();
-    let records = late.iter().map(|id| emulator::named_record(id, "late"));
-    emu.add_records("upper", Value::Array(records.collect()))
-        .await;
-    let (p, c) = (rid("late", 0), rid("late", 1));
-    let j = job("late", "upper", true, vec![op(&p, FIELD, &[&c])]);
+    let late = (0..2).map(|n| emulator::named_record(&rid("late", n).to_ascii_uppercase(), "late"));
+    emu.add_records("upper", Value::Array(late.collect())).await;
+    link_in_lower_case(&emu, &mut q, "late", 2).await;
+    broker::assert_no_dead_letters(&q.channel, &q.topology).await;
+    broker::teardown(&q.channel, &q.topology).await;
+}
+
+/// Links records `{tag}` 0 → 1 of data store "upper" with a job naming them in lower case (UUIDs
+/// are case-insensitive), then checks the store holds the child as it spells it, in upper case.
+async fn link_in_lower_case(
+    emu: &EmulatorProcess,
+    q: &mut workers::Queues,
+    tag: &str,
+    nth_job: usize,
+) {
+    let (p, c) = (rid(tag, 0), rid(tag, 1));
+    let j = job(tag, "upper", true, vec![op(&p, FIELD, &[&c])]);
     publish_jobs(&q.publisher, &q.topology, &[j]).await;
     assert!(
         q.tap
-            .until(Duration::from_secs(30), |e| completed(e).len() == 2)
+            .until(Duration::from_secs(30), |e| completed(e).len() == nth_job)
             .await
     );
     assert_eq!(
         q.tap.count("cxrel.relationship.applied"),
-        2,
+        nth_job,
         "{:#?}",
         q.tap.events
     );
-    let (status, parent) = emu.get_record("upper", &late[0]).await;
+    let (status, parent) = emu.get_record("upper", &p.to_ascii_uppercase()).await;
     assert_eq!(status, 200);
-    assert_eq!(workers::stored_ids(&parent, FIELD), vec![late[1].clone()]);
-    broker::assert_no_dead_letters(&q.channel, &q.topology).await;
-    broker::teardown(&q.channel, &q.topology).await;
+    assert_eq!(
+        workers::stored_ids(&parent, FIELD),
+        vec![c.to_ascii_uppercase()]
+    );
 }
 
 #[tokio::test]
