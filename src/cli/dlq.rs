@@ -94,7 +94,8 @@ pub struct FilterArgs {
     /// Only this job id (x-cxrel-job-id or message id).
     #[arg(long)]
     pub job_id: Option<String>,
-    /// Only jobs for this data store (the body's datastore_id).
+    /// Only jobs for this data store (as the worker resolved it, x-cxrel-datastore-id; else the
+    /// body's datastore_id).
     #[arg(long)]
     pub datastore: Option<String>,
     /// Only messages whose last failure is at least this old, e.g. "10m", "2h".

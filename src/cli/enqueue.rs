@@ -34,7 +34,8 @@ pub struct EnqueueArgs {
     /// Jobs per second; 0 publishes as fast as the broker confirms.
     #[arg(long, default_value_t = 0)]
     pub rate: u32,
-    /// What to do with a job that is not valid JSON or not an object.
+    /// What to do with a job that is not valid JSON, not an object, or over
+    /// `[limits].max_body_bytes`.
     #[arg(long, value_enum, default_value_t = OnError::Abort)]
     pub on_error: OnError,
     /// Publishes awaiting their broker confirm at once.

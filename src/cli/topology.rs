@@ -14,7 +14,8 @@ pub struct TopologyArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum TopologyAction {
-    /// Declare the jobs, hold, dead-letter and webhook dead queues and the events exchange.
+    /// Declare the jobs, hold, dead-letter, webhook dead and write-intent queues and the events
+    /// exchange.
     Declare,
 }
 
@@ -35,6 +36,7 @@ async fn declare(settings: &Settings) -> anyhow::Result<i32> {
     }
     outln!("declared queue    {}", topology.dead());
     outln!("declared queue    {}", topology.webhooks_dead());
+    outln!("declared queue    {}", topology.intents());
     outln!("declared exchange {} (topic)", topology.events());
     let _ = connection.close(200, "bye".into()).await;
     Ok(0)

@@ -30,7 +30,8 @@ pub struct Filter {
     pub stage: Option<String>,
     /// Job id or message id.
     pub job_id: Option<String>,
-    /// The body's `datastore_id`.
+    /// The data store the worker resolved (`x-cxrel-datastore-id`), else the body's
+    /// `datastore_id` / `datastoreId`.
     pub datastore: Option<String>,
     /// Last failure at least this old ("10m", "2h").
     #[serde(with = "human_opt", skip_serializing_if = "Option::is_none")]
