@@ -72,6 +72,12 @@ impl WorkerConfig {
         self
     }
 
+    /// `[cxone].schema_ttl`: how long a data store's schema is trusted before it is read again.
+    pub fn schema_ttl(mut self, ttl: Duration) -> Self {
+        self.layer.cxone.schema_ttl = Some(ttl);
+        self
+    }
+
     /// `[amqp].retry_delays`: the hold queues a transient failure goes through.
     pub fn retry_delays(mut self, delays: &[Duration]) -> Self {
         self.layer.amqp.retry_delays = Some(delays.to_vec());
@@ -243,6 +249,8 @@ struct AmqpKeys {
 struct CxoneKeys {
     #[serde(skip_serializing_if = "Option::is_none")]
     api_base: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    schema_ttl: Option<Duration>,
     auth: AuthKeys,
 }
 

@@ -131,7 +131,7 @@ impl DataStores {
     pub async fn get(&self, datastore: &str) -> Result<Arc<LiveDataStore>, LoadError> {
         // Taken before anything waits: a forget_all meanwhile makes what this call loads stale.
         let epoch = self.epoch();
-        let schema = self.store.schema(datastore).await?;
+        let schema = self.schema(datastore).await?;
         let slot = self.slot(datastore);
         if let Some(live) = self.usable(&slot, &schema, epoch) {
             return Ok(live);
@@ -162,7 +162,7 @@ impl DataStores {
             return Ok(now.clone()); // someone reloaded while we waited
         }
         self.store.invalidate_schema(datastore);
-        let schema = self.store.schema(datastore).await?;
+        let schema = self.schema(datastore).await?;
         self.replace(&slot, datastore, schema, epoch).await
     }
 
@@ -183,6 +183,29 @@ impl DataStores {
 
     fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// The schema of `datastore`; when the store no longer has it, its graph is dropped too.
+    async fn schema(&self, datastore: &str) -> Result<Arc<Schema>, StoreError> {
+        let schema = self.store.schema(datastore).await;
+        if let Err(StoreError::NotFound { .. }) = schema {
+            self.forget(datastore);
+        }
+        schema
+    }
+
+    /// Drops the graph of a data store the store no longer has (its schema answered 404): a
+    /// deleted data store's graph was kept, and reported in `cxrel_graph_records`, for good.
+    /// Jobs holding it finish with it; should the id come back, its next job loads it afresh.
+    fn forget(&self, datastore: &str) {
+        if self.slots().remove(datastore).is_none() {
+            return;
+        }
+        tracing::info!(
+            datastore,
+            "the data store is gone (404): its graph is dropped"
+        );
+        metrics::gauge!("cxrel_graph_records", "datastore" => datastore.to_owned()).set(0.0);
     }
 
     /// Re-reads one record (after a 412, a 404, or to confirm a verdict) into the graph.

@@ -74,7 +74,7 @@ struct Inner {
     schemas: Mutex<HashMap<String, CachedSchema>>,
     schema_fetch: tokio::sync::Mutex<()>,
     /// The last failed schema fetch per data store, for the tasks that waited on it.
-    schema_failed: Mutex<HashMap<String, shared_failure::Failure<StoreError>>>,
+    schema_failed: Mutex<shared_failure::FailureMap<StoreError>>,
     /// Set when the store answered a freshly fetched token with 401 again, cleared by any 2xx:
     /// the token endpoint issues tokens the store does not accept (readiness says so).
     store_refuses_token: Mutex<Option<String>>,
@@ -154,7 +154,7 @@ impl StoreClient {
                 default_max_depth,
                 schemas: Mutex::new(HashMap::new()),
                 schema_fetch: tokio::sync::Mutex::new(()),
-                schema_failed: Mutex::new(HashMap::new()),
+                schema_failed: Mutex::new(shared_failure::FailureMap::default()),
                 store_refuses_token: Mutex::new(None),
                 records_root: Mutex::new(None),
             }),
@@ -242,18 +242,15 @@ impl StoreClient {
         let fetched = self.fetch_schema(datastore).await;
         // A fetch given up because its job's worker lost the queue says nothing to others.
         let kept = shared_failure::kept(&fetched, |e| !matches!(e, StoreError::NotStarted));
-        let mut failures = self.schema_failures();
-        match kept {
-            Some(failure) => failures.insert(datastore.to_owned(), failure),
-            None if fetched.is_ok() => failures.remove(datastore),
-            None => None,
-        };
+        if matches!(fetched, Err(StoreError::NotFound { .. })) {
+            self.invalidate_schema(datastore); // the data store is gone
+        }
+        self.schema_failures()
+            .record(datastore, kept, fetched.is_ok());
         fetched
     }
 
-    fn schema_failures(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, shared_failure::Failure<StoreError>>> {
+    fn schema_failures(&self) -> std::sync::MutexGuard<'_, shared_failure::FailureMap<StoreError>> {
         self.inner
             .schema_failed
             .lock()

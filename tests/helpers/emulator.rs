@@ -113,6 +113,16 @@ impl EmulatorProcess {
         self.create_datastore(id, test_schema(), records).await;
     }
 
+    /// Deletes data store `id` (`DELETE /_emulator/datastores/{id}`); panics unless 204.
+    pub async fn delete_datastore(&self, id: &str) {
+        let response = client()
+            .delete(self.url(&format!("/_emulator/datastores/{id}")))
+            .send()
+            .await
+            .expect("control request");
+        assert_eq!(response.status(), 204, "delete data store {id}");
+    }
+
     /// Adds `records` to data store `datastore` behind whatever reads it; panics unless 200.
     pub async fn add_records(&self, datastore: &str, records: Value) {
         let path = format!("/_emulator/datastores/{datastore}/records");

@@ -787,3 +787,30 @@ async fn a_value_the_stale_graph_shows_as_stored_is_checked_against_the_store_an
     );
     broker::teardown(&q.channel, &q.topology).await;
 }
+
+#[tokio::test]
+async fn the_graph_of_a_data_store_deleted_behind_the_worker_is_dropped() {
+    let emu = emulator_with(4).await;
+    let mut q = queues("gone-ds", &[200]).await;
+    let config = test_config(&emu.base, q.topology.prefix()).schema_ttl(Duration::from_millis(200));
+    let worker = WorkerProcess::spawn(&config);
+    worker.wait_ready(Duration::from_secs(30)).await;
+    publish_jobs(&q.publisher, &q.topology, &pair_jobs("before", 1)).await;
+    assert!(
+        q.tap
+            .until(Duration::from_secs(30), |e| completed(e).len() == 1)
+            .await
+    );
+    const GRAPH: &str = "cxrel_graph_records{datastore=\"accounts\"}";
+    assert_eq!(counter(&worker, GRAPH).await, 4.0, "the graph is loaded");
+
+    emu.delete_datastore("accounts").await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // past the schema's TTL
+    publish_jobs(&q.publisher, &q.topology, &pair_jobs("after", 1)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while counter(&worker, GRAPH).await != 0.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(counter(&worker, GRAPH).await, 0.0, "the graph is dropped");
+    broker::teardown(&q.channel, &q.topology).await;
+}
