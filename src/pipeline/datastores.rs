@@ -101,6 +101,22 @@ impl Slot {
     }
 }
 
+/// Drops the graph of a data store the store no longer has (its schema answered 404); the caller
+/// holds the slot's loading lock. A deleted data store's graph was kept, and reported in
+/// `cxrel_graph_records`, for good. Like a reload, it first lets jobs still writing to the graph
+/// finish, so that should the 404 have been passing, the graph loaded next reads what they wrote
+/// and no two graphs of one data store take reservations at once.
+async fn drop_graph(slot: &Slot, datastore: &str) {
+    let Some(old) = slot.any() else { return };
+    old.retire(RETIRE_LIMIT).await;
+    slot.set(None);
+    tracing::info!(
+        datastore,
+        "the data store is gone (404): its graph is dropped"
+    );
+    metrics::gauge!("cxrel_graph_records", "datastore" => datastore.to_owned()).set(0.0);
+}
+
 /// The graph cache: one [`LiveDataStore`] per data store id, shared by every job of the worker
 /// (and by `cxrel validate`, with no refresh). [`get`](Self::get) hands out the current one,
 /// loading it single-flight when it is absent, older than the refresh interval or built for other
@@ -162,7 +178,15 @@ impl DataStores {
             return Ok(now.clone()); // someone reloaded while we waited
         }
         self.store.invalidate_schema(datastore);
-        let schema = self.schema(datastore).await?;
+        let schema = match self.store.schema(datastore).await {
+            Ok(schema) => schema,
+            Err(error) => {
+                if let StoreError::NotFound { .. } = error {
+                    drop_graph(&slot, datastore).await; // this task holds the loading lock
+                }
+                return Err(error.into());
+            }
+        };
         self.replace(&slot, datastore, schema, epoch).await
     }
 
@@ -189,23 +213,13 @@ impl DataStores {
     async fn schema(&self, datastore: &str) -> Result<Arc<Schema>, StoreError> {
         let schema = self.store.schema(datastore).await;
         if let Err(StoreError::NotFound { .. }) = schema {
-            self.forget(datastore);
+            let slot = self.slots().get(datastore).cloned();
+            if let Some(slot) = slot {
+                let _single_flight = slot.loading.lock().await;
+                drop_graph(&slot, datastore).await;
+            }
         }
         schema
-    }
-
-    /// Drops the graph of a data store the store no longer has (its schema answered 404): a
-    /// deleted data store's graph was kept, and reported in `cxrel_graph_records`, for good.
-    /// Jobs holding it finish with it; should the id come back, its next job loads it afresh.
-    fn forget(&self, datastore: &str) {
-        if self.slots().remove(datastore).is_none() {
-            return;
-        }
-        tracing::info!(
-            datastore,
-            "the data store is gone (404): its graph is dropped"
-        );
-        metrics::gauge!("cxrel_graph_records", "datastore" => datastore.to_owned()).set(0.0);
     }
 
     /// Re-reads one record (after a 412, a 404, or to confirm a verdict) into the graph.
