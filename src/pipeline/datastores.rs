@@ -103,13 +103,14 @@ impl Slot {
 
 /// Drops the graph of a data store the store no longer has (its schema answered 404); the caller
 /// holds the slot's loading lock. A deleted data store's graph was kept, and reported in
-/// `cxrel_graph_records`, for good. Like a reload, it first lets jobs still writing to the graph
-/// finish, so that should the 404 have been passing, the graph loaded next reads what they wrote
-/// and no two graphs of one data store take reservations at once.
+/// `cxrel_graph_records`, for good. It leaves the slot at once (jobs asking for it now wait on
+/// the lock instead of being handed a retired graph), and like a reload it lets jobs still
+/// writing to it finish before the lock is released: should the 404 have been passing, the graph
+/// loaded next reads what they wrote, and no two graphs of one data store take reservations.
 async fn drop_graph(slot: &Slot, datastore: &str) {
     let Some(old) = slot.any() else { return };
-    old.retire(RETIRE_LIMIT).await;
     slot.set(None);
+    old.retire(RETIRE_LIMIT).await;
     tracing::info!(
         datastore,
         "the data store is gone (404): its graph is dropped"
@@ -211,11 +212,13 @@ impl DataStores {
 
     /// The schema of `datastore`; when the store no longer has it, its graph is dropped too.
     async fn schema(&self, datastore: &str) -> Result<Arc<Schema>, StoreError> {
+        let slot = self.slots().get(datastore).cloned();
+        let seen = slot.as_ref().and_then(|s| s.any());
         let schema = self.store.schema(datastore).await;
-        if let Err(StoreError::NotFound { .. }) = schema {
-            let slot = self.slots().get(datastore).cloned();
-            if let Some(slot) = slot {
-                let _single_flight = slot.loading.lock().await;
+        if let (Err(StoreError::NotFound { .. }), Some(slot), Some(seen)) = (&schema, slot, seen) {
+            let _single_flight = slot.loading.lock().await;
+            // Not a graph loaded after the 404 was answered: that load read the data store back.
+            if slot.any().is_some_and(|now| Arc::ptr_eq(&now, &seen)) {
                 drop_graph(&slot, datastore).await;
             }
         }
@@ -277,7 +280,7 @@ impl DataStores {
             return Ok(live.clone());
         }
         self.store.invalidate_schema(live.id());
-        let schema = self.store.schema(live.id()).await?;
+        let schema = self.schema(live.id()).await?;
         if live.adopt_schema(schema) {
             return Ok(live.clone());
         }
