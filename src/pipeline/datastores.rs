@@ -179,16 +179,11 @@ impl DataStores {
             return Ok(now.clone()); // someone reloaded while we waited
         }
         self.store.invalidate_schema(datastore);
-        let schema = match self.store.schema(datastore).await {
-            Ok(schema) => schema,
-            Err(error) => {
-                if let StoreError::NotFound { .. } = error {
-                    drop_graph(&slot, datastore).await; // this task holds the loading lock
-                }
-                return Err(error.into());
-            }
-        };
-        self.replace(&slot, datastore, schema, epoch).await
+        let schema = self.store.schema(datastore).await;
+        if let Err(StoreError::NotFound { .. }) = schema {
+            drop_graph(&slot, datastore).await; // this task holds the loading lock
+        }
+        self.replace(&slot, datastore, schema?, epoch).await
     }
 
     /// Forgets every graph: the next job of each data store loads it again. Called when this

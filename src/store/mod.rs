@@ -240,13 +240,13 @@ impl StoreClient {
             return Err(error);
         }
         let fetched = self.fetch_schema(datastore).await;
-        // A fetch given up because its job's worker lost the queue says nothing to others.
-        let kept = shared_failure::kept(&fetched, |e| !matches!(e, StoreError::NotStarted));
         if matches!(fetched, Err(StoreError::NotFound { .. })) {
             self.invalidate_schema(datastore); // the data store is gone
         }
-        self.schema_failures()
-            .record(datastore, kept, fetched.is_ok());
+        // A fetch given up because its job's worker lost the queue says nothing to others.
+        self.schema_failures().record(datastore, &fetched, |e| {
+            !matches!(e, StoreError::NotStarted)
+        });
         fetched
     }
 

@@ -63,18 +63,28 @@ impl<E> FailureMap<E> {
         self.failures.get(key)
     }
 
-    /// Keeps `kept` (from [`kept`]) for `key`; a success forgets the key's failure.
-    pub(crate) fn record(&mut self, key: &str, kept: Option<Failure<E>>, succeeded: bool) {
-        match kept {
-            Some(failure) => {
-                self.make_room(key);
-                self.failures.insert(key.to_owned(), failure);
-            }
-            None if succeeded => {
+    /// Keeps the error of `result` for `key` when `shared` says it concerns the waiters too (see
+    /// [`kept`]); a success forgets the key's failure.
+    pub(crate) fn record<T>(
+        &mut self,
+        key: &str,
+        result: &Result<T, E>,
+        shared: impl FnOnce(&E) -> bool,
+    ) where
+        E: Clone,
+    {
+        match kept(result, shared) {
+            Some(failure) => self.insert(key, failure),
+            None if result.is_ok() => {
                 self.failures.remove(key);
             }
             None => {}
         }
+    }
+
+    fn insert(&mut self, key: &str, failure: Failure<E>) {
+        self.make_room(key);
+        self.failures.insert(key.to_owned(), failure);
     }
 
     fn make_room(&mut self, key: &str) {
@@ -115,16 +125,12 @@ mod tests {
     fn failures_of_ever_new_keys_stay_within_the_bound_and_a_success_forgets_its_key() {
         let mut map = FailureMap::default();
         for n in 0..10 * MAX_KEYS {
-            map.record(
-                &format!("ds-{n}"),
-                kept(&Err::<(), _>("not_found"), |_| true),
-                false,
-            );
+            map.record(&format!("ds-{n}"), &Err::<(), _>("not_found"), |_| true);
             assert!(map.len() <= MAX_KEYS);
         }
         let last = format!("ds-{}", 10 * MAX_KEYS - 1);
         assert!(map.get(&last).is_some(), "the newest failure is kept");
-        map.record(&last, None, true);
+        map.record(&last, &Ok(()), |_| true);
         assert!(map.get(&last).is_none());
     }
 
@@ -135,10 +141,10 @@ mod tests {
             return; // a machine up for less than a minute has no such past
         };
         for n in 0..MAX_KEYS - 1 {
-            map.record(&format!("old-{n}"), Some((old, "down")), false);
+            map.insert(&format!("old-{n}"), (old, "down"));
         }
-        map.record("recent", kept(&Err::<(), _>("down"), |_| true), false);
-        map.record("newest", kept(&Err::<(), _>("down"), |_| true), false);
+        map.record("recent", &Err::<(), _>("down"), |_| true);
+        map.record("newest", &Err::<(), _>("down"), |_| true);
         assert_eq!(map.len(), 2);
         assert!(map.get("recent").is_some() && map.get("newest").is_some());
     }
